@@ -1,0 +1,1 @@
+"""caat_jax: adversarial training with adversaries and anti-adversaries in JAX."""

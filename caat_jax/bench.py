@@ -1,0 +1,138 @@
+"""Step-time benchmark: ``python -m caat_jax.bench --config=configs/digits.py``.
+
+For each method in ``config.bench.methods`` it builds the real train step
+(same model, batch, attack settings, parallel wrapper), on synthetic data of
+the configured dataset's shape, and reports:
+
+* compile time (lower + compile of the wrapped step),
+* median steady-state step time over ``bench.num_steps`` steps (each step
+  waited for with ``block_until_ready``), images per second,
+* the step time as a ratio to PGD-AT's, beside the ratio SPEC section 11's
+  forward-pass accounting allows (``bound``), and measured / bound,
+* peak device memory where the backend reports it.
+
+Output: a table on stdout and ``--out`` (JSON). Speed goals live here, not in
+tests.
+"""
+
+import json
+import statistics
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from caat_jax import data, train
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+flags.DEFINE_string("out", "bench.json", "Where to write the JSON results.")
+flags.mark_flags_as_required(["config"])
+
+IMAGE_SHAPES = {"digits": ((8, 8, 1), 10), "cifar10": ((32, 32, 3), 10),
+                "svhn": ((32, 32, 3), 10)}
+
+
+def forward_units(method: str, config) -> float:
+  """Cost of one step per example in forward-pass units F (SPEC section 11):
+  an attack step ~2F, a training forward+backward ~3F, a forward ~1F."""
+  k = config.attack.num_steps
+  if method == "natural":
+    return 3.0
+  if method == "pgd_at":
+    return 2.0 * k + 3.0
+  if method == "trades":
+    return 2.0 * k + 1.0 + 6.0
+  raise KeyError(f"no cost model for method {method!r}; add one to bench.forward_units")
+
+
+def synthetic_dataset(config, num_examples: int) -> data.Dataset:
+  """Random data of the configured dataset's shape (no download needed)."""
+  shape, num_classes = IMAGE_SHAPES[config.data.name]
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (num_examples,) + shape, dtype=np.uint8)
+  labels = rng.integers(0, num_classes, num_examples).astype(np.int32)
+  split = data.ArraySplit(images=images, labels=labels, clean_labels=labels,
+                          source_index=np.arange(num_examples))
+  return data.Dataset(
+      name=config.data.name, num_classes=num_classes, image_shape=shape,
+      train=split, meta=split, test=split, mean=(0.5,) * shape[-1],
+      std=(0.25,) * shape[-1], augment="crop_flip" if shape[0] == 32 else "none")
+
+
+def _peak_memory_bytes() -> int | None:
+  stats = jax.local_devices()[0].memory_stats() or {}
+  return stats.get("peak_bytes_in_use")
+
+
+def bench_method(config, method: str) -> dict:
+  """Compile time, median step time and images/s of ``method``'s train step."""
+  cfg = config.copy_and_resolve_references()
+  with cfg.unlocked():
+    cfg.method = method
+    cfg.batch_size = config.bench.batch_size
+  run = train.Run(cfg, dataset=synthetic_dataset(cfg, 4 * cfg.batch_size))
+  state = run.parallel.replicate(run.init_state())
+  batches = [run.parallel.shard(b) for b in train.train_batches(
+      run.dataset.train, batch_size=cfg.batch_size, seed=0, epoch=0)]
+  t = time.perf_counter()
+  compiled = run.train_step.lower(state, batches[0]).compile()
+  compile_s = time.perf_counter() - t
+  times = []
+  for i in range(config.bench.num_steps + 2):  # 2 warm-up steps
+    t = time.perf_counter()
+    state, metrics = compiled(state, batches[i % len(batches)])
+    jax.block_until_ready((state, metrics))
+    if i >= 2:
+      times.append(time.perf_counter() - t)
+  step_s = statistics.median(times)
+  return {"method": method, "compile_s": compile_s, "step_s": step_s,
+          "images_per_s": cfg.batch_size / step_s, "units_F": forward_units(method, cfg),
+          "peak_memory_bytes": _peak_memory_bytes()}
+
+
+def run_bench(config) -> dict:
+  rows = [bench_method(config, m) for m in config.bench.methods]
+  ref = next((r for r in rows if r["method"] == "pgd_at"), None)
+  for r in rows:
+    if ref is not None:
+      r["ratio_to_pgd_at"] = r["step_s"] / ref["step_s"]
+      r["bound_ratio"] = r["units_F"] / ref["units_F"]
+      r["measured_over_bound"] = r["ratio_to_pgd_at"] / r["bound_ratio"]
+  return {
+      "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
+      "num_devices": jax.device_count(), "model": config.model,
+      "dataset": config.data.name, "batch_size": config.bench.batch_size,
+      "attack_steps": config.attack.num_steps, "unroll": train.resolve_unroll(config.attack.unroll),
+      "parallel": config.parallel.backend, "rows": rows,
+  }
+
+
+def format_rows(result: dict) -> str:
+  head = (f"{'method':<16} {'compile s':>9} {'step ms':>9} {'img/s':>9} "
+          f"{'x pgd_at':>8} {'bound':>6} {'meas/bnd':>8}")
+  lines = [f"{result['model']} on {result['dataset']}-shaped data, batch "
+           f"{result['batch_size']}, {result['num_devices']} x {result['device']} "
+           f"({result['parallel']}, unroll={result['unroll']})", head, "-" * len(head)]
+  for r in result["rows"]:
+    lines.append(
+        f"{r['method']:<16} {r['compile_s']:9.2f} {1e3 * r['step_s']:9.1f} "
+        f"{r['images_per_s']:9.1f} {r.get('ratio_to_pgd_at', float('nan')):8.2f} "
+        f"{r.get('bound_ratio', float('nan')):6.2f} "
+        f"{r.get('measured_over_bound', float('nan')):8.2f}")
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  result = run_bench(FLAGS.config)
+  print(format_rows(result))
+  with open(FLAGS.out, "w") as f:
+    json.dump(result, f, indent=1)
+  print(f"wrote {FLAGS.out}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,235 @@
+"""Datasets for caat_jax: sources, label-noise / long-tail transforms, augment.
+
+`load_dataset(config.data)` returns a `Dataset` of three in-memory splits:
+
+  train: the training split the method sees (long-tailed and/or noisy labels,
+         with the clean labels kept alongside);
+  meta:  a clean class-balanced hold-out of the raw train split, taken before
+         any noise or imbalance (Meta-CAAT's meta set, FRL's validation set);
+  test:  the untouched test split.
+
+Images stay in their stored dtype (uint8 for TFDS, float32 in [0, 1] for
+digits); they are scaled to [0, 1] float32 on device, and mean/std
+normalisation happens inside the model (SPEC section 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from absl import logging
+import numpy as np
+
+from caat_jax.data import sources
+from caat_jax.data import transforms
+from caat_jax.data.augment import augment_fn
+from caat_jax.data.augment import AUGMENTATIONS
+from caat_jax.data.augment import random_crop_flip
+from caat_jax.data.sources import DatasetNotFoundError
+from caat_jax.data.transforms import ArraySplit
+from caat_jax.data.transforms import noise_transition_matrix
+from caat_jax.data.transforms import NOISE_TYPES
+
+__all__ = [
+    'ArraySplit', 'Dataset', 'load_dataset', 'DatasetNotFoundError',
+    'random_crop_flip', 'augment_fn', 'noise_transition_matrix', 'DATASETS',
+    'AUGMENTATIONS', 'NOISE_TYPES',
+]
+
+DATASETS = ('digits', 'cifar10', 'svhn')
+# Reserved names with a known plan but no implementation yet.
+_NOT_YET = ('imagenet',)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+  """Static facts about a dataset."""
+  num_classes: int
+  image_shape: tuple[int, int, int]
+  mean: tuple[float, ...] | None  # None: computed from the raw train images.
+  std: tuple[float, ...] | None
+  augment: str
+
+
+_SPECS = {
+    'digits': _Spec(10, (8, 8, 1), None, None, 'none'),
+    'cifar10': _Spec(10, (32, 32, 3), (0.4914, 0.4822, 0.4465),
+                     (0.2471, 0.2435, 0.2616), 'crop_flip'),
+    # No flip for SVHN: mirrored digits are not digits.
+    'svhn': _Spec(10, (32, 32, 3), (0.4377, 0.4438, 0.4728),
+                  (0.1980, 0.2010, 0.1970), 'none'),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """An in-memory classification dataset with train / meta / test splits.
+
+  Attributes:
+    name: one of `DATASETS`.
+    num_classes: C.
+    image_shape: (H, W, C).
+    train: training split; `labels` possibly noisy, `clean_labels` not.
+    meta: clean, class-balanced hold-out, disjoint from `train`.
+    test: untouched test split.
+    mean: per-channel pixel mean in [0, 1] units, used inside the model.
+    std: per-channel pixel std in [0, 1] units, used inside the model.
+    augment: on-device augmentation for training, see `augment_fn`.
+    noise_transition: float [C, C], the transition matrix noise was drawn from
+      (identity without noise).
+  """
+
+  name: str
+  num_classes: int
+  image_shape: tuple[int, int, int]
+  train: ArraySplit
+  meta: ArraySplit
+  test: ArraySplit
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  augment: str
+  noise_transition: np.ndarray | None = None
+
+  @property
+  def class_counts(self) -> np.ndarray:
+    """int64 [C]: training examples per (possibly noisy) label, i.e. the N_y
+    behind the class-proportion feature N_y / N (SPEC section 3)."""
+    return np.bincount(self.train.labels, minlength=self.num_classes)
+
+
+# ----------------------------------------------------------------------------
+# Config validation.
+# ----------------------------------------------------------------------------
+
+_KEYS = ('name', 'data_dir', 'meta_per_class', 'noise_type', 'noise_rate',
+         'imbalance_factor', 'test_fraction', 'seed')
+
+
+def _is_int(x: Any) -> bool:
+  return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def _is_real(x: Any) -> bool:
+  return (isinstance(x, (int, float, np.integer, np.floating)) and
+          not isinstance(x, bool) and math.isfinite(x))
+
+
+def validate_config(cfg: Any) -> None:
+  """Raises ValueError naming `data.<key>` for a missing or invalid value."""
+
+  def bad(key, expected):
+    value = cfg[key]
+    return ValueError(f'data.{key}={value!r} is invalid: expected {expected}.')
+
+  for key in _KEYS:
+    if key not in cfg:
+      raise ValueError(f'data.{key} is missing from the data config '
+                       f'(expected keys: {", ".join(_KEYS)}).')
+  if cfg['name'] in _NOT_YET:
+    raise ValueError(f"data.name={cfg['name']!r} is not supported yet; "
+                     f'supported: {DATASETS}.')
+  if cfg['name'] not in DATASETS:
+    raise bad('name', f'one of {DATASETS}')
+  if cfg['data_dir'] is not None and not isinstance(cfg['data_dir'], str):
+    raise bad('data_dir', 'a path string or None (TFDS default)')
+  if not _is_int(cfg['meta_per_class']) or cfg['meta_per_class'] < 0:
+    raise bad('meta_per_class', 'an int >= 0')
+  if cfg['noise_type'] not in NOISE_TYPES:
+    raise bad('noise_type', f'one of {NOISE_TYPES}')
+  if not _is_real(cfg['noise_rate']) or not 0 <= cfg['noise_rate'] < 1:
+    raise bad('noise_rate', 'a float in [0, 1)')
+  if not _is_real(cfg['imbalance_factor']) or cfg['imbalance_factor'] < 1:
+    raise bad('imbalance_factor', 'a float >= 1 (1 = balanced)')
+  if not _is_real(cfg['test_fraction']) or not 0 < cfg['test_fraction'] < 1:
+    raise bad('test_fraction', 'a float in (0, 1)')
+  if not _is_int(cfg['seed']):
+    raise bad('seed', 'an int')
+
+
+# ----------------------------------------------------------------------------
+# Loading.
+# ----------------------------------------------------------------------------
+
+
+def _load_raw(cfg: Any) -> tuple[ArraySplit, ArraySplit]:
+  """(raw train, test) clean splits of the configured dataset."""
+  if cfg['name'] == 'digits':
+    train, test = sources.load_digits(cfg['test_fraction'])
+  else:
+    train_split, test_split = sources.TFDS_SPLITS[cfg['name']]
+    train = sources.load_tfds_split(cfg['name'], train_split, cfg['data_dir'])
+    test = sources.load_tfds_split(cfg['name'], test_split, cfg['data_dir'])
+  return transforms.clean_split(*train), transforms.clean_split(*test)
+
+
+def _pixel_stats(images: np.ndarray) -> tuple[tuple[float, ...],
+                                              tuple[float, ...]]:
+  """Per-channel mean and std of [N, H, W, C] images in [0, 1] units."""
+  x = images.astype(np.float64)
+  if images.dtype == np.uint8:
+    x /= 255.0
+  return (tuple(float(m) for m in x.mean(axis=(0, 1, 2))),
+          tuple(float(s) for s in x.std(axis=(0, 1, 2))))
+
+
+def load_dataset(cfg: Any) -> Dataset:
+  """Loads and transforms the dataset described by `config.data`.
+
+  Order: raw train -> clean balanced meta hold-out (`meta_per_class`) ->
+  long tail (`imbalance_factor`) -> label noise (`noise_type`,
+  `noise_rate`); all of it deterministic in `seed`. The test split is never
+  modified.
+
+  Args:
+    cfg: the `config.data` ConfigDict (or a mapping) with keys name, data_dir,
+      meta_per_class, noise_type, noise_rate, imbalance_factor, test_fraction,
+      seed.
+
+  Returns:
+    The `Dataset`.
+
+  Raises:
+    ValueError: a config value is invalid (the message names the key).
+    DatasetNotFoundError: a TFDS dataset is not prepared; the message holds
+      the command that prepares it.
+  """
+  validate_config(cfg)
+  if cfg['noise_type'] == 'none' and cfg['noise_rate'] > 0:
+    logging.warning("data.noise_rate=%s is ignored with data.noise_type='none'.",
+                    cfg['noise_rate'])
+  name = cfg['name']
+  spec = _SPECS[name]
+  raw_train, test = _load_raw(cfg)
+  if raw_train.images.shape[1:] != spec.image_shape:
+    raise ValueError(f'{name}: images have shape {raw_train.images.shape[1:]}, '
+                     f'expected {spec.image_shape}.')
+  train, meta, transition = transforms.make_train_and_meta(
+      raw_train,
+      num_classes=spec.num_classes,
+      meta_per_class=cfg['meta_per_class'],
+      imbalance_factor=cfg['imbalance_factor'],
+      noise_type=cfg['noise_type'],
+      noise_rate=cfg['noise_rate'],
+      seed=cfg['seed'])
+  if spec.mean is None:
+    mean, std = _pixel_stats(raw_train.images)
+  else:
+    mean, std = spec.mean, spec.std
+  logging.info(
+      '%s: train %d (%.1f%% labels corrupted), meta %d, test %d; '
+      'train class counts %s.', name, len(train),
+      100 * float(train.corrupted.mean()) if len(train) else 0.0, len(meta),
+      len(test), np.bincount(train.labels, minlength=spec.num_classes))
+  return Dataset(
+      name=name,
+      num_classes=spec.num_classes,
+      image_shape=spec.image_shape,
+      train=train,
+      meta=meta,
+      test=test,
+      mean=mean,
+      std=std,
+      augment=spec.augment,
+      noise_transition=transition)

@@ -1,0 +1,199 @@
+"""Raw data sources: scikit-learn's bundled digits and prepared TFDS datasets.
+
+Every source returns plain numpy arrays `(images [N,H,W,C], labels int32 [N])`
+for a whole split. TFDS datasets are read through `tfds.data_source` from
+array_record files, which needs no TensorFlow; only *preparing* them does
+(`python -m caat_jax.data.prepare`, the `prepare` extra).
+
+CIFAR-10 and SVHN fit in host memory (150 MB / 220 MB as uint8), so they are
+loaded whole. ImageNet will need a streaming source behind the same
+`ArraySplit`-like interface; see DESIGN.md.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from absl import logging
+import numpy as np
+
+# Our dataset name -> TFDS builder name.
+TFDS_NAMES = {'cifar10': 'cifar10', 'svhn': 'svhn_cropped'}
+# TFDS split names of the raw train / test splits.
+TFDS_SPLITS = {'cifar10': ('train', 'test'), 'svhn': ('train', 'test')}
+
+# Records per `__getitems__` call: large enough to amortise the call, small
+# enough that one chunk of decoded examples stays a few MB.
+_READ_CHUNK = 2048
+
+
+class DatasetNotFoundError(FileNotFoundError):
+  """A TFDS dataset is not prepared in the data dir; the message says how."""
+
+
+def default_data_dir() -> str:
+  """TFDS's default data dir (`$TFDS_DATA_DIR` or ~/tensorflow_datasets)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  return os.fspath(tfds.core.constants.get_default_data_dir())
+
+
+def prepare_command(dataset: str, data_dir: str | None) -> str:
+  """The shell command that prepares `dataset` into `data_dir`."""
+  data_dir = data_dir or default_data_dir()
+  return (f'python -m caat_jax.data.prepare --dataset={dataset} '
+          f'--data_dir={data_dir}')
+
+
+# ----------------------------------------------------------------------------
+# Digits (offline default).
+# ----------------------------------------------------------------------------
+
+# The test split is drawn with this fixed seed, independent of the run seed,
+# so every run (and every seed of a sweep) evaluates on the same examples.
+DIGITS_TEST_SEED = 0
+
+
+def load_digits(
+    test_fraction: float
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+  """scikit-learn's 8x8 digits, split into stratified train / test.
+
+  Args:
+    test_fraction: fraction of the 1797 examples in the test split, (0, 1).
+
+  Returns:
+    ((train_images, train_labels), (test_images, test_labels)); images float32
+    [N, 8, 8, 1] in [0, 1] (raw pixels are 0..16), labels int32 [N].
+  """
+  # Imported here: sklearn is slow to import and only the digits need it.
+  from sklearn import datasets  # pylint: disable=g-import-not-at-top
+  from sklearn import model_selection  # pylint: disable=g-import-not-at-top
+
+  digits = datasets.load_digits()
+  images = (digits.images / 16.0).astype(np.float32)[..., None]
+  labels = digits.target.astype(np.int32)
+  train_idx, test_idx = model_selection.train_test_split(
+      np.arange(len(labels)),
+      test_size=test_fraction,
+      stratify=labels,
+      random_state=DIGITS_TEST_SEED)
+  # Sorted so the raw splits keep sklearn's order, whatever the split does.
+  train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
+  return ((images[train_idx], labels[train_idx]),
+          (images[test_idx], labels[test_idx]))
+
+
+# ----------------------------------------------------------------------------
+# TFDS (array_record, no TensorFlow).
+# ----------------------------------------------------------------------------
+
+
+def _tfds_builder(tfds_name: str, data_dir: str | None) -> Any:
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  return tfds.builder(tfds_name, data_dir=data_dir, file_format='array_record')
+
+
+def _not_found(dataset: str, data_dir: str | None,
+               why: str) -> DatasetNotFoundError:
+  tfds_name = TFDS_NAMES[dataset]
+  where = data_dir or default_data_dir()
+  return DatasetNotFoundError(
+      f'TFDS dataset {tfds_name!r} ({dataset}) {why} in data_dir {where!r}. '
+      f'Prepare it once (needs TensorFlow: pip install \'caat_jax[prepare]\') '
+      f'with:\n  {prepare_command(dataset, data_dir)}\n'
+      f'then pass --config.data.data_dir={where}')
+
+
+def open_tfds_source(dataset: str, split: str, data_dir: str | None) -> Any:
+  """Opens one split of a prepared TFDS dataset as a random-access source.
+
+  Args:
+    dataset: our name, a key of `TFDS_NAMES`.
+    split: TFDS split name, e.g. 'train'.
+    data_dir: TFDS data dir, None for TFDS's default.
+
+  Returns:
+    A sequence-like source (`len`, `[i]`, usually `__getitems__`) of example
+    dicts with 'image' uint8 [H, W, C] and 'label' int.
+
+  Raises:
+    DatasetNotFoundError: the dataset is not prepared (as array_record) there.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  tfds_name = TFDS_NAMES[dataset]
+  try:
+    return tfds.data_source(
+        tfds_name,
+        split=split,
+        data_dir=data_dir,
+        download=False,
+        builder_kwargs={'file_format': 'array_record'})
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    # tfds reports a missing dataset in several ways (a KeyError for empty
+    # splits, an AssertionError or FileNotFoundError elsewhere). Ask the
+    # builder, which only looks at the data dir, whether that is the cause;
+    # re-raise anything else untouched.
+    builder = _tfds_builder(tfds_name, data_dir)
+    if not builder.is_prepared():
+      raise _not_found(dataset, data_dir, 'is not prepared') from e
+    if split not in builder.info.splits:
+      raise _not_found(dataset, data_dir,
+                       f'has no split {split!r} (found '
+                       f'{list(builder.info.splits)})') from e
+    raise
+
+
+def read_all(source: Any, chunk: int = _READ_CHUNK
+            ) -> tuple[np.ndarray, np.ndarray]:
+  """Reads a whole random-access source of image/label dicts into arrays.
+
+  Args:
+    source: `len(source)` examples with keys 'image' [H, W, C] and 'label'.
+    chunk: records per batched read.
+
+  Returns:
+    (images uint8 [N, H, W, C], labels int32 [N]).
+  """
+  n = len(source)
+  images, labels = None, np.empty((n,), np.int32)
+  batched = getattr(source, '__getitems__', None)
+  for start in range(0, n, chunk):
+    keys = list(range(start, min(start + chunk, n)))
+    # Batched reads let array_record fetch records in parallel; plain
+    # sequences (and fakes in tests) fall back to one record at a time.
+    examples = batched(keys) if batched else [source[k] for k in keys]
+    for k, ex in zip(keys, examples):
+      image = np.asarray(ex['image'])
+      if images is None:
+        images = np.empty((n,) + image.shape, image.dtype)
+      images[k] = image
+      labels[k] = ex['label']
+  if images is None:
+    raise ValueError('Empty TFDS split.')
+  return images, labels
+
+
+def load_tfds_split(dataset: str, split: str,
+                    data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
+  """One whole split of a prepared TFDS dataset as numpy arrays.
+
+  Args:
+    dataset: 'cifar10' or 'svhn'.
+    split: TFDS split name.
+    data_dir: TFDS data dir (None: TFDS default).
+
+  Returns:
+    (images uint8 [N, 32, 32, 3], labels int32 [N]).
+
+  Raises:
+    DatasetNotFoundError: the dataset is not prepared there.
+  """
+  start = time.time()
+  source = open_tfds_source(dataset, split, data_dir)
+  images, labels = read_all(source)
+  logging.info('Read %s/%s: %d examples %s in %.1fs.', dataset, split,
+               len(labels), images.shape[1:], time.time() - start)
+  return images, labels

@@ -1,0 +1,229 @@
+"""The host loop: data, state and step in; metrics, evaluations and
+checkpoints out. It never knows which method runs (DESIGN: data flows one way).
+"""
+
+import functools
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from caat_jax import checkpoint as ckpt_lib
+from caat_jax import config_lib, data, evaluate, methods, models, optim
+from caat_jax import state as state_lib
+from caat_jax.parallel import REPLICATED, SHARDED, Parallel
+
+
+class NonFiniteLossError(FloatingPointError):
+  """A training metric became NaN or Inf."""
+
+
+class MetricWriter:
+  """``metrics.jsonl`` (one JSON object per line) and TensorBoard events.
+
+  Only process 0 writes; other processes get a writer that does nothing.
+  """
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.enabled = enabled
+    self._tb = None
+    if enabled:
+      os.makedirs(workdir, exist_ok=True)
+      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+
+  def write(self, step: int, record: dict) -> None:
+    if not self.enabled:
+      return
+    self._jsonl.write(json.dumps({"step": int(step), **record}) + "\n")
+    self._jsonl.flush()
+    for k, v in record.items():
+      if isinstance(v, (int, float)) and not isinstance(v, bool):
+        self._tb.add_scalar(k, v, step)
+    self._tb.flush()
+
+  def close(self) -> None:
+    if self.enabled:
+      self._jsonl.close()
+      self._tb.close()
+
+
+def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+  """The order of the training set in ``epoch``: a pure function of (seed, epoch),
+  so a resumed run sees exactly the batches it would have seen."""
+  return np.random.default_rng([seed, epoch, 0xDA7A]).permutation(num_examples)
+
+
+def train_batches(split, *, batch_size: int, seed: int, epoch: int,
+                  start: int = 0) -> Iterator[dict[str, np.ndarray]]:
+  """This process's slices of the global batches ``start, start+1, ...`` of
+  ``epoch`` (the incomplete last batch is dropped)."""
+  perm = epoch_permutation(len(split), seed, epoch)
+  for i in range(start, len(split) // batch_size):
+    idx = perm[i * batch_size:(i + 1) * batch_size]
+    yield evaluate.host_slice({
+        "image": split.images[idx],
+        "label": split.labels[idx].astype(np.int32),
+        "index": idx.astype(np.int32),
+        "corrupted": split.corrupted[idx],
+    })
+
+
+def resolve_unroll(setting) -> bool:
+  s = str(setting).lower()
+  return jax.default_backend() == "cpu" if s == "auto" else s == "true"
+
+
+class Run:
+  """Everything built from a config: data, model, method, compiled steps."""
+
+  def __init__(self, config: ml_collections.ConfigDict, parallel: Parallel | None = None,
+               dataset: data.Dataset | None = None):
+    self.parallel = parallel or Parallel(config.parallel.backend)
+    config_lib.validate(config, self.parallel.num_devices)
+    self.config = config
+    self.dataset = dataset if dataset is not None else data.load_dataset(config.data)
+    ds = self.dataset
+    self.steps_per_epoch = len(ds.train) // config.batch_size
+    if self.steps_per_epoch == 0:
+      raise config_lib.ConfigError(
+          f"config.batch_size={config.batch_size} is larger than the training set "
+          f"({len(ds.train)} examples); use at most {len(ds.train)}.")
+    self.total_steps = self.steps_per_epoch * config.num_epochs
+    axis = self.parallel.axis_name
+    dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
+    model_kwargs = dict(num_classes=ds.num_classes, mean=ds.mean, std=ds.std, dtype=dtype)
+    if config.model == "small_cnn":
+      model_kwargs["width"] = config.model_width
+    self.model = models.get_model(config.model, axis_name=axis, **model_kwargs)
+    self.eval_model = models.get_model(config.model, axis_name=None, **model_kwargs)
+    self.tx, self.schedule = optim.make_optimizer(
+        config.optimizer, self.steps_per_epoch, config.num_epochs)
+    self.unroll = resolve_unroll(config.attack.unroll)
+    self.method = methods.get(config.method)
+    self.ctx = methods.StepContext(
+        model=self.model, tx=self.tx, config=config, num_classes=ds.num_classes,
+        class_counts=tuple(int(c) for c in ds.class_counts), augment=ds.augment,
+        axis_name=axis, unroll=self.unroll)
+    self.train_step = self.parallel.wrap(
+        functools.partial(methods.train_step, method=self.method, ctx=self.ctx),
+        (REPLICATED, SHARDED), (REPLICATED, REPLICATED), donate_argnums=(0,))
+    self.eval_step = evaluate.make_eval_step(self.parallel, self.eval_model, config.eval, self.unroll)
+
+  def init_state(self) -> state_lib.TrainState:
+    """A fresh single-copy state (``init_from`` applied)."""
+    key = jax.random.PRNGKey(self.config.seed)
+    init_key, extra_key = jax.random.split(jax.random.fold_in(key, 0x1417))
+    dummy = jnp.zeros((1,) + self.dataset.image_shape, jnp.float32)
+    variables = self.eval_model.init(init_key, dummy, train=False)
+    state = state_lib.create(variables, self.tx, key,
+                             self.method.init_extra(self.ctx, extra_key))
+    if self.config.init_from:
+      loaded = ckpt_lib.load_variables(self.config.init_from, state)
+      state = state.replace(params=loaded["params"], batch_stats=loaded["batch_stats"])
+    return state
+
+  def evaluate(self, replicated_state, split=None, progress=False) -> list[dict]:
+    """Per-class documents (SPEC 9), one per configured attack."""
+    c = self.config
+    outcomes = evaluate.run_eval(
+        self.parallel, self.eval_step, replicated_state.variables,
+        split if split is not None else self.dataset.test,
+        batch_size=c.eval.batch_size, num_examples=c.eval.num_examples,
+        progress=progress)
+    return [evaluate.report(outcomes, self.dataset.num_classes, attack=a, eps=c.eval.eps,
+                            method=c.method, dataset=c.data.name, model=c.model)
+            for a in c.eval.attacks]
+
+
+def _check_finite(step: int, record: dict) -> None:
+  for k, v in record.items():
+    if isinstance(v, float) and not np.isfinite(v):
+      raise NonFiniteLossError(
+          f"metric {k!r} is {v} at step {step}; stopping. The last good checkpoint "
+          "is kept in WORKDIR/checkpoints (lower the learning rate or check the data).")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+  """Trains ``config.method``, resuming from ``workdir`` if it holds checkpoints.
+
+  Writes ``metrics.jsonl``, TensorBoard events, ``checkpoints/`` and, at the
+  end, ``eval.json`` (a list of SPEC-9 documents, one per attack).
+  Returns the final evaluation documents.
+  """
+  run = Run(config)
+  is_main = jax.process_index() == 0
+  writer = MetricWriter(workdir, enabled=is_main)
+  ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir), keep=config.keep_checkpoints)
+  state = run.init_state()
+  restored = ckpt.restore(state)
+  if restored is not None:
+    state, step0 = restored
+    logging.info("resumed from %s at step %d", ckpt.directory, step0)
+  start_step = int(state.step)
+  rstate = run.parallel.replicate(state)
+  del state
+
+  spe, total = run.steps_per_epoch, run.total_steps
+  bar = tqdm(total=total, initial=start_step, disable=not is_main, desc=config.method,
+             dynamic_ncols=True, unit="step")
+  pending: list = []
+  t0 = time.time()
+  step = start_step
+  try:
+    while step < total:
+      epoch, offset = divmod(step, spe)
+      for batch in train_batches(run.dataset.train, batch_size=config.batch_size,
+                                 seed=config.seed, epoch=epoch, start=offset):
+        rstate, metrics = run.train_step(rstate, run.parallel.shard(batch))
+        pending.append(metrics)
+        step += 1
+        bar.update(1)
+        if step % config.log_every_steps == 0 or step % spe == 0:
+          fetched = run.parallel.fetch(pending)
+          record = {f"train/{k}": float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+          record.update(epoch=epoch, lr=float(run.schedule(step - 1)),
+                        steps_per_sec=len(pending) / max(time.time() - t0, 1e-9))
+          _check_finite(step, record)
+          writer.write(step, record)
+          bar.set_postfix(loss=f"{record['train/loss']:.3f}")
+          pending, t0 = [], time.time()
+        if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
+          ckpt.save(step, run.parallel.unreplicate(rstate), config)
+      # End of an epoch.
+      ckpt.save(step, run.parallel.unreplicate(rstate), config)
+      if config.eval_every and (epoch + 1) % config.eval_every == 0 and step < total:
+        docs = run.evaluate(rstate)
+        writer.write(step, _eval_record(docs, epoch))
+  finally:
+    bar.close()
+    ckpt.wait()
+
+  docs = run.evaluate(rstate, progress=is_main)
+  if is_main:
+    writer.write(step, _eval_record(docs, config.num_epochs - 1))
+    evaluate.write_json(os.path.join(workdir, "eval.json"), docs)
+    print(f"\n{config.method} on {config.data.name} ({config.model}), step {step}:")
+    print(evaluate.format_table(docs))
+    print(evaluate.format_per_class(docs[-1]))
+  ckpt.close()
+  writer.close()
+  return docs
+
+
+def _eval_record(docs: list[dict], epoch: int) -> dict:
+  rec = {"epoch": epoch}
+  for d in docs:
+    for agg in ("avg", "worst"):
+      for k, v in d[agg].items():
+        rec[f"eval/{d['attack']}/{k}_{agg}"] = v
+    rec[f"eval/{d['attack']}/per_class"] = d["per_class"]
+  return rec

@@ -1,0 +1,83 @@
+"""Every config key caat_jax reads, with its default and meaning.
+
+Variants (digits.py, cifar10.py, ...) start from this and override; a key
+that is not defined here does not exist. Override any key on the command
+line: ``--config.optimizer.learning_rate=0.05``.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+
+  c.seed = 0  # one base key per run; data transforms use it too
+  # Training method: natural | pgd_at | trades.
+  c.method = "pgd_at"
+  # If non-empty, the main job trains each of these methods in turn, into
+  # WORKDIR/<method>, and ends with one side-by-side table (comparison.json).
+  c.suite = ()
+  # small_cnn | preact_resnet18 | wrn28_10 | wrn34_10 | resnet50
+  c.model = "small_cnn"
+  c.model_width = 32  # small_cnn only: channels of the first conv
+  c.dtype = "float32"  # compute dtype of the model: float32 | bfloat16
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "digits"  # digits | cifar10 | svhn
+  c.data.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS dir
+  c.data.meta_per_class = 10  # clean balanced hold-out (meta / validation set)
+  c.data.noise_type = "none"  # none | uniform | pairflip | flip2
+  c.data.noise_rate = 0.0  # fraction of training labels corrupted
+  c.data.imbalance_factor = 1.0  # long-tailed train set if > 1 (class 0 head)
+  c.data.test_fraction = 0.2  # digits only: stratified test split (fixed seed)
+  c.data.seed = c.get_ref("seed")
+
+  c.num_epochs = 30
+  c.batch_size = 128  # global batch, over all devices and hosts
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = "sgd"  # sgd (momentum, coupled weight decay as PyTorch)
+  c.optimizer.learning_rate = 0.1
+  c.optimizer.momentum = 0.9
+  c.optimizer.nesterov = False
+  c.optimizer.weight_decay = 5e-4
+  c.optimizer.schedule = "piecewise"  # piecewise | cosine | constant
+  c.optimizer.decay_epochs = (15, 25)  # piecewise: epochs at which lr *= factor
+  c.optimizer.decay_factor = 0.1
+  c.optimizer.warmup_epochs = 0
+
+  # Training-time attack (SPEC section 2).
+  c.attack = ml_collections.ConfigDict()
+  c.attack.eps = 8 / 255  # L-inf bound in pixel units
+  c.attack.step_size = 2 / 255
+  c.attack.step_rule = "fixed"  # fixed: step_size | eps_frac: eps_i / 4
+  c.attack.num_steps = 10
+  c.attack.unroll = "auto"  # auto (unroll on CPU only) | true | false
+
+  c.trades = ml_collections.ConfigDict()
+  c.trades.beta = 6.0  # CE + beta * KL; the paper's 1/lambda
+
+  # Evaluation (SPEC section 9).
+  c.eval = ml_collections.ConfigDict()
+  c.eval.attacks = ("pgd20",)  # any of pgd<k>, e.g. pgd10, pgd20, pgd100
+  c.eval.eps = c.attack.get_ref("eps")
+  c.eval.step_size = 2 / 255
+  c.eval.batch_size = 500
+  c.eval.num_examples = 0  # 0 = the whole test split
+  c.eval_every = 0  # epochs between per-class evaluations; 0 = only at the end
+
+  c.log_every_steps = 50
+  c.checkpoint_every_steps = 0  # 0 = at the end of every epoch only
+  c.keep_checkpoints = 3
+  # Checkpoint directory (or run workdir) to initialise the classifier from,
+  # e.g. a PGD-AT "hot start"; optimiser state starts fresh.
+  c.init_from = ""
+
+  c.parallel = ml_collections.ConfigDict()
+  c.parallel.backend = "pmap"  # pmap | shard_map
+
+  c.bench = ml_collections.ConfigDict()
+  c.bench.methods = ("natural", "pgd_at", "trades")
+  c.bench.num_steps = 10
+  c.bench.batch_size = 128
+  return c

@@ -1,0 +1,33 @@
+"""Small configs shared by the tests."""
+
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def digits_config(**overrides):
+  """configs/digits.py shrunk to seconds: 1 epoch, 2-step attacks, 200 test points."""
+  sys.path.insert(0, ROOT)
+  try:
+    from configs import digits  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.remove(ROOT)
+  c = digits.get_config()
+  c.suite = ()
+  c.method = "pgd_at"
+  c.model_width = 8
+  c.num_epochs = 1
+  c.batch_size = 64
+  c.attack.num_steps = 2
+  c.eval.attacks = ("pgd3",)
+  c.eval.num_examples = 200
+  c.eval.batch_size = 200
+  c.log_every_steps = 5
+  for key, value in overrides.items():
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
