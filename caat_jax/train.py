@@ -144,6 +144,15 @@ class Run:
             for a in c.eval.attacks]
 
 
+def _mean_metrics(fetched: list[dict]) -> dict:
+  """Mean over steps of each metric; per-class arrays stay lists."""
+  record = {}
+  for k in fetched[0]:
+    v = np.mean([m[k] for m in fetched], axis=0)
+    record[f"train/{k}"] = float(v) if np.ndim(v) == 0 else np.round(v, 6).tolist()
+  return record
+
+
 def _check_finite(step: int, record: dict) -> None:
   for k, v in record.items():
     if isinstance(v, float) and not np.isfinite(v):
@@ -189,7 +198,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
         bar.update(1)
         if step % config.log_every_steps == 0 or step % spe == 0:
           fetched = run.parallel.fetch(pending)
-          record = {f"train/{k}": float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+          record = _mean_metrics(fetched)
           record.update(epoch=epoch, lr=float(run.schedule(step - 1)),
                         steps_per_sec=len(pending) / max(time.time() - t0, 1e-9))
           _check_finite(step, record)
