@@ -36,7 +36,8 @@ class MetricWriter:
     self._tb = None
     if enabled:
       os.makedirs(workdir, exist_ok=True)
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      self._path = os.path.join(workdir, "metrics.jsonl")
+      self._jsonl = open(self._path, "a")
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._tb = SummaryWriter(os.path.join(workdir, "tb"))
 
@@ -49,6 +50,40 @@ class MetricWriter:
       if isinstance(v, (int, float)) and not isinstance(v, bool):
         self._tb.add_scalar(k, v, step)
     self._tb.flush()
+
+  def drop_after(self, step: int) -> None:
+    """Removes the ``metrics.jsonl`` records of steps after ``step``.
+
+    On resume from step s, records after s were written by the process that
+    stopped (it ran on past its last checkpoint); the resumed run writes them
+    again, so dropping them keeps the file as an uninterrupted run writes it.
+    A line cut short by a kill is dropped too. The file is rewritten to a
+    temporary copy and renamed over the original, so a kill during this
+    leaves either the old or the new file, never half of one.
+    """
+    if not self.enabled:
+      return
+    self._jsonl.close()
+    with open(self._path) as f:
+      lines = f.readlines()
+    keep = []
+    for line in lines:
+      try:
+        rec = json.loads(line)
+      except json.JSONDecodeError:
+        continue
+      if int(rec.get("step", 0)) <= step:
+        keep.append(line if line.endswith("\n") else line + "\n")
+    if len(keep) != len(lines):
+      tmp = self._path + ".tmp"
+      with open(tmp, "w") as f:
+        f.writelines(keep)
+        f.flush()
+        os.fsync(f.fileno())
+      os.replace(tmp, self._path)
+      logging.warning("metrics.jsonl: dropped %d records after step %d (resumed run "
+                      "writes them again)", len(lines) - len(keep), step)
+    self._jsonl = open(self._path, "a")
 
   def close(self) -> None:
     if self.enabled:
@@ -154,6 +189,11 @@ def _mean_metrics(fetched: list[dict]) -> dict:
 
 
 def _check_finite(step: int, record: dict) -> None:
+  """Raises ``NonFiniteLossError`` naming the step and the first NaN/Inf metric.
+
+  Every process sees the same (replicated) metrics, so all of them stop
+  together rather than some waiting forever in a collective.
+  """
   for k, v in record.items():
     if isinstance(v, float) and not np.isfinite(v):
       raise NonFiniteLossError(
@@ -161,23 +201,54 @@ def _check_finite(step: int, record: dict) -> None:
           "is kept in WORKDIR/checkpoints (lower the learning rate or check the data).")
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+def _check_finite_state(step: int, state) -> None:
+  """Refuses to checkpoint a host-side state holding NaN or Inf.
+
+  A finite loss at step s does not imply finite parameters after update s
+  (e.g. an Inf gradient); saving those would replace the last good checkpoint
+  with a poisoned one.
+  """
+  for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+    a = np.asarray(leaf)
+    if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
+      raise NonFiniteLossError(
+          f"state{jax.tree_util.keystr(path)} holds NaN/Inf after step {step}; stopping "
+          "without saving it. The last good checkpoint is kept in WORKDIR/checkpoints.")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       allow_config_change: bool = False) -> list[dict]:
   """Trains ``config.method``, resuming from ``workdir`` if it holds checkpoints.
 
   Writes ``metrics.jsonl``, TensorBoard events, ``checkpoints/`` and, at the
   end, ``eval.json`` (a list of SPEC-9 documents, one per attack).
   Returns the final evaluation documents.
+
+  Resuming restores the newest readable checkpoint (an unreadable one is
+  moved aside with a warning) and continues exactly as an uninterrupted run:
+  same state, same data order (a function of the step), same metrics.jsonl.
+  The checkpoint's config must equal ``config`` outside
+  ``checkpoint.SAFE_TO_CHANGE`` unless ``allow_config_change``.
+
+  Raises:
+    NonFiniteLossError: a metric or the state became NaN/Inf (the last good
+      checkpoint is kept).
+    checkpoint.Preempted: SIGTERM or a preemption notice; a checkpoint of
+      the step it names was saved (synchronously) before raising.
+    checkpoint.IncompatibleConfigError, checkpoint.CheckpointError: see
+      ``Checkpointer.restore``.
   """
   run = Run(config)
   is_main = jax.process_index() == 0
   writer = MetricWriter(workdir, enabled=is_main)
   ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir), keep=config.keep_checkpoints)
   state = run.init_state()
-  restored = ckpt.restore(state)
+  restored = ckpt.restore(state, config=config, allow_config_change=allow_config_change)
   if restored is not None:
     state, step0 = restored
     logging.info("resumed from %s at step %d", ckpt.directory, step0)
   start_step = int(state.step)
+  writer.drop_after(start_step)
   rstate = run.parallel.replicate(state)
   del state
 
@@ -187,34 +258,65 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
   pending: list = []
   t0 = time.time()
   step = start_step
-  try:
-    while step < total:
-      epoch, offset = divmod(step, spe)
-      for batch in train_batches(run.dataset.train, batch_size=config.batch_size,
-                                 seed=config.seed, epoch=epoch, start=offset):
-        rstate, metrics = run.train_step(rstate, run.parallel.shard(batch))
-        pending.append(metrics)
-        step += 1
-        bar.update(1)
-        if step % config.log_every_steps == 0 or step % spe == 0:
-          fetched = run.parallel.fetch(pending)
-          record = _mean_metrics(fetched)
-          record.update(epoch=epoch, lr=float(run.schedule(step - 1)),
-                        steps_per_sec=len(pending) / max(time.time() - t0, 1e-9))
-          _check_finite(step, record)
-          writer.write(step, record)
-          bar.set_postfix(loss=f"{record['train/loss']:.3f}")
-          pending, t0 = [], time.time()
-        if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
-          ckpt.save(step, run.parallel.unreplicate(rstate), config)
-      # End of an epoch.
-      ckpt.save(step, run.parallel.unreplicate(rstate), config)
-      if config.eval_every and (epoch + 1) % config.eval_every == 0 and step < total:
-        docs = run.evaluate(rstate)
-        writer.write(step, _eval_record(docs, epoch))
-  finally:
-    bar.close()
-    ckpt.wait()
+
+  def log_pending() -> None:
+    """Writes the mean metrics of the steps since the last record."""
+    nonlocal pending, t0
+    if not pending:
+      return
+    record = _mean_metrics(run.parallel.fetch(pending))
+    record.update(epoch=(step - 1) // spe, lr=float(run.schedule(step - 1)),
+                  steps_per_sec=len(pending) / max(time.time() - t0, 1e-9))
+    _check_finite(step, record)
+    writer.write(step, record)
+    bar.set_postfix(loss=f"{record['train/loss']:.3f}")
+    pending, t0 = [], time.time()
+
+  def save(force: bool = False) -> None:
+    # Logging first ends a metrics window at every checkpoint, so a resumed
+    # run averages over the same windows as an uninterrupted one, and it
+    # checks every loss up to this step before anything is written.
+    log_pending()
+    host_state = run.parallel.fetch(rstate)
+    _check_finite_state(step, host_state)
+    ckpt.save(step, host_state, config, force=force)
+
+  def stop_if_preempted() -> None:
+    # Called once per step on every process (the multi-host preemption
+    # check is a collective).
+    reason = watcher.should_stop(step)
+    if reason:
+      save(force=True)
+      ckpt.wait()  # the checkpoint is committed before the process exits
+      raise ckpt_lib.Preempted(step, reason)
+
+  with ckpt_lib.PreemptionWatcher(ckpt.manager) as watcher:
+    try:
+      while step < total:
+        epoch, offset = divmod(step, spe)
+        for batch in train_batches(run.dataset.train, batch_size=config.batch_size,
+                                   seed=config.seed, epoch=epoch, start=offset):
+          rstate, metrics = run.train_step(rstate, run.parallel.shard(batch))
+          pending.append(metrics)
+          step += 1
+          bar.update(1)
+          if step % config.log_every_steps == 0:
+            log_pending()
+          if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
+            save()
+          if step % spe:  # at an epoch's end, after its evaluation and save
+            stop_if_preempted()
+        # End of an epoch. Evaluate before saving: a checkpoint at an epoch's
+        # end then implies its evaluation is already in metrics.jsonl.
+        log_pending()
+        if config.eval_every and (epoch + 1) % config.eval_every == 0 and step < total:
+          docs = run.evaluate(rstate)
+          writer.write(step, _eval_record(docs, epoch))
+        save()
+        stop_if_preempted()
+    finally:
+      bar.close()
+      ckpt.wait()
 
   docs = run.evaluate(rstate, progress=is_main)
   if is_main:
