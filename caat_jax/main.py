@@ -1,26 +1,34 @@
 """Entry point: ``python -m caat_jax.main --config=configs/digits.py --workdir=DIR``.
 
-Thin on purpose: parse flags, validate, hand over to ``train``.
+Thin on purpose: parse flags, validate, join a multi-host run if there is
+one, hand over to ``train``. Run the same command again with the same
+``--workdir`` to resume. Exit status: 0 done, 1 an error (message on
+stderr), 143 saved and stopped for a preemption (run again to resume).
 """
 
 import copy
 import os
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from caat_jax import config_lib, evaluate, train
+from caat_jax import checkpoint, config_lib, evaluate, parallel, train
 from caat_jax.data import DatasetNotFoundError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     "config", None, "Path to a config file, e.g. configs/digits.py.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
+flags.DEFINE_bool(
+    "allow_config_change", False,
+    "Resume even if the checkpoint's config differs from --config in keys that "
+    "change the training trajectory (they are listed as a warning instead).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def run_suite(config, workdir: str) -> list[dict]:
+def run_suite(config, workdir: str, allow_config_change: bool = False) -> list[dict]:
   """Trains each method of ``config.suite`` into WORKDIR/<method>; one table."""
   rows = []
   for name in config.suite:
@@ -28,8 +36,11 @@ def run_suite(config, workdir: str) -> list[dict]:
     with cfg.unlocked():
       cfg.method = name
       cfg.suite = ()
-    docs = train.train_and_evaluate(cfg, os.path.join(workdir, name))
+    docs = train.train_and_evaluate(cfg, os.path.join(workdir, name),
+                                    allow_config_change=allow_config_change)
     rows.extend(dict(d, label=name) for d in docs)
+  if jax.process_index() != 0:  # every process has the rows; one reports them
+    return rows
   print("\nSide by side (errors in %, class average and worst class):")
   for attack in config.eval.attacks:
     print(f"\n{attack}, eps={config.eval.eps:.4f}")
@@ -48,14 +59,24 @@ def main(argv):
     config_lib.validate(config)
   except config_lib.ConfigError as e:
     sys.exit(f"error: {e}")
+  try:
+    # Before anything touches a device: jax.devices() must list every host's.
+    parallel.initialize_distributed(config.parallel)
+  except ValueError as e:
+    sys.exit(f"error: {e}")
   os.makedirs(FLAGS.workdir, exist_ok=True)
   logging.info("config:\n%s", config)
   try:
     if config.suite:
-      run_suite(config, FLAGS.workdir)
+      run_suite(config, FLAGS.workdir, FLAGS.allow_config_change)
     else:
-      train.train_and_evaluate(config, FLAGS.workdir)
-  except (DatasetNotFoundError, config_lib.ConfigError, train.NonFiniteLossError) as e:
+      train.train_and_evaluate(config, FLAGS.workdir,
+                               allow_config_change=FLAGS.allow_config_change)
+  except checkpoint.Preempted as e:
+    print(f"caat_jax: {e}", file=sys.stderr)
+    sys.exit(checkpoint.EXIT_PREEMPTED)
+  except (DatasetNotFoundError, config_lib.ConfigError, train.NonFiniteLossError,
+          checkpoint.IncompatibleConfigError, checkpoint.CheckpointError) as e:
     sys.exit(f"error: {e}")
 
 

@@ -14,6 +14,7 @@ Multi-host: every process passes its *host-local* part of each global batch to
 ``shard``; devices are all global devices, the axis spans every host.
 """
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -124,15 +125,56 @@ class Parallel:
     return jax.jit(mapped, donate_argnums=donate_argnums)
 
 
-def initialize_distributed(coordinator_address: str = "", num_processes: int = 0,
-                           process_id: int = -1) -> None:
-  """Multi-host start-up: from explicit settings, or auto-detected.
+DISTRIBUTED_MODES = ("auto", "on", "off")
 
-  On TPU pods and SLURM, ``jax.distributed.initialize()`` reads everything from
-  the environment; elsewhere pass the coordinator address, process count and
-  this process's id (e.g. from the config's ``parallel`` block).
+
+def distributed_requested(cfg, environ=None) -> bool:
+  """Whether this process is one of several and must join a distributed run.
+
+  Args:
+    cfg: the config's ``parallel`` block (``distributed``,
+      ``coordinator_address``).
+    environ: the environment (``os.environ`` by default).
+
+  ``'on'`` / ``'off'`` decide outright. ``'auto'`` joins when a coordinator
+  is configured (``parallel.coordinator_address`` or JAX's own
+  ``JAX_COORDINATOR_ADDRESS``), when ``srun`` started this process as one of
+  several tasks (``SLURM_STEP_NUM_TASKS`` > 1; the batch script itself, a
+  single task, does not count), or on a multi-host Cloud TPU slice
+  (``TPU_WORKER_HOSTNAMES`` lists several workers).
   """
-  if coordinator_address:
-    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  environ = os.environ if environ is None else environ
+  if cfg.distributed not in DISTRIBUTED_MODES:
+    raise ValueError(f"config.parallel.distributed={cfg.distributed!r} is not valid; "
+                     f"choose one of: {', '.join(map(repr, DISTRIBUTED_MODES))}")
+  if cfg.distributed != "auto":
+    return cfg.distributed == "on"
+  return bool(
+      cfg.coordinator_address
+      or environ.get("JAX_COORDINATOR_ADDRESS")
+      or int(environ.get("SLURM_STEP_NUM_TASKS", "1") or 1) > 1
+      or "," in environ.get("TPU_WORKER_HOSTNAMES", ""))
+
+
+def initialize_distributed(cfg) -> bool:
+  """Multi-host start-up from the config's ``parallel`` block, if requested.
+
+  Must run before anything touches a JAX device. With
+  ``parallel.coordinator_address`` (plus ``num_processes`` and
+  ``process_id``) the run is set up explicitly, e.g. two processes on one
+  machine. Without it ``jax.distributed.initialize()`` reads everything from
+  the environment (Cloud TPU metadata, SLURM, Open MPI). On CPU, cross-process
+  collectives use gloo (this JAX's default).
+
+  Returns whether distributed JAX was initialised.
+  """
+  if not distributed_requested(cfg):
+    return False
+  if cfg.coordinator_address:
+    jax.distributed.initialize(
+        cfg.coordinator_address,
+        num_processes=cfg.num_processes if cfg.num_processes > 0 else None,
+        process_id=cfg.process_id if cfg.process_id >= 0 else None)
   else:
     jax.distributed.initialize()
+  return True

@@ -67,6 +67,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval_every = 0  # epochs between per-class evaluations; 0 = only at the end
 
   c.log_every_steps = 50
+  # Checkpoints are also saved at every epoch's end and, on SIGTERM or a
+  # preemption notice, at the next step (then the job exits with status 143).
   c.checkpoint_every_steps = 0  # 0 = at the end of every epoch only
   c.keep_checkpoints = 3
   # Checkpoint directory (or run workdir) to initialise the classifier from,
@@ -75,6 +77,14 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.parallel = ml_collections.ConfigDict()
   c.parallel.backend = "pmap"  # pmap | shard_map
+  # Multi-process runs (one process per host / GPU node): auto | on | off.
+  # auto joins when a coordinator is set below or in JAX_COORDINATOR_ADDRESS,
+  # under srun with several tasks, or on a multi-host TPU slice; on calls
+  # jax.distributed.initialize() (which reads TPU / SLURM / MPI settings).
+  c.parallel.distributed = "auto"
+  c.parallel.coordinator_address = ""  # "host:port" of process 0; "" = from env
+  c.parallel.num_processes = 0  # with coordinator_address; 0 = from env
+  c.parallel.process_id = -1  # this process's id; -1 = from env
 
   c.bench = ml_collections.ConfigDict()
   c.bench.methods = ("natural", "pgd_at", "trades")
