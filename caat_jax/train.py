@@ -243,7 +243,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   writer = MetricWriter(workdir, enabled=is_main)
   ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir), keep=config.keep_checkpoints)
   state = run.init_state()
-  restored = ckpt.restore(state, config=config, allow_config_change=allow_config_change)
+  try:
+    restored = ckpt.restore(state, config=config, allow_config_change=allow_config_change)
+  except BaseException:
+    ckpt.close()
+    writer.close()
+    raise
   if restored is not None:
     state, step0 = restored
     logging.info("resumed from %s at step %d", ckpt.directory, step0)
@@ -314,9 +319,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           writer.write(step, _eval_record(docs, epoch))
         save()
         stop_if_preempted()
-    finally:
+    except BaseException:
       bar.close()
-      ckpt.wait()
+      ckpt.close()  # waits until the last good checkpoint is committed
+      writer.close()
+      raise
+  bar.close()
+  ckpt.wait()
 
   docs = run.evaluate(rstate, progress=is_main)
   if is_main:

@@ -1,0 +1,309 @@
+"""Surviving interruptions and bad state: exact resume after SIGKILL, a save
+on SIGTERM, unreadable checkpoints, changed configs, NaN losses."""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from caat_jax import checkpoint as ckpt_lib
+from caat_jax import methods, train
+from tests.helpers import ROOT, digits_config
+
+# -- helpers -------------------------------------------------------------------
+
+
+def _restore_final(workdir, config):
+  """The newest checkpoint of ``workdir`` as a host TrainState."""
+  template = train.Run(config).init_state()
+  ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir), async_save=False)
+  try:
+    state, step = ckpt.restore(template, move_aside=False)
+  finally:
+    ckpt.close()
+  return jax.tree.map(np.asarray, state), step
+
+
+def _assert_bitwise_equal(a, b):
+  la, lb = jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)
+  assert len(la) == len(lb)
+  for (path, x), y in zip(la, lb):
+    assert x.dtype == y.dtype and np.array_equal(x, y), jax.tree_util.keystr(path)
+
+
+def _records(workdir, drop=("steps_per_sec",)):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    recs = [json.loads(line) for line in f]
+  return [{k: v for k, v in r.items() if k not in drop} for r in recs]
+
+
+def _committed_steps(workdir):
+  """Steps whose checkpoint orbax has finished writing (renamed + marked)."""
+  steps = []
+  for d in glob.glob(os.path.join(ckpt_lib.checkpoint_dir(workdir), "*")):
+    name = os.path.basename(d)
+    if name.isdigit() and os.path.exists(os.path.join(d, "commit_success.txt")):
+      steps.append(int(name))
+  return steps
+
+
+# The subprocess runs: tests/small_config.py (digits, small CNN, PGD-AT with a
+# 2-step attack), 2 epochs = 40 steps, a checkpoint every 4 steps, on 2 fake
+# CPU devices.
+_MAIN_ARGS = ["--config=tests/small_config.py", "--config.num_epochs=2",
+              "--config.checkpoint_every_steps=4", "--config.log_every_steps=2"]
+_KILL_AFTER = 12  # signal once a checkpoint at this step or later is committed
+
+
+def _env():
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+  return env
+
+
+def _main(workdir, *extra):
+  return subprocess.run(
+      [sys.executable, "-m", "caat_jax.main", f"--workdir={workdir}", *_MAIN_ARGS, *extra],
+      cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+
+
+def _run_and_signal(workdir, sig):
+  """Starts a run, sends ``sig`` once a checkpoint >= _KILL_AFTER is committed."""
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "caat_jax.main", f"--workdir={workdir}", *_MAIN_ARGS],
+      cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 300
+  while not any(s >= _KILL_AFTER for s in _committed_steps(workdir)):
+    assert proc.poll() is None, "the run ended before it could be signalled:\n" + proc.stderr.read()
+    assert time.time() < deadline, "no checkpoint appeared"
+    time.sleep(0.01)
+  proc.send_signal(sig)
+  out, err = proc.communicate(timeout=300)
+  return proc.returncode, out, err
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("straight"))
+  res = _main(workdir)
+  assert res.returncode == 0, res.stderr
+  return workdir
+
+
+# -- exact resume ---------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_is_bitwise_identical(straight_run, tmp_path):
+  workdir = str(tmp_path)
+  rc, _, err = _run_and_signal(workdir, signal.SIGKILL)
+  assert rc == -signal.SIGKILL, err
+  assert not os.path.exists(os.path.join(workdir, "eval.json"))  # really cut short
+  killed_at = max(_committed_steps(workdir))
+  assert _KILL_AFTER <= killed_at < 40
+
+  res = _main(workdir)
+  assert res.returncode == 0, res.stderr
+  config = digits_config(num_epochs=2)
+  state, step = _restore_final(workdir, config)
+  ref, ref_step = _restore_final(straight_run, config)
+  assert step == ref_step == 40
+  # Everything: parameters, BatchNorm statistics, optimiser state, RNG, step.
+  _assert_bitwise_equal(state, ref)
+  # metrics.jsonl line for line (timing aside), evaluation identical.
+  assert _records(workdir) == _records(straight_run)
+  with open(os.path.join(workdir, "eval.json")) as f, \
+       open(os.path.join(straight_run, "eval.json")) as g:
+    assert json.load(f) == json.load(g)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_exits_143_and_resumes_identically(straight_run, tmp_path):
+  workdir = str(tmp_path)
+  rc, _, err = _run_and_signal(workdir, signal.SIGTERM)
+  assert rc == ckpt_lib.EXIT_PREEMPTED == 143, err
+  assert "preempted (SIGTERM)" in err and "saved a checkpoint at step" in err
+  saved = max(_committed_steps(workdir))
+  assert f"step {saved}" in err and saved < 40
+
+  res = _main(workdir)
+  assert res.returncode == 0, res.stderr
+  config = digits_config(num_epochs=2)
+  _assert_bitwise_equal(_restore_final(workdir, config)[0],
+                        _restore_final(straight_run, config)[0])
+  # The preemption save closes a logging window early; the per-step losses
+  # are the same, so records at shared steps keep their lr and epoch.
+  ref = {r["step"]: r for r in _records(straight_run) if "train/loss" in r}
+  got = {r["step"]: r for r in _records(workdir) if "train/loss" in r}
+  assert set(ref) <= set(got)
+  assert all(got[s]["lr"] == ref[s]["lr"] for s in ref)
+
+
+# -- bad state ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+  """One epoch (20 steps) of natural training, checkpoints at 10, 15, 20."""
+  workdir = str(tmp_path_factory.mktemp("short"))
+  config = digits_config(method="natural", checkpoint_every_steps=5, keep_checkpoints=3)
+  train.train_and_evaluate(config, workdir)
+  return config, workdir
+
+
+def _copy(src, dst):
+  subprocess.run(["cp", "-r", src, dst], check=True)
+  return dst
+
+
+def _truncate_data(workdir, step):
+  """Cuts every array data file of ``step`` in half (a half-written save)."""
+  files = glob.glob(os.path.join(ckpt_lib.checkpoint_dir(workdir), str(step), "state",
+                                 "**", "d", "*"), recursive=True)
+  assert files
+  for f in files:
+    os.truncate(f, os.path.getsize(f) // 2)
+
+
+def test_truncated_latest_checkpoint_falls_back_to_previous(short_run, tmp_path, caplog):
+  config, src = short_run
+  workdir = _copy(src, str(tmp_path / "run"))
+  ckdir = ckpt_lib.checkpoint_dir(workdir)
+  assert sorted(_committed_steps(workdir)) == [10, 15, 20]
+  _truncate_data(workdir, 20)
+
+  template = train.Run(config).init_state()
+  ckpt = ckpt_lib.Checkpointer(ckdir)
+  with caplog.at_level("WARNING"):
+    state, step = ckpt.restore(template, config=config)
+  ckpt.close()
+  assert step == 15 and int(state.step) == 15
+  assert any("step 20" in r.getMessage() and "unreadable" in r.getMessage()
+             for r in caplog.records)
+  # Moved aside (kept for inspection), so that step 20 can be saved again.
+  assert not os.path.exists(os.path.join(ckdir, "20"))
+  assert glob.glob(ckdir + "_unreadable/20.*")
+
+  # Training on from step 15 reproduces the lost step 20 exactly.
+  train.train_and_evaluate(config, workdir)
+  _assert_bitwise_equal(_restore_final(workdir, config)[0], _restore_final(src, config)[0])
+
+
+def test_all_checkpoints_unreadable_raises_instead_of_starting_afresh(short_run, tmp_path):
+  config, src = short_run
+  workdir = _copy(src, str(tmp_path / "run"))
+  for s in (10, 15, 20):
+    _truncate_data(workdir, s)
+  with pytest.raises(ckpt_lib.CheckpointError, match="refusing to start afresh"):
+    train.train_and_evaluate(config, workdir)
+  assert sorted(_committed_steps(workdir)) == [10, 15, 20]  # nothing overwritten
+
+
+def test_incompatible_config_names_the_keys(short_run):
+  config, workdir = short_run
+  changed = digits_config(method="natural", checkpoint_every_steps=5, keep_checkpoints=3,
+                          seed=7, **{"optimizer.learning_rate": 0.5})
+  template = train.Run(config).init_state()
+  ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir), async_save=False)
+  try:
+    with pytest.raises(ckpt_lib.IncompatibleConfigError) as e:
+      ckpt.restore(template, config=changed)
+    msg = str(e.value)
+    assert "optimizer.learning_rate: checkpoint 0.05 -> now 0.5" in msg
+    assert "seed: checkpoint 0 -> now 7" in msg
+    assert "--allow_config_change" in msg
+    assert "log_every_steps" not in msg
+    # The explicit override resumes anyway.
+    _, step = ckpt.restore(template, config=changed, allow_config_change=True)
+    assert step == 20
+    # Keys that do not change the trajectory may differ freely.
+    safe = digits_config(method="natural", checkpoint_every_steps=3, keep_checkpoints=5,
+                         log_every_steps=1, **{"eval.num_examples": 100,
+                                               "parallel.backend": "shard_map"})
+    assert ckpt.restore(template, config=safe)[1] == 20
+  finally:
+    ckpt.close()
+
+
+def test_incompatible_config_makes_main_exit_with_the_message(tmp_path):
+  workdir = str(tmp_path)
+  args = ["--config=tests/small_config.py", "--config.method=natural", "--config.num_epochs=1"]
+  run = lambda *extra: subprocess.run(
+      [sys.executable, "-m", "caat_jax.main", f"--workdir={workdir}", *args, *extra],
+      cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+  assert run().returncode == 0
+  res = run("--config.model_width=16")
+  assert res.returncode == 1
+  assert "model_width: checkpoint 8 -> now 16" in res.stderr
+
+
+def _inject(monkeypatch, at_step, what):
+  """Makes steps from ``at_step`` on report a NaN loss, or step ``at_step``
+  alone produce Inf parameters (its own loss still finite)."""
+  real = methods.train_step
+
+  def poisoned(state, batch, *, method, ctx):
+    new_state, metrics = real(state, batch, method=method, ctx=ctx)
+    if what == "loss":
+      bad = state.step + 1 >= at_step
+      metrics = dict(metrics, loss=jnp.where(bad, jnp.nan, metrics["loss"]))
+    else:
+      bad = state.step + 1 == at_step
+      new_state = new_state.replace(params=jax.tree.map(
+          lambda p: jnp.where(bad, jnp.inf, p), new_state.params))
+    return new_state, metrics
+
+  monkeypatch.setattr(methods, "train_step", poisoned)
+
+
+def test_nan_loss_stops_naming_step_and_metric(monkeypatch, tmp_path):
+  _inject(monkeypatch, at_step=7, what="loss")
+  config = digits_config(method="natural", checkpoint_every_steps=3, log_every_steps=5)
+  with pytest.raises(train.NonFiniteLossError,
+                     match=r"metric 'train/loss' is nan at step 9"):
+    train.train_and_evaluate(config, str(tmp_path))
+  # Steps 7-9 are logged (and checked) before step 9 would be saved: the
+  # newest checkpoint is the last good one.
+  assert max(_committed_steps(str(tmp_path))) == 6
+  state, _ = _restore_final(str(tmp_path), config)
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
+
+
+def test_nan_parameters_are_never_saved(monkeypatch, tmp_path):
+  _inject(monkeypatch, at_step=6, what="params")
+  config = digits_config(method="natural", checkpoint_every_steps=3, log_every_steps=100)
+  with pytest.raises(train.NonFiniteLossError, match=r"state\.params.* after step 6"):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert max(_committed_steps(str(tmp_path))) == 3
+
+
+# -- pieces -----------------------------------------------------------------------
+
+
+def test_metric_writer_drops_records_after_the_restored_step(tmp_path):
+  w = train.MetricWriter(str(tmp_path))
+  for s in (5, 10, 15):
+    w.write(s, {"train/loss": float(s)})
+  w._jsonl.write('{"step": 20, "train/lo')  # a line cut short by a kill
+  w._jsonl.flush()
+  w.drop_after(10)
+  w.write(15, {"train/loss": 0.0})
+  w.close()
+  assert [(r["step"], r["train/loss"]) for r in _records(str(tmp_path))] == [
+      (5, 5.0), (10, 10.0), (15, 0.0)]
+
+
+def test_config_differences():
+  old = {"seed": 0, "eval": {"eps": 0.1}, "optimizer": {"learning_rate": 0.1}}
+  new = {"seed": 0, "eval": {"eps": 0.2}, "optimizer": {"learning_rate": 0.2}, "extra": 1}
+  assert ckpt_lib.config_differences(old, new) == [
+      ("extra", None, 1), ("optimizer.learning_rate", 0.1, 0.2)]
