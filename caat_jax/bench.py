@@ -75,8 +75,7 @@ def bench_method(config, method: str) -> dict:
     cfg.batch_size = config.bench.batch_size
   run = train.Run(cfg, dataset=synthetic_dataset(cfg, 4 * cfg.batch_size))
   state = run.parallel.replicate(run.init_state())
-  batches = [run.parallel.shard(b) for b in train.train_batches(
-      run.dataset.train, batch_size=cfg.batch_size, seed=0, epoch=0)]
+  batches = [run.parallel.shard(b) for b in run.batches(epoch=0)]
   t = time.perf_counter()
   compiled = run.train_step.lower(state, batches[0]).compile()
   compile_s = time.perf_counter() - t

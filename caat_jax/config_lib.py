@@ -9,7 +9,6 @@ import re
 import ml_collections
 
 from caat_jax.data import DATASETS, NOISE_TYPES
-from caat_jax.methods import METHODS
 from caat_jax.models import MODELS
 from caat_jax.parallel import BACKENDS
 
@@ -47,6 +46,40 @@ def parse_eval_attack(name: str) -> int:
   return int(m.group(1))
 
 
+def _validate_caat(config) -> None:
+  from caat_jax import bounds, fairness, meta  # pylint: disable=g-import-not-at-top
+  from caat_jax.methods import meta_caat  # pylint: disable=g-import-not-at-top
+  c, m, f = config.caat, config.meta, config.fairness
+  _check("caat.lam", c.lam >= 0, c.lam, ">= 0")
+  _check("caat.tau", c.tau > 0, c.tau, "> 0")
+  _check("caat.hidden", c.hidden >= 1, c.hidden, ">= 1")
+  _choice("caat.direction", c.direction, meta_caat.DIRECTIONS)
+  _choice("caat.bound", c.bound, bounds.BOUNDS)
+  _check("caat.feature_mask", len(c.feature_mask) == 6 and all(v in (0, 1) for v in c.feature_mask),
+         c.feature_mask, "six 0/1 entries")
+  _check("caat.feature_momentum", 0 <= c.feature_momentum < 1, c.feature_momentum, "in [0, 1)")
+  _check("caat.class_loss_momentum", 0 <= c.class_loss_momentum < 1, c.class_loss_momentum,
+         "in [0, 1)")
+  _choice("meta.variant", m.variant, tuple(meta.VARIANTS))
+  _choice("meta.objective", m.objective, meta_caat.OBJECTIVES)
+  _choice("meta.lookahead", m.lookahead, meta_caat.LOOKAHEADS)
+  _check("meta.k", m.k >= 1, m.k, ">= 1")
+  _check("meta.interval", m.interval >= 1, m.interval, ">= 1")
+  _check("meta.batch_size", m.batch_size >= 1, m.batch_size, ">= 1")
+  _check("meta.learning_rate", m.learning_rate > 0, m.learning_rate, "> 0")
+  _choice("fairness.mode", f.mode, fairness.MODES)
+  _check("fairness.attack_steps", f.attack_steps >= 1, f.attack_steps, ">= 1")
+  uses_meta_set = config.method == "meta_caat" or config.method == "frl" or f.enabled
+  if uses_meta_set and config.data.meta_per_class < 1:
+    raise ConfigError(
+        f"config.data.meta_per_class={config.data.meta_per_class} leaves no meta / "
+        f"validation set, which method {config.method!r} needs; use >= 1.")
+  if config.method == "meta_caat" and c.bound == "remargin" and not f.enabled:
+    raise ConfigError(
+        "config.caat.bound='remargin' takes its margins from FRL's multipliers; "
+        "set config.fairness.enabled=True (or use caat.bound='fixed' or 'grad').")
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
   """Raises ConfigError naming the first invalid key.
 
@@ -55,6 +88,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     num_devices: global device count the batch is split over (None: skip the
       divisibility check, e.g. when only loading a config file).
   """
+  # Imported here: methods import evaluate, which imports this module.
+  from caat_jax.methods import METHODS  # pylint: disable=g-import-not-at-top
   _choice("method", config.method, METHODS)
   for m in config.suite:
     _choice("suite[...]", m, METHODS)
@@ -72,6 +107,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
 
   _check("num_epochs", config.num_epochs >= 1, config.num_epochs, ">= 1")
   _check("batch_size", config.batch_size >= 1, config.batch_size, ">= 1")
+  if num_devices is not None and config.method == "meta_caat" and config.meta.batch_size % num_devices:
+    raise ConfigError(
+        f"config.meta.batch_size={config.meta.batch_size} is not divisible by the "
+        f"number of devices ({num_devices}); use a multiple of {num_devices}.")
   if num_devices is not None and config.batch_size % num_devices:
     raise ConfigError(
         f"config.batch_size={config.batch_size} is not divisible by the number "
@@ -96,6 +135,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   _choice("attack.step_rule", a.step_rule, STEP_RULES)
   _choice("attack.unroll", str(a.unroll).lower(), UNROLL)
   _check("trades.beta", config.trades.beta >= 0, config.trades.beta, ">= 0")
+  _validate_caat(config)
 
   e = config.eval
   _check("eval.eps", e.eps >= 0, e.eps, ">= 0")

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from caat_jax import attacks, config_lib, losses
-from caat_jax.methods.base import to_float01
+from caat_jax.data.augment import to_float01
 from caat_jax.parallel import REPLICATED, SHARDED
 
 _EVAL_SEED = 1234  # fixed: every run is attacked with the same start noise

@@ -97,19 +97,30 @@ def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch, 0xDA7A]).permutation(num_examples)
 
 
-def train_batches(split, *, batch_size: int, seed: int, epoch: int,
-                  start: int = 0) -> Iterator[dict[str, np.ndarray]]:
+def train_batches(split, *, batch_size: int, seed: int, epoch: int, start: int = 0,
+                  meta=None, meta_batch_size: int = 0) -> Iterator[dict[str, np.ndarray]]:
   """This process's slices of the global batches ``start, start+1, ...`` of
-  ``epoch`` (the incomplete last batch is dropped)."""
+  ``epoch`` (the incomplete last batch is dropped).
+
+  With ``meta`` (an ArraySplit) each batch also carries ``meta_image`` /
+  ``meta_label``: ``meta_batch_size`` distinct meta examples drawn afresh for
+  every step from (seed, epoch, step-in-epoch), so resumption sees the same.
+  """
   perm = epoch_permutation(len(split), seed, epoch)
   for i in range(start, len(split) // batch_size):
     idx = perm[i * batch_size:(i + 1) * batch_size]
-    yield evaluate.host_slice({
+    batch = {
         "image": split.images[idx],
         "label": split.labels[idx].astype(np.int32),
         "index": idx.astype(np.int32),
         "corrupted": split.corrupted[idx],
-    })
+    }
+    if meta is not None:
+      rng = np.random.default_rng([seed, epoch, i, 0x3E7A])
+      m = rng.choice(len(meta), meta_batch_size, replace=meta_batch_size > len(meta))
+      batch["meta_image"] = meta.images[m]
+      batch["meta_label"] = meta.labels[m].astype(np.int32)
+    yield evaluate.host_slice(batch)
 
 
 def resolve_unroll(setting) -> bool:
@@ -147,11 +158,18 @@ class Run:
     self.ctx = methods.StepContext(
         model=self.model, tx=self.tx, config=config, num_classes=ds.num_classes,
         class_counts=tuple(int(c) for c in ds.class_counts), augment=ds.augment,
-        axis_name=axis, unroll=self.unroll)
+        axis_name=axis, unroll=self.unroll, schedule=self.schedule)
     self.train_step = self.parallel.wrap(
         functools.partial(methods.train_step, method=self.method, ctx=self.ctx),
         (REPLICATED, SHARDED), (REPLICATED, REPLICATED), donate_argnums=(0,))
     self.eval_step = evaluate.make_eval_step(self.parallel, self.eval_model, config.eval, self.unroll)
+
+  def batches(self, epoch: int, start: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    """This process's training batches of ``epoch`` from batch ``start`` on."""
+    meta = self.dataset.meta if self.method.meta_batch else None
+    return train_batches(self.dataset.train, batch_size=self.config.batch_size,
+                         seed=self.config.seed, epoch=epoch, start=start, meta=meta,
+                         meta_batch_size=self.config.meta.batch_size)
 
   def init_state(self) -> state_lib.TrainState:
     """A fresh single-copy state (``init_from`` applied)."""
@@ -180,9 +198,24 @@ class Run:
 
 
 def _mean_metrics(fetched: list[dict]) -> dict:
-  """Mean over steps of each metric; per-class arrays stay lists."""
+  """Mean over steps of each metric; per-class arrays stay lists.
+
+  ``ratio/<name>/num`` and ``ratio/<name>/den`` pairs (``base.ratio_metric``)
+  are summed over the steps and written as ``train/<name> = num / den`` (NaN
+  written as None where nothing was seen, e.g. a class absent from the window).
+  """
   record = {}
   for k in fetched[0]:
+    if k.startswith("ratio/"):
+      if k.endswith("/num"):
+        name = k[len("ratio/"):-len("/num")]
+        num = np.sum([m[k] for m in fetched], axis=0)
+        den = np.sum([m[f"ratio/{name}/den"] for m in fetched], axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+          v = np.where(den > 0, num / np.maximum(den, 1e-12), np.nan)
+        record[f"train/{name}"] = [None if np.isnan(e) else round(float(e), 6)
+                                   for e in np.atleast_1d(v)]
+      continue
     v = np.mean([m[k] for m in fetched], axis=0)
     record[f"train/{k}"] = float(v) if np.ndim(v) == 0 else np.round(v, 6).tolist()
   return record
@@ -299,8 +332,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     try:
       while step < total:
         epoch, offset = divmod(step, spe)
-        for batch in train_batches(run.dataset.train, batch_size=config.batch_size,
-                                   seed=config.seed, epoch=epoch, start=offset):
+        for batch in run.batches(epoch, start=offset):
           rstate, metrics = run.train_step(rstate, run.parallel.shard(batch))
           pending.append(metrics)
           step += 1
@@ -314,6 +346,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         # End of an epoch. Evaluate before saving: a checkpoint at an epoch's
         # end then implies its evaluation is already in metrics.jsonl.
         log_pending()
+        if run.method.on_epoch_end is not None:
+          rstate, record = run.method.on_epoch_end(run, rstate, epoch)
+          if record:
+            writer.write(step, dict(record, epoch=epoch))
         if config.eval_every and (epoch + 1) % config.eval_every == 0 and step < total:
           docs = run.evaluate(rstate)
           writer.write(step, _eval_record(docs, epoch))

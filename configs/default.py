@@ -12,7 +12,7 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
 
   c.seed = 0  # one base key per run; data transforms use it too
-  # Training method: natural | pgd_at | trades.
+  # Training method: natural | pgd_at | trades | frl | meta_caat.
   c.method = "pgd_at"
   # If non-empty, the main job trains each of these methods in turn, into
   # WORKDIR/<method>, and ends with one side-by-side table (comparison.json).
@@ -55,7 +55,45 @@ def get_config() -> ml_collections.ConfigDict:
   c.attack.unroll = "auto"  # auto (unroll on CPU only) | true | false
 
   c.trades = ml_collections.ConfigDict()
-  c.trades.beta = 6.0  # CE + beta * KL; the paper's 1/lambda
+  c.trades.beta = 6.0  # CE + beta * KL; the paper's 1/lambda (also FRL's beta)
+
+  # CAAT (SPEC sections 3-5): per-sample adversaries and anti-adversaries.
+  c.caat = ml_collections.ConfigDict()
+  c.caat.lam = 1.0  # weight of KL(f(x) || f(x_adv)); paper {2/3, 1, 1.5, 6}
+  c.caat.tau = 1.0  # weighting-net softmax temperature (0.001 kills meta-grads)
+  c.caat.hidden = 100  # weighting-net hidden width
+  # combined (learned alpha/beta) | adversarial_only | rule (head classes
+  # anti-adversarial, tail classes adversarial, fixed eps: Table 9 "Without")
+  c.caat.direction = "combined"
+  c.caat.bound = "fixed"  # fixed | remargin (needs fairness) | grad (Eq. 26)
+  c.caat.grad_bound_offset = 0.9  # the varepsilon of Eq. 26
+  c.caat.feature_mask = (1, 1, 1, 1, 1, 1)  # zero a feature out (Fig. 15)
+  c.caat.feature_momentum = 0.99  # running standardisation of the features
+  c.caat.class_loss_momentum = 0.9  # running per-class average loss (feature 6)
+
+  # Meta-CAAT's meta step (SPEC 5).
+  c.meta = ml_collections.ConfigDict()
+  c.meta.variant = "jvp"  # nested_grad | jvp | first_order | k_step
+  c.meta.k = 1  # k_step: look-ahead steps
+  c.meta.objective = "robust"  # robust | clean_ce | official
+  c.meta.lookahead = "sgd"  # sgd (Meta-Weight-Net) | sgd_momentum_wd (official)
+  c.meta.interval = 1  # meta step every this many steps (official code: 50)
+  c.meta.batch_size = 64  # meta batch, from the clean meta set
+  c.meta.learning_rate = 1e-3  # Adam on the weighting net
+
+  # FRL fairness constraints (SPEC 7); method frl, or meta_caat with enabled.
+  c.fairness = ml_collections.ConfigDict()
+  c.fairness.enabled = False  # Meta-CAAT: apply FRL class weights / margins
+  c.fairness.mode = "reweight_remargin"  # reweight | remargin | reweight_remargin | baseline_reweight
+  c.fairness.r1 = 0.05  # multiplier step, halved every halve_every epochs
+  c.fairness.r2 = 0.2  # ReMargin step
+  c.fairness.tau1 = 0.07  # natural-error tolerance
+  c.fairness.tau2 = 0.07  # boundary-error tolerance
+  c.fairness.lim = 0.5  # bound on the sum of lambda0 (and of lambda1)
+  c.fairness.halve_every = 40
+  c.fairness.attack_steps = 20  # validation PGD-k
+  c.fairness.step_size = 2 / 255
+  c.fairness.baseline_factor = 2.0  # Baseline ReWeight: worst class weight
 
   # Evaluation (SPEC section 9).
   c.eval = ml_collections.ConfigDict()

@@ -73,3 +73,10 @@ def augment_fn(kind: str) -> AugmentFn:
     return functools.partial(random_crop_flip, pad=4, flip=True)
   raise ValueError(f'Unknown augmentation {kind!r}, expected one of '
                    f'{AUGMENTATIONS}.')
+
+
+def to_float01(images: jax.Array) -> jax.Array:
+  """uint8 [0, 255] -> float32 [0, 1]; float images pass through as float32."""
+  if images.dtype == jnp.uint8:
+    return images.astype(jnp.float32) / 255.0
+  return images.astype(jnp.float32)

@@ -41,6 +41,8 @@ class StepContext:
     augment: 'none' or 'crop_flip' (on-device augmentation of training images).
     axis_name: the device axis name of pmap / shard_map.
     unroll: unroll attack loops (fast on CPU).
+    schedule: the classifier's learning-rate schedule (step -> lr), for
+      look-ahead steps.
   """
 
   model: nn.Module
@@ -51,6 +53,7 @@ class StepContext:
   augment: str = "none"
   axis_name: str = "batch"
   unroll: bool = True
+  schedule: Callable[[jax.Array], jax.Array] | None = None
 
   # -- forward passes -------------------------------------------------------
   def train_logits(self, params, batch_stats, x) -> tuple[jax.Array, Any]:
@@ -84,12 +87,24 @@ class StepContext:
 
 
 class Method(NamedTuple):
-  """A training method: a per-device step and the state it adds."""
+  """A training method: a per-device step and the state it adds.
+
+  Attributes:
+    name: registry name (``config.method``).
+    step: the per-device step.
+    init_extra: (ctx, key) -> initial ``state.extra`` entries of this method.
+    on_epoch_end: optional host-side hook ``(run, replicated_state, epoch) ->
+      (replicated_state, record)`` run after every epoch (FRL's Lagrangian
+      update on the validation set); ``record`` goes to metrics.jsonl.
+    meta_batch: whether each batch must carry ``meta_image`` / ``meta_label``,
+      ``config.meta.batch_size`` examples from the clean meta set.
+  """
 
   name: str
   step: Callable[[TrainState, dict, jax.Array, StepContext], tuple[TrainState, Metrics]]
-  # (ctx, key) -> initial ``state.extra`` entries of this method.
   init_extra: Callable[[StepContext, jax.Array], dict] = lambda ctx, key: {}
+  on_epoch_end: Callable | None = None
+  meta_batch: bool = False
 
 
 def sample_keys(key: jax.Array, local_batch: int, axis_name: str | None) -> jax.Array:
@@ -109,6 +124,23 @@ def pmean(tree, axis_name: str | None):
   return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
 
 
+def psum(tree, axis_name: str | None):
+  return tree if axis_name is None else jax.lax.psum(tree, axis_name)
+
+
+def ratio_metric(name: str, values: jax.Array, groups: jax.Array, num_groups: int,
+                 axis_name: str | None) -> Metrics:
+  """Per-group mean of ``values`` over the global batch, as a summable pair.
+
+  Returns ``{'ratio/<name>/num': [G], 'ratio/<name>/den': [G]}``; the trainer
+  sums both over the logging window and writes ``train/<name> = num / den``,
+  an exact mean over every sample seen (groups: classes, or clean/corrupted).
+  """
+  onehot = jax.nn.one_hot(groups, num_groups)
+  return {f"ratio/{name}/num": psum(onehot.T @ values.astype(jnp.float32), axis_name),
+          f"ratio/{name}/den": psum(onehot.sum(0), axis_name)}
+
+
 def apply_gradients(
     state: TrainState, grads, batch_stats, ctx: StepContext, **changes
 ) -> TrainState:
@@ -123,13 +155,6 @@ def apply_gradients(
       **changes)
 
 
-def to_float01(images: jax.Array) -> jax.Array:
-  """uint8 [0, 255] -> float32 [0, 1]; float images pass through as float32."""
-  if images.dtype == jnp.uint8:
-    return images.astype(jnp.float32) / 255.0
-  return images.astype(jnp.float32)
-
-
 def train_step(
     state: TrainState, batch: dict, *, method: Method, ctx: StepContext
 ) -> tuple[TrainState, Metrics]:
@@ -140,7 +165,7 @@ def train_step(
   """
   key = jax.random.fold_in(state.rng, state.step)
   aug_key, method_key = jax.random.split(key)
-  images = to_float01(batch["image"])
+  images = augment_lib.to_float01(batch["image"])
   if ctx.augment != "none":
     keys = sample_keys(aug_key, images.shape[0], ctx.axis_name)
     images = augment_lib.augment_fn(ctx.augment)(images, keys)

@@ -1,0 +1,97 @@
+"""The six per-sample training characteristics zeta (paper Section 4.2, SPEC 3).
+
+All are computed from the *clean* logits in inference mode, so they cost one
+forward pass that the KL target needs anyway. Feature standardisation uses
+running (bias-corrected exponential moving) statistics carried in the train
+state, updated each step with the global batch (not a normalisation layer):
+the weighting net then sees inputs of a stable scale whatever the dataset,
+and the statistics survive checkpoints with the rest of the state.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from caat_jax import losses
+
+NUM_FEATURES = 6
+FEATURE_NAMES = ("loss", "margin", "onehot_distance", "entropy", "class_proportion",
+                 "class_avg_loss")
+
+
+def features(clean_logits: jax.Array, labels: jax.Array, class_proportion: jax.Array,
+             class_avg_loss: jax.Array) -> jax.Array:
+  """zeta for a batch (Eqs. 18-24).
+
+  Args:
+    clean_logits: [B, C] logits of the clean inputs.
+    labels: [B] int labels.
+    class_proportion: [C], N_c / N of the training set.
+    class_avg_loss: [C], running per-class average training loss.
+  Returns:
+    [B, 6]: CE loss; probability margin p_y - max_{j!=y} p_j; ||onehot(y) - p||_2;
+    entropy -sum p log2 p (positive); class proportion; class-average loss.
+  """
+  logits = jax.lax.stop_gradient(clean_logits).astype(jnp.float32)
+  p = jax.nn.softmax(logits)
+  onehot = jax.nn.one_hot(labels, logits.shape[-1])
+  ce = losses.cross_entropy(logits, labels)
+  margin = losses.probability_margin(logits, labels)
+  dist = jnp.linalg.norm(onehot - p, axis=-1)
+  logp2 = jax.nn.log_softmax(logits) / jnp.log(2.0)
+  entropy = -jnp.sum(p * logp2, axis=-1)
+  return jnp.stack([ce, margin, dist, entropy, class_proportion[labels],
+                    class_avg_loss[labels]], axis=-1)
+
+
+def init_running_stats(num_classes: int) -> dict[str, jax.Array]:
+  """Zeroed statistics: per-class average loss and feature moments."""
+  return {
+      "class_loss": jnp.zeros((num_classes,), jnp.float32),
+      "class_loss_seen": jnp.zeros((num_classes,), jnp.float32),
+      "feat_mean": jnp.zeros((NUM_FEATURES,), jnp.float32),
+      "feat_sq": jnp.zeros((NUM_FEATURES,), jnp.float32),
+      "feat_count": jnp.zeros((), jnp.float32),
+  }
+
+
+def _gsum(x, axis_name):
+  return x if axis_name is None else jax.lax.psum(x, axis_name)
+
+
+def update_class_loss(stats: dict, loss: jax.Array, labels: jax.Array, num_classes: int,
+                      momentum: float, axis_name: str | None) -> dict:
+  """EMA of each class's mean training loss over the *global* batch.
+
+  A class absent from the batch keeps its value; the first time a class is
+  seen its average is set to the batch mean (no bias towards 0).
+  """
+  onehot = jax.nn.one_hot(labels, num_classes)
+  total = _gsum(onehot.T @ loss, axis_name)
+  count = _gsum(onehot.sum(0), axis_name)
+  batch_mean = total / jnp.maximum(count, 1.0)
+  present = count > 0
+  first = present & (stats["class_loss_seen"] == 0)
+  ema = momentum * stats["class_loss"] + (1 - momentum) * batch_mean
+  new = jnp.where(first, batch_mean, jnp.where(present, ema, stats["class_loss"]))
+  return dict(stats, class_loss=new,
+              class_loss_seen=jnp.maximum(stats["class_loss_seen"], present.astype(jnp.float32)))
+
+
+def standardise(stats: dict, zeta: jax.Array, momentum: float,
+                axis_name: str | None) -> tuple[jax.Array, dict]:
+  """Updates the running moments with the global batch, then standardises.
+
+  Bias-corrected EMA (as Adam's moments): after t updates the estimate is
+  ``m_t / (1 - momentum^t)``, so early steps are not pulled towards 0.
+  Returns (standardised zeta [B, 6], new stats).
+  """
+  n = _gsum(jnp.asarray(zeta.shape[0], jnp.float32), axis_name)
+  mean = _gsum(zeta.sum(0), axis_name) / n
+  sq = _gsum((zeta ** 2).sum(0), axis_name) / n
+  m = momentum * stats["feat_mean"] + (1 - momentum) * mean
+  s = momentum * stats["feat_sq"] + (1 - momentum) * sq
+  t = stats["feat_count"] + 1
+  corr = 1 - momentum ** t
+  mu, var = m / corr, jnp.maximum(s / corr - (m / corr) ** 2, 0.0)
+  z = (zeta - mu) / jnp.sqrt(var + 1e-6)
+  return z, dict(stats, feat_mean=m, feat_sq=s, feat_count=t)

@@ -1,0 +1,78 @@
+"""FRL's Lagrangian multipliers (Xu et al., ICML 2021; paper Eq. 19; SPEC 7).
+
+Once per epoch, per-class natural error e_c and boundary error b_c on the
+validation set (fractions in [0, 1]) update three multiplier vectors:
+
+  g0 = e - mean(e) - tau1,   g1 = b - mean(b) - tau2
+  lambda0 += r1 g0           (ReWeight, natural term)
+  lambda1 += 2 r1 g1         (ReWeight, boundary term)
+  lambda2 += r2 g1           (ReMargin, unprojected)
+
+lambda0, lambda1 are clipped at 0 and rescaled to sum to ``lim`` when their
+sum exceeds it; r1 halves every ``halve_every`` epochs.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+MODES = ("reweight", "remargin", "reweight_remargin", "baseline_reweight")
+
+
+def init(num_classes: int) -> dict[str, jax.Array]:
+  """Zero multipliers, and uniform Baseline-ReWeight class weights."""
+  z = jnp.zeros((num_classes,), jnp.float32)
+  return {"lambda0": z, "lambda1": z, "lambda2": z,
+          "baseline_w": jnp.full((num_classes,), 1.0 / num_classes, jnp.float32)}
+
+
+def _project(lam: np.ndarray, lim: float) -> np.ndarray:
+  lam = np.maximum(lam, 0.0)
+  s = lam.sum()
+  return lam * (lim / s) if s > lim else lam
+
+
+def update(lams: dict, natural_err: np.ndarray, boundary_err: np.ndarray, *, epoch: int,
+           r1: float = 0.05, r2: float = 0.2, tau1: float = 0.07, tau2: float = 0.07,
+           lim: float = 0.5, halve_every: int = 40) -> dict[str, np.ndarray]:
+  """One Lagrangian step (host side, numpy). Errors are fractions, [C] each."""
+  e, b = np.asarray(natural_err, np.float64), np.asarray(boundary_err, np.float64)
+  g0 = e - e.mean() - tau1
+  g1 = b - b.mean() - tau2
+  lr = r1 * 0.5 ** (epoch // halve_every)
+  l0 = _project(np.asarray(lams["lambda0"], np.float64) + lr * g0, lim)
+  l1 = _project(np.asarray(lams["lambda1"], np.float64) + 2 * lr * g1, lim)
+  l2 = np.asarray(lams["lambda2"], np.float64) + r2 * g1
+  return dict(lams, **{k: v.astype(np.float32) for k, v in
+                      (("lambda0", l0), ("lambda1", l1), ("lambda2", l2))})
+
+
+def class_weights(lam: jax.Array) -> jax.Array:
+  """w_c = 1/C + lambda_c - mean_j lambda_j; [C] -> [C] (sums to 1)."""
+  return 1.0 / lam.shape[0] + lam - jnp.mean(lam)
+
+
+def margin_multipliers(lambda2: jax.Array) -> jax.Array:
+  """ReMargin eps multipliers m_c = clip(exp(2 lambda2_c), 0.98, 2.5)."""
+  return jnp.clip(jnp.exp(2.0 * lambda2), 0.98, 2.5)
+
+
+def sample_factors(class_w: jax.Array, labels: jax.Array, axis_name: str | None) -> jax.Array:
+  """Per-sample factors that turn a plain batch mean into FRL's weighted mean.
+
+  ``mean_i(f_i * l_i) == sum_i w_{y_i} l_i / sum_i w_{y_i}`` over the global
+  batch: f_i = w_{y_i} * B / sum_j w_{y_j}.
+  """
+  w = class_w[labels]
+  total, count = w.sum(), jnp.asarray(labels.shape[0], jnp.float32)
+  if axis_name is not None:
+    total, count = jax.lax.psum(total, axis_name), jax.lax.psum(count, axis_name)
+  return w * count / total
+
+
+def baseline_reweight(robust_err: np.ndarray, factor: float = 2.0) -> np.ndarray:
+  """Baseline ReWeight: the class with the largest validation robust error gets
+  ``factor`` times the weight of the others; weights sum to 1. [C] -> [C]."""
+  w = np.ones_like(np.asarray(robust_err, np.float64))
+  w[int(np.argmax(robust_err))] = factor
+  return (w / w.sum()).astype(np.float32)
