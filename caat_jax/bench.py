@@ -35,16 +35,45 @@ IMAGE_SHAPES = {"digits": ((8, 8, 1), 10), "cifar10": ((32, 32, 3), 10),
                 "svhn": ((32, 32, 3), 10)}
 
 
-def forward_units(method: str, config) -> float:
-  """Cost of one step per example in forward-pass units F (SPEC section 11):
-  an attack step ~2F, a training forward+backward ~3F, a forward ~1F."""
-  k = config.attack.num_steps
+def forward_units(config) -> float:
+  """Cost of one step per training example in forward-pass units F (SPEC 11).
+
+  An attack step ~2F, a forward ~1F, a training forward + backward ~3F per
+  input batch; a JVP ~2F per input batch; reverse-mode through a gradient
+  (second order) ~6F per input batch. Meta costs assume the meta batch is as
+  large as the batch (scaled by m / n otherwise) and are divided by
+  ``meta.interval``.
+  """
+  method, k = config.method, config.attack.num_steps
+  attack = 2.0 * k
   if method == "natural":
     return 3.0
   if method == "pgd_at":
-    return 2.0 * k + 3.0
-  if method == "trades":
-    return 2.0 * k + 1.0 + 6.0
+    return attack + 3.0
+  if method in ("trades", "frl"):
+    return attack + 1.0 + 6.0
+  if method == "meta_caat":
+    base = 2 * attack + 1.0 + 9.0  # adv + anti attacks, clean forward, real update
+    if config.caat.bound == "grad":
+      base += 4.0  # two input gradients at the start point
+    if config.caat.direction != "combined":
+      return base
+    objective = {"clean_ce": 3.0, "robust": attack + 1.0 + 6.0,
+                 "official": 2 * attack + 1.0 + 9.0}[config.meta.objective]
+    lookahead = 9.0  # training gradient over clean, adv and anti inputs
+    variant = config.meta.variant
+    if variant == "jvp":
+      meta_part = lookahead + objective + 6.0  # + JVP over the 3 inputs
+    elif variant == "first_order":
+      meta_part = objective + 6.0
+    elif variant == "nested_grad":
+      meta_part = lookahead + objective + 18.0  # + reverse through the gradient
+    elif variant == "k_step":
+      meta_part = config.meta.k * (lookahead + 18.0) + objective
+    else:
+      raise KeyError(f"no cost model for meta variant {variant!r}; add one to bench")
+    meta_part *= config.meta.batch_size / config.batch_size
+    return base + meta_part / config.meta.interval
   raise KeyError(f"no cost model for method {method!r}; add one to bench.forward_units")
 
 
@@ -67,12 +96,20 @@ def _peak_memory_bytes() -> int | None:
   return stats.get("peak_bytes_in_use")
 
 
-def bench_method(config, method: str) -> dict:
-  """Compile time, median step time and images/s of ``method``'s train step."""
+def bench_method(config, name: str) -> dict:
+  """Compile time, median step time and images/s of one method's train step.
+
+  ``name`` is a method, or ``meta_caat[<variant>]`` for a meta-gradient variant.
+  """
   cfg = config.copy_and_resolve_references()
+  method, _, variant = name.partition("[")
   with cfg.unlocked():
     cfg.method = method
     cfg.batch_size = config.bench.batch_size
+    if variant:
+      cfg.meta.variant = variant.rstrip("]")
+    if cfg.meta.variant == "k_step":
+      cfg.meta.k = max(cfg.meta.k, 1)
   run = train.Run(cfg, dataset=synthetic_dataset(cfg, 4 * cfg.batch_size))
   state = run.parallel.replicate(run.init_state())
   batches = [run.parallel.shard(b) for b in run.batches(epoch=0)]
@@ -87,8 +124,8 @@ def bench_method(config, method: str) -> dict:
     if i >= 2:
       times.append(time.perf_counter() - t)
   step_s = statistics.median(times)
-  return {"method": method, "compile_s": compile_s, "step_s": step_s,
-          "images_per_s": cfg.batch_size / step_s, "units_F": forward_units(method, cfg),
+  return {"method": name, "compile_s": compile_s, "step_s": step_s,
+          "images_per_s": cfg.batch_size / step_s, "units_F": forward_units(cfg),
           "peak_memory_bytes": _peak_memory_bytes()}
 
 

@@ -125,7 +125,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.parallel.process_id = -1  # this process's id; -1 = from env
 
   c.bench = ml_collections.ConfigDict()
-  c.bench.methods = ("natural", "pgd_at", "trades")
+  # meta_caat[<variant>] benches one meta-gradient variant
+  c.bench.methods = ("natural", "pgd_at", "trades", "frl", "meta_caat[jvp]",
+                     "meta_caat[nested_grad]", "meta_caat[first_order]", "meta_caat[k_step]")
   c.bench.num_steps = 10
   c.bench.batch_size = 128
   return c

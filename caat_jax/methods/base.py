@@ -169,4 +169,7 @@ def train_step(
   if ctx.augment != "none":
     keys = sample_keys(aug_key, images.shape[0], ctx.axis_name)
     images = augment_lib.augment_fn(ctx.augment)(images, keys)
-  return method.step(state, dict(batch, image=images), method_key, ctx)
+  batch = dict(batch, image=images)
+  if "meta_image" in batch:  # clean meta examples: converted, not augmented
+    batch["meta_image"] = augment_lib.to_float01(batch["meta_image"])
+  return method.step(state, batch, method_key, ctx)

@@ -135,9 +135,16 @@ def step(state, batch, key, ctx: base.StepContext):
   def skip_meta(omega, opt):
     return omega, opt, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)
 
-  meta_now = (c.direction == "combined") & (state.step % cfg.meta.interval == 0)
-  omega, wnet_opt, meta_loss, meta_grad_norm = jax.lax.cond(
-      meta_now, do_meta, skip_meta, extra["wnet"], extra["wnet_opt"])
+  if c.direction != "combined":
+    meta_now = jnp.asarray(False)
+    omega, wnet_opt, meta_loss, meta_grad_norm = skip_meta(extra["wnet"], extra["wnet_opt"])
+  elif cfg.meta.interval == 1:  # no cond: XLA optimises a branch-free step better
+    meta_now = jnp.asarray(True)
+    omega, wnet_opt, meta_loss, meta_grad_norm = do_meta(extra["wnet"], extra["wnet_opt"])
+  else:
+    meta_now = state.step % cfg.meta.interval == 0
+    omega, wnet_opt, meta_loss, meta_grad_norm = jax.lax.cond(
+        meta_now, do_meta, skip_meta, extra["wnet"], extra["wnet_opt"])
 
   # 5. the real update with the new weights.
   w_new = jax.lax.stop_gradient(weights_fn(omega)) if c.direction == "combined" else w_old
