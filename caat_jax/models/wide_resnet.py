@@ -15,6 +15,7 @@ import functools
 import flax.linen as nn
 import jax.numpy as jnp
 
+from caat_jax.models import preact_resnet
 from caat_jax.models.resnet import batch_norm
 from caat_jax.models.resnet import classifier_head
 from caat_jax.models.resnet import conv
@@ -22,36 +23,10 @@ from caat_jax.models.resnet import Dtype
 from caat_jax.models.resnet import normalize
 
 
-class WideBlock(nn.Module):
-  """Pre-activation basic block BN-ReLU-conv3x3-BN-ReLU-conv3x3 plus shortcut.
-
-  When the width changes, the 1x1 projection shortcut reads the activated input
-  (the reference's ``activate_before_residual`` / ``equalInOut`` logic);
-  otherwise the shortcut is the identity on the raw input.
-
-  Attributes:
-    features: output channels.
-    stride: stride of the first conv and of the projection shortcut.
-  """
-  features: int
-  stride: int = 1
-  dtype: Dtype = jnp.float32
-  axis_name: str | None = None
-
-  @nn.compact
-  def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-    """[B, H, W, C_in] -> [B, H / stride, W / stride, features]."""
-    bn = functools.partial(batch_norm, train, self.axis_name, self.dtype)
-    out = nn.relu(bn(name='bn1')(x))
-    if self.stride != 1 or x.shape[-1] != self.features:
-      shortcut = conv(self.features, 1, self.stride, self.dtype,
-                      name='proj_conv')(out)
-    else:
-      shortcut = x
-    out = conv(self.features, 3, self.stride, self.dtype, name='conv1')(out)
-    out = nn.relu(bn(name='bn2')(out))
-    out = conv(self.features, 3, 1, self.dtype, name='conv2')(out)
-    return out + shortcut
+# The WRN block of the TRADES / Madry code is exactly the pre-activation basic
+# block: BN-ReLU-conv3x3-BN-ReLU-conv3x3, with the 1x1 projection shortcut
+# reading the activated input when the shape changes (``equalInOut``).
+WideBlock = preact_resnet.PreActBlock
 
 
 class WideResNet(nn.Module):
