@@ -38,3 +38,42 @@ def probability_margin(logits: jax.Array, labels: jax.Array) -> jax.Array:
 def correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Whether argmax(logits) == y; [B, C], [B] -> bool [B]."""
   return jnp.argmax(logits, axis=-1) == labels
+
+
+def _sorted_desc(logits: jax.Array, k: int) -> jax.Array:
+  """The k largest logits per row, largest first; [B, C] -> [B, k]."""
+  return -jnp.sort(-logits, axis=-1)[:, :k]
+
+
+def dlr(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Difference of Logits Ratio (Croce & Hein, ICML 2020, Eq. 6); [B, C], [B] -> [B].
+
+  ``-(z_y - max_{j != y} z_j) / (z_pi1 - z_pi3 + 1e-12)`` with ``z_pi1 >= z_pi2
+  >= ...`` the sorted logits. Invariant to shifting and positively rescaling
+  the logits. It needs three classes; with two the denominator is taken as 1
+  (the plain logit margin; the reference refuses that case).
+  """
+  z = _at_least_f32(logits)
+  z_y = jnp.take_along_axis(z, labels[:, None], axis=-1)[:, 0]
+  others = jnp.where(jax.nn.one_hot(labels, z.shape[-1], dtype=bool), -jnp.inf, z)
+  numer = z_y - jnp.max(others, axis=-1)
+  if z.shape[-1] < 3:
+    return -numer
+  top = _sorted_desc(z, 3)
+  return -numer / (top[:, 0] - top[:, 2] + 1e-12)
+
+
+def targeted_dlr(logits: jax.Array, labels: jax.Array, targets: jax.Array) -> jax.Array:
+  """Targeted DLR (Croce & Hein, ICML 2020, Eq. 7); [B, C], [B], [B] -> [B].
+
+  ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12)``. It needs four
+  classes; with fewer the denominator is taken as 1 (plain targeted margin;
+  the reference refuses that case).
+  """
+  z = _at_least_f32(logits)
+  z_y = jnp.take_along_axis(z, labels[:, None], axis=-1)[:, 0]
+  z_t = jnp.take_along_axis(z, targets[:, None], axis=-1)[:, 0]
+  if z.shape[-1] < 4:
+    return -(z_y - z_t)
+  top = _sorted_desc(z, 4)
+  return -(z_y - z_t) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12)

@@ -1,0 +1,305 @@
+"""Auto-PGD, L-inf (Croce & Hein, "Reliable evaluation of adversarial
+robustness with an ensemble of diverse parameter-free attacks", ICML 2020).
+
+APGD is PGD with momentum and a step size that adapts itself:
+
+* start at ``x + eps * t / ||t||_inf`` with ``t ~ U(-1, 1)^d`` (a point on the
+  ball's surface), clipped to [0, 1]; initial step ``2 * eps``;
+* ``z = P(x_k + eta * sign(g_k))``,
+  ``x_{k+1} = P(x_k + a (z - x_k) + (1 - a)(x_k - x_{k-1}))`` with momentum
+  ``a = 0.75`` (``a = 1`` at the first step);
+* at the checkpoints ``w_j`` (:func:`checkpoints`) the step is halved, and the
+  iterate reset to the best point so far, for each example where the loss
+  rose in at most ``rho = 0.75`` of the steps since the last checkpoint, or
+  where neither the step was halved at the last checkpoint nor the best loss
+  improved since.
+
+The functions here follow the reference implementation (fra31/auto-attack,
+``autopgd_base.py``) in its "standard" L-inf settings: 100 iterations, one
+restart for APGD-CE, one restart for each of 9 target classes for APGD-T on
+the targeted DLR loss, targets the 2nd, 3rd, ... largest clean logits.
+
+Everything is per sample and shape-static: an example that is already broken
+keeps being computed (its result is masked), so one compilation serves every
+batch; per-sample PRNG keys make results independent of the batch size and
+of the number of devices. The reference attacks only the still-robust
+points of a batch; the outcome per point is the same here.
+"""
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from caat_jax import losses
+
+LogitsFn = Callable[[jax.Array], jax.Array]  # [B, H, W, C] -> [B, num_classes]
+LOSSES = ("ce", "dlr", "dlr_targeted")
+
+
+class AttackResult(NamedTuple):
+  """Per-sample outcome of an attack.
+
+  x_adv: [B, H, W, C]; the adversarial example where one was found, else the
+    clean input.
+  robust: bool [B]; attacked (correctly classified to begin with) and not
+    broken.
+  """
+  x_adv: jax.Array
+  robust: jax.Array
+
+
+def bcast(v: jax.Array, x: jax.Array) -> jax.Array:
+  """[B] -> [B, 1, 1, 1] to broadcast a per-sample value against images."""
+  return jnp.reshape(v, v.shape + (1,) * (x.ndim - 1))
+
+
+def linf_norm(d: jax.Array) -> jax.Array:
+  """max_i |d_i| per example; [B, ...] -> [B]."""
+  return jnp.max(jnp.abs(d.reshape(d.shape[0], -1)), axis=-1)
+
+
+def checkpoints(num_iters: int) -> tuple[list[int], list[int]]:
+  """The reference's step-size checkpoints for ``num_iters`` iterations.
+
+  The first interval is ``max(int(0.22 N), 1)`` iterations; every next one is
+  ``max(int(0.03 N), 1)`` shorter, down to a floor of ``max(int(0.06 N), 1)``.
+  For N = 100 the checks come after 22, 41, 57, 70, 80, 87, 93 and 99
+  iterations (the paper's w_j = ceil(p_j N), p = 0, 0.22, 0.41, ...).
+
+  Returns:
+    (after, window): the number of iterations done at each check and the
+    length of the interval it closes (the loss history the oscillation test
+    looks at).
+  """
+  k = max(int(0.22 * num_iters), 1)
+  k_min = max(int(0.06 * num_iters), 1)
+  decr = max(int(0.03 * num_iters), 1)
+  after, window, done = [], [], 0
+  while done + k <= num_iters:
+    done += k
+    after.append(done)
+    window.append(k)
+    k = max(k - decr, k_min)
+  return after, window
+
+
+def _loss_and_grad(logits_fn: LogitsFn, loss: str):
+  """``f(x_adv, labels, targets) -> (loss [B], logits [B, C], grad [B, ...])``.
+
+  The input gradient is taken per example (``vmap(grad)``), as in pgd.py.
+  """
+  if loss not in LOSSES:
+    raise ValueError(f"loss={loss!r}; valid: {', '.join(LOSSES)}")
+
+  def sample(xi, yi, ti):
+    logits = logits_fn(xi[None])
+    if loss == "ce":
+      value = losses.cross_entropy(logits, yi[None])
+    elif loss == "dlr":
+      value = losses.dlr(logits, yi[None])
+    else:
+      value = losses.targeted_dlr(logits, yi[None], ti[None])
+    return value[0], logits[0]
+
+  vg = jax.vmap(jax.value_and_grad(sample, has_aux=True))
+
+  def fn(x_adv, labels, targets):
+    (value, logits), grad = vg(x_adv, labels, targets)
+    return value, logits, grad
+
+  return fn
+
+
+def apgd_run(
+    logits_fn: LogitsFn,
+    x: jax.Array,
+    labels: jax.Array,
+    *,
+    eps: jax.Array,
+    keys: jax.Array,
+    loss: str = "ce",
+    targets: jax.Array | None = None,
+    num_iters: int = 100,
+    rho: float = 0.75,
+    unroll: int = 1,
+) -> tuple[AttackResult, jax.Array]:
+  """One APGD run from a random start (the reference's ``attack_single_run``).
+
+  Args:
+    logits_fn: the classifier in inference mode (examples independent).
+    x: clean images [B, H, W, C] in [0, 1].
+    labels: true labels [B] int.
+    eps: L-inf bounds [B] in pixel units.
+    keys: per-sample PRNG keys [B] for the start point.
+    loss: 'ce', 'dlr' or 'dlr_targeted' (then ``targets`` [B] is required).
+    num_iters: iterations (100 in the reference).
+    rho: oscillation threshold of the step-size rule (0.75).
+    unroll: unroll factor of the iteration loop (1: rolled, fastest compile).
+  Returns:
+    (result, best_loss): ``result.x_adv`` is the last misclassified iterate
+    (else the start point), ``result.robust`` whether every iterate including
+    the start was classified correctly; ``best_loss`` [B] the highest loss
+    reached.
+  """
+  x = jax.lax.stop_gradient(x)
+  batch = x.shape[0]
+  eps = jnp.broadcast_to(jnp.asarray(eps, x.dtype), (batch,))
+  targets = labels if targets is None else targets
+  e = bcast(eps, x)
+  loss_grad = _loss_and_grad(logits_fn, loss)
+
+  def project(z):
+    return jnp.clip(jnp.clip(z, x - e, x + e), 0.0, 1.0)
+
+  t = jax.vmap(lambda k: jax.random.uniform(k, x.shape[1:], x.dtype, -1.0, 1.0))(keys)
+  x_adv = jnp.clip(x + e * t / (bcast(linf_norm(t), x) + 1e-12), 0.0, 1.0)
+  loss0, logits0, grad0 = loss_grad(x_adv, labels, targets)
+
+  after, window = checkpoints(num_iters)
+  is_check = jnp.zeros((num_iters,), bool).at[jnp.array(after, jnp.int32) - 1].set(True)
+  win = jnp.zeros((num_iters,), jnp.int32).at[jnp.array(after, jnp.int32) - 1].set(
+      jnp.array(window, jnp.int32))
+  rows = jnp.arange(num_iters)[:, None]
+
+  init = dict(
+      x_adv=x_adv, x_prev=x_adv, grad=grad0, grad_best=grad0, x_best=x_adv,
+      x_best_adv=x_adv, loss_best=loss0, correct=losses.correct(logits0, labels),
+      step=2.0 * eps, loss_steps=jnp.zeros((num_iters, batch), loss0.dtype),
+      loss_best_last=loss0, reduced_last=jnp.ones((batch,), bool))
+
+  def body(i, s):
+    x_cur = s["x_adv"]
+    a = jnp.where(i > 0, 0.75, 1.0).astype(x.dtype)
+    z = project(x_cur + bcast(s["step"], x) * jnp.sign(s["grad"]))
+    x_new = project(x_cur + a * (z - x_cur) + (1.0 - a) * (x_cur - s["x_prev"]))
+    value, logits, grad = loss_grad(x_new, labels, targets)
+
+    pred_ok = losses.correct(logits, labels)
+    x_best_adv = jnp.where(bcast(~pred_ok, x), x_new, s["x_best_adv"])
+    loss_steps = s["loss_steps"].at[i].set(value)
+    better = value > s["loss_best"]
+    x_best = jnp.where(bcast(better, x), x_new, s["x_best"])
+    grad_best = jnp.where(bcast(better, x), grad, s["grad_best"])
+    loss_best = jnp.where(better, value, s["loss_best"])
+
+    # Step-size check (only takes effect where is_check[i]). The loss rose
+    # at step r if L[r] > L[r-1]; row 0 compares with the last row, still
+    # zero, as in the reference's wrap-around indexing.
+    k = win[i]
+    rose = loss_steps > jnp.roll(loss_steps, 1, axis=0)
+    in_window = (rows > i - k) & (rows <= i)
+    count = jnp.sum(rose & in_window, axis=0)
+    oscillating = count <= k.astype(x.dtype) * rho
+    stalled = ~s["reduced_last"] & (s["loss_best_last"] >= loss_best)
+    check = is_check[i]
+    reduce = check & (oscillating | stalled)
+    return dict(
+        x_adv=jnp.where(bcast(reduce, x), x_best, x_new),
+        x_prev=x_cur,
+        grad=jnp.where(bcast(reduce, x), grad_best, grad),
+        grad_best=grad_best, x_best=x_best, x_best_adv=x_best_adv,
+        loss_best=loss_best, correct=s["correct"] & pred_ok,
+        step=jnp.where(reduce, 0.5 * s["step"], s["step"]),
+        loss_steps=loss_steps,
+        loss_best_last=jnp.where(check, loss_best, s["loss_best_last"]),
+        reduced_last=jnp.where(check, reduce, s["reduced_last"]))
+
+  s = jax.lax.fori_loop(0, num_iters, body, init, unroll=unroll)
+  result = AttackResult(jax.lax.stop_gradient(s["x_best_adv"]), s["correct"])
+  return result, s["loss_best"]
+
+
+def _merge(done: AttackResult, new: AttackResult) -> AttackResult:
+  """Takes ``new``'s example only where ``done`` was robust and ``new`` broke it."""
+  broken = done.robust & ~new.robust
+  return AttackResult(jnp.where(bcast(broken, new.x_adv), new.x_adv, done.x_adv),
+                      done.robust & new.robust)
+
+
+def _initial(logits_fn, x, labels, active):
+  clean_logits = logits_fn(x)
+  robust = losses.correct(clean_logits, labels)
+  if active is not None:
+    robust &= active
+  return clean_logits, AttackResult(x, robust)
+
+
+def _repeat(num_runs: int, run_fn, start: AttackResult) -> AttackResult:
+  """Runs ``run_fn(r) -> AttackResult`` for r = 0, 1, ... while any point is
+  still robust, merging each run into the points it breaks first.
+
+  Stopping once nothing is robust changes no per-sample result: later runs
+  would only touch points already broken, and those are never overwritten.
+  """
+  def cond(c):
+    r, res = c
+    return (r < num_runs) & jnp.any(res.robust)
+
+  def body(c):
+    r, res = c
+    return r + 1, _merge(res, run_fn(r))
+
+  return jax.lax.while_loop(cond, body, (jnp.int32(0), start))[1]
+
+
+def _fold(keys: jax.Array, i) -> jax.Array:
+  return jax.vmap(lambda k: jax.random.fold_in(k, i))(keys)
+
+
+def apgd_ce(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *, eps, keys: jax.Array,
+            active: jax.Array | None = None, num_iters: int = 100, num_restarts: int = 1,
+            rho: float = 0.75, loss: str = "ce", unroll: int = 1) -> AttackResult:
+  """APGD-CE, untargeted (AutoAttack's first attack; ``loss='dlr'`` gives APGD-DLR).
+
+  Args:
+    logits_fn, x, labels, eps, keys: as :func:`apgd_run`.
+    active: bool [B], the points to attack (default: all); points misclassified
+      clean are never robust.
+    num_restarts: random restarts (1 in the standard version); each runs only
+      if some point is still robust.
+  Returns:
+    AttackResult: robust = clean-correct & active & not broken by any restart.
+  """
+  _, start = _initial(logits_fn, x, labels, active)
+  eps = jnp.broadcast_to(jnp.asarray(eps, x.dtype), labels.shape)
+
+  def run(r):
+    return apgd_run(logits_fn, x, labels, eps=eps, keys=_fold(keys, r), loss=loss,
+                    num_iters=num_iters, rho=rho, unroll=unroll)[0]
+
+  return _repeat(num_restarts, run, start)
+
+
+def target_classes(clean_logits: jax.Array, rank: jax.Array) -> jax.Array:
+  """The class with the ``rank``-th largest clean logit (rank 2 = runner-up).
+
+  clean_logits [B, C], rank int (traced is fine) -> [B] int.
+  """
+  order = jnp.argsort(clean_logits, axis=-1)  # ascending
+  return jnp.take(order, clean_logits.shape[-1] - rank, axis=-1)
+
+
+def apgd_targeted(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *, eps,
+                  keys: jax.Array, active: jax.Array | None = None,
+                  num_target_classes: int = 9, num_restarts: int = 1, num_iters: int = 100,
+                  rho: float = 0.75, unroll: int = 1) -> AttackResult:
+  """APGD-T: APGD on the targeted DLR loss, one target class after another.
+
+  The targets are the classes with the 2nd, 3rd, ..., (num_target_classes+1)-th
+  largest clean logit (at most C - 1 of them); each target gets
+  ``num_restarts`` runs, on the points not yet broken.
+  """
+  clean_logits, start = _initial(logits_fn, x, labels, active)
+  eps = jnp.broadcast_to(jnp.asarray(eps, x.dtype), labels.shape)
+  num_targets = min(num_target_classes, clean_logits.shape[-1] - 1)
+
+  def run(j):
+    t, r = j // num_restarts, j % num_restarts
+    targets = target_classes(clean_logits, t + 2)
+    return apgd_run(logits_fn, x, labels, eps=eps, keys=_fold(_fold(keys, t), r),
+                    loss="dlr_targeted", targets=targets, num_iters=num_iters, rho=rho,
+                    unroll=unroll)[0]
+
+  return _repeat(num_targets * num_restarts, run, start)
