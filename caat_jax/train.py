@@ -163,6 +163,7 @@ class Run:
         functools.partial(methods.train_step, method=self.method, ctx=self.ctx),
         (REPLICATED, SHARDED), (REPLICATED, REPLICATED), donate_argnums=(0,))
     self.eval_step = evaluate.make_eval_step(self.parallel, self.eval_model, config.eval, self.unroll)
+    self._eval_steps = {}
 
   def batches(self, epoch: int, start: int = 0) -> Iterator[dict[str, np.ndarray]]:
     """This process's training batches of ``epoch`` from batch ``start`` on."""
@@ -183,6 +184,17 @@ class Run:
       loaded = ckpt_lib.load_variables(self.config.init_from, state)
       state = state.replace(params=loaded["params"], batch_stats=loaded["batch_stats"])
     return state
+
+  def eval_step_for(self, attacks: tuple[str, ...], eps: float, step_size: float):
+    """A compiled per-class evaluation step for other attack settings (e.g.
+    FRL's validation PGD-20), built once and cached."""
+    key = (tuple(attacks), float(eps), float(step_size))
+    if key not in self._eval_steps:
+      cfg = ml_collections.ConfigDict(
+          {"attacks": key[0], "eps": key[1], "step_size": key[2]})
+      self._eval_steps[key] = evaluate.make_eval_step(
+          self.parallel, self.eval_model, cfg, self.unroll)
+    return self._eval_steps[key]
 
   def evaluate(self, replicated_state, split=None, progress=False) -> list[dict]:
     """Per-class documents (SPEC 9), one per configured attack."""

@@ -10,7 +10,6 @@ reuses that hook when ``fairness.enabled``.
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from caat_jax import attacks, bounds, evaluate, fairness, losses
@@ -81,13 +80,9 @@ def fairness_epoch_end(run, rstate, epoch: int):
     raise ValueError("fairness needs a validation set: set config.data.meta_per_class > 0")
   f = cfg.fairness
   attack = f"pgd{f.attack_steps}"
-  eval_cfg = ml_collections.ConfigDict(
-      {"attacks": (attack,), "eps": float(cfg.attack.eps), "step_size": float(f.step_size)})
-  if getattr(run, "_fairness_eval_step", None) is None:
-    run._fairness_eval_step = evaluate.make_eval_step(  # pylint: disable=protected-access
-        run.parallel, run.eval_model, eval_cfg, run.unroll)
-  out = evaluate.run_eval(run.parallel, run._fairness_eval_step,  # pylint: disable=protected-access
-                          rstate.variables, run.dataset.meta, batch_size=cfg.eval.batch_size)
+  eval_step = run.eval_step_for((attack,), cfg.attack.eps, f.step_size)
+  out = evaluate.run_eval(run.parallel, eval_step, rstate.variables, run.dataset.meta,
+                          batch_size=cfg.eval.batch_size)
   c = run.dataset.num_classes
   nat = evaluate.per_class_error(out["natural"], out["label"], c) / 100.0
   rob = evaluate.per_class_error(out[attack], out["label"], c) / 100.0
