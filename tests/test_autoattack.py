@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 
 from caat_jax import losses
-from caat_jax.attacks import apgd
+from caat_jax.attacks import apgd, autoattack, fab
+from caat_jax.attacks.square import p_schedule, square, window_sizes
 
 EPS_MARGIN = 0.05  # points whose distance is within 5% of eps are left out
 
@@ -136,3 +137,110 @@ def test_apgd_is_per_sample_and_deterministic():
   np.testing.assert_array_equal(full.x_adv, again.x_adv)
   np.testing.assert_array_equal(full.x_adv[:16], half.x_adv)
   np.testing.assert_array_equal(full.robust[:16], half.robust)
+
+
+# --- FAB-T -------------------------------------------------------------------
+
+
+def test_linf_projection_onto_a_hyperplane_in_the_box():
+  """Against the definition: feasible, and no smaller norm reaches the plane."""
+  rng = np.random.default_rng(0)
+  n, d = 64, 20
+  t = rng.uniform(0.0, 1.0, (n, d))
+  w = rng.normal(size=(n, d)) * (rng.uniform(size=(n, d)) > 0.2)
+  b = np.sum(w * rng.uniform(0.0, 1.0, (n, d)), -1)  # a plane that meets the box
+  step = np.asarray(fab.project_linf(jnp.asarray(t), jnp.asarray(w), jnp.asarray(b)))
+  z = t + step
+  np.testing.assert_allclose(np.sum(w * z, -1), b, atol=1e-5)  # float32
+  assert np.all(z >= -1e-6) and np.all(z <= 1 + 1e-6)
+  # The best a norm of lam can do is move each coordinate lam towards the plane.
+  lam = 0.99 * np.abs(step).max(-1, keepdims=True)
+  c = np.sum(w * t, -1) - b
+  toward = -np.sign(c)[:, None] * np.sign(w)
+  best = t + np.clip(toward * lam, -t, 1 - t)
+  assert np.all(np.abs(np.sum(w * best, -1) - b) > 0)
+  assert np.all(np.sign(np.sum(w * best, -1) - b) == np.sign(c))
+
+
+@pytest.mark.parametrize("num_classes", [2, 10])
+def test_fab_t_finds_the_minimal_perturbation(num_classes):
+  f, x, y, dist = linear_problem(num_classes, n=64, seed=4)
+  # eps = 0: nothing counts as broken, so every target runs and ``norm`` is
+  # the smallest perturbation over all of them.
+  res, norm = jax.jit(lambda x, y, k: fab.fab_targeted(f, x, y, eps=0.0, keys=k))(
+      x, y, keys_for(len(y)))
+  norm = np.asarray(norm)
+  # FAB's overshoot (eta = 1.05) then backward step (beta = 0.9) settle about
+  # 0.5% above the boundary.
+  np.testing.assert_allclose(norm, dist, rtol=0.01)
+  assert np.all(norm >= dist * (1 - 1e-4))
+  np.testing.assert_array_equal(res.robust, np.ones(len(y), bool))  # eps = 0
+  # With eps between the distances, robust = dist > eps.
+  eps, x2, y2, dist2 = eps_and_subset(dist, x, y)
+  res2, _ = fab.fab_targeted(f, x2, y2, eps=eps, keys=keys_for(len(y2)))
+  np.testing.assert_array_equal(np.asarray(res2.robust), dist2 > eps)
+
+
+# --- Square ------------------------------------------------------------------
+
+
+def _no_gradient(logits_fn):
+  """``logits_fn`` that fails if anything differentiates it."""
+  @jax.custom_vjp
+  def g(v):
+    return logits_fn(v)
+
+  def fwd(v):
+    return g(v), None
+
+  def bwd(_, __):
+    raise AssertionError("Square Attack must not use gradients")
+
+  g.defvjp(fwd, bwd)
+  return g
+
+
+def test_p_schedule_matches_the_reference():
+  got = [p_schedule(i) for i in (0, 10, 11, 50, 51, 200, 201, 500, 501, 1000, 1001,
+                                        2000, 2001, 4000, 4001, 6000, 6001, 8000, 8001)]
+  want = [0.8, 0.8, 0.4, 0.4, 0.2, 0.2, 0.1, 0.1, 0.05, 0.05, 0.025, 0.025, 0.0125,
+          0.0125, 0.00625, 0.00625, 0.003125, 0.003125, 0.0015625]
+  np.testing.assert_allclose(got, want)
+  assert window_sizes((32, 32))[:3] == [29, 20, 14]
+
+
+def test_square_lowers_accuracy_without_gradients():
+  f, x, y, dist = linear_problem(2, seed=5)
+  # Most points breakable: random search needs no exact vertex for them.
+  eps, x, y, dist = eps_and_subset(dist, x, y, quantile=0.9)
+  res = jax.jit(lambda x, y, k: square(_no_gradient(f), x, y, eps=eps, keys=k,
+                                              num_queries=1500))(x, y, keys_for(len(y)))
+  robust = np.asarray(res.robust)
+  assert robust.mean() < 0.75, robust.mean()  # clean accuracy is 1
+  assert np.all(robust[dist > eps])  # never below the true robust accuracy
+  assert float(jnp.max(jnp.abs(res.x_adv - x))) <= eps * (1 + 1e-5)
+  broken = ~robust
+  assert np.all(np.argmax(np.asarray(f(res.x_adv)), -1)[broken] != np.asarray(y)[broken])
+
+
+# --- the ensemble ------------------------------------------------------------
+
+
+def test_autoattack_is_exact_on_a_linear_classifier_and_merges_per_point():
+  f, x, y, dist = linear_problem(10, n=64, seed=6)
+  eps, x, y, dist = eps_and_subset(dist, x, y)
+  y = y.at[0].set((y[0] + 1) % 10)  # one point misclassified clean
+  opts = {"square": {"num_queries": 50}}
+  res, stages = jax.jit(lambda x, y, k: autoattack.autoattack(
+      f, x, y, eps=eps, keys=k, options=opts))(x, y, keys_for(len(y)))
+  want = dist > eps
+  want[0] = False
+  np.testing.assert_array_equal(np.asarray(res.robust), want)
+  order = ["clean", *autoattack.STANDARD]
+  for a, b in zip(order, order[1:]):  # cumulative: never more robust later
+    assert np.all(np.asarray(stages[b]) <= np.asarray(stages[a]))
+  np.testing.assert_array_equal(stages["square"], res.robust)
+  broken = ~want
+  broken[0] = False
+  assert np.all(np.argmax(np.asarray(f(res.x_adv)), -1)[broken] != np.asarray(y)[broken])
+  assert float(jnp.max(jnp.abs(res.x_adv - x))) <= eps * (1 + 1e-5)

@@ -1,0 +1,83 @@
+"""AutoAttack's "standard" L-inf ensemble (Croce & Hein, ICML 2020).
+
+APGD-CE, then APGD-T (9 targets, targeted DLR), then FAB-T (9 targets), then
+Square (5000 queries), each with the reference's hyper-parameters
+(fra31/auto-attack ``autoattack.py``, ``set_version('standard')``). Each attack
+runs on the points still robust after the previous ones (here: all points
+are computed, only still-robust ones can change, and an attack's internal
+loops stop as soon as no point in the batch is left to break). A point is
+robust if it is classified correctly clean and no attack breaks it; its
+adversarial example is the one from the first attack that broke it.
+"""
+
+from collections.abc import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from caat_jax import losses
+from caat_jax.attacks.apgd import AttackResult, LogitsFn, apgd_ce, apgd_targeted, bcast
+from caat_jax.attacks.fab import fab_targeted
+from caat_jax.attacks.square import square
+
+STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
+_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square")
+
+
+def run_attack(name: str, logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *,
+               eps, keys: jax.Array, active: jax.Array | None = None,
+               unroll: int = 1, **options) -> AttackResult:
+  """One of AutoAttack's attacks by name, with the reference's defaults.
+
+  ``options`` override hyper-parameters (e.g. ``num_iters`` for quick tests).
+  """
+  kw = dict(eps=eps, keys=keys, active=active, **options)
+  if name == "apgd-ce":
+    return apgd_ce(logits_fn, x, labels, unroll=unroll, **kw)
+  if name == "apgd-dlr":
+    return apgd_ce(logits_fn, x, labels, loss="dlr", unroll=unroll, **kw)
+  if name == "apgd-t":
+    return apgd_targeted(logits_fn, x, labels, unroll=unroll, **kw)
+  if name == "fab-t":
+    return fab_targeted(logits_fn, x, labels, unroll=unroll, **kw)[0]
+  if name == "square":
+    return square(logits_fn, x, labels, **kw)
+  raise ValueError(f"attack {name!r}; valid: {', '.join(_ATTACKS)}")
+
+
+def autoattack(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *, eps,
+               keys: jax.Array, attacks: Sequence[str] = STANDARD,
+               options: Mapping[str, Mapping] | None = None,
+               unroll: int = 1) -> tuple[AttackResult, dict[str, jax.Array]]:
+  """Runs the ensemble on a batch.
+
+  Args:
+    logits_fn: the classifier in inference mode, [B, H, W, C] -> [B, C].
+    x: clean images [B, H, W, C] in [0, 1].
+    labels: [B] int.
+    eps: L-inf bound, scalar or [B] (pixel units).
+    keys: [B] per-sample PRNG keys (e.g. folded from the test index), so
+      results depend neither on the batch size nor on the device count.
+    attacks: the attacks in order (default the standard four).
+    options: per-attack hyper-parameter overrides, e.g.
+      ``{'square': {'num_queries': 500}}``; default the reference's.
+    unroll: unroll factor of the iteration loops.
+  Returns:
+    (result, stages): ``result.robust`` bool [B] and ``result.x_adv``
+    [B, H, W, C]; ``stages`` maps 'clean' and each attack's name to the
+    robust flags after it (cumulative, so non-increasing along ``attacks``).
+  """
+  options = dict(options or {})
+  x = jax.lax.stop_gradient(x)
+  robust = losses.correct(logits_fn(x), labels)
+  res = AttackResult(x, robust)
+  stages = {"clean": robust}
+  for i, name in enumerate(attacks):
+    keys_i = jax.vmap(lambda k, i=i: jax.random.fold_in(k, 1000 + i))(keys)
+    new = run_attack(name, logits_fn, x, labels, eps=eps, keys=keys_i, active=res.robust,
+                     unroll=unroll, **dict(options.get(name, {})))
+    broken = res.robust & ~new.robust
+    res = AttackResult(jnp.where(bcast(broken, x), new.x_adv, res.x_adv),
+                       res.robust & new.robust)
+    stages[name] = res.robust
+  return res, stages
