@@ -1,7 +1,8 @@
 """Strategy networks on the six characteristics (Flax Linen modules).
 
 ``WeightingNet`` is Meta-CAAT's f_Omega (SPEC 5): an MLP 6 -> hidden (ReLU)
--> 2 with output ``softmax(z / tau)`` = [alpha_i, beta_i].
+-> 2 with output ``softmax(z / tau)`` = [alpha_i, beta_i]. ``PolicyNet`` is
+Reinforce-CAAT's (SPEC 6): the same MLP with a direction head and a bound head.
 """
 
 import flax.linen as nn
@@ -27,3 +28,32 @@ class WeightingNet(nn.Module):
     h = nn.relu(nn.Dense(self.hidden)(z))
     logits = nn.Dense(2)(h)
     return jax.nn.softmax(logits / self.tau, axis=-1)
+
+
+class PolicyNet(nn.Module):
+  """Reinforce-CAAT's strategy net f_Omega (Section 4.4, SPEC 6).
+
+  [B, 6] standardised features -> (direction logits [B, 2], bound logits
+  [B, num_bounds]) of the factorised policy
+  ``p(s | zeta) = p(dir | zeta) p(bound | zeta)``; direction 0 is the
+  adversary, 1 the anti-adversary; bound k is the k-th entry of the bound set
+  ({3, ..., 15} / 255 by default).
+
+  Both heads start at zero, so the initial policy is exactly uniform (maximal
+  entropy, every strategy tried) for any features; the paper does not say how
+  it initialises. The heads' kernels still get gradient at once (the hidden
+  activations are non-zero), the hidden layer from the first update on.
+
+  Attributes:
+    hidden: hidden width (100, as Meta-CAAT's weighting net).
+    num_bounds: size of the bound set (13).
+  """
+
+  hidden: int = 100
+  num_bounds: int = 13
+
+  @nn.compact
+  def __call__(self, z: jax.Array) -> tuple[jax.Array, jax.Array]:
+    h = nn.relu(nn.Dense(self.hidden)(z))
+    head = lambda n, name: nn.Dense(n, kernel_init=nn.initializers.zeros, name=name)(h)
+    return head(2, "direction"), head(self.num_bounds, "bound")
