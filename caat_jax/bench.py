@@ -50,7 +50,9 @@ def forward_units(config) -> float:
     return 3.0
   if method == "pgd_at":
     return attack + 3.0
-  if method in ("trades", "frl"):
+  if method in ("trades", "frl", "reinforce_caat"):
+    # Reinforce-CAAT: one fused attack pass, as TRADES; its strategy net is
+    # an MLP on six features per example, negligible against F.
     return attack + 1.0 + 6.0
   if method == "meta_caat":
     base = 2 * attack + 1.0 + 9.0  # adv + anti attacks, clean forward, real update

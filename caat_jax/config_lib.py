@@ -80,6 +80,23 @@ def _validate_caat(config) -> None:
         "set config.fairness.enabled=True (or use caat.bound='fixed' or 'grad').")
 
 
+def _validate_reinforce(config) -> None:
+  from caat_jax import reinforce  # pylint: disable=g-import-not-at-top
+  from caat_jax.methods import reinforce_caat  # pylint: disable=g-import-not-at-top
+  r = config.reinforce
+  _check("reinforce.lam", r.lam >= 0, r.lam, ">= 0")
+  _check("reinforce.k", int(r.k) == r.k and r.k >= 1, r.k, "an integer >= 1")
+  _choice("reinforce.optimizer", r.optimizer, reinforce_caat.OPTIMIZERS)
+  _check("reinforce.learning_rate", r.learning_rate > 0, r.learning_rate, "> 0")
+  _check("reinforce.hidden", r.hidden >= 1, r.hidden, ">= 1")
+  _check("reinforce.bound_set", len(r.bound_set) >= 1 and all(v > 0 for v in r.bound_set),
+         r.bound_set, "a non-empty tuple of positive bounds in 1/255 units")
+  _choice("reinforce.baseline", r.baseline, reinforce.BASELINES)
+  _check("reinforce.baseline_momentum", 0 <= r.baseline_momentum < 1, r.baseline_momentum,
+         "in [0, 1)")
+  _check("reinforce.entropy_bonus", r.entropy_bonus >= 0, r.entropy_bonus, ">= 0")
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
   """Raises ConfigError naming the first invalid key.
 
@@ -136,6 +153,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   _choice("attack.unroll", str(a.unroll).lower(), UNROLL)
   _check("trades.beta", config.trades.beta >= 0, config.trades.beta, ">= 0")
   _validate_caat(config)
+  _validate_reinforce(config)
 
   e = config.eval
   _check("eval.eps", e.eps >= 0, e.eps, ">= 0")

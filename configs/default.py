@@ -12,7 +12,7 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
 
   c.seed = 0  # one base key per run; data transforms use it too
-  # Training method: natural | pgd_at | trades | frl | meta_caat.
+  # Training method: natural | pgd_at | trades | frl | meta_caat | reinforce_caat.
   c.method = "pgd_at"
   # If non-empty, the main job trains each of these methods in turn, into
   # WORKDIR/<method>, and ends with one side-by-side table (comparison.json).
@@ -95,6 +95,19 @@ def get_config() -> ml_collections.ConfigDict:
   c.fairness.step_size = 2 / 255
   c.fairness.baseline_factor = 2.0  # Baseline ReWeight: worst class weight
 
+  # Reinforce-CAAT (SPEC 6): a strategy net trained by REINFORCE samples each
+  # example's direction and bound. Features use the caat.feature_* keys.
+  c.reinforce = ml_collections.ConfigDict()
+  c.reinforce.lam = 0.005  # KL weight in Eq. 31; paper: 0.005 CIFAR-10, 0.1 SVHN
+  c.reinforce.k = 20  # strategy-net update after every k-th classifier step (Algorithm 2)
+  c.reinforce.optimizer = "adam"  # adam | sgd (sgd: Eq. 35 literally)
+  c.reinforce.learning_rate = 1e-3  # strategy-net step size (eta_2)
+  c.reinforce.hidden = 100  # strategy-net hidden width
+  c.reinforce.bound_set = tuple(range(3, 16))  # bound choices, in 1/255 units
+  c.reinforce.baseline = "none"  # reward baseline: none (paper) | batch_mean | ema
+  c.reinforce.baseline_momentum = 0.9  # ema baseline: running-mean momentum
+  c.reinforce.entropy_bonus = 0.0  # weight of the policy-entropy bonus (paper: 0)
+
   # Evaluation (SPEC section 9).
   c.eval = ml_collections.ConfigDict()
   c.eval.attacks = ("pgd20",)  # any of pgd<k>, e.g. pgd10, pgd20, pgd100
@@ -127,7 +140,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.bench = ml_collections.ConfigDict()
   # meta_caat[<variant>] benches one meta-gradient variant
   c.bench.methods = ("natural", "pgd_at", "trades", "frl", "meta_caat[jvp]",
-                     "meta_caat[nested_grad]", "meta_caat[first_order]", "meta_caat[k_step]")
+                     "meta_caat[nested_grad]", "meta_caat[first_order]", "meta_caat[k_step]",
+                     "reinforce_caat")
   c.bench.num_steps = 10
   c.bench.batch_size = 128
   return c
