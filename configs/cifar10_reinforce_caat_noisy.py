@@ -1,0 +1,20 @@
+"""Reinforce-CAAT on CIFAR-10 with label noise (40% uniform by default).
+
+  python -m caat_jax.main --config=configs/cifar10_reinforce_caat_noisy.py --workdir=runs/c10_noisy
+  python -m caat_jax.main --config=configs/cifar10_reinforce_caat_noisy.py:pairflip:0.2 ...
+
+Config argument ``TYPE:RATE`` (uniform | pairflip | flip2; 0.2 or 0.4).
+metrics.jsonl logs the adversary ratio and mean bound split by clean (entry
+0) and corrupted (entry 1) samples: train/adv_ratio_clean_noisy,
+train/eps_clean_noisy (the paper's Fig. 13).
+"""
+
+from configs import cifar10_reinforce_caat
+
+
+def get_config(arg: str = "uniform:0.4"):
+  noise_type, rate = (arg or "uniform:0.4").split(":")
+  c = cifar10_reinforce_caat.get_config()
+  c.data.noise_type = noise_type
+  c.data.noise_rate = float(rate)
+  return c
