@@ -1,0 +1,253 @@
+"""Reinforce-CAAT (SPEC 6): the REINFORCE estimator, the fused attack, the
+every-K-steps strategy update, configs, and N devices = 1 with the policy
+actually updating."""
+
+import importlib
+import sys
+
+import jax
+import jax.flatten_util
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from caat_jax import attacks, config_lib, losses, reinforce, strategy, train
+from caat_jax.methods import base, reinforce_caat
+from caat_jax.parallel import Parallel
+from tests.helpers import ROOT, digits_config
+from tests.test_parallel import check_devices_agree
+
+# -- the estimator on a toy problem ------------------------------------------
+
+B, K, H = 6, 5, 8  # samples, bound choices, hidden width
+NUM_DRAWS = 20000
+
+
+@jax.jit  # one compilation instead of one per eager op
+def _toy_arrays(seed):
+  """A PolicyNet on random features with non-zero heads, and per-(sample,
+  bound) rewards L0 (as adversary) and L1 (as anti-adversary)."""
+  ks = jax.random.split(jax.random.PRNGKey(seed), 5)
+  z = jax.random.normal(ks[0], (B, 6))
+  net = strategy.PolicyNet(hidden=H, num_bounds=K)
+  omega = net.init(ks[1], z)["params"]
+  # perturb every leaf: the zero-initialised heads would hide the hidden layer
+  leaves, tree = jax.tree.flatten(omega)
+  noise = jax.random.split(ks[2], len(leaves))
+  omega = jax.tree.unflatten(tree, [l + 0.5 * jax.random.normal(k, l.shape)
+                                    for l, k in zip(leaves, noise)])
+  l0 = jax.random.uniform(ks[3], (B, K), minval=0.5, maxval=3.0)
+  l1 = jax.random.uniform(ks[4], (B, K), minval=0.0, maxval=2.0)
+  return omega, z, l0, l1
+
+
+@jax.jit
+def _exact_grad(omega, z, l0, l1, entropy_bonus):
+  """grad of J+ - J- (+ bonus * mean entropy) in closed form, summing over
+  every strategy instead of sampling; flattened to [P]."""
+  net = strategy.PolicyNet(hidden=H, num_bounds=K)
+
+  def objective(om):
+    dl, bl = net.apply({"params": om}, z)
+    pd, pb = jax.nn.softmax(dl), jax.nn.softmax(bl)
+    j_plus = pd[:, 0] * jnp.sum(pb * l0, -1)
+    j_minus = pd[:, 1] * jnp.sum(pb * l1, -1)
+    h = reinforce.entropy(dl) + reinforce.entropy(bl)
+    return jnp.mean(j_plus - j_minus + entropy_bonus * h)
+  return jax.flatten_util.ravel_pytree(jax.grad(objective)(omega))[0]
+
+
+VARIANTS = {  # name: (baseline, entropy bonus)
+    "paper": ("none", 0.0), "batch_mean": ("batch_mean", 0.0), "ema": ("ema", 0.0),
+    "entropy_bonus": ("none", 0.1)}
+
+
+@jax.jit
+def _estimates(omega, z, l0, l1):
+  """NUM_DRAWS independent estimates of grad J per variant, each [NUM_DRAWS, P];
+  'wrong_sign' maximises J+ + J- instead (the bug the test must be able to see)."""
+  net = strategy.PolicyNet(hidden=H, num_bounds=K)
+  ema = {"mean": jnp.asarray(0.7), "count": jnp.asarray(3.0)}  # any action-independent value
+
+  def one(key):
+    dl, bl = net.apply({"params": omega}, z)
+    d, k = reinforce.sample(jax.random.split(key, B), dl, bl)
+    rows = jnp.arange(B)
+    r = reinforce.rewards(d, l0[rows, k], l1[rows, k])
+
+    def grad(adv, bonus):
+      g = jax.grad(lambda om: reinforce.objective(
+          *net.apply({"params": om}, z), d, k, adv, bonus))(omega)
+      return jax.flatten_util.ravel_pytree(g)[0]
+
+    out = {name: grad(reinforce.advantages(r, baseline, ema=ema, momentum=0.9), bonus)
+           for name, (baseline, bonus) in VARIANTS.items()}
+    out["wrong_sign"] = grad(jnp.abs(r), 0.0)
+    return out
+
+  return jax.vmap(one)(jax.random.split(jax.random.PRNGKey(42), NUM_DRAWS))
+
+
+def test_reinforce_estimator_is_unbiased():
+  """For each baseline / entropy-bonus variant, the mean of many Eq. 34
+  estimates equals the exact gradient of the expected reward (J+ - J-, plus
+  the bonus times the mean entropy), per coordinate within its standard
+  error; an estimator with the anti-adversary term's sign flipped is caught."""
+  omega, z, l0, l1 = _toy_arrays(0)
+  est = jax.tree.map(lambda a: np.asarray(a, np.float64), _estimates(omega, z, l0, l1))
+
+  def zscores(draws, bonus):
+    exact = np.asarray(_exact_grad(omega, z, l0, l1, bonus))
+    assert np.abs(exact).max() > 1e-2  # a gradient worth estimating
+    se = draws.std(0) / np.sqrt(NUM_DRAWS)
+    return np.abs(draws.mean(0) - exact) / (se + 1e-7)
+
+  for name, (_, bonus) in VARIANTS.items():
+    # ~120 coordinates: the largest |z| of an unbiased estimate is ~3; P(|z| > 5) = 6e-7
+    assert zscores(est[name], bonus).max() < 5.0, name
+  assert zscores(est["wrong_sign"], 0.0).max() > 10.0
+
+
+def test_leave_one_out_baseline_and_ema():
+  r = jnp.array([1.0, 2.0, 3.0, 6.0])
+  np.testing.assert_allclose(reinforce.leave_one_out_baseline(r, None),
+                             [11 / 3, 10 / 3, 3.0, 2.0], rtol=1e-6)
+  ema = reinforce.init_ema()
+  assert float(reinforce.ema_value(ema, 0.9)) == 0.0
+  ema = reinforce.ema_update(ema, r, 0.9, None)
+  np.testing.assert_allclose(reinforce.ema_value(ema, 0.9), 3.0, rtol=1e-6)  # bias-corrected
+  ema = reinforce.ema_update(ema, r + 1.0, 0.9, None)
+  np.testing.assert_allclose(reinforce.ema_value(ema, 0.9), (0.9 * 0.1 * 3 + 0.1 * 4) / 0.19,
+                             rtol=1e-6)
+
+
+# -- the fused attack ---------------------------------------------------------
+
+
+def _run(num_devices=1, **overrides):
+  config = digits_config(method="reinforce_caat", **overrides)
+  return train.Run(config, Parallel("pmap", devices=jax.devices()[:num_devices]))
+
+
+def test_fused_attack_equals_separate_attacks():
+  """One PGD pass with per-sample sign, bound and loss gives each sample what
+  the adversarial (KL ascent) and anti-adversarial (CE descent) attacks give
+  when run on their own samples."""
+  config = digits_config(method="reinforce_caat", **{"attack.num_steps": 5})
+  ctx = base.StepContext(model=None, tx=None, config=config, num_classes=10)
+  b = 64
+  rng = np.random.default_rng(0)
+  x = np.round(rng.uniform(size=(b, 8, 8, 1)) * 16).astype(np.float32) / 16
+  y = rng.integers(0, 10, b).astype(np.int32)
+  direction = rng.integers(0, 2, b).astype(np.int32)
+  eps = np.asarray(config.reinforce.bound_set, np.float32)[rng.integers(0, 13, b)] / 255
+  corner = np.clip(x + eps[:, None, None, None] * rng.choice([-1, 1], x.shape), 0, 1)
+  adv = np.flatnonzero(direction == reinforce.ADVERSARY)
+  anti = np.flatnonzero(direction == reinforce.ANTI_ADVERSARY)
+  assert len(adv) > 5 and len(anti) > 5
+  # a small classifier that treats examples independently, as attacks need
+  w1 = rng.normal(size=(64, 32)).astype(np.float32) / 4
+  w2 = rng.normal(size=(32, 10)).astype(np.float32)
+  fn = lambda v: jnp.tanh(v.reshape(v.shape[0], -1) @ w1) @ w2
+
+  @jax.jit
+  def compute():  # one compilation: eager ops would each compile on their own
+    clean = fn(x)
+    keys = base.sample_keys(jax.random.PRNGKey(3), b, None)
+    fused = reinforce_caat.fused_attack(ctx, fn, x, y, clean, jnp.asarray(direction),
+                                        jnp.asarray(eps), keys)
+
+    def separate(idx, kind, sign):
+      e = eps[idx]
+      return attacks.pgd(fn, x[idx], y[idx], eps=e, step_size=ctx.step_sizes(e),
+                         num_steps=5, keys=keys[idx], sign=jnp.full(idx.shape, sign),
+                         loss_kind=jnp.full(idx.shape, kind), clean_logits=clean[idx],
+                         start="gaussian", unroll=True)
+
+    kl = lambda v: losses.kl_divergence(clean, fn(v))
+    ce = lambda v: losses.cross_entropy(fn(v), y)
+    return dict(fused=fused, adv=separate(adv, attacks.LOSS_KL, 1.0),
+                anti=separate(anti, attacks.LOSS_CE, -1.0), kl=kl(fused), kl_corner=kl(corner),
+                ce=ce(fused), ce_corner=ce(corner), ce_clean=ce(x))
+
+  out = jax.tree.map(np.asarray, compute())
+  np.testing.assert_allclose(out["fused"][adv], out["adv"], atol=1e-6)
+  np.testing.assert_allclose(out["fused"][anti], out["anti"], atol=1e-6)
+  # ... and what they give is a real attack of the right kind and size
+  linf = np.abs(out["fused"] - x).reshape(b, -1).max(1)
+  assert np.all(linf <= eps + 1e-6) and np.mean(linf > 0.5 * eps) > 0.5
+  # against a random corner of the same ball: the adversaries raise the KL
+  # more, the anti-adversaries lower the CE more
+  assert out["kl"][adv].mean() > 2 * out["kl_corner"][adv].mean()
+  assert out["ce"][anti].mean() < min(out["ce_corner"][anti].mean(), out["ce_clean"][anti].mean())
+
+
+# -- the train step -----------------------------------------------------------
+
+
+def test_strategy_net_updates_every_k_steps_classifier_every_step():
+  run = _run(**{"reinforce.k": 3})
+  rstate = run.parallel.replicate(run.init_state())
+  batches = run.batches(epoch=0)
+  fetch = lambda s: jax.tree.map(np.asarray, run.parallel.fetch(s))
+  prev = fetch(rstate)
+  changed_policy, records = [], []
+  for _ in range(7):
+    rstate, m = run.train_step(rstate, run.parallel.shard(next(batches)))
+    cur, m = fetch(rstate), run.parallel.fetch(m)
+    moved = lambda a, b: any(not np.array_equal(u, v)
+                             for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    assert moved(cur.params, prev.params)  # the classifier: every step
+    changed_policy.append(moved(cur.extra["policy"], prev.extra["policy"]))
+    assert moved(cur.extra["policy_opt"], prev.extra["policy_opt"]) == changed_policy[-1]
+    records.append(m)
+    prev = cur
+  # Omega moves after the 3rd and 6th classifier updates only
+  assert changed_policy == [False, False, True, False, False, True, False]
+  assert [float(m["policy_updated"]) for m in records] == [0, 0, 1, 0, 0, 1, 0]
+  first = records[0]
+  # zero-initialised heads: the first policy is uniform, entropies ln 2 and ln 13
+  np.testing.assert_allclose(first["entropy_direction"], np.log(2), rtol=1e-5)
+  np.testing.assert_allclose(first["entropy_bound"], np.log(13), rtol=1e-5)
+  np.testing.assert_allclose(first["p_adv"], 0.5, rtol=1e-5)
+  bounds = set(np.round(np.asarray(run.config.reinforce.bound_set) / 255, 6))
+  for m in records:
+    assert 0.0 < m["alpha"] < 1.0  # both directions drawn in a batch of 64
+    assert min(bounds) <= m["eps"] <= max(bounds)
+    assert float(m["policy_grad_norm"]) > 0
+    assert m["ratio/adv_ratio_per_class/num"].shape == (10,)
+    assert m["ratio/eps_clean_noisy/den"].shape == (2,)
+
+
+def _config_module(name):
+  sys.path.insert(0, ROOT)
+  try:
+    return importlib.import_module(f"configs.{name}")
+  finally:
+    sys.path.remove(ROOT)
+
+
+def test_configs_load_and_validate():
+  variants = {"cifar10_reinforce_caat": [()], "svhn_reinforce_caat": [()],
+              "cifar10_reinforce_caat_noisy": [(), ("pairflip:0.2",)],
+              "cifar10_reinforce_caat_lt": [(), ("10",)],
+              "digits_reinforce_caat": [(), ("noisy",), ("lt",)]}
+  for name, args in variants.items():
+    for arg in args:
+      c = _config_module(name).get_config(*arg)
+      assert c.method == "reinforce_caat" and len(c.reinforce.bound_set) == 13
+      config_lib.validate(c, num_devices=1)
+  assert _config_module("cifar10_reinforce_caat").get_config().reinforce.lam == 0.005
+  assert _config_module("svhn_reinforce_caat").get_config().reinforce.lam == 0.1
+  for key, value in [("reinforce.baseline", "mean"), ("reinforce.k", 0),
+                     ("reinforce.optimizer", "rmsprop"), ("reinforce.bound_set", ())]:
+    with pytest.raises(config_lib.ConfigError, match=key.replace(".", r"\.")):
+      config_lib.validate(digits_config(method="reinforce_caat", **{key: value}))
+
+
+@pytest.mark.slow
+def test_eight_devices_equal_one_with_policy_updates():
+  """tests/test_parallel.py covers the default k = 20 (no policy update in its
+  two steps); here Omega updates every step, with the cross-device baseline."""
+  check_devices_agree("reinforce_caat", **{"reinforce.k": 1, "reinforce.baseline": "batch_mean",
+                                           "reinforce.entropy_bonus": 0.01})
