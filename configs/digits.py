@@ -19,7 +19,7 @@ def get_config():
   c.suite = ("natural", "pgd_at", "trades", "meta_caat")
   c.method = "pgd_at"
   c.model = "small_cnn"
-  c.model_width = 32
+  c.model_width = 16
   c.data.name = "digits"
   c.data.meta_per_class = 10
   c.num_epochs = 30
@@ -34,6 +34,6 @@ def get_config():
   c.trades.beta = 6.0
   c.caat.lam = 1.0
   c.meta.variant = "jvp"
-  c.meta.batch_size = 64
+  c.meta.batch_size = 32
   c.log_every_steps = 10
   return c
