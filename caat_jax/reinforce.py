@@ -20,6 +20,12 @@ i.e. both sums of Eq. 34 divided by the *whole* batch size n, as the paper
 writes it. That is the unbiased estimate of grad (J+ - J-); dividing each sum
 by its own count (a mean over the adversaries only) would be a ratio estimate,
 biased whenever the direction probabilities move.
+
+Read this way, the direction part of J is maximised by the all-adversary
+policy: for every sample L0 >= 0 >= -L1, so raising p(adv) never lowers J.
+A baseline leaves that expected gradient unchanged (it only reduces
+variance); only the entropy bonus (0 in the paper) or a slow update (K) holds
+the policy away from it. Watch ``train/p_adv`` and ``train/entropy_direction``.
 """
 
 import jax
