@@ -244,3 +244,36 @@ def test_autoattack_is_exact_on_a_linear_classifier_and_merges_per_point():
   broken[0] = False
   assert np.all(np.argmax(np.asarray(f(res.x_adv)), -1)[broken] != np.asarray(y)[broken])
   assert float(jnp.max(jnp.abs(res.x_adv - x))) <= eps * (1 + 1e-5)
+
+
+# --- a trained CNN and the command line ----------------------------------------
+
+QUICK = {"apgd-ce": {"num_iters": 20}, "apgd-t": {"num_iters": 20, "num_target_classes": 3},
+         "fab-t": {"num_iters": 20, "num_target_classes": 3}, "square": {"num_queries": 200}}
+
+
+@pytest.mark.slow
+def test_autoattack_on_a_trained_cnn_is_not_weaker_than_pgd20(tmp_path):
+  """Trains a small CNN on digits for one epoch, then evaluates the checkpoint
+  as ``python -m caat_jax.evaluate`` does (shortened AutoAttack)."""
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  from caat_jax import evaluate, train  # pylint: disable=g-import-not-at-top
+  from tests.helpers import digits_config  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(digits_config(method="natural", **{"eval.num_examples": 100}),
+                           workdir)
+  docs, checks = evaluate.evaluate_checkpoint(
+      workdir, ["pgd20", "autoattack"], num_examples=100, aa_options=QUICK,
+      sanity=True, progress=False)
+  pgd20, aa = docs
+  assert aa["avg"]["natural"] == pgd20["avg"]["natural"]
+  assert aa["avg"]["robust"] >= pgd20["avg"]["robust"]
+  assert checks["autoattack_vs_pgd20"]["not_weaker"]
+  assert checks["eps_sweep"]["monotone"] and checks["eps_sweep"]["zero_at_large"]
+  stages = list(aa["stages"].values())
+  assert stages == sorted(stages)  # robust error only grows along the ensemble
+  for name in ("pgd20", "autoattack"):
+    with open(os.path.join(workdir, f"eval_{name}.json")) as f:
+      doc = json.load(f)
+    assert doc["attack"] == name and len(doc["per_class"]["robust"]) == 10
