@@ -29,6 +29,18 @@ from caat_jax import data, train
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 flags.DEFINE_string("out", "bench.json", "Where to write the JSON results.")
+flags.DEFINE_string(
+    "attacks", "",
+    "Also time evaluation attacks, seconds per 1000 examples: comma-separated from "
+    "pgd20, apgd-ce, apgd-t, fab-t, square, autoattack. Worst case: eps = 0 and "
+    "labels = predictions, so no point is ever broken and every attack spends its "
+    "whole budget (what a fully robust model costs). Empty: train steps only.")
+flags.DEFINE_string("attack_models", "",
+                    "Models to time the attacks on, e.g. small_cnn,preact_resnet18 "
+                    "(default config.model), on the config's dataset shape.")
+flags.DEFINE_integer("attack_batch", 0, "Examples per timed attack call (default "
+                     "config.bench.batch_size).")
+flags.DEFINE_bool("skip_train_bench", False, "Only time the attacks.")
 flags.mark_flags_as_required(["config"])
 
 IMAGE_SHAPES = {"digits": ((8, 8, 1), 10), "cifar10": ((32, 32, 3), 10),
@@ -163,10 +175,75 @@ def format_rows(result: dict) -> str:
   return "\n".join(lines)
 
 
+def bench_attack(config, model_name: str, attack: str, batch_size: int) -> dict:
+  """Compile time and seconds per 1000 examples of one evaluation attack.
+
+  Random-initialised ``model_name`` on random images of the configured
+  dataset's shape, one device, the reference's hyper-parameters, worst case
+  (see the ``--attacks`` flag): eps = 0, labels = the model's predictions.
+  """
+  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp
+  from caat_jax import attacks, models
+  shape, num_classes = IMAGE_SHAPES[config.data.name]
+  kwargs = {"width": config.model_width} if model_name == "small_cnn" else {}
+  model = models.get_model(model_name, num_classes=num_classes, mean=(0.5,) * shape[-1],
+                           std=(0.25,) * shape[-1], **kwargs)
+  x = jax.random.uniform(jax.random.PRNGKey(0), (batch_size,) + shape)
+  variables = model.init(jax.random.PRNGKey(1), x[:1], train=False)
+  logits_fn = lambda v: model.apply(variables, v, train=False)
+  labels = jnp.argmax(logits_fn(x), -1)
+  keys = jax.random.split(jax.random.PRNGKey(2), batch_size)
+  eps = jnp.zeros((batch_size,))
+
+  def fn(x, y, k):
+    if attack.startswith("pgd"):
+      steps = int(attack[3:])
+      return attacks.pgd(logits_fn, x, y, eps=eps, step_size=eps + 2 / 255, num_steps=steps,
+                         keys=k, unroll=train.resolve_unroll(config.attack.unroll))
+    if attack == "autoattack":
+      return attacks.run_autoattack(logits_fn, x, y, eps=eps, keys=k)[0].robust
+    return attacks.run_attack(attack, logits_fn, x, y, eps=eps, keys=k).robust
+
+  t = time.perf_counter()
+  compiled = jax.jit(fn).lower(x, labels, keys).compile()
+  compile_s = time.perf_counter() - t
+  jax.block_until_ready(compiled(x, labels, keys))  # warm-up
+  t = time.perf_counter()
+  jax.block_until_ready(compiled(x, labels, keys))
+  run_s = time.perf_counter() - t
+  return {"model": model_name, "attack": attack, "batch": batch_size,
+          "compile_s": compile_s, "s_per_1000": run_s * 1000.0 / batch_size}
+
+
+def run_attack_bench(config, attack_names, model_names, batch_size) -> dict:
+  rows = [bench_attack(config, m, a, batch_size) for m in model_names for a in attack_names]
+  return {"backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
+          "dataset": config.data.name, "eps": 0.0, "rows": rows}
+
+
+def format_attack_rows(result: dict) -> str:
+  head = f"{'model':<16} {'attack':<11} {'batch':>6} {'compile s':>9} {'s / 1000 ex':>11}"
+  lines = [f"attacks (worst case: nothing breaks) on {result['dataset']}-shaped data, "
+           f"1 x {result['device']}", head, "-" * len(head)]
+  for r in result["rows"]:
+    lines.append(f"{r['model']:<16} {r['attack']:<11} {r['batch']:>6} "
+                 f"{r['compile_s']:9.2f} {r['s_per_1000']:11.2f}")
+  return "\n".join(lines)
+
+
 def main(argv):
   del argv
-  result = run_bench(FLAGS.config)
-  print(format_rows(result))
+  result = {} if FLAGS.skip_train_bench else run_bench(FLAGS.config)
+  if result:
+    print(format_rows(result))
+  if FLAGS.attacks:
+    names = [a.strip() for a in FLAGS.attacks.split(",") if a.strip()]
+    model_names = [m.strip() for m in FLAGS.attack_models.split(",") if m.strip()]
+    result["attacks"] = run_attack_bench(
+        FLAGS.config, names, model_names or [FLAGS.config.model],
+        FLAGS.attack_batch or FLAGS.config.bench.batch_size)
+    print(format_attack_rows(result["attacks"]))
   with open(FLAGS.out, "w") as f:
     json.dump(result, f, indent=1)
   print(f"wrote {FLAGS.out}")
