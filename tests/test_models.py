@@ -298,8 +298,10 @@ def _reference(x):
 
 
 def _require_devices():
-  if jax.device_count() < N_DEVICES:
-    pytest.skip(f'needs {N_DEVICES} devices (tests/conftest.py sets XLA_FLAGS)')
+  # tests/conftest.py sets XLA_FLAGS for 8 host devices; fail loudly rather
+  # than skip if something (an outer XLA_FLAGS) overrode it.
+  assert jax.device_count() >= N_DEVICES, (
+      f'needs {N_DEVICES} devices (tests/conftest.py sets XLA_FLAGS)')
 
 
 def _assert_tree_close(a, b):
