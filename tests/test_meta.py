@@ -123,6 +123,9 @@ def test_k_step_one_equals_nested_grad_and_two_matches_fd():
     for v in _directions(omega, 2):
       np.testing.assert_allclose(_dot(two, v), float(_fd_directional(j2, omega, v)), rtol=1e-6)
     assert abs(_dot(two, _directions(omega, 1)[0]) - _dot(ref, _directions(omega, 1)[0])) > 1e-8
+    scanned, _ = meta.k_step(problem, omega, params, k=2, scan_above=0)  # the lax.scan path
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-15),
+                 scanned, two)
 
 
 def test_first_order_is_the_gradient_of_its_linearised_objective():
