@@ -95,3 +95,16 @@ def standardise(stats: dict, zeta: jax.Array, momentum: float,
   mu, var = m / corr, jnp.maximum(s / corr - (m / corr) ** 2, 0.0)
   z = (zeta - mu) / jnp.sqrt(var + 1e-6)
   return z, dict(stats, feat_mean=m, feat_sq=s, feat_count=t)
+
+
+def strategy_inputs(clean_logits: jax.Array, labels: jax.Array, class_counts, stats: dict,
+                    caat_cfg, axis_name: str | None) -> tuple[jax.Array, dict]:
+  """What Meta-CAAT's and Reinforce-CAAT's strategy nets see.
+
+  zeta from the clean logits, standardised with the running moments (updated
+  here), times ``caat.feature_mask``. Returns ([B, 6] inputs, new stats).
+  """
+  counts = jnp.asarray(class_counts, jnp.float32)
+  zeta = features(clean_logits, labels, counts / counts.sum(), stats["class_loss"])
+  z, stats = standardise(stats, zeta, caat_cfg.feature_momentum, axis_name)
+  return z * jnp.asarray(caat_cfg.feature_mask, jnp.float32), stats

@@ -7,7 +7,6 @@ Reinforce-CAAT's (SPEC 6): the same MLP with a direction head and a bound head.
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 
 class WeightingNet(nn.Module):

@@ -7,8 +7,6 @@ differentiated by central finite differences in float64.
 """
 
 import functools
-import os
-import sys
 
 import jax
 import jax.numpy as jnp

@@ -75,10 +75,7 @@ def step(state, batch, key, ctx: base.StepContext):
 
   # 1. characteristics and weights.
   clean = attack_fn(x)
-  counts = jnp.asarray(ctx.class_counts, jnp.float32)
-  zeta = characteristics.features(clean, y, counts / counts.sum(), extra["stats"]["class_loss"])
-  z, stats = characteristics.standardise(extra["stats"], zeta, c.feature_momentum, axis)
-  z = z * jnp.asarray(c.feature_mask, jnp.float32)
+  z, stats = characteristics.strategy_inputs(clean, y, ctx.class_counts, extra["stats"], c, axis)
   wnet = weighting_net(cfg)
   weights_fn = lambda om: wnet.apply({"params": om}, z)
   if c.direction == "combined":

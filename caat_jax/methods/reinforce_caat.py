@@ -109,10 +109,7 @@ def step(state, batch, key, ctx: base.StepContext):
   # 1. characteristics from the clean logits (inference mode).
   attack_fn = ctx.eval_logits_fn(state.params, state.batch_stats)
   clean = attack_fn(x)
-  counts = jnp.asarray(ctx.class_counts, jnp.float32)
-  zeta = characteristics.features(clean, y, counts / counts.sum(), extra["stats"]["class_loss"])
-  z, stats = characteristics.standardise(extra["stats"], zeta, c.feature_momentum, axis)
-  z = z * jnp.asarray(c.feature_mask, jnp.float32)
+  z, stats = characteristics.strategy_inputs(clean, y, ctx.class_counts, extra["stats"], c, axis)
   net = policy_net(cfg)
   policy_fn = lambda omega: net.apply({"params": omega}, z)
   dir_logits, bound_logits = policy_fn(extra["policy"])
