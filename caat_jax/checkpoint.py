@@ -309,17 +309,26 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(workdir, "checkpoints")
 
 
+def resolve_directory(path: str) -> str:
+  """The orbax directory of ``path``: a run workdir (its checkpoints/) or
+  the checkpoint directory itself. Raises FileNotFoundError otherwise."""
+  if os.path.isdir(checkpoint_dir(path)):
+    return checkpoint_dir(path)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"no checkpoint directory at {path!r}")
+  return path
+
+
 def load_variables(path: str, template_state: PyTree) -> dict[str, PyTree]:
   """Classifier variables from a run workdir or its checkpoint directory.
 
   For ``config.init_from`` (e.g. a PGD-AT hot start): only ``params`` and
   ``batch_stats`` are taken; optimiser and method state start fresh.
   """
-  directory = path
-  if os.path.isdir(checkpoint_dir(path)):
-    directory = checkpoint_dir(path)
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(f"config.init_from={path!r}: no such directory")
+  try:
+    directory = resolve_directory(path)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"config.init_from={path!r}: {e}") from e
   ckpt = Checkpointer(directory, async_save=False)
   try:
     got = ckpt.restore(template_state, move_aside=False)

@@ -46,6 +46,15 @@ def parse_eval_attack(name: str) -> int:
   return int(m.group(1))
 
 
+def set_dotted(config: ml_collections.ConfigDict, key: str, value) -> None:
+  """``set_dotted(c, 'meta.batch_size', 32)`` sets ``c.meta.batch_size``."""
+  *parents, leaf = key.split(".")
+  node = config
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
+
+
 def _validate_caat(config) -> None:
   from caat_jax import bounds, fairness, meta  # pylint: disable=g-import-not-at-top
   from caat_jax.methods import meta_caat  # pylint: disable=g-import-not-at-top

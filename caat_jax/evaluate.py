@@ -210,18 +210,6 @@ def make_autoattack_step(parallel, model, eps: float, options=None):
   return parallel.wrap(fn, (REPLICATED, SHARDED), SHARDED)
 
 
-def _checkpoint_directory(workdir: str, checkpoint: str | None) -> str:
-  """The orbax directory: ``checkpoint`` (a run dir or its checkpoints/) or
-  ``workdir``/checkpoints."""
-  from caat_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  path = checkpoint or workdir
-  if os.path.isdir(ckpt_lib.checkpoint_dir(path)):
-    path = ckpt_lib.checkpoint_dir(path)
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f"no checkpoint directory at {path!r}")
-  return path
-
-
 def load_run(workdir: str, checkpoint: str | None = None, step: int | None = None,
              overrides: Mapping[str, object] | None = None):
   """Rebuilds a run from its checkpoint and stored config.
@@ -239,7 +227,7 @@ def load_run(workdir: str, checkpoint: str | None = None, step: int | None = Non
   import ml_collections  # pylint: disable=g-import-not-at-top
   from caat_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   from caat_jax import train  # pylint: disable=g-import-not-at-top
-  directory = _checkpoint_directory(workdir, checkpoint)
+  directory = ckpt_lib.resolve_directory(checkpoint or workdir)
   ckpt = ckpt_lib.Checkpointer(directory, async_save=False)
   try:
     steps = [step] if step is not None else ckpt.all_steps()[::-1]
@@ -258,11 +246,7 @@ def load_run(workdir: str, checkpoint: str | None = None, step: int | None = Non
     with config.unlocked():
       config.init_from = ""  # the checkpoint holds the classifier already
       for key, value in (overrides or {}).items():
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-          node = node[p]
-        node[leaf] = value
+        config_lib.set_dotted(config, key, value)
     run = train.Run(config)
     restored = ckpt.restore(run.init_state(), step=step, move_aside=False)
   finally:
@@ -284,14 +268,12 @@ def eps_sweep_check(run, variables, *, eps: float, num_examples: int, batch_size
   """
   levels = sorted({float(eps) * f for f in factors} | {float(large_eps)})
   acc = []
+  name = f"pgd{num_steps}"
   for e in levels:
-    fn = functools.partial(eval_fn, model=run.eval_model, eps=e,
-                           step_size=max(2.5 * e / num_steps, 1e-8),
-                           attack_steps={"pgd": num_steps}, unroll=run.unroll)
-    step = run.parallel.wrap(fn, (REPLICATED, SHARDED), SHARDED)
+    step = run.eval_step_for((name,), e, max(2.5 * e / num_steps, 1e-8))
     out = run_eval(run.parallel, step, variables, run.dataset.test, batch_size=batch_size,
                    num_examples=num_examples)
-    acc.append(100.0 * float(np.mean(out["pgd"])))
+    acc.append(100.0 * float(np.mean(out[name])))
   return {"attack": f"pgd{num_steps} (step 2.5 eps / {num_steps})", "eps": levels,
           "accuracy": acc,
           "monotone": bool(all(a >= b - 1e-9 for a, b in zip(acc, acc[1:]))),
@@ -352,10 +334,7 @@ def evaluate_checkpoint(workdir: str, attacks_to_run: Sequence[str], *,
   if sanity and AUTOATTACK in attacks_to_run and "pgd20" not in pgd:
     pgd.append("pgd20")
   if pgd:
-    eval_cfg = c.eval.copy_and_resolve_references()
-    with eval_cfg.unlocked():
-      eval_cfg.attacks = tuple(pgd)
-    step_fn = make_eval_step(run.parallel, run.eval_model, eval_cfg, run.unroll)
+    step_fn = run.eval_step_for(tuple(pgd), c.eval.eps, c.eval.step_size)
     outcomes.update(run_eval(run.parallel, step_fn, variables, test, **kw))
   if AUTOATTACK in attacks_to_run:
     step_fn = make_autoattack_step(run.parallel, run.eval_model, c.eval.eps, aa_options)

@@ -162,7 +162,6 @@ class Run:
     self.train_step = self.parallel.wrap(
         functools.partial(methods.train_step, method=self.method, ctx=self.ctx),
         (REPLICATED, SHARDED), (REPLICATED, REPLICATED), donate_argnums=(0,))
-    self.eval_step = evaluate.make_eval_step(self.parallel, self.eval_model, config.eval, self.unroll)
     self._eval_steps = {}
 
   def batches(self, epoch: int, start: int = 0) -> Iterator[dict[str, np.ndarray]]:
@@ -186,8 +185,8 @@ class Run:
     return state
 
   def eval_step_for(self, attacks: tuple[str, ...], eps: float, step_size: float):
-    """A compiled per-class evaluation step for other attack settings (e.g.
-    FRL's validation PGD-20), built once and cached."""
+    """The PGD evaluation step for these settings (the run's ``config.eval``,
+    FRL's validation PGD-20, the evaluate CLI's sweeps), built once and cached."""
     key = (tuple(attacks), float(eps), float(step_size))
     if key not in self._eval_steps:
       cfg = ml_collections.ConfigDict(
@@ -200,7 +199,8 @@ class Run:
     """Per-class documents (SPEC 9), one per configured attack."""
     c = self.config
     outcomes = evaluate.run_eval(
-        self.parallel, self.eval_step, replicated_state.variables,
+        self.parallel, self.eval_step_for(c.eval.attacks, c.eval.eps, c.eval.step_size),
+        replicated_state.variables,
         split if split is not None else self.dataset.test,
         batch_size=c.eval.batch_size, num_examples=c.eval.num_examples,
         progress=progress)

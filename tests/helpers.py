@@ -3,6 +3,12 @@
 import os
 import sys
 
+import jax
+import numpy as np
+
+from caat_jax import checkpoint as ckpt_lib
+from caat_jax import config_lib, train
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -25,9 +31,16 @@ def digits_config(**overrides):
   c.eval.batch_size = 200
   c.log_every_steps = 5
   for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+    config_lib.set_dotted(c, key, value)
   return c
+
+
+def restore_final_state(workdir, config):
+  """The newest checkpoint of ``workdir`` as (host TrainState, step)."""
+  template = train.Run(config).init_state()
+  ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir), async_save=False)
+  try:
+    state, step = ckpt.restore(template, move_aside=False)
+  finally:
+    ckpt.close()
+  return jax.tree.map(np.asarray, state), step

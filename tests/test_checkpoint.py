@@ -16,20 +16,9 @@ import pytest
 
 from caat_jax import checkpoint as ckpt_lib
 from caat_jax import methods, train
-from tests.helpers import ROOT, digits_config
+from tests.helpers import ROOT, digits_config, restore_final_state
 
 # -- helpers -------------------------------------------------------------------
-
-
-def _restore_final(workdir, config):
-  """The newest checkpoint of ``workdir`` as a host TrainState."""
-  template = train.Run(config).init_state()
-  ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir), async_save=False)
-  try:
-    state, step = ckpt.restore(template, move_aside=False)
-  finally:
-    ckpt.close()
-  return jax.tree.map(np.asarray, state), step
 
 
 def _assert_bitwise_equal(a, b):
@@ -114,8 +103,8 @@ def test_sigkill_then_resume_is_bitwise_identical(straight_run, tmp_path):
   res = _main(workdir)
   assert res.returncode == 0, res.stderr
   config = digits_config(num_epochs=2)
-  state, step = _restore_final(workdir, config)
-  ref, ref_step = _restore_final(straight_run, config)
+  state, step = restore_final_state(workdir, config)
+  ref, ref_step = restore_final_state(straight_run, config)
   assert step == ref_step == 40
   # Everything: parameters, BatchNorm statistics, optimiser state, RNG, step.
   _assert_bitwise_equal(state, ref)
@@ -138,8 +127,8 @@ def test_sigterm_saves_exits_143_and_resumes_identically(straight_run, tmp_path)
   res = _main(workdir)
   assert res.returncode == 0, res.stderr
   config = digits_config(num_epochs=2)
-  _assert_bitwise_equal(_restore_final(workdir, config)[0],
-                        _restore_final(straight_run, config)[0])
+  _assert_bitwise_equal(restore_final_state(workdir, config)[0],
+                        restore_final_state(straight_run, config)[0])
   # The preemption save closes a logging window early; the per-step losses
   # are the same, so records at shared steps keep their lr and epoch.
   ref = {r["step"]: r for r in _records(straight_run) if "train/loss" in r}
@@ -195,7 +184,7 @@ def test_truncated_latest_checkpoint_falls_back_to_previous(short_run, tmp_path,
 
   # Training on from step 15 reproduces the lost step 20 exactly.
   train.train_and_evaluate(config, workdir)
-  _assert_bitwise_equal(_restore_final(workdir, config)[0], _restore_final(src, config)[0])
+  _assert_bitwise_equal(restore_final_state(workdir, config)[0], restore_final_state(src, config)[0])
 
 
 def test_all_checkpoints_unreadable_raises_instead_of_starting_afresh(short_run, tmp_path):
@@ -274,7 +263,7 @@ def test_nan_loss_stops_naming_step_and_metric(monkeypatch, tmp_path):
   # Steps 7-9 are logged (and checked) before step 9 would be saved: the
   # newest checkpoint is the last good one.
   assert max(_committed_steps(str(tmp_path))) == 6
-  state, _ = _restore_final(str(tmp_path), config)
+  state, _ = restore_final_state(str(tmp_path), config)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
 
 

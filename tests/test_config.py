@@ -54,11 +54,7 @@ def test_every_variant_only_overrides_default_keys():
 ])
 def test_invalid_values_name_the_key(key, value, message):
   config = load(os.path.join(ROOT, "configs", "digits.py"))
-  *parents, leaf = key.split(".")
-  node = config
-  for p in parents:
-    node = node[p]
-  node[leaf] = value
+  config_lib.set_dotted(config, key, value)
   with pytest.raises(config_lib.ConfigError) as e:
     config_lib.validate(config, num_devices=1)
   assert message in str(e.value)

@@ -17,9 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from caat_jax import checkpoint as ckpt_lib
-from caat_jax import train
-from tests.helpers import ROOT, digits_config
+from tests.helpers import ROOT, digits_config, restore_final_state
 
 _ARGS = ["--config=tests/small_config.py", "--config.num_epochs=1",
          "--config.checkpoint_every_steps=10", "--config.log_every_steps=5"]
@@ -51,16 +49,6 @@ def _finish(proc):
   return out
 
 
-def _final_state(workdir, config):
-  template = train.Run(config).init_state()
-  ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir), async_save=False)
-  try:
-    state, step = ckpt.restore(template, move_aside=False)
-  finally:
-    ckpt.close()
-  return state, step
-
-
 def _records(workdir):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     return [json.loads(line) for line in f]
@@ -88,7 +76,7 @@ def test_two_processes_equal_one(backend, tmp_path):
         np.testing.assert_allclose(g[k], v, rtol=1e-4, atol=1e-5, err_msg=k)
 
   config = digits_config()
-  (s1, step1), (s2, step2) = _final_state(one, config), _final_state(two, config)
+  (s1, step1), (s2, step2) = restore_final_state(one, config), restore_final_state(two, config)
   assert step1 == step2 == 20
   for a, b in zip(jax.tree.leaves((s1.params, s1.batch_stats)),
                   jax.tree.leaves((s2.params, s2.batch_stats))):
