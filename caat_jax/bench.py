@@ -122,8 +122,6 @@ def bench_method(config, name: str) -> dict:
     cfg.batch_size = config.bench.batch_size
     if variant:
       cfg.meta.variant = variant.rstrip("]")
-    if cfg.meta.variant == "k_step":
-      cfg.meta.k = max(cfg.meta.k, 1)
   run = train.Run(cfg, dataset=synthetic_dataset(cfg, 4 * cfg.batch_size))
   state = run.parallel.replicate(run.init_state())
   batches = [run.parallel.shard(b) for b in run.batches(epoch=0)]

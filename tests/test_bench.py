@@ -1,0 +1,57 @@
+"""The benchmark's cost accounting (SPEC section 11) and a smoke run.
+
+Speed itself is not asserted here (speed goals live in the benchmark's
+output); what can be wrong is the accounting and the report's arithmetic.
+"""
+
+import pytest
+
+from caat_jax import bench
+from tests.helpers import digits_config
+
+
+def _cfg(method, **overrides):
+  c = digits_config(method=method, **overrides)
+  c.attack.num_steps = 10
+  return c
+
+
+def test_forward_units_match_spec_section_11():
+  # SPEC 11: PGD-AT with K = 10 is 10 * 2F + 3F; TRADES / Reinforce-CAAT 27F.
+  assert bench.forward_units(_cfg("pgd_at")) == 23.0
+  assert bench.forward_units(_cfg("trades")) == 27.0
+  assert bench.forward_units(_cfg("reinforce_caat")) == 27.0
+  # Meta-CAAT, meta step every iteration, m = n, robust objective, jvp:
+  # two attacks 40 + clean 1 + real update 9 + look-ahead 9 + meta attack 20
+  # + meta clean 1 + meta fwd/bwd 6 + JVP 6 = 92F, i.e. 4.0x PGD-AT
+  # (SPEC: "roughly 4-5x").
+  mc = _cfg("meta_caat", **{"meta.batch_size": 64, "batch_size": 64})
+  assert bench.forward_units(mc) == 92.0
+  # the meta part scales with m / n and 1 / interval
+  half = _cfg("meta_caat", **{"meta.batch_size": 32, "batch_size": 64, "meta.interval": 2})
+  assert bench.forward_units(half) == 50.0 + 42.0 / 4
+
+
+def test_unknown_method_has_no_silent_cost():
+  c = _cfg("pgd_at")
+  c.method = "something_new"
+  with pytest.raises(KeyError, match="add one to bench.forward_units"):
+    bench.forward_units(c)
+
+
+def test_run_bench_reports_ratios():
+  c = _cfg("pgd_at")
+  c.attack.num_steps = 2
+  c.bench.methods = ("natural", "pgd_at")
+  c.bench.num_steps = 2
+  c.bench.batch_size = 16
+  out = bench.run_bench(c)
+  rows = {r["method"]: r for r in out["rows"]}
+  assert set(rows) == {"natural", "pgd_at"}
+  assert rows["pgd_at"]["ratio_to_pgd_at"] == 1.0
+  assert rows["natural"]["bound_ratio"] == pytest.approx(3.0 / 7.0)  # 3F / (2*2F + 3F)
+  for r in rows.values():
+    assert r["step_s"] > 0 and r["compile_s"] > 0
+    assert r["images_per_s"] == pytest.approx(16 / r["step_s"])
+    assert r["measured_over_bound"] == pytest.approx(r["ratio_to_pgd_at"] / r["bound_ratio"])
+  assert "pgd_at" in bench.format_rows(out)
