@@ -33,36 +33,65 @@ class MetricWriter:
 
   def __init__(self, workdir: str, enabled: bool = True):
     self.enabled = enabled
+    self._workdir = workdir
     self._tb = None
+    self._purge_step = None
     if enabled:
       os.makedirs(workdir, exist_ok=True)
       self._path = os.path.join(workdir, "metrics.jsonl")
       self._jsonl = open(self._path, "a")
+
+  def _tensorboard(self):
+    # Opened at the first write, after any ``drop_after``: a resumed run's
+    # events file then starts with a purge marker, and TensorBoard discards
+    # the older files' events from that step on, as metrics.jsonl drops them.
+    if self._tb is None:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+      self._tb = SummaryWriter(os.path.join(self._workdir, "tb"),
+                               purge_step=self._purge_step)
+    return self._tb
 
   def write(self, step: int, record: dict) -> None:
     if not self.enabled:
       return
     self._jsonl.write(json.dumps({"step": int(step), **record}) + "\n")
     self._jsonl.flush()
+    tb = self._tensorboard()
     for k, v in record.items():
       if isinstance(v, (int, float)) and not isinstance(v, bool):
-        self._tb.add_scalar(k, v, step)
-    self._tb.flush()
+        tb.add_scalar(k, v, step)
+    tb.flush()
 
   def drop_after(self, step: int) -> None:
-    """Removes the ``metrics.jsonl`` records of steps after ``step``.
+    """Removes the records of steps after ``step``.
 
     On resume from step s, records after s were written by the process that
     stopped (it ran on past its last checkpoint); the resumed run writes them
-    again, so dropping them keeps the file as an uninterrupted run writes it.
-    A line cut short by a kill is dropped too. The file is rewritten to a
-    temporary copy and renamed over the original, so a kill during this
-    leaves either the old or the new file, never half of one.
+    again, so dropping them keeps ``metrics.jsonl`` as an uninterrupted run
+    writes it. A line cut short by a kill is dropped too. TensorBoard events
+    after s are purged by the next events file (see ``_tensorboard``).
     """
     if not self.enabled:
       return
+    self._purge_step = int(step) + 1
+    n = self._rewrite(lambda rec: int(rec.get("step", 0)) <= step)
+    if n:
+      logging.warning("metrics.jsonl: dropped %d records after step %d (resumed run "
+                      "writes them again)", n, step)
+
+  def drop_eval_at(self, step: int) -> None:
+    """Removes the evaluation records of ``step`` (before one replaces them)."""
+    if self.enabled:
+      self._rewrite(lambda rec: not (int(rec.get("step", -1)) == step
+                                     and any(k.startswith("eval/") for k in rec)))
+
+  def _rewrite(self, keep_record) -> int:
+    """Keeps the parseable records ``keep_record`` accepts; returns how many went.
+
+    The file is rewritten to a temporary copy and renamed over the original,
+    so a kill during this leaves either the old or the new file, never half
+    of one.
+    """
     self._jsonl.close()
     with open(self._path) as f:
       lines = f.readlines()
@@ -72,7 +101,7 @@ class MetricWriter:
         rec = json.loads(line)
       except json.JSONDecodeError:
         continue
-      if int(rec.get("step", 0)) <= step:
+      if keep_record(rec):
         keep.append(line if line.endswith("\n") else line + "\n")
     if len(keep) != len(lines):
       tmp = self._path + ".tmp"
@@ -81,14 +110,14 @@ class MetricWriter:
         f.flush()
         os.fsync(f.fileno())
       os.replace(tmp, self._path)
-      logging.warning("metrics.jsonl: dropped %d records after step %d (resumed run "
-                      "writes them again)", len(lines) - len(keep), step)
     self._jsonl = open(self._path, "a")
+    return len(lines) - len(keep)
 
   def close(self) -> None:
     if self.enabled:
       self._jsonl.close()
-      self._tb.close()
+      if self._tb is not None:
+        self._tb.close()
 
 
 def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
@@ -375,16 +404,51 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   bar.close()
   ckpt.wait()
 
-  docs = run.evaluate(rstate, progress=is_main)
+  eval_path = os.path.join(workdir, "eval.json")
+  docs = _saved_final_eval(eval_path, run, step) if start_step == total else None
+  if docs is None:
+    docs = [dict(d, step=step, step_size=config.eval.step_size)
+            for d in run.evaluate(rstate, progress=is_main)]
+    if is_main:
+      writer.drop_eval_at(step)  # a finished run evaluated again: replace, not append
+      writer.write(step, _eval_record(docs, config.num_epochs - 1))
+      evaluate.write_json(eval_path, docs)
   if is_main:
-    writer.write(step, _eval_record(docs, config.num_epochs - 1))
-    evaluate.write_json(os.path.join(workdir, "eval.json"), docs)
     print(f"\n{config.method} on {config.data.name} ({config.model}), step {step}:")
     print(evaluate.format_table(docs))
     print(evaluate.format_per_class(docs[-1]))
   ckpt.close()
   writer.close()
   return docs
+
+
+def _saved_final_eval(path: str, run: Run, step: int) -> list[dict] | None:
+  """The final evaluation a finished run already wrote, if it still applies.
+
+  A finished run started again (a suite resumed after a kill, say) reuses its
+  ``eval.json`` when that holds this step's evaluation under the current
+  ``config.eval`` (attacks, eps, step size, number of examples); otherwise
+  it evaluates again. On several processes it always evaluates again: the
+  evaluation is collective, and each process must decide alike.
+  """
+  if jax.process_count() > 1 or not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      docs = json.load(f)
+  except (OSError, json.JSONDecodeError):
+    return None
+  c = run.config.eval
+  n_test = len(run.dataset.test)
+  num = min(c.num_examples, n_test) if c.num_examples else n_test
+  want = [(a, float(c.eps), float(c.step_size), num, step, run.config.method)
+          for a in c.attacks]
+  try:
+    have = [(d["attack"], d["eps"], d["step_size"], d["num_examples"], d["step"], d["method"])
+            for d in docs]
+  except (KeyError, TypeError):
+    return None
+  return docs if have == want else None
 
 
 def _eval_record(docs: list[dict], epoch: int) -> dict:

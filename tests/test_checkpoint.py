@@ -291,6 +291,44 @@ def test_metric_writer_drops_records_after_the_restored_step(tmp_path):
       (5, 5.0), (10, 10.0), (15, 0.0)]
 
 
+def _tb_events(tb_dir):
+  """(file, step, tag or 'purge') of every event, files in creation order."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  out = []
+  for name in sorted(os.listdir(tb_dir), key=lambda n: os.path.getmtime(os.path.join(tb_dir, n))):
+    data = open(os.path.join(tb_dir, name), "rb").read()
+    pos = 0
+    while pos < len(data):  # TFRecord: u64 length, u32 crc, payload, u32 crc
+      n = int.from_bytes(data[pos:pos + 8], "little")
+      ev = event_pb2.Event.FromString(data[pos + 12:pos + 12 + n])
+      pos += 12 + n + 4
+      if ev.HasField("session_log"):
+        out.append((name, ev.step, "purge"))
+      for v in ev.summary.value:
+        out.append((name, ev.step, v.tag))
+  return out
+
+
+def test_resumed_tensorboard_events_purge_the_steps_run_again(tmp_path):
+  w = train.MetricWriter(str(tmp_path))
+  for s in (5, 10, 15):
+    w.write(s, {"train/loss": float(s)})
+  w.close()
+  time.sleep(1.1)  # tensorboardX names event files by the second
+  w = train.MetricWriter(str(tmp_path))
+  w.drop_after(10)
+  w.write(15, {"train/loss": 0.0})
+  w.close()
+  events = _tb_events(str(tmp_path / "tb"))
+  files = sorted({f for f, _, _ in events}, key=[f for f, _, _ in events].index)
+  assert len(files) == 2
+  first = [(s, t) for f, s, t in events if f == files[0]]
+  second = [(s, t) for f, s, t in events if f == files[1]]
+  assert first == [(5, "train/loss"), (10, "train/loss"), (15, "train/loss")]
+  # TensorBoard drops every older event from the purge step (11) on
+  assert second == [(11, "purge"), (15, "train/loss")]
+
+
 def test_config_differences():
   old = {"seed": 0, "eval": {"eps": 0.1}, "optimizer": {"learning_rate": 0.1}}
   new = {"seed": 0, "eval": {"eps": 0.2}, "optimizer": {"learning_rate": 0.2}, "extra": 1}

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -37,13 +38,40 @@ def test_outputs_are_written(pgd_run):
   assert os.listdir(os.path.join(workdir, "checkpoints"))
 
 
-def test_finished_run_resumes_without_training_again(pgd_run):
+def _lines(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return f.readlines()
+
+
+def test_finished_run_resumes_without_training_or_evaluating_again(pgd_run, monkeypatch):
   config, workdir, docs = pgd_run
-  n_lines = len(open(os.path.join(workdir, "metrics.jsonl")).readlines())
+  before = _lines(workdir)
+
+  def no_eval(*args, **kwargs):
+    raise AssertionError("a finished run evaluated again under the same config.eval")
+
+  monkeypatch.setattr(train.Run, "evaluate", no_eval)
   again = train.train_and_evaluate(config, workdir)
-  assert again == docs  # same checkpoint, same deterministic evaluation
-  new_lines = open(os.path.join(workdir, "metrics.jsonl")).readlines()[n_lines:]
-  assert all("train/loss" not in json.loads(l) for l in new_lines)
+  assert again == docs  # eval.json, reused
+  assert _lines(workdir) == before  # nothing appended: no duplicate final record
+
+
+def test_finished_run_with_a_new_eval_config_replaces_its_final_record(pgd_run, tmp_path):
+  config, workdir, docs = pgd_run
+  copy = str(tmp_path / "copy")
+  shutil.copytree(workdir, copy)
+  before = [json.loads(l) for l in _lines(copy)]
+  config = config.copy_and_resolve_references()
+  config.eval.eps = 0.05
+  again = train.train_and_evaluate(config, copy)
+  assert [d["eps"] for d in again] == [0.05] and again[0]["avg"] != docs[0]["avg"]
+  after = [json.loads(l) for l in _lines(copy)]
+  # the old final evaluation is replaced by the new one, everything else kept
+  assert after[:-1] == before[:-1]
+  assert after[-1]["step"] == before[-1]["step"] and "eval/pgd3/robust_avg" in after[-1]
+  assert after[-1]["eval/pgd3/robust_avg"] == again[0]["avg"]["robust"]
+  with open(os.path.join(copy, "eval.json")) as f:
+    assert json.load(f) == again
 
 
 def test_init_from_loads_the_classifier(pgd_run, tmp_path):
