@@ -92,3 +92,28 @@ def test_trades_and_natural_run(tmp_path):
   for method in ("natural", "trades"):
     docs = train.train_and_evaluate(digits_config(method=method), str(tmp_path / method))
     assert np.isfinite(docs[0]["avg"]["robust"])
+
+
+@pytest.mark.parametrize("method", ["meta_caat", "frl"])
+def test_each_step_is_traced_once_for_the_whole_run(method, monkeypatch, tmp_path):
+  """Two epochs with logging, checkpoints, per-epoch evaluation and FRL's
+  epoch-end hook must not retrace the train step or an evaluation step
+  (a retrace would recompile every epoch: minutes on a large model)."""
+  from caat_jax import evaluate, methods  # pylint: disable=g-import-not-at-top
+  traces = {"train": 0, "eval": []}
+
+  def counting(name, fn):
+    def traced(*args, **kwargs):
+      if name == "train":
+        traces["train"] += 1
+      else:  # one trace per distinct evaluation setting is expected
+        traces["eval"].append((kwargs["eps"], tuple(kwargs["attack_steps"])))
+      return fn(*args, **kwargs)
+    return traced
+
+  monkeypatch.setattr(methods, "train_step", counting("train", methods.train_step))
+  monkeypatch.setattr(evaluate, "eval_fn", counting("eval", evaluate.eval_fn))
+  config = digits_config(method=method, num_epochs=2, eval_every=1, checkpoint_every_steps=7)
+  train.train_and_evaluate(config, str(tmp_path))
+  assert traces["train"] == 1
+  assert traces["eval"] and len(traces["eval"]) == len(set(traces["eval"]))
