@@ -17,6 +17,7 @@ tests.
 
 import json
 import statistics
+import sys
 import time
 
 import jax
@@ -24,7 +25,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from caat_jax import data, train
+from caat_jax import config_lib, data, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
@@ -110,18 +111,58 @@ def _peak_memory_bytes() -> int | None:
   return stats.get("peak_bytes_in_use")
 
 
-def bench_method(config, name: str) -> dict:
-  """Compile time, median step time and images/s of one method's train step.
+def _typed(key: str, old, text: str):
+  """``text`` as the type of the config value it replaces."""
+  if isinstance(old, bool):
+    if text.lower() not in ("true", "false"):
+      raise config_lib.ConfigError(f"bench entry: {key}={text!r}: expected true or false")
+    return text.lower() == "true"
+  try:
+    return type(old)(text)
+  except (TypeError, ValueError) as e:
+    raise config_lib.ConfigError(
+        f"bench entry: {key}={text!r}: expected a value of type {type(old).__name__}") from e
 
-  ``name`` is a method, or ``meta_caat[<variant>]`` for a meta-gradient variant.
+
+def bench_config(config, name: str):
+  """The config one ``config.bench.methods`` entry benches.
+
+  ``name`` is a method, optionally with overrides in brackets:
+  ``meta_caat[jvp]`` (a meta-gradient variant, i.e. ``meta.variant=jvp``) or
+  ``pgd_at[attack.unroll=false]`` (dotted keys, comma-separated). Raises
+  ``ConfigError`` naming the entry for an unknown key or a bad value.
   """
+  method, bracket, rest = name.partition("[")
+  if bracket and not rest.endswith("]"):
+    raise config_lib.ConfigError(f"bench entry {name!r}: missing ']'")
   cfg = config.copy_and_resolve_references()
-  method, _, variant = name.partition("[")
   with cfg.unlocked():
     cfg.method = method
     cfg.batch_size = config.bench.batch_size
-    if variant:
-      cfg.meta.variant = variant.rstrip("]")
+    cfg.suite = ()
+  for item in filter(None, rest[:-1].split(",")):
+    key, eq, text = item.partition("=")
+    if not eq:  # a bare word is a meta-gradient variant
+      key, text = "meta.variant", key
+    key = key.strip()
+    try:
+      old = config_lib.get_dotted(cfg, key)
+    except (KeyError, AttributeError) as e:
+      raise config_lib.ConfigError(f"bench entry {name!r}: no config key {key!r}") from e
+    config_lib.set_dotted(cfg, key, _typed(key, old, text.strip()))
+  try:
+    config_lib.validate(cfg)
+  except config_lib.ConfigError as e:
+    raise config_lib.ConfigError(f"bench entry {name!r}: {e}") from e
+  return cfg
+
+
+def bench_method(config, name: str) -> dict:
+  """Compile time, median step time and images/s of one method's train step.
+
+  ``name``: see ``bench_config``.
+  """
+  cfg = bench_config(config, name)
   run = train.Run(cfg, dataset=synthetic_dataset(cfg, 4 * cfg.batch_size))
   state = run.parallel.replicate(run.init_state())
   batches = [run.parallel.shard(b) for b in run.batches(epoch=0)]
@@ -142,6 +183,8 @@ def bench_method(config, name: str) -> dict:
 
 
 def run_bench(config) -> dict:
+  for name in config.bench.methods:  # every entry checked before any compiles
+    bench_config(config, name)
   rows = [bench_method(config, m) for m in config.bench.methods]
   ref = next((r for r in rows if r["method"] == "pgd_at"), None)
   for r in rows:
@@ -230,14 +273,34 @@ def format_attack_rows(result: dict) -> str:
   return "\n".join(lines)
 
 
+def check_attack_args(names, model_names) -> None:
+  """Rejects unknown attack or model names before anything compiles."""
+  # pylint: disable=g-import-not-at-top
+  from caat_jax import models
+  from caat_jax.attacks import autoattack
+  valid = ("autoattack",) + autoattack.ATTACKS
+  for a in names:
+    if not (a in valid or (a.startswith("pgd") and a[3:].isdigit() and int(a[3:]) > 0)):
+      raise config_lib.ConfigError(
+          f"--attacks: unknown attack {a!r}; valid: pgd<k>, {', '.join(valid)}")
+  for m in model_names:
+    if m not in models.MODELS:
+      raise config_lib.ConfigError(
+          f"--attack_models: unknown model {m!r}; valid: {', '.join(models.MODELS)}")
+
+
 def main(argv):
   del argv
-  result = {} if FLAGS.skip_train_bench else run_bench(FLAGS.config)
+  names = [a.strip() for a in FLAGS.attacks.split(",") if a.strip()]
+  model_names = [m.strip() for m in FLAGS.attack_models.split(",") if m.strip()]
+  try:
+    check_attack_args(names, model_names)
+    result = {} if FLAGS.skip_train_bench else run_bench(FLAGS.config)
+  except config_lib.ConfigError as e:
+    sys.exit(f"error: {e}")
   if result:
     print(format_rows(result))
-  if FLAGS.attacks:
-    names = [a.strip() for a in FLAGS.attacks.split(",") if a.strip()]
-    model_names = [m.strip() for m in FLAGS.attack_models.split(",") if m.strip()]
+  if names:
     result["attacks"] = run_attack_bench(
         FLAGS.config, names, model_names or [FLAGS.config.model],
         FLAGS.attack_batch or FLAGS.config.bench.batch_size)

@@ -46,6 +46,14 @@ def parse_eval_attack(name: str) -> int:
   return int(m.group(1))
 
 
+def get_dotted(config: ml_collections.ConfigDict, key: str):
+  """``get_dotted(c, 'meta.batch_size')`` is ``c.meta.batch_size`` (KeyError if absent)."""
+  node = config
+  for part in key.split("."):
+    node = node[part]
+  return node
+
+
 def set_dotted(config: ml_collections.ConfigDict, key: str, value) -> None:
   """``set_dotted(c, 'meta.batch_size', 32)`` sets ``c.meta.batch_size``."""
   *parents, leaf = key.split(".")

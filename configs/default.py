@@ -138,8 +138,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.parallel.process_id = -1  # this process's id; -1 = from env
 
   c.bench = ml_collections.ConfigDict()
-  # meta_caat[<variant>] benches one meta-gradient variant
-  c.bench.methods = ("natural", "pgd_at", "trades", "frl", "meta_caat[jvp]",
+  # method[overrides]: meta_caat[jvp] benches one meta-gradient variant,
+  # pgd_at[attack.unroll=false] any dotted key (comma-separated); the two
+  # unroll rows measure the attack loop rolled and unrolled on this platform.
+  c.bench.methods = ("natural", "pgd_at", "pgd_at[attack.unroll=true]",
+                     "pgd_at[attack.unroll=false]", "trades", "frl", "meta_caat[jvp]",
                      "meta_caat[nested_grad]", "meta_caat[first_order]", "meta_caat[k_step]",
                      "reinforce_caat")
   c.bench.num_steps = 10

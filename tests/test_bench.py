@@ -55,3 +55,25 @@ def test_run_bench_reports_ratios():
     assert r["images_per_s"] == pytest.approx(16 / r["step_s"])
     assert r["measured_over_bound"] == pytest.approx(r["ratio_to_pgd_at"] / r["bound_ratio"])
   assert "pgd_at" in bench.format_rows(out)
+
+
+def test_bench_entries_apply_overrides_and_name_bad_ones():
+  c = _cfg("pgd_at")
+  assert bench.bench_config(c, "meta_caat[first_order]").meta.variant == "first_order"
+  cfg = bench.bench_config(c, "pgd_at[attack.unroll=false, meta.batch_size=16]")
+  assert (cfg.method, cfg.attack.unroll, cfg.meta.batch_size) == ("pgd_at", "false", 16)
+  assert cfg.batch_size == c.bench.batch_size
+  with pytest.raises(bench.config_lib.ConfigError, match="no config key 'attack.unrol'"):
+    bench.bench_config(c, "pgd_at[attack.unrol=false]")
+  with pytest.raises(bench.config_lib.ConfigError, match="meta.batch_size='x': expected a value of type int"):
+    bench.bench_config(c, "pgd_at[meta.batch_size=x]")
+  with pytest.raises(bench.config_lib.ConfigError, match="bench entry 'meta_caat\\[fast\\]'.*meta.variant"):
+    bench.bench_config(c, "meta_caat[fast]")
+  # a bad entry anywhere in the list stops the run before anything compiles
+  c.bench.methods = ("pgd_at", "pgd_at[attack.unroll=maybe]")
+  with pytest.raises(bench.config_lib.ConfigError, match="attack.unroll"):
+    bench.run_bench(c)
+  with pytest.raises(bench.config_lib.ConfigError, match="unknown attack 'apgd'"):
+    bench.check_attack_args(["pgd20", "apgd"], [])
+  with pytest.raises(bench.config_lib.ConfigError, match="unknown model 'resnet18'"):
+    bench.check_attack_args(["pgd20"], ["resnet18"])

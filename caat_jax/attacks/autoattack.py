@@ -21,7 +21,7 @@ from caat_jax.attacks.fab import fab_targeted
 from caat_jax.attacks.square import square
 
 STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
-_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square")
+ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square")
 
 
 def run_attack(name: str, logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *,
@@ -42,7 +42,7 @@ def run_attack(name: str, logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, 
     return fab_targeted(logits_fn, x, labels, unroll=unroll, **kw)[0]
   if name == "square":
     return square(logits_fn, x, labels, **kw)
-  raise ValueError(f"attack {name!r}; valid: {', '.join(_ATTACKS)}")
+  raise ValueError(f"attack {name!r}; valid: {', '.join(ATTACKS)}")
 
 
 def autoattack(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *, eps,
