@@ -240,8 +240,9 @@ def bench_attack(config, model_name: str, attack: str, batch_size: int) -> dict:
   def fn(x, y, k):
     if attack.startswith("pgd"):
       steps = int(attack[3:])
-      return attacks.pgd(logits_fn, x, y, eps=eps, step_size=eps + 2 / 255, num_steps=steps,
-                         keys=k, unroll=train.resolve_unroll(config.attack.unroll))
+      x_adv = attacks.pgd(logits_fn, x, y, eps=eps, step_size=eps + 2 / 255, num_steps=steps,
+                          keys=k, unroll=train.resolve_unroll(config.attack.unroll))
+      return jnp.argmax(logits_fn(x_adv), -1) == y
     if attack == "autoattack":
       return attacks.run_autoattack(logits_fn, x, y, eps=eps, keys=k)[0].robust
     return attacks.run_attack(attack, logits_fn, x, y, eps=eps, keys=k).robust
@@ -251,26 +252,44 @@ def bench_attack(config, model_name: str, attack: str, batch_size: int) -> dict:
   compile_s = time.perf_counter() - t
   jax.block_until_ready(compiled(x, labels, keys))  # warm-up
   t = time.perf_counter()
-  jax.block_until_ready(compiled(x, labels, keys))
+  robust = jax.block_until_ready(compiled(x, labels, keys))
   run_s = time.perf_counter() - t
+  # "broken" must be 0: at eps = 0 no attack may change a prediction (a
+  # nonzero count means an attack left the eps-ball, and the timing is void).
   return {"model": model_name, "attack": attack, "batch": batch_size,
-          "compile_s": compile_s, "s_per_1000": run_s * 1000.0 / batch_size}
+          "compile_s": compile_s, "s_per_1000": run_s * 1000.0 / batch_size,
+          "broken": int(batch_size - np.sum(np.asarray(robust)))}
 
 
-def run_attack_bench(config, attack_names, model_names, batch_size) -> dict:
-  rows = [bench_attack(config, m, a, batch_size) for m in model_names for a in attack_names]
+def run_attack_bench(config, attack_names, model_names, batch_size, on_row=None) -> dict:
+  """``bench_attack`` for every (model, attack); ``on_row(row)`` as each ends."""
+  rows = []
+  for m in model_names:
+    for a in attack_names:
+      rows.append(bench_attack(config, m, a, batch_size))
+      if on_row is not None:
+        on_row(rows[-1])
   return {"backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
           "dataset": config.data.name, "eps": 0.0, "rows": rows}
 
 
+_ATTACK_HEAD = (f"{'model':<16} {'attack':<11} {'batch':>6} {'compile s':>9} "
+                f"{'s / 1000 ex':>11} {'broken':>6}")
+
+
+def format_attack_row(r: dict) -> str:
+  return (f"{r['model']:<16} {r['attack']:<11} {r['batch']:>6} "
+          f"{r['compile_s']:9.2f} {r['s_per_1000']:11.2f} {r['broken']:>6}")
+
+
+def attack_table_head(dataset: str) -> str:
+  return (f"attacks (worst case: eps = 0, nothing may break) on {dataset}-shaped data, "
+          f"1 x {jax.devices()[0].device_kind}\n{_ATTACK_HEAD}\n" + "-" * len(_ATTACK_HEAD))
+
+
 def format_attack_rows(result: dict) -> str:
-  head = f"{'model':<16} {'attack':<11} {'batch':>6} {'compile s':>9} {'s / 1000 ex':>11}"
-  lines = [f"attacks (worst case: nothing breaks) on {result['dataset']}-shaped data, "
-           f"1 x {result['device']}", head, "-" * len(head)]
-  for r in result["rows"]:
-    lines.append(f"{r['model']:<16} {r['attack']:<11} {r['batch']:>6} "
-                 f"{r['compile_s']:9.2f} {r['s_per_1000']:11.2f}")
-  return "\n".join(lines)
+  return "\n".join([attack_table_head(result["dataset"])]
+                   + [format_attack_row(r) for r in result["rows"]])
 
 
 def check_attack_args(names, model_names) -> None:
@@ -300,11 +319,12 @@ def main(argv):
     sys.exit(f"error: {e}")
   if result:
     print(format_rows(result))
-  if names:
+  if names:  # rows print as they finish: a PreAct-ResNet-18 on a CPU takes hours
+    print(attack_table_head(FLAGS.config.data.name), flush=True)
     result["attacks"] = run_attack_bench(
         FLAGS.config, names, model_names or [FLAGS.config.model],
-        FLAGS.attack_batch or FLAGS.config.bench.batch_size)
-    print(format_attack_rows(result["attacks"]))
+        FLAGS.attack_batch or FLAGS.config.bench.batch_size,
+        on_row=lambda r: print(format_attack_row(r), flush=True))
   with open(FLAGS.out, "w") as f:
     json.dump(result, f, indent=1)
   print(f"wrote {FLAGS.out}")

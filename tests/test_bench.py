@@ -77,3 +77,22 @@ def test_bench_entries_apply_overrides_and_name_bad_ones():
     bench.check_attack_args(["pgd20", "apgd"], [])
   with pytest.raises(bench.config_lib.ConfigError, match="unknown model 'resnet18'"):
     bench.check_attack_args(["pgd20"], ["resnet18"])
+
+
+def test_attack_bench_rows_on_both_models():
+  # PreAct-ResNet-18 on digits-shaped inputs: only the path is exercised here
+  # (its timing on CIFAR-10 shapes is the benchmark's business).
+  c = _cfg("pgd_at")
+  seen = []
+  out = bench.run_attack_bench(c, ["pgd2", "apgd-ce"], ["small_cnn"], batch_size=4,
+                               on_row=seen.append)
+  out_p = bench.run_attack_bench(c, ["pgd1"], ["preact_resnet18"], batch_size=2)
+  rows = out["rows"] + out_p["rows"]
+  assert [(r["model"], r["attack"]) for r in rows] == [
+      ("small_cnn", "pgd2"), ("small_cnn", "apgd-ce"), ("preact_resnet18", "pgd1")]
+  assert seen == out["rows"]
+  for r in rows:
+    assert r["broken"] == 0  # eps = 0: nothing may break
+    assert r["s_per_1000"] > 0 and r["compile_s"] > 0
+  text = bench.format_attack_rows(out)
+  assert "apgd-ce" in text and "broken" in text
