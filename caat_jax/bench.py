@@ -239,7 +239,7 @@ def bench_attack(config, model_name: str, attack: str, batch_size: int) -> dict:
 
   def fn(x, y, k):
     if attack.startswith("pgd"):
-      steps = int(attack[3:])
+      steps = config_lib.parse_eval_attack(attack)
       x_adv = attacks.pgd(logits_fn, x, y, eps=eps, step_size=eps + 2 / 255, num_steps=steps,
                           keys=k, unroll=train.resolve_unroll(config.attack.unroll))
       return jnp.argmax(logits_fn(x_adv), -1) == y
@@ -299,9 +299,13 @@ def check_attack_args(names, model_names) -> None:
   from caat_jax.attacks import autoattack
   valid = ("autoattack",) + autoattack.ATTACKS
   for a in names:
-    if not (a in valid or (a.startswith("pgd") and a[3:].isdigit() and int(a[3:]) > 0)):
+    if a in valid:
+      continue
+    try:
+      config_lib.parse_eval_attack(a)
+    except config_lib.ConfigError:
       raise config_lib.ConfigError(
-          f"--attacks: unknown attack {a!r}; valid: pgd<k>, {', '.join(valid)}")
+          f"--attacks: unknown attack {a!r}; valid: pgd<k>, {', '.join(valid)}") from None
   for m in model_names:
     if m not in models.MODELS:
       raise config_lib.ConfigError(
