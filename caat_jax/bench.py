@@ -25,7 +25,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from caat_jax import config_lib, data, train
+from caat_jax import cli, config_lib, data, evaluation, methods, pipeline, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
@@ -44,66 +44,10 @@ flags.DEFINE_integer("attack_batch", 0, "Examples per timed attack call (default
 flags.DEFINE_bool("skip_train_bench", False, "Only time the attacks.")
 flags.mark_flags_as_required(["config"])
 
-IMAGE_SHAPES = {"digits": ((8, 8, 1), 10), "cifar10": ((32, 32, 3), 10),
-                "svhn": ((32, 32, 3), 10)}
-
-
 def forward_units(config) -> float:
-  """Cost of one step per training example in forward-pass units F (SPEC 11).
-
-  An attack step ~2F, a forward ~1F, a training forward + backward ~3F per
-  input batch; a JVP ~2F per input batch; reverse-mode through a gradient
-  (second order) ~6F per input batch. Meta costs assume the meta batch is as
-  large as the batch (scaled by m / n otherwise) and are divided by
-  ``meta.interval``.
-  """
-  method, k = config.method, config.attack.num_steps
-  attack = 2.0 * k
-  if method == "natural":
-    return 3.0
-  if method == "pgd_at":
-    return attack + 3.0
-  if method in ("trades", "frl", "reinforce_caat"):
-    # Reinforce-CAAT: one fused attack pass, as TRADES; its strategy net is
-    # an MLP on six features per example, negligible against F.
-    return attack + 1.0 + 6.0
-  if method == "meta_caat":
-    base = 2 * attack + 1.0 + 9.0  # adv + anti attacks, clean forward, real update
-    if config.caat.bound == "grad":
-      base += 4.0  # two input gradients at the start point
-    if config.caat.direction != "combined":
-      return base
-    objective = {"clean_ce": 3.0, "robust": attack + 1.0 + 6.0,
-                 "official": 2 * attack + 1.0 + 9.0}[config.meta.objective]
-    lookahead = 9.0  # training gradient over clean, adv and anti inputs
-    variant = config.meta.variant
-    if variant == "jvp":
-      meta_part = lookahead + objective + 6.0  # + JVP over the 3 inputs
-    elif variant == "first_order":
-      meta_part = objective + 6.0
-    elif variant == "nested_grad":
-      meta_part = lookahead + objective + 18.0  # + reverse through the gradient
-    elif variant == "k_step":
-      meta_part = config.meta.k * (lookahead + 18.0) + objective
-    else:
-      raise KeyError(f"no cost model for meta variant {variant!r}; add one to bench")
-    meta_part *= config.meta.batch_size / config.batch_size
-    return base + meta_part / config.meta.interval
-  raise KeyError(f"no cost model for method {method!r}; add one to bench.forward_units")
-
-
-def synthetic_dataset(config, num_examples: int) -> data.Dataset:
-  """Random data of the configured dataset's shape (no download needed)."""
-  shape, num_classes = IMAGE_SHAPES[config.data.name]
-  rng = np.random.default_rng(0)
-  images = rng.integers(0, 256, (num_examples,) + shape, dtype=np.uint8)
-  labels = rng.integers(0, num_classes, num_examples).astype(np.int32)
-  split = data.ArraySplit(images=images, labels=labels, clean_labels=labels,
-                          source_index=np.arange(num_examples))
-  return data.Dataset(
-      name=config.data.name, num_classes=num_classes, image_shape=shape,
-      train=split, meta=split, test=split, mean=(0.5,) * shape[-1],
-      std=(0.25,) * shape[-1], augment="crop_flip" if shape[0] == 32 else "none")
+  """Forward-pass units F per training example of one step of
+  ``config.method`` (SPEC 11), as the method itself accounts for it."""
+  return methods.get(config.method).cost(config)
 
 
 def _peak_memory_bytes() -> int | None:
@@ -111,61 +55,34 @@ def _peak_memory_bytes() -> int | None:
   return stats.get("peak_bytes_in_use")
 
 
-def _typed(key: str, old, text: str):
-  """``text`` as the type of the config value it replaces."""
-  if isinstance(old, bool):
-    if text.lower() not in ("true", "false"):
-      raise config_lib.ConfigError(f"bench entry: {key}={text!r}: expected true or false")
-    return text.lower() == "true"
-  try:
-    return type(old)(text)
-  except (TypeError, ValueError) as e:
-    raise config_lib.ConfigError(
-        f"bench entry: {key}={text!r}: expected a value of type {type(old).__name__}") from e
-
-
-def bench_config(config, name: str):
+def bench_config(config, entry: str):
   """The config one ``config.bench.methods`` entry benches.
 
-  ``name`` is a method, optionally with overrides in brackets:
-  ``meta_caat[jvp]`` (a meta-gradient variant, i.e. ``meta.variant=jvp``) or
-  ``pgd_at[attack.unroll=false]`` (dotted keys, comma-separated). Raises
-  ``ConfigError`` naming the entry for an unknown key or a bad value.
+  ``entry`` is a method name, optionally followed by overrides spelled as on
+  the command line: ``'meta_caat --config.meta.variant=nested_grad'``,
+  ``'pgd_at --config.attack.unroll=false'``. Raises ``ConfigError`` naming the
+  entry for an unknown method or key or a bad value.
   """
-  method, bracket, rest = name.partition("[")
-  if bracket and not rest.endswith("]"):
-    raise config_lib.ConfigError(f"bench entry {name!r}: missing ']'")
-  cfg = config.copy_and_resolve_references()
-  with cfg.unlocked():
-    cfg.method = method
-    cfg.batch_size = config.bench.batch_size
-    cfg.suite = ()
-  for item in filter(None, rest[:-1].split(",")):
-    key, eq, text = item.partition("=")
-    if not eq:  # a bare word is a meta-gradient variant
-      key, text = "meta.variant", key
-    key = key.strip()
-    try:
-      old = config_lib.get_dotted(cfg, key)
-    except (KeyError, AttributeError) as e:
-      raise config_lib.ConfigError(f"bench entry {name!r}: no config key {key!r}") from e
-    config_lib.set_dotted(cfg, key, _typed(key, old, text.strip()))
+  method, *overrides = entry.split()
   try:
+    cfg = config_lib.apply_overrides(config, [f"method={method}", "suite=()",
+                                              f"batch_size={config.bench.batch_size}",
+                                              *overrides])
     config_lib.validate(cfg)
   except config_lib.ConfigError as e:
-    raise config_lib.ConfigError(f"bench entry {name!r}: {e}") from e
+    raise config_lib.ConfigError(f"bench entry {entry!r}: {e}") from None
   return cfg
 
 
 def bench_method(config, name: str) -> dict:
   """Compile time, median step time and images/s of one method's train step.
 
-  ``name``: see ``bench_config``.
+  ``name``: a ``config.bench.methods`` entry, see ``bench_config``.
   """
   cfg = bench_config(config, name)
-  run = train.Run(cfg, dataset=synthetic_dataset(cfg, 4 * cfg.batch_size))
+  run = train.Run(cfg, dataset=pipeline.synthetic_dataset(cfg.data.name, 4 * cfg.batch_size))
   state = run.parallel.replicate(run.init_state())
-  batches = [run.parallel.shard(b) for b in run.batches(epoch=0)]
+  batches = [run.parallel.shard(b) for b in run.input.batches(epoch=0)]
   t = time.perf_counter()
   compiled = run.train_step.lower(state, batches[0]).compile()
   compile_s = time.perf_counter() - t
@@ -186,7 +103,7 @@ def run_bench(config) -> dict:
   for name in config.bench.methods:  # every entry checked before any compiles
     bench_config(config, name)
   rows = [bench_method(config, m) for m in config.bench.methods]
-  ref = next((r for r in rows if r["method"] == "pgd_at"), None)
+  ref = next((r for r in rows if r["method"] == config.bench.reference), None)
   for r in rows:
     if ref is not None:
       r["ratio_to_pgd_at"] = r["step_s"] / ref["step_s"]
@@ -226,7 +143,8 @@ def bench_attack(config, model_name: str, attack: str, batch_size: int) -> dict:
   # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp
   from caat_jax import attacks, models
-  shape, num_classes = IMAGE_SHAPES[config.data.name]
+  spec = data.spec(config.data.name)
+  shape, num_classes = spec.image_shape, spec.num_classes
   kwargs = {"width": config.model_width} if model_name == "small_cnn" else {}
   model = models.get_model(model_name, num_classes=num_classes, mean=(0.5,) * shape[-1],
                            std=(0.25,) * shape[-1], **kwargs)
@@ -239,7 +157,7 @@ def bench_attack(config, model_name: str, attack: str, batch_size: int) -> dict:
 
   def fn(x, y, k):
     if attack.startswith("pgd"):
-      steps = config_lib.parse_eval_attack(attack)
+      steps = evaluation.pgd_steps(attack)
       x_adv = attacks.pgd(logits_fn, x, y, eps=eps, step_size=eps + 2 / 255, num_steps=steps,
                           keys=k, unroll=train.resolve_unroll(config.attack.unroll))
       return jnp.argmax(logits_fn(x_adv), -1) == y
@@ -302,7 +220,7 @@ def check_attack_args(names, model_names) -> None:
     if a in valid:
       continue
     try:
-      config_lib.parse_eval_attack(a)
+      evaluation.pgd_steps(a)
     except config_lib.ConfigError:
       raise config_lib.ConfigError(
           f"--attacks: unknown attack {a!r}; valid: pgd<k>, {', '.join(valid)}") from None
@@ -314,20 +232,21 @@ def check_attack_args(names, model_names) -> None:
 
 def main(argv):
   del argv
+  config = cli.config_flag()
   names = [a.strip() for a in FLAGS.attacks.split(",") if a.strip()]
   model_names = [m.strip() for m in FLAGS.attack_models.split(",") if m.strip()]
   try:
     check_attack_args(names, model_names)
-    result = {} if FLAGS.skip_train_bench else run_bench(FLAGS.config)
+    result = {} if FLAGS.skip_train_bench else run_bench(config)
   except config_lib.ConfigError as e:
     sys.exit(f"error: {e}")
   if result:
     print(format_rows(result))
   if names:  # rows print as they finish: a PreAct-ResNet-18 on a CPU takes hours
-    print(attack_table_head(FLAGS.config.data.name), flush=True)
+    print(attack_table_head(config.data.name), flush=True)
     result["attacks"] = run_attack_bench(
-        FLAGS.config, names, model_names or [FLAGS.config.model],
-        FLAGS.attack_batch or FLAGS.config.bench.batch_size,
+        config, names, model_names or [config.model],
+        FLAGS.attack_batch or config.bench.batch_size,
         on_row=lambda r: print(format_attack_row(r), flush=True))
   with open(FLAGS.out, "w") as f:
     json.dump(result, f, indent=1)
@@ -335,4 +254,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 MODES = ("reweight", "remargin", "reweight_remargin", "baseline_reweight")
+MARGIN_MODES = ("remargin", "reweight_remargin")  # modes with class-wise bounds
 
 
 def init(num_classes: int) -> dict[str, jax.Array]:
@@ -76,3 +77,34 @@ def baseline_reweight(robust_err: np.ndarray, factor: float = 2.0) -> np.ndarray
   w = np.ones_like(np.asarray(robust_err, np.float64))
   w[int(np.argmax(robust_err))] = factor
   return (w / w.sum()).astype(np.float32)
+
+
+def _ones_factors(lams, labels, axis_name):
+  del lams, axis_name
+  ones = jnp.ones(labels.shape, jnp.float32)
+  return ones, ones
+
+
+def _reweight_factors(lams, labels, axis_name):
+  return (sample_factors(class_weights(lams["lambda0"]), labels, axis_name),
+          sample_factors(class_weights(lams["lambda1"]), labels, axis_name))
+
+
+def _baseline_factors(lams, labels, axis_name):
+  f = sample_factors(lams["baseline_w"], labels, axis_name)
+  return f, f
+
+
+def factors_fn(mode: str | None):
+  """The per-sample loss factors of ``mode`` (None: fairness off).
+
+  Returns ``fn(multipliers, labels [B], axis_name) -> (f0 [B], f1 [B])``,
+  the factors of the natural (CE) and boundary (KL) terms, so that a batch
+  mean of ``f * l`` is FRL's class-weighted mean. Chosen once when a step is
+  built; ones for ``remargin`` (which changes bounds, not weights) and off.
+  """
+  if mode in ("reweight", "reweight_remargin"):
+    return _reweight_factors
+  if mode == "baseline_reweight":
+    return _baseline_factors
+  return _ones_factors

@@ -14,7 +14,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from caat_jax import checkpoint, config_lib, evaluate, parallel, train
+from caat_jax import checkpoint, cli, config_lib, evaluation, metrics, parallel, train
 from caat_jax.data import DatasetNotFoundError
 
 FLAGS = flags.FLAGS
@@ -44,8 +44,8 @@ def run_suite(config, workdir: str, allow_config_change: bool = False) -> list[d
   print("\nSide by side (errors in %, class average and worst class):")
   for attack in config.eval.attacks:
     print(f"\n{attack}, eps={config.eval.eps:.4f}")
-    print(evaluate.format_table([r for r in rows if r["attack"] == attack], label_key="label"))
-  evaluate.write_json(os.path.join(workdir, "comparison.json"), rows)
+    print(evaluation.format_table([r for r in rows if r["attack"] == attack], label_key="label"))
+  evaluation.write_json(os.path.join(workdir, "comparison.json"), rows)
   return rows
 
 
@@ -54,17 +54,22 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-  config = FLAGS.config
+  config = cli.config_flag()
   try:
     config_lib.validate(config)
-  except config_lib.ConfigError as e:
-    sys.exit(f"error: {e}")
-  try:
     # Before anything touches a device: jax.devices() must list every host's.
     parallel.initialize_distributed(config.parallel)
+    # With the device count known, and before the workdir is created, so a
+    # batch that does not divide over the devices leaves nothing behind.
+    config_lib.validate(config, jax.device_count())
   except ValueError as e:
     sys.exit(f"error: {e}")
-  os.makedirs(FLAGS.workdir, exist_ok=True)
+  if os.path.exists(FLAGS.workdir) and not os.path.isdir(FLAGS.workdir):
+    sys.exit(f"error: --workdir={FLAGS.workdir} is a file, not a directory")
+  try:
+    os.makedirs(FLAGS.workdir, exist_ok=True)
+  except OSError as e:
+    sys.exit(f"error: --workdir={FLAGS.workdir}: cannot create it ({e.strerror})")
   logging.info("config:\n%s", config)
   try:
     if config.suite:
@@ -74,11 +79,11 @@ def main(argv):
                                allow_config_change=FLAGS.allow_config_change)
   except checkpoint.Preempted as e:
     print(f"caat_jax: {e}", file=sys.stderr)
-    sys.exit(checkpoint.EXIT_PREEMPTED)
-  except (DatasetNotFoundError, config_lib.ConfigError, train.NonFiniteLossError,
+    sys.exit(getattr(e, "exit_code", checkpoint.EXIT_PREEMPTED))
+  except (DatasetNotFoundError, config_lib.ConfigError, metrics.NonFiniteLossError,
           checkpoint.IncompatibleConfigError, checkpoint.CheckpointError) as e:
     sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -3,6 +3,25 @@
 import ml_collections
 import optax
 
+from caat_jax.checks import check, choice
+
+SCHEDULES = ("piecewise", "cosine", "constant")
+OPTIMIZERS = ("sgd",)
+
+
+def validate(cfg: ml_collections.ConfigDict, num_epochs: int) -> None:
+  """Checks ``config.optimizer`` (raises ``checks.ConfigError`` naming the key)."""
+  choice("optimizer.name", cfg.name, OPTIMIZERS)
+  choice("optimizer.schedule", cfg.schedule, SCHEDULES)
+  check("optimizer.learning_rate", cfg.learning_rate > 0, cfg.learning_rate, "> 0")
+  check("optimizer.momentum", 0 <= cfg.momentum < 1, cfg.momentum, "in [0, 1)")
+  check("optimizer.weight_decay", cfg.weight_decay >= 0, cfg.weight_decay, ">= 0")
+  check("optimizer.warmup_epochs", 0 <= cfg.warmup_epochs < num_epochs,
+        cfg.warmup_epochs, f"in [0, num_epochs={num_epochs})")
+  if cfg.schedule == "piecewise":
+    ok = all(0 < e for e in cfg.decay_epochs) and list(cfg.decay_epochs) == sorted(cfg.decay_epochs)
+    check("optimizer.decay_epochs", ok, cfg.decay_epochs, "increasing positive epochs")
+
 
 def learning_rate_schedule(
     cfg: ml_collections.ConfigDict, steps_per_epoch: int, num_epochs: int

@@ -57,3 +57,15 @@ def create(
       rng=rng,
       extra=extra or {},
   )
+
+
+NONFINITE_STATE = "nonfinite_state"  # the train step's per-step metric
+
+
+def nonfinite_flag(state: TrainState) -> jax.Array:
+  """Float 0/1: does any floating leaf of the classifier or method state
+  hold NaN or Inf? (Cheap next to a step; reported per step.)"""
+  leaves = jax.tree.leaves((state.params, state.batch_stats, state.extra))
+  flags = [~jnp.all(jnp.isfinite(leaf)) for leaf in leaves
+           if jnp.issubdtype(leaf.dtype, jnp.floating)]
+  return jnp.any(jnp.stack(flags)).astype(jnp.float32)

@@ -32,11 +32,17 @@ def test_forward_units_match_spec_section_11():
   assert bench.forward_units(half) == 50.0 + 42.0 / 4
 
 
-def test_unknown_method_has_no_silent_cost():
-  c = _cfg("pgd_at")
-  c.method = "something_new"
-  with pytest.raises(KeyError, match="add one to bench.forward_units"):
-    bench.forward_units(c)
+def test_meta_variant_costs_come_from_the_variants():
+  # nested_grad: + reverse pass through the gradient (18F) instead of a JVP
+  # (6F); first_order: no look-ahead gradient (9F); k_step, k = 2: twice the
+  # look-ahead and its reverse pass. Meta batch = batch, interval 1.
+  kw = {"meta.batch_size": 64, "batch_size": 64}
+  units = lambda **o: bench.forward_units(_cfg("meta_caat", **kw, **o))
+  assert units(**{"meta.variant": "nested_grad"}) == 92.0 + 12.0
+  assert units(**{"meta.variant": "first_order"}) == 92.0 - 9.0
+  assert units(**{"meta.variant": "k_step", "meta.k": 2}) == 50.0 + 2 * 27.0 + 27.0
+  # an ablation without learned weights has no meta part at all
+  assert units(**{"caat.direction": "adversarial_only"}) == 50.0
 
 
 def test_run_bench_reports_ratios():
@@ -59,18 +65,20 @@ def test_run_bench_reports_ratios():
 
 def test_bench_entries_apply_overrides_and_name_bad_ones():
   c = _cfg("pgd_at")
-  assert bench.bench_config(c, "meta_caat[first_order]").meta.variant == "first_order"
-  cfg = bench.bench_config(c, "pgd_at[attack.unroll=false, meta.batch_size=16]")
+  got = bench.bench_config(c, "meta_caat --config.meta.variant=first_order")
+  assert got.meta.variant == "first_order"
+  cfg = bench.bench_config(c, "pgd_at --config.attack.unroll=false --config.meta.batch_size=16")
   assert (cfg.method, cfg.attack.unroll, cfg.meta.batch_size) == ("pgd_at", "false", 16)
   assert cfg.batch_size == c.bench.batch_size
   with pytest.raises(bench.config_lib.ConfigError, match="no config key 'attack.unrol'"):
-    bench.bench_config(c, "pgd_at[attack.unrol=false]")
-  with pytest.raises(bench.config_lib.ConfigError, match="meta.batch_size='x': expected a value of type int"):
-    bench.bench_config(c, "pgd_at[meta.batch_size=x]")
-  with pytest.raises(bench.config_lib.ConfigError, match="bench entry 'meta_caat\\[fast\\]'.*meta.variant"):
-    bench.bench_config(c, "meta_caat[fast]")
+    bench.bench_config(c, "pgd_at --config.attack.unrol=false")
+  with pytest.raises(bench.config_lib.ConfigError, match="meta.batch_size='x': expected a int"):
+    bench.bench_config(c, "pgd_at --config.meta.batch_size=x")
+  with pytest.raises(bench.config_lib.ConfigError,
+                     match="bench entry 'meta_caat --config.meta.variant=fast'.*meta.variant"):
+    bench.bench_config(c, "meta_caat --config.meta.variant=fast")
   # a bad entry anywhere in the list stops the run before anything compiles
-  c.bench.methods = ("pgd_at", "pgd_at[attack.unroll=maybe]")
+  c.bench.methods = ("pgd_at", "pgd_at --config.attack.unroll=maybe")
   with pytest.raises(bench.config_lib.ConfigError, match="attack.unroll"):
     bench.run_bench(c)
   with pytest.raises(bench.config_lib.ConfigError, match="unknown attack 'apgd'"):

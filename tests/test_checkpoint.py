@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from caat_jax import checkpoint as ckpt_lib
-from caat_jax import methods, train
+from caat_jax import methods, metrics, train
 from tests.helpers import ROOT, digits_config, restore_final_state
 
 # -- helpers -------------------------------------------------------------------
@@ -240,16 +240,16 @@ def _inject(monkeypatch, at_step, what):
   alone produce Inf parameters (its own loss still finite)."""
   real = methods.train_step
 
-  def poisoned(state, batch, *, method, ctx):
-    new_state, metrics = real(state, batch, method=method, ctx=ctx)
+  def poisoned(state, batch, *, method_step, ctx):
+    new_state, step_metrics = real(state, batch, method_step=method_step, ctx=ctx)
     if what == "loss":
       bad = state.step + 1 >= at_step
-      metrics = dict(metrics, loss=jnp.where(bad, jnp.nan, metrics["loss"]))
+      step_metrics = dict(step_metrics, loss=jnp.where(bad, jnp.nan, step_metrics["loss"]))
     else:
       bad = state.step + 1 == at_step
       new_state = new_state.replace(params=jax.tree.map(
           lambda p: jnp.where(bad, jnp.inf, p), new_state.params))
-    return new_state, metrics
+    return new_state, step_metrics
 
   monkeypatch.setattr(methods, "train_step", poisoned)
 
@@ -257,11 +257,11 @@ def _inject(monkeypatch, at_step, what):
 def test_nan_loss_stops_naming_step_and_metric(monkeypatch, tmp_path):
   _inject(monkeypatch, at_step=7, what="loss")
   config = digits_config(method="natural", checkpoint_every_steps=3, log_every_steps=5)
-  with pytest.raises(train.NonFiniteLossError,
-                     match=r"metric 'train/loss' is nan at step 9"):
+  # Noticed when the window (7-9) is logged, before step 9 would be saved;
+  # named by the step the NaN appeared in, with the checkpoint that is kept.
+  with pytest.raises(metrics.NonFiniteLossError,
+                     match=r"metric 'train/loss' is nan at step 7; .*checkpoint \(step 6\)"):
     train.train_and_evaluate(config, str(tmp_path))
-  # Steps 7-9 are logged (and checked) before step 9 would be saved: the
-  # newest checkpoint is the last good one.
   assert max(_committed_steps(str(tmp_path))) == 6
   state, _ = restore_final_state(str(tmp_path), config)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
@@ -270,16 +270,27 @@ def test_nan_loss_stops_naming_step_and_metric(monkeypatch, tmp_path):
 def test_nan_parameters_are_never_saved(monkeypatch, tmp_path):
   _inject(monkeypatch, at_step=6, what="params")
   config = digits_config(method="natural", checkpoint_every_steps=3, log_every_steps=100)
-  with pytest.raises(train.NonFiniteLossError, match=r"state\.params.* after step 6"):
+  with pytest.raises(metrics.NonFiniteLossError, match=r"state\.params.* after step 6"):
     train.train_and_evaluate(config, str(tmp_path))
   assert max(_committed_steps(str(tmp_path))) == 3
+
+
+def test_nan_before_any_checkpoint_says_none_is_kept(monkeypatch, tmp_path):
+  # Inf parameters after step 2, noticed at the logging step 4 (no save yet):
+  # the message names step 2 and says that no checkpoint exists.
+  _inject(monkeypatch, at_step=2, what="params")
+  config = digits_config(method="natural", log_every_steps=4)
+  with pytest.raises(metrics.NonFiniteLossError,
+                     match=r"state\.params.* after step 2; .*No checkpoint was saved yet"):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert not _committed_steps(str(tmp_path))
 
 
 # -- pieces -----------------------------------------------------------------------
 
 
 def test_metric_writer_drops_records_after_the_restored_step(tmp_path):
-  w = train.MetricWriter(str(tmp_path))
+  w = metrics.MetricWriter(str(tmp_path))
   for s in (5, 10, 15):
     w.write(s, {"train/loss": float(s)})
   w._jsonl.write('{"step": 20, "train/lo')  # a line cut short by a kill
@@ -310,12 +321,12 @@ def _tb_events(tb_dir):
 
 
 def test_resumed_tensorboard_events_purge_the_steps_run_again(tmp_path):
-  w = train.MetricWriter(str(tmp_path))
+  w = metrics.MetricWriter(str(tmp_path))
   for s in (5, 10, 15):
     w.write(s, {"train/loss": float(s)})
   w.close()
   time.sleep(1.1)  # tensorboardX names event files by the second
-  w = train.MetricWriter(str(tmp_path))
+  w = metrics.MetricWriter(str(tmp_path))
   w.drop_after(10)
   w.write(15, {"train/loss": 0.0})
   w.close()

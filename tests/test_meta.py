@@ -14,6 +14,10 @@ import numpy as np
 import pytest
 
 from caat_jax import losses, meta, strategy
+from caat_jax.meta.first_order import first_order
+from caat_jax.meta.jvp import jvp
+from caat_jax.meta.k_step import k_step
+from caat_jax.meta.nested_grad import nested_grad
 
 B, M, D, C, H = 6, 5, 7, 3, 9
 LR = 0.3
@@ -87,7 +91,7 @@ def _directions(omega, n=3):
 def test_nested_grad_matches_finite_differences_float64(lookahead):
   with jax.enable_x64(True):
     problem, omega, params = _problem(lookahead)
-    grad, _ = meta.nested_grad(problem, omega, params)
+    grad, _ = nested_grad(problem, omega, params)
     assert jax.tree.leaves(grad)[0].dtype == jnp.float64
     j = functools.partial(_objective, problem, params)
     for v in _directions(omega):
@@ -99,13 +103,13 @@ def test_nested_grad_matches_finite_differences_float64(lookahead):
 def test_jvp_equals_nested_grad(lookahead):
   with jax.enable_x64(True):
     problem, omega, params = _problem(lookahead)
-    ref, ref_info = meta.nested_grad(problem, omega, params)
-    got, info = meta.jvp(problem, omega, params)
+    ref, ref_info = nested_grad(problem, omega, params)
+    got, info = jvp(problem, omega, params)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-14), got, ref)
     np.testing.assert_allclose(info["meta_loss"], ref_info["meta_loss"], rtol=1e-12)
   problem, omega, params = _problem(lookahead)  # float32: to float tolerance
-  ref, _ = meta.nested_grad(problem, omega, params)
-  got, _ = meta.jvp(problem, omega, params)
+  ref, _ = nested_grad(problem, omega, params)
+  got, _ = jvp(problem, omega, params)
   scale = max(float(jnp.abs(l).max()) for l in jax.tree.leaves(ref))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4 * scale), got, ref)
 
@@ -113,15 +117,15 @@ def test_jvp_equals_nested_grad(lookahead):
 def test_k_step_one_equals_nested_grad_and_two_matches_fd():
   with jax.enable_x64(True):
     problem, omega, params = _problem()
-    ref, _ = meta.nested_grad(problem, omega, params)
-    one, _ = meta.k_step(problem, omega, params, k=1)
+    ref, _ = nested_grad(problem, omega, params)
+    one, _ = k_step(problem, omega, params, k=1)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-15), one, ref)
-    two, _ = meta.k_step(problem, omega, params, k=2)
+    two, _ = k_step(problem, omega, params, k=2)
     j2 = functools.partial(_objective, problem, params, k=2)
     for v in _directions(omega, 2):
       np.testing.assert_allclose(_dot(two, v), float(_fd_directional(j2, omega, v)), rtol=1e-6)
     assert abs(_dot(two, _directions(omega, 1)[0]) - _dot(ref, _directions(omega, 1)[0])) > 1e-8
-    scanned, _ = meta.k_step(problem, omega, params, k=2, scan_above=0)  # the lax.scan path
+    scanned, _ = k_step(problem, omega, params, k=2, scan_above=0)  # the lax.scan path
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-15),
                  scanned, two)
 
@@ -130,7 +134,7 @@ def test_first_order_is_the_gradient_of_its_linearised_objective():
   """first_order differentiates J1(Omega) = meta(W) - lr <g_meta(W), g(w(Omega))>."""
   with jax.enable_x64(True):
     problem, omega, params = _problem()
-    got, _ = meta.first_order(problem, omega, params)
+    got, _ = first_order(problem, omega, params)
     g_meta = jax.grad(problem.meta_loss_fn)(params)
 
     def j1(om):
@@ -140,7 +144,7 @@ def test_first_order_is_the_gradient_of_its_linearised_objective():
 
     for v in _directions(omega):
       np.testing.assert_allclose(_dot(got, v), float(_fd_directional(j1, omega, v)), rtol=1e-6)
-    exact, _ = meta.nested_grad(problem, omega, params)
+    exact, _ = nested_grad(problem, omega, params)
     # an approximation, but of the right sign and size here
     v = exact
     assert 0.5 < _dot(got, v) / _dot(exact, v) < 2.0
@@ -157,9 +161,9 @@ def test_meta_gradient_alive_at_init_with_default_tau():
   from configs import default  # pylint: disable=g-import-not-at-top
   tau = default.get_config().caat.tau
   problem, omega, params = _problem(tau=tau)
-  alive = norm(meta.jvp(problem, omega, params)[0])
+  alive = norm(jvp(problem, omega, params)[0])
   problem, omega, params = _problem(tau=1e-3)
-  dead = norm(meta.jvp(problem, omega, params)[0])
+  dead = norm(jvp(problem, omega, params)[0])
   assert alive > 1e-4
   assert dead < 1e-3 * alive
 

@@ -3,7 +3,7 @@ one process with 8 devices trains: same metrics, same parameters, same
 evaluation; only process 0 writes.
 
 Each process reads only its half of every global batch and of the
-evaluation set (``evaluate.host_slice``); the step's named axis spans both
+evaluation set (``pipeline.host_slice``); the step's named axis spans both
 processes, so gradients and BatchNorm statistics are averaged globally.
 """
 

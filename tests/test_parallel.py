@@ -22,7 +22,7 @@ def _train(method, backend, num_devices, steps=2, **overrides):
   config = digits_config(method=method, **{"parallel.backend": backend, **overrides})
   run = train.Run(config, Parallel(backend, devices=jax.devices()[:num_devices]))
   rstate = run.parallel.replicate(run.init_state())
-  batches = run.batches(epoch=0)
+  batches = run.input.batches(epoch=0)
   metrics = []
   for _ in range(steps):
     rstate, m = run.train_step(rstate, run.parallel.shard(next(batches)))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from caat_jax import attacks, config_lib, losses, reinforce, strategy, train
-from caat_jax.methods import base, reinforce_caat
+from caat_jax.methods import base, caat, reinforce_caat
 from caat_jax.parallel import Parallel
 from tests.helpers import ROOT, digits_config
 from tests.test_parallel import check_devices_agree
@@ -134,7 +134,8 @@ def test_fused_attack_equals_separate_attacks():
   the adversarial (KL ascent) and anti-adversarial (CE descent) attacks give
   when run on their own samples."""
   config = digits_config(method="reinforce_caat", **{"attack.num_steps": 5})
-  ctx = base.StepContext(model=None, tx=None, config=config, num_classes=10)
+  ctx = base.StepContext(model=None, tx=None, num_classes=10, axis_name=None,
+                         attack=base.AttackSettings.from_config(config.attack, unroll=True))
   b = 64
   rng = np.random.default_rng(0)
   x = np.round(rng.uniform(size=(b, 8, 8, 1)) * 16).astype(np.float32) / 16
@@ -154,12 +155,12 @@ def test_fused_attack_equals_separate_attacks():
   def compute():  # one compilation: eager ops would each compile on their own
     clean = fn(x)
     keys = base.sample_keys(jax.random.PRNGKey(3), b, None)
-    fused = reinforce_caat.fused_attack(ctx, fn, x, y, clean, jnp.asarray(direction),
-                                        jnp.asarray(eps), keys)
+    fused = caat.perturb(ctx, fn, x, y, clean, jnp.asarray(eps), keys,
+                         jnp.asarray(direction) == reinforce.ADVERSARY)
 
     def separate(idx, kind, sign):
       e = eps[idx]
-      return attacks.pgd(fn, x[idx], y[idx], eps=e, step_size=ctx.step_sizes(e),
+      return attacks.pgd(fn, x[idx], y[idx], eps=e, step_size=ctx.attack.step_sizes(e),
                          num_steps=5, keys=keys[idx], sign=jnp.full(idx.shape, sign),
                          loss_kind=jnp.full(idx.shape, kind), clean_logits=clean[idx],
                          start="gaussian", unroll=True)
@@ -188,7 +189,7 @@ def test_fused_attack_equals_separate_attacks():
 def test_strategy_net_updates_every_k_steps_classifier_every_step():
   run = _run(**{"reinforce.k": 3})
   rstate = run.parallel.replicate(run.init_state())
-  batches = run.batches(epoch=0)
+  batches = run.input.batches(epoch=0)
   fetch = lambda s: jax.tree.map(np.asarray, run.parallel.fetch(s))
   prev = fetch(rstate)
   changed_policy, records = [], []

@@ -99,7 +99,8 @@ def test_each_step_is_traced_once_for_the_whole_run(method, monkeypatch, tmp_pat
   """Two epochs with logging, checkpoints, per-epoch evaluation and FRL's
   epoch-end hook must not retrace the train step or an evaluation step
   (a retrace would recompile every epoch: minutes on a large model)."""
-  from caat_jax import evaluate, methods  # pylint: disable=g-import-not-at-top
+  from caat_jax import methods  # pylint: disable=g-import-not-at-top
+  from caat_jax.evaluation import attacks as eval_attacks  # pylint: disable=g-import-not-at-top
   traces = {"train": 0, "eval": []}
 
   def counting(name, fn):
@@ -107,12 +108,12 @@ def test_each_step_is_traced_once_for_the_whole_run(method, monkeypatch, tmp_pat
       if name == "train":
         traces["train"] += 1
       else:  # one trace per distinct evaluation setting is expected
-        traces["eval"].append((kwargs["eps"], tuple(kwargs["attack_steps"])))
+        traces["eval"].append((kwargs["eps"], tuple(kwargs["attack_names"])))
       return fn(*args, **kwargs)
     return traced
 
   monkeypatch.setattr(methods, "train_step", counting("train", methods.train_step))
-  monkeypatch.setattr(evaluate, "eval_fn", counting("eval", evaluate.eval_fn))
+  monkeypatch.setattr(eval_attacks, "eval_fn", counting("eval", eval_attacks.eval_fn))
   config = digits_config(method=method, num_epochs=2, eval_every=1, checkpoint_every_steps=7)
   train.train_and_evaluate(config, str(tmp_path))
   assert traces["train"] == 1

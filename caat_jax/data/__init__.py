@@ -22,6 +22,7 @@ from typing import Any
 from absl import logging
 import numpy as np
 
+from caat_jax import checks
 from caat_jax.data import sources
 from caat_jax.data import transforms
 from caat_jax.data.augment import augment_fn
@@ -61,6 +62,13 @@ _SPECS = {
     'svhn': _Spec(10, (32, 32, 3), (0.4377, 0.4438, 0.4728),
                   (0.1980, 0.2010, 0.1970), 'none'),
 }
+
+
+def spec(name: str) -> _Spec:
+  """Static facts (classes, image shape, augmentation) of dataset ``name``."""
+  if name not in _SPECS:
+    raise ValueError(f'data.name={name!r}; valid: {", ".join(DATASETS)}')
+  return _SPECS[name]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,35 +125,31 @@ def _is_real(x: Any) -> bool:
 
 
 def validate_config(cfg: Any) -> None:
-  """Raises ValueError naming `data.<key>` for a missing or invalid value."""
+  """Raises ``checks.ConfigError`` naming `config.data.<key>` for a missing or
+  invalid value."""
 
-  def bad(key, expected):
-    value = cfg[key]
-    return ValueError(f'data.{key}={value!r} is invalid: expected {expected}.')
+  def ok(key, good, expected):
+    checks.check(f'data.{key}', good, cfg[key], expected)
 
   for key in _KEYS:
     if key not in cfg:
-      raise ValueError(f'data.{key} is missing from the data config '
-                       f'(expected keys: {", ".join(_KEYS)}).')
+      raise checks.ConfigError(f'config.data.{key} is missing from the data config '
+                               f'(expected keys: {", ".join(_KEYS)}).')
   if cfg['name'] in _NOT_YET:
-    raise ValueError(f"data.name={cfg['name']!r} is not supported yet; "
-                     f'supported: {DATASETS}.')
-  if cfg['name'] not in DATASETS:
-    raise bad('name', f'one of {DATASETS}')
-  if cfg['data_dir'] is not None and not isinstance(cfg['data_dir'], str):
-    raise bad('data_dir', 'a path string or None (TFDS default)')
-  if not _is_int(cfg['meta_per_class']) or cfg['meta_per_class'] < 0:
-    raise bad('meta_per_class', 'an int >= 0')
-  if cfg['noise_type'] not in NOISE_TYPES:
-    raise bad('noise_type', f'one of {NOISE_TYPES}')
-  if not _is_real(cfg['noise_rate']) or not 0 <= cfg['noise_rate'] < 1:
-    raise bad('noise_rate', 'a float in [0, 1)')
-  if not _is_real(cfg['imbalance_factor']) or cfg['imbalance_factor'] < 1:
-    raise bad('imbalance_factor', 'a float >= 1 (1 = balanced)')
-  if not _is_real(cfg['test_fraction']) or not 0 < cfg['test_fraction'] < 1:
-    raise bad('test_fraction', 'a float in (0, 1)')
-  if not _is_int(cfg['seed']):
-    raise bad('seed', 'an int')
+    raise checks.ConfigError(f"config.data.name={cfg['name']!r} is not supported yet; "
+                             f'supported: {", ".join(DATASETS)}.')
+  checks.choice('data.name', cfg['name'], DATASETS)
+  ok('data_dir', cfg['data_dir'] is None or isinstance(cfg['data_dir'], str),
+     'a path string or None (TFDS default)')
+  ok('meta_per_class', _is_int(cfg['meta_per_class']) and cfg['meta_per_class'] >= 0,
+     'an int >= 0')
+  checks.choice('data.noise_type', cfg['noise_type'], NOISE_TYPES)
+  ok('noise_rate', _is_real(cfg['noise_rate']) and 0 <= cfg['noise_rate'] < 1, 'in [0, 1)')
+  ok('imbalance_factor', _is_real(cfg['imbalance_factor']) and cfg['imbalance_factor'] >= 1,
+     '>= 1 (1 = balanced)')
+  ok('test_fraction', _is_real(cfg['test_fraction']) and 0 < cfg['test_fraction'] < 1,
+     'in (0, 1)')
+  ok('seed', _is_int(cfg['seed']), 'an int')
 
 
 # ----------------------------------------------------------------------------

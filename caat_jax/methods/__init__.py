@@ -1,16 +1,27 @@
-"""Training methods, each a pure per-device step behind one interface.
+"""Training methods, each a step factory behind one interface (``base.Method``).
 
-Adding a method: a module with ``METHOD = base.Method(name, step, init_extra)``
-and one line in ``REGISTRY``.
+Adding a method: a module under ``caat_jax/methods/`` exporting
+``METHOD = base.Method(name, make_step, cost, ...)`` and one line in
+``_MODULES`` below. See README, "Adding a method".
 """
 
-from caat_jax.methods import frl, meta_caat, natural, pgd_at, reinforce_caat, trades
-from caat_jax.methods.base import Method, StepContext, train_step
+import importlib
 
-REGISTRY: dict[str, Method] = {
-    m.name: m for m in (natural.METHOD, pgd_at.METHOD, trades.METHOD, frl.METHOD,
-                        meta_caat.METHOD, reinforce_caat.METHOD)
-}
+from caat_jax.methods.base import EpochHook, Method, StepContext, train_step
+
+_MODULES = (
+    "natural",
+    "pgd_at",
+    "trades",
+    "frl",
+    "meta_caat",
+    "reinforce_caat",
+)
+
+REGISTRY: dict[str, Method] = {}
+for _name in _MODULES:
+  _m = importlib.import_module(f"{__name__}.{_name}").METHOD
+  REGISTRY[_m.name] = _m
 METHODS = tuple(REGISTRY)
 
 
@@ -20,4 +31,4 @@ def get(name: str) -> Method:
   return REGISTRY[name]
 
 
-__all__ = ["METHODS", "REGISTRY", "Method", "StepContext", "get", "train_step"]
+__all__ = ["METHODS", "REGISTRY", "EpochHook", "Method", "StepContext", "get", "train_step"]

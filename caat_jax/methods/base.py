@@ -1,14 +1,18 @@
-"""What every method's per-device step shares: context, keys, forward passes,
-the gradient update, and the common wrapper that derives keys and augments.
+"""What every method shares: the interface, the step context, keys, forward
+passes, the gradient update, and the wrapper that derives keys and augments.
 
-A method is a pure per-device function
+A method is a module under ``methods/`` exporting ``METHOD = base.Method(...)``
+(and one line in ``methods._MODULES``). Its ``make_step(config, ctx)`` reads
+the config once and returns a pure per-device step
 
-    method_step(state, batch, key, ctx) -> (state, metrics)
+    step(state, batch, key) -> (state, metrics)
 
 run under ``pmap`` or ``shard_map`` with the named axis ``ctx.axis_name``:
 gradients are averaged over that axis here and BatchNorm averages its batch
 statistics over it (the model is built with the same axis name), so N devices
-compute what one device computes on the global batch.
+compute what one device computes on the global batch. Every choice a config
+makes (direction, bound, weighting, meta-gradient variant) is taken when the
+step is built, so the traced step reads straight through.
 """
 
 import dataclasses
@@ -23,36 +27,67 @@ import optax
 
 from caat_jax import attacks
 from caat_jax.data import augment as augment_lib
-from caat_jax.state import TrainState
+from caat_jax.state import NONFINITE_STATE, TrainState, nonfinite_flag
 
 Metrics = dict[str, jax.Array]
+StepFn = Callable[[TrainState, dict, jax.Array], tuple[TrainState, Metrics]]
+STEP_RULES = ("fixed", "eps_frac")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackSettings:
+  """The training-time PGD (SPEC 2), read once from ``config.attack``.
+
+  Attributes:
+    eps: the L-inf bound in pixel units.
+    num_steps: K.
+    step_size: the fixed step (``step_rule == 'fixed'``).
+    step_rule: 'fixed' (``step_size``) or 'eps_frac' (``eps_i / 4``).
+    unroll: unroll the attack loop (fast on CPU).
+  """
+
+  eps: float
+  num_steps: int
+  step_size: float
+  step_rule: str = "fixed"
+  unroll: bool = True
+
+  @classmethod
+  def from_config(cls, attack_cfg, unroll: bool) -> "AttackSettings":
+    return cls(eps=float(attack_cfg.eps), num_steps=int(attack_cfg.num_steps),
+               step_size=float(attack_cfg.step_size), step_rule=attack_cfg.step_rule,
+               unroll=unroll)
+
+  def step_sizes(self, eps: jax.Array) -> jax.Array:
+    """Per-sample PGD step: fixed ``step_size`` or ``eps_i / 4``."""
+    if self.step_rule == "eps_frac":
+      return eps / 4.0
+    return jnp.full_like(eps, self.step_size)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class StepContext:
-  """Static settings of a step (closed over, never traced).
+  """What a step needs from the run besides its own config (static).
 
   Attributes:
     model: the classifier, built with ``axis_name`` for cross-device BatchNorm.
     tx: the classifier optimiser.
-    config: the run config (read-only inside the step).
+    attack: the training-time attack settings.
     num_classes: number of classes.
     class_counts: training-set count per class, a tuple (static).
     augment: 'none' or 'crop_flip' (on-device augmentation of training images).
     axis_name: the device axis name of pmap / shard_map.
-    unroll: unroll attack loops (fast on CPU).
     schedule: the classifier's learning-rate schedule (step -> lr), for
       look-ahead steps.
   """
 
   model: nn.Module
   tx: optax.GradientTransformation
-  config: ml_collections.ConfigDict
+  attack: AttackSettings
   num_classes: int
   class_counts: tuple[int, ...] = ()
   augment: str = "none"
-  axis_name: str = "batch"
-  unroll: bool = True
+  axis_name: str | None = "batch"
   schedule: Callable[[jax.Array], jax.Array] | None = None
 
   # -- forward passes -------------------------------------------------------
@@ -68,43 +103,76 @@ class StepContext:
     variables = jax.lax.stop_gradient({"params": params, "batch_stats": batch_stats})
     return lambda x: self.model.apply(variables, x, train=False)
 
-  # -- attack settings ------------------------------------------------------
-  def step_sizes(self, eps: jax.Array) -> jax.Array:
-    """Per-sample PGD step: fixed ``attack.step_size`` or ``eps_i / 4``."""
-    a = self.config.attack
-    if a.step_rule == "eps_frac":
-      return eps / 4.0
-    return jnp.full_like(eps, a.step_size)
+  def full_eps(self, batch: int) -> jax.Array:
+    """[B] copies of the configured bound."""
+    return jnp.full((batch,), self.attack.eps, jnp.float32)
 
-  def attack(self, state: TrainState, x, y, key, *, eps, start, **kwargs) -> jax.Array:
-    """The training-time PGD on the current classifier (inference mode)."""
-    return attacks.pgd(
-        self.eval_logits_fn(state.params, state.batch_stats), x, y,
-        eps=eps, step_size=self.step_sizes(eps),
-        num_steps=self.config.attack.num_steps,
-        keys=sample_keys(key, x.shape[0], self.axis_name),
-        start=start, unroll=self.unroll, **kwargs)
+  def pgd(self, logits_fn, x, y, keys, *, eps, start, **kwargs) -> jax.Array:
+    """The training-time PGD (inference-mode ``logits_fn``), per-sample ``keys``."""
+    return attacks.pgd(logits_fn, x, y, eps=eps, step_size=self.attack.step_sizes(eps),
+                       num_steps=self.attack.num_steps, keys=keys, start=start,
+                       unroll=self.attack.unroll, **kwargs)
+
+  def sample_keys(self, key: jax.Array, local_batch: int) -> jax.Array:
+    return sample_keys(key, local_batch, self.axis_name)
+
+
+class EpochHook(NamedTuple):
+  """Host-side work a method asks for after every epoch (FRL's multipliers).
+
+  Attributes:
+    validation: ``config -> (attack, eps, step_size)`` the per-class errors it
+      needs on the validation (meta) set, or None for no hook in this run.
+    update: ``(config, extra, errors, epoch) -> (extra, record)``: ``extra`` is
+      the method's ``state.extra`` as host numpy, ``errors`` a dict of per-class
+      fractions ``{'natural': [C], 'robust': [C]}``; ``record`` goes to
+      metrics.jsonl.
+  """
+
+  validation: Callable[[ml_collections.ConfigDict], tuple[str, float, float] | None]
+  update: Callable[..., tuple[dict, dict]]
+
+
+def _no_extra(config, ctx, key) -> dict:
+  del config, ctx, key
+  return {}
+
+
+def _valid(config) -> None:
+  del config
 
 
 class Method(NamedTuple):
-  """A training method: a per-device step and the state it adds.
+  """A training method.
 
   Attributes:
     name: registry name (``config.method``).
-    step: the per-device step.
-    init_extra: (ctx, key) -> initial ``state.extra`` entries of this method.
-    on_epoch_end: optional host-side hook ``(run, replicated_state, epoch) ->
-      (replicated_state, record)`` run after every epoch (FRL's Lagrangian
-      update on the validation set); ``record`` goes to metrics.jsonl.
-    meta_batch: whether each batch must carry ``meta_image`` / ``meta_label``,
-      ``config.meta.batch_size`` examples from the clean meta set.
+    make_step: ``(config, ctx) -> step(state, batch, key) -> (state, metrics)``.
+    cost: ``config -> F``, forward-pass units per training example of one
+      step (SPEC 11), the benchmark's bound.
+    init_extra: ``(config, ctx, key) -> dict``, the initial ``state.extra``.
+    validate: ``config -> None``, raises ``checks.ConfigError`` naming the key.
+    epoch_hook: optional ``EpochHook``.
+    meta_batch: ``config -> bool``, whether each batch must carry
+      ``meta_image`` / ``meta_label`` (``config.meta.batch_size`` clean meta
+      examples).
+    needs_meta_set: ``config -> bool``, whether the run needs a meta /
+      validation set (``data.meta_per_class >= 1``).
   """
 
   name: str
-  step: Callable[[TrainState, dict, jax.Array, StepContext], tuple[TrainState, Metrics]]
-  init_extra: Callable[[StepContext, jax.Array], dict] = lambda ctx, key: {}
-  on_epoch_end: Callable | None = None
-  meta_batch: bool = False
+  make_step: Callable[[ml_collections.ConfigDict, StepContext], StepFn]
+  cost: Callable[[ml_collections.ConfigDict], float]
+  init_extra: Callable[[ml_collections.ConfigDict, StepContext, jax.Array], dict] = _no_extra
+  validate: Callable[[ml_collections.ConfigDict], None] = _valid
+  epoch_hook: EpochHook | None = None
+  meta_batch: Callable[[ml_collections.ConfigDict], bool] = lambda config: False
+  needs_meta_set: Callable[[ml_collections.ConfigDict], bool] = lambda config: False
+
+
+def attack_units(config) -> float:
+  """F per example of one training-time attack pass: K steps of ~2F (SPEC 11)."""
+  return 2.0 * config.attack.num_steps
 
 
 def sample_keys(key: jax.Array, local_batch: int, axis_name: str | None) -> jax.Array:
@@ -141,9 +209,8 @@ def ratio_metric(name: str, values: jax.Array, groups: jax.Array, num_groups: in
           f"ratio/{name}/den": psum(onehot.sum(0), axis_name)}
 
 
-def apply_gradients(
-    state: TrainState, grads, batch_stats, ctx: StepContext, **changes
-) -> TrainState:
+def apply_gradients(state: TrainState, grads, batch_stats, ctx: StepContext,
+                    **changes) -> TrainState:
   """Averages ``grads`` over devices and takes one optimiser step."""
   grads = pmean(grads, ctx.axis_name)
   updates, opt_state = ctx.tx.update(grads, state.opt_state, state.params)
@@ -155,13 +222,13 @@ def apply_gradients(
       **changes)
 
 
-def train_step(
-    state: TrainState, batch: dict, *, method: Method, ctx: StepContext
-) -> tuple[TrainState, Metrics]:
+def train_step(state: TrainState, batch: dict, *, method_step: StepFn,
+               ctx: StepContext) -> tuple[TrainState, Metrics]:
   """The step the trainer wires: derive keys, augment on device, run the method.
 
   ``batch``: ``image`` [b, H, W, C] (uint8 or float in [0, 1]), ``label`` [b]
-  int32, plus whatever the data pipeline adds (``index``, ``corrupted``).
+  int32, plus whatever the data pipeline adds (``index``, ``corrupted``,
+  ``meta_image`` / ``meta_label``).
   """
   key = jax.random.fold_in(state.rng, state.step)
   aug_key, method_key = jax.random.split(key)
@@ -172,4 +239,8 @@ def train_step(
   batch = dict(batch, image=images)
   if "meta_image" in batch:  # clean meta examples: converted, not augmented
     batch["meta_image"] = augment_lib.to_float01(batch["meta_image"])
-  return method.step(state, batch, method_key, ctx)
+  new_state, metrics = method_step(state, batch, method_key)
+  # Checked by the trainer at every logging step, so a NaN/Inf in the state
+  # is reported at the step whose update made it (not at the next save).
+  metrics[NONFINITE_STATE] = nonfinite_flag(new_state)
+  return new_state, metrics

@@ -6,17 +6,22 @@ from caat_jax import losses
 from caat_jax.methods import base
 
 
-def step(state, batch, key, ctx: base.StepContext):
-  del key  # deterministic given the (augmented) batch
-  x, y = batch["image"], batch["label"]
+def make_step(config, ctx: base.StepContext):
+  del config
 
-  def loss_fn(params):
-    logits, bs = ctx.train_logits(params, state.batch_stats, x)
-    return losses.cross_entropy(logits, y).mean(), (logits, bs)
+  def step(state, batch, key):
+    del key  # deterministic given the (augmented) batch
+    x, y = batch["image"], batch["label"]
 
-  (loss, (logits, bs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  metrics = {"loss": loss, "clean_acc": losses.correct(logits, y).mean()}
-  return base.apply_gradients(state, grads, bs, ctx), base.pmean(metrics, ctx.axis_name)
+    def loss_fn(params):
+      logits, bs = ctx.train_logits(params, state.batch_stats, x)
+      return losses.cross_entropy(logits, y).mean(), (logits, bs)
+
+    (loss, (logits, bs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    metrics = {"loss": loss, "clean_acc": losses.correct(logits, y).mean()}
+    return base.apply_gradients(state, grads, bs, ctx), base.pmean(metrics, ctx.axis_name)
+
+  return step
 
 
-METHOD = base.Method("natural", step)
+METHOD = base.Method("natural", make_step, cost=lambda config: 3.0)

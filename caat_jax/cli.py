@@ -1,0 +1,109 @@
+"""What the command lines share: flag parsing that ends a bad invocation in
+one clear line instead of a traceback.
+
+``app.run(main, flags_parser=cli.parse_flags)``: a config file that does not
+exist or does not load, a ``:variant`` on a config that takes none, an unknown
+``--config.KEY`` (with the closest valid keys) or a value of the wrong type
+each print ``error: ...`` naming the flag, and exit with status 1.
+"""
+
+import difflib
+import importlib.util
+import inspect
+import os
+import sys
+
+from absl import flags
+
+
+def _flag_values(argv, name: str) -> list[str]:
+  """The values given to ``--name`` (``--name=v`` or ``--name v``)."""
+  out = []
+  for i, a in enumerate(argv):
+    if a.startswith(f"--{name}="):
+      out.append(a.split("=", 1)[1])
+    elif a == f"--{name}" and i + 1 < len(argv):
+      out.append(argv[i + 1])
+  return out
+
+
+def _flatten(tree, prefix=""):
+  keys = []
+  for k, v in tree.items():
+    if hasattr(v, "items"):
+      keys.extend(_flatten(v, f"{prefix}{k}."))
+    else:
+      keys.append(f"{prefix}{k}")
+  return keys
+
+
+def _load_config(arg: str):
+  """(config, None) from ``path[:variant]``, or (None, message)."""
+  path, _, variant = arg.partition(":")
+  if not os.path.isfile(path):
+    return None, f"--config={arg}: no such file {path!r} (relative to {os.getcwd()})"
+  sys.path.insert(0, os.getcwd())
+  try:
+    spec = importlib.util.spec_from_file_location("_caat_config_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+  except SyntaxError as e:
+    return None, f"--config={arg}: syntax error in {path}, line {e.lineno}: {e.msg}"
+  except Exception as e:  # pylint: disable=broad-except
+    return None, f"--config={arg}: loading {path} failed: {type(e).__name__}: {e}"
+  finally:
+    sys.path.remove(os.getcwd())
+  get_config = getattr(module, "get_config", None)
+  if get_config is None:
+    return None, f"--config={arg}: {path} defines no get_config()"
+  takes_arg = len(inspect.signature(get_config).parameters) > 0
+  if variant and not takes_arg:
+    return None, f"--config={arg}: {path} takes no ':variant'; use --config={path}"
+  try:
+    return (get_config(variant) if takes_arg and variant else get_config()), None
+  except Exception as e:  # pylint: disable=broad-except
+    return None, f"--config={arg}: {type(e).__name__}: {e}"
+
+
+def diagnose(argv, error: Exception) -> str:
+  """One line saying which flag is wrong and what would be valid."""
+  configs = _flag_values(argv, "config")
+  if configs:
+    config, message = _load_config(configs[-1])
+    if message:
+      return message
+    valid = _flatten(config)
+    for a in argv:
+      if not a.startswith("--config."):
+        continue
+      key, _, value = a[len("--config."):].partition("=")
+      if key not in valid:
+        close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join('config.' + c for c in close)}?" if close else ""
+        return f"--config.{key}: config.{key} is not a config key{hint}"
+  text = str(error).strip().splitlines()
+  return text[-1] if text else type(error).__name__
+
+
+def parse_flags(argv):
+  """``absl.flags.FLAGS(argv)``; a bad flag exits 1 with one line."""
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # pylint: disable=broad-except
+    # config_flags loads the file and applies overrides while parsing, and
+    # raises whatever went wrong there (OSError, AttributeError, TypeError).
+    sys.stderr.write(f"error: {diagnose(argv, e)}\n")
+    sys.exit(1)
+
+
+def config_flag(argv=None, name: str = "config"):
+  """The value of a config_flags flag; a config that failed to load exits 1
+  with one line (config_flags reports a missing file only when read)."""
+  argv = sys.argv if argv is None else argv
+  try:
+    value = flags.FLAGS[name].value
+    value.items()  # a config that failed to load raises on first use
+    return value
+  except Exception as e:  # pylint: disable=broad-except
+    sys.stderr.write(f"error: {diagnose(argv, e)}\n")
+    sys.exit(1)

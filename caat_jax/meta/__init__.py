@@ -1,0 +1,52 @@
+"""Meta-gradient variants behind one interface (SPEC section 5).
+
+A variant is a module under ``caat_jax/meta/`` exporting
+``VARIANT = problem.Variant(name, make, cost, options)`` plus one line in
+``_MODULES`` below; ``make(**options)`` returns
+``fn(problem, omega, params) -> (grad, info)``. See README, "Adding a
+meta-gradient variant".
+"""
+
+import importlib
+
+from caat_jax.meta.problem import (Costs, MetaProblem, Variant, sgd_lookahead,
+                                   sgd_momentum_wd_lookahead, weighted_loss)
+
+_MODULES = (
+    "nested_grad",
+    "jvp",
+    "first_order",
+    "k_step",
+)
+
+VARIANTS: dict[str, Variant] = {}
+for _name in _MODULES:
+  _v = importlib.import_module(f"{__name__}.{_name}").VARIANT
+  VARIANTS[_v.name] = _v
+
+
+def get(name: str) -> Variant:
+  if name not in VARIANTS:
+    raise ValueError(f"config.meta.variant={name!r}; valid: {', '.join(VARIANTS)}")
+  return VARIANTS[name]
+
+
+def options_from(meta_cfg, variant: Variant) -> dict:
+  """The variant's options read from ``config.meta``."""
+  return {k: meta_cfg[k] for k in variant.options}
+
+
+def make(meta_cfg):
+  """The configured variant's function, its options bound (``config.meta``)."""
+  v = get(meta_cfg.variant)
+  return v.make(**options_from(meta_cfg, v))
+
+
+def cost(meta_cfg, costs: Costs) -> float:
+  """Forward units F per example of the configured variant (SPEC 11)."""
+  v = get(meta_cfg.variant)
+  return v.cost(costs, **options_from(meta_cfg, v))
+
+
+__all__ = ["Costs", "MetaProblem", "VARIANTS", "Variant", "cost", "get", "make",
+           "sgd_lookahead", "sgd_momentum_wd_lookahead", "weighted_loss"]

@@ -1,0 +1,25 @@
+"""``nested_grad``: the reference meta-gradient (SPEC 5).
+
+``jax.grad`` of the meta loss through the look-ahead, whose training gradient
+is itself a ``jax.grad`` (second-order autodiff through the classifier).
+"""
+
+import jax
+
+from caat_jax.meta.problem import Costs, MetaProblem, Variant
+
+
+def nested_grad(problem: MetaProblem, omega, params):
+  def outer(om):
+    w_hat = problem.lookahead_fn(params, problem.train_grad(params, problem.weights_fn(om)))
+    return problem.meta_loss_fn(w_hat)
+
+  meta_loss, grad = jax.value_and_grad(outer)(omega)
+  return problem.pmean(grad), {"meta_loss": problem.pmean(meta_loss)}
+
+
+def cost(c: Costs) -> float:
+  return c.lookahead + c.objective + c.second_order
+
+
+VARIANT = Variant("nested_grad", make=lambda: nested_grad, cost=cost)

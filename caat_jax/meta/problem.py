@@ -1,0 +1,118 @@
+"""What every meta-gradient variant shares (SPEC section 5).
+
+The problem every variant solves: per-sample weights ``w = weights_fn(Omega)``
+([B, K]) weigh per-sample loss terms ``L(W)`` ([B, K]); the classifier takes
+one look-ahead step on the weighted training loss,
+
+    W_hat(Omega) = lookahead(W, g),   g = grad_W mean_i sum_k w_ik L_ik(W),
+
+and the meta-gradient is d meta_loss(W_hat(Omega)) / d Omega. ``lookahead``
+must be affine in ``g`` with slope ``-lr`` (plain SGD: ``W - lr g``; SGD with
+momentum and weight decay: ``W - lr (mu m + g + wd W)``), which is what the
+look-ahead optimisers of Meta-Weight-Net and the official code are.
+
+Everything is per device: ``L`` and ``weights_fn`` see the local batch, the
+meta loss the local meta batch; ``axis_name`` averages the training and meta
+gradients over devices, so the global-batch result comes out on every device.
+"""
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+PyTree = Any
+VariantFn = Callable[["MetaProblem", PyTree, PyTree], tuple[PyTree, dict]]
+
+
+def weighted_loss(per_sample_fn, params, w):
+  """Local training loss mean_i sum_k w_ik L_ik(params) and the per-sample aux.
+
+  Args:
+    per_sample_fn: W -> ([B, K] per-sample loss terms, aux).
+    params: the classifier parameters W.
+    w: [B, K] per-sample weights.
+  """
+  terms, aux = per_sample_fn(params)
+  return jnp.mean(jnp.sum(w * terms, axis=-1)), aux
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaProblem:
+  """The pure functions a meta-gradient needs.
+
+  Attributes:
+    weights_fn: Omega -> [B, K] per-sample weights.
+    per_sample_fn: W -> ([B, K] per-sample loss terms, aux); linear weighting
+      of these terms gives the training loss.
+    lookahead_fn: (W, g) -> W_hat, affine in g with slope -lr.
+    meta_loss_fn: W -> scalar meta loss on the local meta batch.
+    lr: the look-ahead step size eta_1.
+    axis_name: device axis, or None.
+  """
+
+  weights_fn: Callable[[PyTree], jax.Array]
+  per_sample_fn: Callable[[PyTree], tuple[jax.Array, Any]]
+  lookahead_fn: Callable[[PyTree, PyTree], PyTree]
+  meta_loss_fn: Callable[[PyTree], jax.Array]
+  lr: jax.Array | float
+  axis_name: str | None = None
+
+  def pmean(self, tree):
+    return tree if self.axis_name is None else jax.lax.pmean(tree, self.axis_name)
+
+  def train_grad(self, params, w):
+    """Global-batch gradient of the weighted training loss."""
+    return self.pmean(jax.grad(lambda p: weighted_loss(self.per_sample_fn, p, w)[0])(params))
+
+
+class Costs(NamedTuple):
+  """Forward-pass units F per training example of the pieces a variant
+  combines (SPEC 11), already scaled to the meta batch where they run on it.
+
+  Attributes:
+    lookahead: the look-ahead's training gradient over the step's inputs.
+    objective: the meta loss and its gradient on the meta batch (with the
+      meta batch's attack, if the objective has one).
+    jvp: one forward-mode pass of the per-sample losses.
+    second_order: reverse mode back through the training gradient.
+  """
+
+  lookahead: float
+  objective: float
+  jvp: float
+  second_order: float
+
+
+class Variant(NamedTuple):
+  """A meta-gradient variant: one module, one line in ``meta.VARIANTS``.
+
+  Attributes:
+    name: ``config.meta.variant``.
+    make: ``make(**options) -> fn(problem, omega, params) -> (grad, info)``,
+      ``info['meta_loss']`` the (device-averaged) meta loss.
+    cost: ``cost(costs: Costs, **options) -> F`` per example, for the
+      benchmark's bound.
+    options: ``config.meta`` keys passed to ``make`` and ``cost`` (e.g. 'k').
+  """
+
+  name: str
+  make: Callable[..., VariantFn]
+  cost: Callable[..., float]
+  options: tuple[str, ...] = ()
+
+
+def sgd_lookahead(lr):
+  """Plain SGD look-ahead (Meta-Weight-Net): W - lr g."""
+  return lambda params, g: jax.tree.map(lambda p, d: p - lr * d, params, g)
+
+
+def sgd_momentum_wd_lookahead(lr, momentum: float, weight_decay: float, trace):
+  """The official MetaSGD: W - lr (mu m + g + wd W), with m the real optimiser's
+  momentum buffer (``trace``; zeros before the first step)."""
+  def fn(params, g):
+    return jax.tree.map(lambda p, d, m: p - lr * (momentum * m + d + weight_decay * p),
+                        params, g, trace)
+  return fn

@@ -1,0 +1,150 @@
+"""CAAT pieces shared by Meta-CAAT, Reinforce-CAAT, TRADES and FRL.
+
+* ``perturb``: the one fused attack with per-sample direction, bound and loss
+  (SPEC 2): adversaries ascend KL(f(x) || f(x')), anti-adversaries descend
+  CE(f(x'), y), in a single PGD pass;
+* ``strategy_stats``: adversary ratio and bound per class and per
+  clean/corrupted sample (the paper's Figs. 9, 10, 13);
+* ``bound_fn``: the per-sample bounds of SPEC 4 (fixed, remargin, grad),
+  chosen when a step is built;
+* the fairness constraints of FRL (SPEC 7): config checks and the epoch hook
+  that updates the Lagrangian multipliers from validation errors;
+* config checks of the strategy features (``caat.feature_*``).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from caat_jax import attacks, bounds, fairness
+from caat_jax.checks import check, choice
+from caat_jax.methods import base
+
+
+def perturb(ctx: base.StepContext, logits_fn, x, y, clean, eps, keys,
+            adversary: jax.Array) -> jax.Array:
+  """Each sample's adversary or anti-adversary, in one PGD pass (SPEC 2).
+
+  Args:
+    ctx: the step context (attack settings).
+    logits_fn: the classifier in inference mode.
+    x: [B, H, W, C] clean images; y: [B] labels; clean: [B, C] clean logits
+      (the adversaries' KL target).
+    eps: [B] bounds in pixel units.
+    keys: [B] per-sample keys for the 0.001 N(0, I) start.
+    adversary: [B] bool, True: adversary (ascend KL, sign +1), False:
+      anti-adversary (descend CE with the true label, sign -1).
+  Returns:
+    [B, H, W, C] perturbed images, sample i in B(x_i, eps_i) ∩ [0, 1].
+  """
+  return ctx.pgd(logits_fn, x, y, keys, eps=eps, start="gaussian",
+                 sign=jnp.where(adversary, 1.0, -1.0),
+                 loss_kind=jnp.where(adversary, attacks.LOSS_KL,
+                                     attacks.LOSS_CE).astype(jnp.int32),
+                 clean_logits=clean)
+
+
+def adversaries(ctx: base.StepContext, logits_fn, x, y, clean, eps, key) -> jax.Array:
+  """KL adversaries of every sample (TRADES, FRL, the robust meta objective)."""
+  return perturb(ctx, logits_fn, x, y, clean, eps, ctx.sample_keys(key, x.shape[0]),
+                 jnp.ones((x.shape[0],), bool))
+
+
+def adversaries_and_anti(ctx: base.StepContext, logits_fn, x, y, clean, eps, k_adv,
+                         k_at) -> tuple[jax.Array, jax.Array]:
+  """Adversaries and anti-adversaries of the same inputs: one ``perturb`` over
+  the stacked batch [x; x]."""
+  b = x.shape[0]
+  both = lambda a, a2: jnp.concatenate([a, a2], axis=0)
+  out = perturb(ctx, logits_fn, both(x, x), both(y, y), both(clean, clean), both(eps, eps),
+                both(ctx.sample_keys(k_adv, b), ctx.sample_keys(k_at, b)),
+                both(jnp.ones((b,), bool), jnp.zeros((b,), bool)))
+  return out[:b], out[b:]
+
+
+def strategy_stats(alpha, eps, y, batch, num_classes, axis) -> dict:
+  """Adversary ratio (mean alpha) and mean bound per class, and split by
+  clean (0) / corrupted (1) training labels: the paper's Figs. 9, 10, 13."""
+  corrupted = batch.get("corrupted", jnp.zeros_like(y, bool)).astype(jnp.int32)
+  out = {}
+  out.update(base.ratio_metric("adv_ratio_per_class", alpha, y, num_classes, axis))
+  out.update(base.ratio_metric("eps_per_class", eps, y, num_classes, axis))
+  out.update(base.ratio_metric("adv_ratio_clean_noisy", alpha, corrupted, 2, axis))
+  out.update(base.ratio_metric("eps_clean_noisy", eps, corrupted, 2, axis))
+  return out
+
+
+# -- per-sample bounds (SPEC 4) ------------------------------------------------
+
+def bound_fn(kind: str, ctx: base.StepContext, grad_offset: float = 0.9):
+  """``fn(logits_fn, x, y, clean, w, fair, key) -> eps [B]`` for ``kind``.
+
+  ``w`` [B, 2] are the (alpha, beta) weights (the grad bound's mix), ``fair``
+  the fairness multipliers (remargin's lambda2), ``key`` the adversaries'
+  key (the grad bound's start noise is the attack's own).
+  """
+  eps = ctx.attack.eps
+  if kind == "fixed":
+    return lambda logits_fn, x, y, clean, w, fair, key: bounds.fixed(eps, x.shape[0])
+  if kind == "remargin":
+    return lambda logits_fn, x, y, clean, w, fair, key: bounds.remargin(eps, y, fair["lambda2"])
+  if kind == "grad":
+    def grad(logits_fn, x, y, clean, w, fair, key):
+      del fair
+      return bounds.grad_based(logits_fn, x, y, clean, w[:, 0], w[:, 1], eps=eps,
+                               keys=ctx.sample_keys(key, x.shape[0]), offset=grad_offset,
+                               axis_name=ctx.axis_name)
+    return grad
+  raise ValueError(f"bound {kind!r}; valid: {', '.join(bounds.BOUNDS)}")
+
+
+# -- config checks -------------------------------------------------------------
+
+def validate_features(config) -> None:
+  """The ``caat.feature_*`` keys the strategy nets' inputs use (SPEC 3)."""
+  c = config.caat
+  check("caat.feature_mask",
+        len(c.feature_mask) == 6 and all(v in (0, 1) for v in c.feature_mask),
+        c.feature_mask, "six 0/1 entries")
+  check("caat.feature_momentum", 0 <= c.feature_momentum < 1, c.feature_momentum, "in [0, 1)")
+  check("caat.class_loss_momentum", 0 <= c.class_loss_momentum < 1, c.class_loss_momentum,
+        "in [0, 1)")
+
+
+def validate_fairness(config) -> None:
+  """The ``fairness`` block (SPEC 7)."""
+  f = config.fairness
+  choice("fairness.mode", f.mode, fairness.MODES)
+  check("fairness.attack_steps", f.attack_steps >= 1, f.attack_steps, ">= 1")
+  check("fairness.step_size", f.step_size > 0, f.step_size, "> 0")
+  check("fairness.halve_every", f.halve_every >= 1, f.halve_every, ">= 1")
+  check("fairness.lim", f.lim > 0, f.lim, "> 0")
+
+
+# -- fairness constraints: the epoch hook ---------------------------------------
+
+def fairness_validation(config, always: bool = False):
+  """PGD-``fairness.attack_steps`` (CE, uniform start, eps ``attack.eps``, step
+  ``fairness.step_size``) on the validation set, when fairness is on (or
+  ``always``, for FRL itself)."""
+  f = config.fairness
+  if not (f.enabled or always):
+    return None
+  return f"pgd{f.attack_steps}", float(config.attack.eps), float(f.step_size)
+
+
+def fairness_update(config, extra: dict, errors: dict, epoch: int) -> tuple[dict, dict]:
+  """FRL's Lagrangian step from per-class validation errors (fractions)."""
+  f = config.fairness
+  nat, rob = errors["natural"], errors["robust"]
+  new = fairness.update(extra["fair"], nat, rob - nat, epoch=epoch, r1=f.r1, r2=f.r2,
+                        tau1=f.tau1, tau2=f.tau2, lim=f.lim, halve_every=f.halve_every)
+  if f.mode == "baseline_reweight":
+    new["baseline_w"] = fairness.baseline_reweight(rob, f.baseline_factor)
+  record = {f"fair/{k}": np.round(v, 6).tolist() for k, v in new.items()}
+  record.update({"fair/val_natural_err": np.round(nat, 6).tolist(),
+                 "fair/val_boundary_err": np.round(rob - nat, 6).tolist()})
+  return dict(extra, fair=new), record
+
+
+FAIRNESS_HOOK = base.EpochHook(validation=fairness_validation, update=fairness_update)
