@@ -83,8 +83,9 @@ def group_error(model: models.Model, tau, radii) -> np.ndarray:
   y = model.group_label
   # +1 errs iff t - r sqrt(d) <= tau; -1 errs iff t + r sqrt(d) >= tau.
   cdf_plus = model.group_cdf(tau + shift)
-  cdf_minus = model.group_cdf(tau - shift)
-  return np.where(y > 0, cdf_plus, 1.0 - cdf_minus)
+  # The survival function keeps tiny class -1 errors exact (1 - cdf would cancel).
+  sf_minus = model.group_sf(tau - shift)
+  return np.where(y > 0, cdf_plus, sf_minus)
 
 
 def risk(model: models.Model, tau, radii) -> np.ndarray:

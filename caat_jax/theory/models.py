@@ -104,6 +104,15 @@ class Model:
                        skew_cdf(t[..., 1], self.eta, self.sigma, self.alpha)], -1)
     return special.ndtr((t - self.group_label * self.mu) / self.group_std)
 
+  def group_sf(self, t) -> np.ndarray:
+    """P(T > t_g | group g), computed without cancellation; [..., G] -> [..., G]."""
+    t = np.asarray(t, np.float64)
+    if self.case == "skew":
+      t = np.broadcast_to(t, t.shape[:-1] + (2,))
+      return np.stack([special.ndtr(-(t[..., 0] + self.mu) / self.sigma),
+                       1.0 - skew_cdf(t[..., 1], self.eta, self.sigma, self.alpha)], -1)
+    return special.ndtr(-(t - self.group_label * self.mu) / self.group_std)
+
   def group_pdf(self, t) -> np.ndarray:
     """Density of T in group g at t_g; t: [..., G] (or [..., 1]) -> [..., G]."""
     t = np.asarray(t, np.float64)
