@@ -25,11 +25,6 @@ from caat_jax.attacks.square import square
 
 STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
 ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square")
-# The reference's version='rand' (randomised defences): APGD-CE and APGD-DLR,
-# one restart each, the gradient averaged over 20 draws (EOT). ``RAND_OPTIONS``
-# is the ``options`` argument that goes with it; see ``apgd_run``'s ``eot_iter``.
-RAND = ("apgd-ce", "apgd-dlr")
-RAND_OPTIONS = {"apgd-ce": {"eot_iter": 20}, "apgd-dlr": {"eot_iter": 20}}
 _KEY_TAG = 1000  # attack i of the ensemble draws from fold_in(key, 1000 + i)
 
 

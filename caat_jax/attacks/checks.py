@@ -43,7 +43,7 @@ def check_randomized(logits_fn: LogitsFn, x, labels, *, n: int = 5,
               for i, a in enumerate(normed) for b in normed[i + 1:]), default=0.0)
   if len(correct) > 1 or diff > alpha:
     return [f"the model seems randomised (outputs differ by {diff:.2e} between calls on "
-            f"the same input); evaluate it with version 'rand' (RAND); {DOC}"]
+            f"the same input); the reference evaluates such models with version 'rand' (EOT), not available here; {DOC}"]
   return []
 
 
