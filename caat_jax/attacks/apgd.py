@@ -124,6 +124,7 @@ def apgd_run(
     num_iters: int = 100,
     rho: float = 0.75,
     unroll: int = 1,
+    noise: jax.Array | None = None,
 ) -> tuple[AttackResult, jax.Array]:
   """One APGD run from a random start (the reference's ``attack_single_run``).
 
@@ -137,12 +138,42 @@ def apgd_run(
     num_iters: iterations (100 in the reference).
     rho: oscillation threshold of the step-size rule (0.75).
     unroll: unroll factor of the iteration loop (1: rolled, fastest compile).
+    noise: [B, H, W, C] the start direction ``t`` (default ``U(-1, 1)^d`` drawn
+      from ``keys``); tests inject it to compare with another implementation.
   Returns:
     (result, best_loss): ``result.x_adv`` is the last misclassified iterate
     (else the start point), ``result.robust`` whether every iterate including
     the start was classified correctly; ``best_loss`` [B] the highest loss
     reached.
   """
+  s, _ = _apgd_loop(logits_fn, x, labels, eps=eps, keys=keys, loss=loss, targets=targets,
+                    num_iters=num_iters, rho=rho, unroll=unroll, noise=noise, trace=False)
+  result = AttackResult(jax.lax.stop_gradient(s["x_best_adv"]), s["correct"])
+  return result, s["loss_best"]
+
+
+def apgd_trajectory(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *, eps, keys,
+                    loss: str = "ce", targets=None, num_iters: int = 100, rho: float = 0.75,
+                    noise: jax.Array | None = None) -> dict[str, jax.Array]:
+  """:func:`apgd_run`'s state after every iteration, for step-by-step checks.
+
+  Returns:
+    dict of [num_iters, B, ...] arrays, row i the state after iteration i:
+    ``x_adv`` (the next iterate's base point: the new point, or the best
+    point where the step was halved), ``step`` [.., B], ``loss`` [.., B] (the
+    loss at the new point), ``loss_best`` [.., B], ``reduce`` bool [.., B]
+    (the step was halved at this iteration); plus ``x_start`` [B, H, W, C].
+  """
+  s0, hist = _apgd_loop(logits_fn, x, labels, eps=eps, keys=keys, loss=loss,
+                        targets=targets, num_iters=num_iters, rho=rho, unroll=1,
+                        noise=noise, trace=True)
+  return dict(hist, x_start=s0)
+
+
+def _apgd_loop(logits_fn, x, labels, *, eps, keys, loss, targets, num_iters, rho, unroll,
+               noise, trace):
+  """The APGD iteration as a scan; ``trace`` also returns the per-step states
+  (and then the start point in place of the final state)."""
   x = jax.lax.stop_gradient(x)
   batch = x.shape[0]
   eps = jnp.broadcast_to(jnp.asarray(eps, x.dtype), (batch,))
@@ -153,7 +184,10 @@ def apgd_run(
   def project(z):
     return jnp.clip(jnp.clip(z, x - e, x + e), 0.0, 1.0)
 
-  t = jax.vmap(lambda k: jax.random.uniform(k, x.shape[1:], x.dtype, -1.0, 1.0))(keys)
+  if noise is None:
+    t = jax.vmap(lambda k: jax.random.uniform(k, x.shape[1:], x.dtype, -1.0, 1.0))(keys)
+  else:
+    t = noise.astype(x.dtype)
   x_adv = jnp.clip(x + e * t / (bcast(linf_norm(t), x) + 1e-12), 0.0, 1.0)
   loss0, logits0, grad0 = loss_grad(x_adv, labels, targets)
 
@@ -195,7 +229,7 @@ def apgd_run(
     stalled = ~s["reduced_last"] & (s["loss_best_last"] >= loss_best)
     check = is_check[i]
     reduce = check & (oscillating | stalled)
-    return dict(
+    return reduce, value, dict(
         x_adv=jnp.where(bcast(reduce, x), x_best, x_new),
         x_prev=x_cur,
         grad=jnp.where(bcast(reduce, x), grad_best, grad),
@@ -206,9 +240,16 @@ def apgd_run(
         loss_best_last=jnp.where(check, loss_best, s["loss_best_last"]),
         reduced_last=jnp.where(check, reduce, s["reduced_last"]))
 
-  s = jax.lax.fori_loop(0, num_iters, body, init, unroll=unroll)
-  result = AttackResult(jax.lax.stop_gradient(s["x_best_adv"]), s["correct"])
-  return result, s["loss_best"]
+  def scan_body(s, i):
+    reduce, value, s = body(i, s)
+    rec = None
+    if trace:
+      rec = dict(x_adv=s["x_adv"], step=s["step"], loss=value, loss_best=s["loss_best"],
+                 reduce=reduce)
+    return s, rec
+
+  s, hist = jax.lax.scan(scan_body, init, jnp.arange(num_iters), unroll=unroll)
+  return (x_adv, hist) if trace else (s, None)
 
 
 def _merge(done: AttackResult, new: AttackResult) -> AttackResult:
@@ -226,22 +267,37 @@ def _initial(logits_fn, x, labels, active):
   return clean_logits, AttackResult(x, robust)
 
 
-def _repeat(num_runs: int, run_fn, start: AttackResult) -> AttackResult:
-  """Runs ``run_fn(r) -> AttackResult`` for r = 0, 1, ... while any point is
-  still robust, merging each run into the points it breaks first.
+def run_range(num_runs: int, runs) -> tuple[jax.Array, jax.Array]:
+  """(first, stop) int32 scalars: ``runs`` = (first, stop) clipped to
+  [0, num_runs], or all runs when ``runs`` is None. Traced values are fine,
+  so one compilation serves every range."""
+  if runs is None:
+    return jnp.int32(0), jnp.int32(num_runs)
+  first = jnp.clip(jnp.asarray(runs[0], jnp.int32), 0, num_runs)
+  return first, jnp.clip(jnp.asarray(runs[1], jnp.int32), first, num_runs)
+
+
+def _repeat(num_runs: int, run_fn, start: AttackResult, runs=None) -> AttackResult:
+  """Runs ``run_fn(r) -> AttackResult`` for r = 0, 1, ... (or r in the range
+  ``runs``, see :func:`run_range`) while any point is still robust, merging
+  each run into the points it breaks first.
 
   Stopping once nothing is robust changes no per-sample result: later runs
   would only touch points already broken, and those are never overwritten.
+  The same holds for splitting the runs into ranges called one after
+  another on the points still robust (what ``compact.py`` does).
   """
+  first, stop = run_range(num_runs, runs)
+
   def cond(c):
     r, res = c
-    return (r < num_runs) & jnp.any(res.robust)
+    return (r < stop) & jnp.any(res.robust)
 
   def body(c):
     r, res = c
     return r + 1, _merge(res, run_fn(r))
 
-  return jax.lax.while_loop(cond, body, (jnp.int32(0), start))[1]
+  return jax.lax.while_loop(cond, body, (first, start))[1]
 
 
 def _fold(keys: jax.Array, i) -> jax.Array:
@@ -250,7 +306,7 @@ def _fold(keys: jax.Array, i) -> jax.Array:
 
 def apgd_ce(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *, eps, keys: jax.Array,
             active: jax.Array | None = None, num_iters: int = 100, num_restarts: int = 1,
-            rho: float = 0.75, loss: str = "ce", unroll: int = 1) -> AttackResult:
+            rho: float = 0.75, loss: str = "ce", unroll: int = 1, runs=None) -> AttackResult:
   """APGD-CE, untargeted (AutoAttack's first attack; ``loss='dlr'`` gives APGD-DLR).
 
   Args:
@@ -259,6 +315,7 @@ def apgd_ce(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *, eps, keys: 
       clean are never robust.
     num_restarts: random restarts (1 in the standard version); each runs only
       if some point is still robust.
+    runs: (first, stop), only restarts first <= r < stop (default all).
   Returns:
     AttackResult: robust = clean-correct & active & not broken by any restart.
   """
@@ -269,7 +326,7 @@ def apgd_ce(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *, eps, keys: 
     return apgd_run(logits_fn, x, labels, eps=eps, keys=_fold(keys, r), loss=loss,
                     num_iters=num_iters, rho=rho, unroll=unroll)[0]
 
-  return _repeat(num_restarts, run, start)
+  return _repeat(num_restarts, run, start, runs)
 
 
 def target_classes(clean_logits: jax.Array, rank: jax.Array) -> jax.Array:
@@ -284,12 +341,14 @@ def target_classes(clean_logits: jax.Array, rank: jax.Array) -> jax.Array:
 def apgd_targeted(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *, eps,
                   keys: jax.Array, active: jax.Array | None = None,
                   num_target_classes: int = 9, num_restarts: int = 1, num_iters: int = 100,
-                  rho: float = 0.75, unroll: int = 1) -> AttackResult:
+                  rho: float = 0.75, unroll: int = 1, runs=None) -> AttackResult:
   """APGD-T: APGD on the targeted DLR loss, one target class after another.
 
   The targets are the classes with the 2nd, 3rd, ..., (num_target_classes+1)-th
   largest clean logit (at most C - 1 of them); each target gets
-  ``num_restarts`` runs, on the points not yet broken.
+  ``num_restarts`` runs, on the points not yet broken. Run j is restart
+  ``j % num_restarts`` of target rank ``j // num_restarts + 2``; ``runs`` =
+  (first, stop) does only runs first <= j < stop (default all).
   """
   clean_logits, start = _initial(logits_fn, x, labels, active)
   eps = jnp.broadcast_to(jnp.asarray(eps, x.dtype), labels.shape)
@@ -302,4 +361,4 @@ def apgd_targeted(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *, eps,
                     loss="dlr_targeted", targets=targets, num_iters=num_iters, rho=rho,
                     unroll=unroll)[0]
 
-  return _repeat(num_targets * num_restarts, run, start)
+  return _repeat(num_targets * num_restarts, run, start, runs)

@@ -5,7 +5,9 @@ Square (5000 queries), each with the reference's hyper-parameters
 (fra31/auto-attack ``autoattack.py``, ``set_version('standard')``). Each attack
 runs on the points still robust after the previous ones (here: all points
 are computed, only still-robust ones can change, and an attack's internal
-loops stop as soon as no point in the batch is left to break). A point is
+loops stop as soon as no point in the batch is left to break;
+``compact.py`` drives the same attacks on re-packed still-robust points
+only, with the same per-point results). A point is
 robust if it is classified correctly clean and no attack breaks it; its
 adversarial example is the one from the first attack that broke it.
 """
@@ -17,21 +19,48 @@ import jax.numpy as jnp
 
 from caat_jax import losses
 from caat_jax.attacks.apgd import AttackResult, LogitsFn, apgd_ce, apgd_targeted, bcast
+from caat_jax.attacks.checks import check_num_classes
 from caat_jax.attacks.fab import fab_targeted
 from caat_jax.attacks.square import square
 
 STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
 ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square")
+_KEY_TAG = 1000  # attack i of the ensemble draws from fold_in(key, 1000 + i)
+
+
+def stage_keys(keys: jax.Array, i: int) -> jax.Array:
+  """The per-point keys [B] the ensemble gives its ``i``-th attack."""
+  return jax.vmap(lambda k: jax.random.fold_in(k, _KEY_TAG + i))(keys)
+
+
+def num_runs(name: str, num_classes: int, options: Mapping | None = None) -> int:
+  """How many runs (restarts x targets) attack ``name`` makes with ``options``
+  (the reference's defaults otherwise); ``runs=(j, j + 1)`` in
+  :func:`run_attack` selects run j. Square is one run."""
+  o = dict(options or {})
+  restarts = o.get("num_restarts", 1)
+  if name in ("apgd-ce", "apgd-dlr"):
+    return restarts
+  if name in ("apgd-t", "fab-t"):
+    return min(o.get("num_target_classes", 9), num_classes - 1) * restarts
+  if name == "square":
+    return 1
+  raise ValueError(f"attack {name!r}; valid: {', '.join(ATTACKS)}")
 
 
 def run_attack(name: str, logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *,
                eps, keys: jax.Array, active: jax.Array | None = None,
-               unroll: int = 1, **options) -> AttackResult:
+               unroll: int = 1, runs=None, **options) -> AttackResult:
   """One of AutoAttack's attacks by name, with the reference's defaults.
 
   ``options`` override hyper-parameters (e.g. ``num_iters`` for quick tests).
+  ``runs`` = (first, stop), int scalars (traced is fine): only the runs
+  first <= j < stop of the attack's restarts/targets (:func:`num_runs`);
+  default all. Square has one run and ignores it.
   """
   kw = dict(eps=eps, keys=keys, active=active, **options)
+  if name != "square":
+    kw["runs"] = runs
   if name == "apgd-ce":
     return apgd_ce(logits_fn, x, labels, unroll=unroll, **kw)
   if name == "apgd-dlr":
@@ -69,12 +98,14 @@ def autoattack(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *, eps,
   """
   options = dict(options or {})
   x = jax.lax.stop_gradient(x)
-  robust = losses.correct(logits_fn(x), labels)
+  clean_logits = logits_fn(x)
+  check_num_classes(clean_logits.shape[-1], attacks)
+  robust = losses.correct(clean_logits, labels)
   res = AttackResult(x, robust)
   stages = {"clean": robust}
   for i, name in enumerate(attacks):
-    keys_i = jax.vmap(lambda k, i=i: jax.random.fold_in(k, 1000 + i))(keys)
-    new = run_attack(name, logits_fn, x, labels, eps=eps, keys=keys_i, active=res.robust,
+    new = run_attack(name, logits_fn, x, labels, eps=eps, keys=stage_keys(keys, i),
+                     active=res.robust,
                      unroll=unroll, **dict(options.get(name, {})))
     broken = res.robust & ~new.robust
     res = AttackResult(jnp.where(bcast(broken, x), new.x_adv, res.x_adv),

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 
 from caat_jax import losses
 from caat_jax.attacks.apgd import (AttackResult, LogitsFn, _fold, _initial, bcast,
-                                   linf_norm, target_classes)
+                                   linf_norm, run_range, target_classes)
 
 
 def project_linf(t: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
@@ -135,7 +135,7 @@ def fab_targeted(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *, eps,
                  keys: jax.Array, active: jax.Array | None = None,
                  num_target_classes: int = 9, num_restarts: int = 1, num_iters: int = 100,
                  alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9,
-                 unroll: int = 1) -> tuple[AttackResult, jax.Array]:
+                 unroll: int = 1, runs=None) -> tuple[AttackResult, jax.Array]:
   """FAB-T as AutoAttack runs it: targets one after another, on the points
   not yet broken within ``eps``.
 
@@ -148,6 +148,8 @@ def fab_targeted(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *, eps,
     num_target_classes: 9 (at most C - 1 are used).
     num_restarts: runs per target (1); runs after the first start from
       ``x + eps/2 * t / ||t||_inf``, ``t ~ U(-1, 1)^d``.
+    runs: (first, stop): only runs first <= j < stop, run j being restart
+      ``j % num_restarts`` of target rank ``j // num_restarts + 2`` (default all).
   Returns:
     (result, norm): ``result`` as for every attack; ``norm`` [B] the smallest
     L-inf norm of any misclassified point found in the runs made (inf if
@@ -157,7 +159,7 @@ def fab_targeted(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *, eps,
   bsz = x.shape[0]
   eps = jnp.broadcast_to(jnp.asarray(eps, x.dtype), (bsz,))
   num_targets = min(num_target_classes, clean_logits.shape[-1] - 1)
-  total = num_targets * num_restarts
+  first, total = run_range(num_targets * num_restarts, runs)
 
   def run(j):
     t, r = j // num_restarts, j % num_restarts
@@ -186,6 +188,6 @@ def fab_targeted(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *, eps,
     best = jnp.where(start.robust, jnp.minimum(best, norm), best)
     return j + 1, res, best
 
-  init = (jnp.int32(0), start, jnp.full((bsz,), jnp.inf, x.dtype))
+  init = (first, start, jnp.full((bsz,), jnp.inf, x.dtype))
   _, res, best = jax.lax.while_loop(cond, body, init)
   return res, best

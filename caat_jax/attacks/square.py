@@ -74,6 +74,60 @@ def margin(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return z_y - jnp.max(others, axis=-1)
 
 
+def initial_stripes(x: jax.Array, eps: jax.Array, keys: jax.Array) -> jax.Array:
+  """The start: ``clip(x + eps * s)``, ``s`` in {-1, +1} one sign per (column,
+  channel) drawn from each point's key: vertical stripes. x [B, H, W, C],
+  eps [B], keys [B] -> [B, H, W, C]."""
+  init_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0x5A))(keys)
+  stripes = jax.vmap(lambda k: _rand_sign(k, (1, x.shape[2], x.shape[3]), x.dtype))(init_keys)
+  return jnp.clip(x + bcast(eps, x) * stripes, 0.0, 1.0)
+
+
+def _rand_sign(key, shape, dtype):
+  return jnp.where(jax.random.bernoulli(key, 0.5, shape), 1.0, -1.0).astype(dtype)
+
+
+def window_size(i: jax.Array, image_hw: tuple[int, int], p_init: float = 0.8,
+                num_queries: int = 5000, rescale: bool = False) -> jax.Array:
+  """The square's side at query ``i`` (traced int), from :func:`p_schedule`."""
+  sizes = jnp.array(window_sizes(image_hw, p_init), jnp.int32)
+  bounds = jnp.array([bd for bd, _ in _P_STEPS], jnp.int32)
+  it = (i * 10000) // num_queries if rescale else i
+  return sizes[jnp.sum(it > bounds)]
+
+
+def proposal(x_best: jax.Array, x: jax.Array, eps: jax.Array, keys: jax.Array, i: jax.Array,
+             size: jax.Array) -> jax.Array:
+  """Query ``i``'s candidate: ``x_best`` plus ``2 eps * colour`` on one
+  ``size x size`` window, one random sign per channel, projected onto the
+  ball and [0, 1]. The window's corner is ``floor(U * (h - size))`` per axis.
+  Per point from its key folded with ``i``; [B, H, W, C] -> [B, H, W, C]."""
+  _, h, w, c = x.shape
+  e = bcast(eps, x)
+  ks = jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, i), 3))(keys)
+  vh = jnp.floor(jax.vmap(jax.random.uniform)(ks[:, 0]) * (h - size)).astype(jnp.int32)
+  vw = jnp.floor(jax.vmap(jax.random.uniform)(ks[:, 1]) * (w - size)).astype(jnp.int32)
+  colour = jax.vmap(lambda k: _rand_sign(k, (1, 1, c), x.dtype))(ks[:, 2])
+  rows = jnp.arange(h)[None, :, None, None]
+  cols = jnp.arange(w)[None, None, :, None]
+  vh, vw = vh[:, None, None, None], vw[:, None, None, None]
+  window = (rows >= vh) & (rows < vh + size) & (cols >= vw) & (cols < vw + size)
+  z = x_best + jnp.where(window, 2.0 * e * colour, 0.0)
+  return jnp.clip(jnp.clip(z, x - e, x + e), 0.0, 1.0)
+
+
+def accept(m_new: jax.Array, m_min: jax.Array, loss_min: jax.Array,
+           attacked: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The reference's accept rule on [B] margins: an attacked point takes the
+  candidate if its margin loss went down, or if the candidate is
+  misclassified (margin <= 0). Returns (improved, m_min, loss_min)."""
+  improved = attacked & (m_new < loss_min)
+  loss_min = jnp.where(improved, m_new, loss_min)
+  improved |= attacked & (m_new <= 0)
+  m_min = jnp.where(improved, m_new, m_min)
+  return improved, m_min, loss_min
+
+
 def square(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *, eps,
            keys: jax.Array, active: jax.Array | None = None, num_queries: int = 5000,
            p_init: float = 0.8, rescale_schedule: bool = False) -> AttackResult:
@@ -97,26 +151,12 @@ def square(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *, eps,
   x = jax.lax.stop_gradient(x)
   b, h, w, c = x.shape
   eps = jnp.broadcast_to(jnp.asarray(eps, x.dtype), (b,))
-  e = bcast(eps, x)
   robust0 = losses.correct(logits_fn(x), labels)
   if active is not None:
     robust0 &= active
 
-  def project(z):
-    return jnp.clip(jnp.clip(z, x - e, x + e), 0.0, 1.0)
-
-  def rand_sign(key, shape):
-    return jnp.where(jax.random.bernoulli(key, 0.5, shape), 1.0, -1.0).astype(x.dtype)
-
-  init_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0x5A))(keys)
-  stripes = jax.vmap(lambda k: rand_sign(k, (1, w, c)))(init_keys)
-  x_best = jnp.clip(x + e * stripes, 0.0, 1.0)
+  x_best = initial_stripes(x, eps, keys)
   m0 = margin(logits_fn(x_best), labels)
-
-  sizes = jnp.array(window_sizes((h, w), p_init), jnp.int32)
-  bounds = jnp.array([bd for bd, _ in _P_STEPS], jnp.int32)
-  rows = jnp.arange(h)[None, :, None, None]
-  cols = jnp.arange(w)[None, None, :, None]
 
   def cond(s):
     i, _, m, _ = s
@@ -124,21 +164,10 @@ def square(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *, eps,
 
   def body(s):
     i, x_best, m_min, loss_min = s
-    it = (i * 10000) // num_queries if rescale_schedule else i
-    size = sizes[jnp.sum(it > bounds)]
-    ks = jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, i), 3))(keys)
-    vh = jnp.floor(jax.vmap(jax.random.uniform)(ks[:, 0]) * (h - size)).astype(jnp.int32)
-    vw = jnp.floor(jax.vmap(jax.random.uniform)(ks[:, 1]) * (w - size)).astype(jnp.int32)
-    colour = jax.vmap(lambda k: rand_sign(k, (1, 1, c)))(ks[:, 2])
-    vh, vw = vh[:, None, None, None], vw[:, None, None, None]
-    window = (rows >= vh) & (rows < vh + size) & (cols >= vw) & (cols < vw + size)
-    x_new = project(x_best + jnp.where(window, 2.0 * e * colour, 0.0))
+    size = window_size(i, (h, w), p_init, num_queries, rescale_schedule)
+    x_new = proposal(x_best, x, eps, keys, i, size)
     m_new = margin(logits_fn(x_new), labels)  # the margin loss is the margin
-    attacked = (m_min > 0) & robust0
-    improved = attacked & (m_new < loss_min)
-    loss_min = jnp.where(improved, m_new, loss_min)
-    improved |= attacked & (m_new <= 0)
-    m_min = jnp.where(improved, m_new, m_min)
+    improved, m_min, loss_min = accept(m_new, m_min, loss_min, (m_min > 0) & robust0)
     x_best = jnp.where(bcast(improved, x), x_new, x_best)
     return i + 1, x_best, m_min, loss_min
 

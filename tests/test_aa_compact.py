@@ -1,0 +1,105 @@
+"""The compacting driver: buckets, and the same results as autoattack()."""
+
+import numpy as np
+import pytest
+
+import jax
+
+from caat_jax.attacks import autoattack, compact
+from tests.test_autoattack import keys_for, linear_problem
+
+TINY = {"apgd-ce": {"num_iters": 6}, "apgd-t": {"num_iters": 6, "num_target_classes": 3},
+        "fab-t": {"num_iters": 6, "num_target_classes": 3}, "square": {"num_queries": 30}}
+
+
+def test_bucket_sizes_and_plan():
+  assert compact.bucket_sizes(256, 8) == [256, 128, 64, 32, 16, 8]
+  assert compact.bucket_sizes(64, 1, multiple=8) == [64, 32, 16, 8]  # never below a device each
+  assert compact.bucket_sizes(24, 4, multiple=8) == [24, 16, 8]
+  with pytest.raises(ValueError, match="multiple"):
+    compact.bucket_sizes(100, 8, multiple=8)
+  sizes = compact.bucket_sizes(64, 8)
+  assert compact.plan(0, sizes) == []
+  assert compact.plan(200, sizes) == [64, 64, 64, 8]
+  assert compact.plan(13, sizes) == [8, 8]
+  assert compact.plan(1, sizes) == [8]
+  for n in range(1, 300):  # every point has a slot; padding under one smallest bucket
+    p = compact.plan(n, sizes)
+    assert 0 <= sum(p) - n < sizes[-1]
+
+
+def test_compaction_gives_autoattacks_results_exactly_two_attacks():
+  """The default-suite version: APGD-T (re-packed between targets) then
+  Square, one bucket size."""
+  f, x, y, dist = linear_problem(10, n=12, seed=6)
+  eps = float(np.quantile(dist, 0.6))
+  keys = keys_for(len(y), seed=3)
+  attacks = ("apgd-t", "square")
+  res, stages = jax.jit(lambda x, y, k: autoattack.autoattack(
+      f, x, y, eps=eps, keys=k, options=TINY, attacks=attacks))(x, y, keys)
+  x_adv, robust, got, stats = compact.autoattack_compact(
+      compact.local_runner(f, TINY), np.asarray(x), np.asarray(y), eps=eps, keys=keys,
+      clean_correct=np.asarray(stages["clean"]), num_classes=10, options=TINY, attacks=attacks,
+      batch_size=4, min_size=4)
+  for name in got:
+    np.testing.assert_array_equal(got[name], np.asarray(stages[name]), err_msg=name)
+  np.testing.assert_array_equal(x_adv, np.asarray(res.x_adv))
+  assert 0 < int(robust.sum()) < len(y)
+  assert stats["apgd-t"]["points"] < 3 * len(y)  # later targets saw fewer points
+
+
+@pytest.mark.slow
+def test_compaction_gives_autoattacks_results_exactly():
+  """Same keys, same flags at every stage, same examples; and the attacks
+  after the first see only the points still robust."""
+  f, x, y, dist = linear_problem(10, n=20, seed=6)
+  eps = float(np.quantile(dist, 0.7))  # most points break, some survive
+  y = y.at[0].set((y[0] + 1) % 10)  # one point misclassified clean
+  keys = keys_for(len(y), seed=3)
+  res, stages = jax.jit(lambda x, y, k: autoattack.autoattack(
+      f, x, y, eps=eps, keys=k, options=TINY))(x, y, keys)
+  x_adv, robust, got, stats = compact.autoattack_compact(
+      compact.local_runner(f, TINY), np.asarray(x), np.asarray(y), eps=eps, keys=keys,
+      clean_correct=np.asarray(stages["clean"]), num_classes=10, options=TINY, batch_size=8,
+      min_size=4)
+  assert list(got) == ["clean", *autoattack.STANDARD]
+  for name in got:
+    np.testing.assert_array_equal(got[name], np.asarray(stages[name]), err_msg=name)
+  np.testing.assert_array_equal(robust, np.asarray(res.robust))
+  np.testing.assert_array_equal(x_adv, np.asarray(res.x_adv))
+  # Between 1 and n - 1 points left after APGD-CE: the later attacks ran on them only.
+  left = int(got["apgd-ce"].sum())
+  assert 0 < left < int(got["clean"].sum())
+  assert stats["apgd-ce"]["points"] == int(got["clean"].sum())
+  assert stats["square"]["points"] == int(got["fab-t"].sum())
+  assert stats["square"]["slots"] <= -(-int(got["fab-t"].sum()) // 4) * 4
+  # Re-packing between targets: each APGD-T run sees the points left by the previous.
+  assert stats["apgd-t"]["points"] <= 3 * left
+
+
+def test_nothing_left_to_attack_skips_the_attacks():
+  f, x, y, _ = linear_problem(10, n=8, seed=1)
+  calls = []
+  runner = lambda name, *a: calls.append(name)
+  _, robust, stages, stats = compact.autoattack_compact(
+      runner, np.asarray(x), np.asarray(y), eps=0.1, keys=keys_for(8),
+      clean_correct=np.zeros(8, bool), num_classes=10, batch_size=8)
+  assert calls == [] and not robust.any()
+  assert all(s["points"] == 0 for s in stats.values())
+
+
+@pytest.mark.slow
+def test_pmap_runner_matches_the_local_runner():
+  """Buckets split over the 8 fake devices give the local runner's results."""
+  f, x, y, dist = linear_problem(10, n=24, seed=2)
+  eps = float(np.quantile(dist, 0.7))
+  keys = keys_for(len(y), seed=5)
+  clean = np.ones(len(y), bool)
+  kw = dict(eps=eps, keys=keys, clean_correct=clean, num_classes=10, options=TINY,
+            batch_size=16, attacks=("apgd-ce", "square"))
+  local = compact.autoattack_compact(compact.local_runner(f, TINY), np.asarray(x),
+                                     np.asarray(y), min_size=8, **kw)
+  sharded = compact.autoattack_compact(compact.pmap_runner(f, TINY), np.asarray(x),
+                                       np.asarray(y), min_size=8, multiple=8, **kw)
+  np.testing.assert_array_equal(local[1], sharded[1])
+  np.testing.assert_array_equal(local[0], sharded[0])
