@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from caat_jax import attacks, bounds, fairness
+from caat_jax import attacks, bounds, fairness, losses
 from caat_jax.checks import check, choice
 from caat_jax.methods import base
 
@@ -72,6 +72,47 @@ def strategy_stats(alpha, eps, y, batch, num_classes, axis) -> dict:
   out.update(base.ratio_metric("adv_ratio_clean_noisy", alpha, corrupted, 2, axis))
   out.update(base.ratio_metric("eps_clean_noisy", eps, corrupted, 2, axis))
   return out
+
+
+# -- the meta objective (SPEC 5), Meta-CAAT's and Reinforce-CAAT's -------------
+
+META_OBJECTIVES = ("robust", "clean_ce", "official")
+
+
+def meta_loss_fn(objective: str, lam: float, ctx: base.StepContext):
+  """The meta objective (SPEC 5) of the clean meta batch, chosen at build time:
+  ``fn(state, attack_fn, batch, k_adv, k_at) -> (params -> meta loss)`` on
+  the meta batch (evaluated at W_hat). Meta adversaries are generated at the
+  current W (a constant for the meta-gradient)."""
+  def clean_ce(state, attack_fn, batch, k_adv, k_at):
+    xm, ym = batch["meta_image"], batch["meta_label"]
+
+    def fn(params):
+      lm, _ = ctx.train_logits(params, state.batch_stats, xm)
+      return losses.cross_entropy(lm, ym).mean()
+    return fn
+
+  def robust(state, attack_fn, batch, k_adv, k_at):
+    xm, ym = batch["meta_image"], batch["meta_label"]
+    clean_m = attack_fn(xm)
+    eps = bounds.fixed(ctx.attack.eps, xm.shape[0])
+    if objective == "official":
+      xm_adv, xm_at = caat.adversaries_and_anti(ctx, attack_fn, xm, ym, clean_m, eps, k_adv,
+                                                k_at)
+    else:
+      xm_adv = caat.adversaries(ctx, attack_fn, xm, ym, clean_m, eps, k_adv)
+
+    def fn(params):
+      lm, bs = ctx.train_logits(params, state.batch_stats, xm)
+      la, bs = ctx.train_logits(params, bs, xm_adv)
+      value = (losses.cross_entropy(lm, ym) + lam * losses.kl_divergence(lm, la)).mean()
+      if objective == "official":
+        lt, _ = ctx.train_logits(params, bs, xm_at)
+        value = value + losses.cross_entropy(lt, ym).mean()
+      return value
+    return fn
+
+  return clean_ce if objective == "clean_ce" else robust
 
 
 # -- per-sample bounds (SPEC 4) ------------------------------------------------

@@ -26,7 +26,6 @@ from caat_jax.checks import ConfigError, check, choice
 from caat_jax.methods import base, caat
 
 DIRECTIONS = ("combined", "adversarial_only", "rule")
-OBJECTIVES = ("robust", "clean_ce", "official")
 LOOKAHEADS = ("sgd", "sgd_momentum_wd")
 
 
@@ -74,41 +73,6 @@ def _lookahead_fn(kind: str, optimizer_cfg):
   return momentum_wd
 
 
-def _meta_loss_fn(objective: str, lam: float, ctx: base.StepContext):
-  """``fn(state, attack_fn, batch, k_adv, k_at) -> (params -> meta loss)`` on
-  the meta batch (evaluated at W_hat). Meta adversaries are generated at the
-  current W (a constant for the meta-gradient)."""
-  def clean_ce(state, attack_fn, batch, k_adv, k_at):
-    xm, ym = batch["meta_image"], batch["meta_label"]
-
-    def fn(params):
-      lm, _ = ctx.train_logits(params, state.batch_stats, xm)
-      return losses.cross_entropy(lm, ym).mean()
-    return fn
-
-  def robust(state, attack_fn, batch, k_adv, k_at):
-    xm, ym = batch["meta_image"], batch["meta_label"]
-    clean_m = attack_fn(xm)
-    eps = bounds.fixed(ctx.attack.eps, xm.shape[0])
-    if objective == "official":
-      xm_adv, xm_at = caat.adversaries_and_anti(ctx, attack_fn, xm, ym, clean_m, eps, k_adv,
-                                                k_at)
-    else:
-      xm_adv = caat.adversaries(ctx, attack_fn, xm, ym, clean_m, eps, k_adv)
-
-    def fn(params):
-      lm, bs = ctx.train_logits(params, state.batch_stats, xm)
-      la, bs = ctx.train_logits(params, bs, xm_adv)
-      value = (losses.cross_entropy(lm, ym) + lam * losses.kl_divergence(lm, la)).mean()
-      if objective == "official":
-        lt, _ = ctx.train_logits(params, bs, xm_at)
-        value = value + losses.cross_entropy(lt, ym).mean()
-      return value
-    return fn
-
-  return clean_ce if objective == "clean_ce" else robust
-
-
 def make_step(config, ctx: base.StepContext):
   c, m = config.caat, config.meta
   axis, num_classes, lam = ctx.axis_name, ctx.num_classes, float(c.lam)
@@ -117,7 +81,7 @@ def make_step(config, ctx: base.StepContext):
   bound = caat.bound_fn("fixed" if c.direction == "rule" else c.bound, ctx, c.grad_bound_offset)
   factors = fairness.factors_fn(config.fairness.mode if config.fairness.enabled else None)
   lookahead = _lookahead_fn(m.lookahead, config.optimizer)
-  meta_loss = _meta_loss_fn(m.objective, lam, ctx)
+  meta_loss = caat.meta_loss_fn(m.objective, lam, ctx)
   variant = meta.make(m)
   meta_tx = optax.adam(m.learning_rate)
   learned = c.direction == "combined"
@@ -231,7 +195,7 @@ def validate(config) -> None:
   choice("caat.bound", c.bound, bounds.BOUNDS)
   caat.validate_features(config)
   choice("meta.variant", m.variant, tuple(meta.VARIANTS))
-  choice("meta.objective", m.objective, OBJECTIVES)
+  choice("meta.objective", m.objective, caat.META_OBJECTIVES)
   choice("meta.lookahead", m.lookahead, LOOKAHEADS)
   check("meta.k", m.k >= 1, m.k, ">= 1")
   check("meta.interval", m.interval >= 1, m.interval, ">= 1")
