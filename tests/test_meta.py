@@ -11,6 +11,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from caat_jax import losses, meta, strategy
@@ -59,10 +60,10 @@ def _problem(lookahead="sgd", tau=1.0, seed=0):
 def _objective(problem, params, omega, k=1):
   """J(Omega), written out without the variants' code."""
   w = problem.weights_fn(omega)
-  p = params
+  p, buf = params, problem.lookahead_fn.init
   for _ in range(k):
     g = jax.grad(lambda q: jnp.mean(jnp.sum(w * problem.per_sample_fn(q)[0], -1)))(p)
-    p = problem.lookahead_fn(p, g)
+    p, buf = problem.lookahead_fn.step(p, g, buf)
   return problem.meta_loss_fn(p)
 
 
@@ -128,6 +129,31 @@ def test_k_step_one_equals_nested_grad_and_two_matches_fd():
     scanned, _ = k_step(problem, omega, params, k=2, scan_above=0)  # the lax.scan path
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-15),
                  scanned, two)
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_k_step_momentum_lookahead_equals_explicit_optax_steps(k):
+  """Issue 11, defect 1: a k-step look-ahead with SGD + momentum + weight
+  decay updates its momentum buffer at every step, as k real optimiser steps
+  (optax, coupled weight decay as the trainer's) differentiated end to end."""
+  with jax.enable_x64(True):
+    problem, omega, params = _problem("sgd_momentum_wd")
+    tx = optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(LR, momentum=0.9))
+
+    def explicit(om):
+      w = problem.weights_fn(om)
+      opt = optax.tree_utils.tree_set(tx.init(params), trace=problem.lookahead_fn.init)
+      p = params
+      for _ in range(k):
+        g = jax.grad(lambda q: jnp.mean(jnp.sum(w * problem.per_sample_fn(q)[0], -1)))(p)
+        updates, opt = tx.update(g, opt, p)
+        p = optax.apply_updates(p, updates)
+      return problem.meta_loss_fn(p)
+
+    ref = jax.grad(explicit)(omega)
+    got, info = k_step(problem, omega, params, k=k)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-14), got, ref)
+    np.testing.assert_allclose(info["meta_loss"], explicit(omega), rtol=1e-12)
 
 
 def test_first_order_is_the_gradient_of_its_linearised_objective():

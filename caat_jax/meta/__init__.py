@@ -9,7 +9,7 @@ meta-gradient variant".
 
 import importlib
 
-from caat_jax.meta.problem import (Costs, MetaProblem, Variant, sgd_lookahead,
+from caat_jax.meta.problem import (Costs, Lookahead, MetaProblem, Variant, sgd_lookahead,
                                    sgd_momentum_wd_lookahead, weighted_loss)
 
 _MODULES = (
@@ -48,5 +48,5 @@ def cost(meta_cfg, costs: Costs) -> float:
   return v.cost(costs, **options_from(meta_cfg, v))
 
 
-__all__ = ["Costs", "MetaProblem", "VARIANTS", "Variant", "cost", "get", "make",
+__all__ = ["Costs", "Lookahead", "MetaProblem", "VARIANTS", "Variant", "cost", "get", "make",
            "sgd_lookahead", "sgd_momentum_wd_lookahead", "weighted_loss"]

@@ -104,15 +104,33 @@ class Variant(NamedTuple):
   options: tuple[str, ...] = ()
 
 
-def sgd_lookahead(lr):
+class Lookahead(NamedTuple):
+  """A look-ahead optimiser step, affine in the gradient with slope -lr.
+
+  ``step(W, g, buf) -> (W_hat, buf')`` threads the optimiser's buffer
+  through several steps (``k_step``); calling the object takes one step from
+  ``init``, the buffer of the real optimiser now.
+  """
+
+  step: Callable[[PyTree, PyTree, Any], tuple[PyTree, Any]]
+  init: Any = None
+
+  def __call__(self, params, g):
+    return self.step(params, g, self.init)[0]
+
+
+def sgd_lookahead(lr) -> Lookahead:
   """Plain SGD look-ahead (Meta-Weight-Net): W - lr g."""
-  return lambda params, g: jax.tree.map(lambda p, d: p - lr * d, params, g)
+  return Lookahead(lambda params, g, buf: (
+      jax.tree.map(lambda p, d: p - lr * d, params, g), buf))
 
 
-def sgd_momentum_wd_lookahead(lr, momentum: float, weight_decay: float, trace):
-  """The official MetaSGD: W - lr (mu m + g + wd W), with m the real optimiser's
-  momentum buffer (``trace``; zeros before the first step)."""
-  def fn(params, g):
-    return jax.tree.map(lambda p, d, m: p - lr * (momentum * m + d + weight_decay * p),
-                        params, g, trace)
-  return fn
+def sgd_momentum_wd_lookahead(lr, momentum: float, weight_decay: float, trace) -> Lookahead:
+  """The official MetaSGD, as the real optimiser (coupled weight decay, heavy
+  ball): m' = mu m + g + wd W, W_hat = W - lr m', with m starting at the real
+  optimiser's momentum buffer ``trace`` (zeros before the first step) and
+  updated at every step of a multi-step look-ahead."""
+  def step(params, g, m):
+    m = jax.tree.map(lambda p, d, t: momentum * t + d + weight_decay * p, params, g, m)
+    return jax.tree.map(lambda p, t: p - lr * t, params, m), m
+  return Lookahead(step, trace)
