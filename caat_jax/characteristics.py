@@ -26,7 +26,7 @@ def features(clean_logits: jax.Array, labels: jax.Array, class_proportion: jax.A
     clean_logits: [B, C] logits of the clean inputs.
     labels: [B] int labels.
     class_proportion: [C], N_c / N of the training set.
-    class_avg_loss: [C], running per-class average training loss.
+    class_avg_loss: [C], per-class average loss (``class_average_loss``).
   Returns:
     [B, 6]: CE loss; probability margin p_y - max_{j!=y} p_j; ||onehot(y) - p||_2;
     entropy -sum p log2 p (positive); class proportion; class-average loss.
@@ -44,10 +44,13 @@ def features(clean_logits: jax.Array, labels: jax.Array, class_proportion: jax.A
 
 
 def init_running_stats(num_classes: int) -> dict[str, jax.Array]:
-  """Zeroed statistics: per-class average loss and feature moments."""
+  """Zeroed statistics: per-class loss sums of this and the last epoch, and
+  the feature moments."""
+  z = jnp.zeros((num_classes,), jnp.float32)
   return {
-      "class_loss": jnp.zeros((num_classes,), jnp.float32),
-      "class_loss_seen": jnp.zeros((num_classes,), jnp.float32),
+      "class_loss_sum": z, "class_loss_count": z,  # the current epoch so far
+      "class_loss_prev": z,  # each class's average over the previous epoch
+      "has_prev": jnp.zeros((), jnp.float32),  # 1 once an epoch has ended
       "feat_mean": jnp.zeros((NUM_FEATURES,), jnp.float32),
       "feat_sq": jnp.zeros((NUM_FEATURES,), jnp.float32),
       "feat_count": jnp.zeros((), jnp.float32),
@@ -58,23 +61,31 @@ def _gsum(x, axis_name):
   return x if axis_name is None else jax.lax.psum(x, axis_name)
 
 
-def update_class_loss(stats: dict, loss: jax.Array, labels: jax.Array, num_classes: int,
-                      momentum: float, axis_name: str | None) -> dict:
-  """EMA of each class's mean training loss over the *global* batch.
+def start_epoch(stats: dict, new_epoch: jax.Array) -> dict:
+  """At an epoch's first step: the finished epoch's per-class averages become
+  feature 6 and the sums restart. A class unseen last epoch keeps its value."""
+  seen = stats["class_loss_count"] > 0
+  avg = stats["class_loss_sum"] / jnp.maximum(stats["class_loss_count"], 1.0)
+  rolled = dict(stats, class_loss_prev=jnp.where(seen, avg, stats["class_loss_prev"]),
+                class_loss_sum=jnp.zeros_like(avg), class_loss_count=jnp.zeros_like(avg),
+                has_prev=jnp.ones_like(stats["has_prev"]))
+  return jax.tree.map(lambda a, b: jnp.where(new_epoch, a, b), rolled, stats)
 
-  A class absent from the batch keeps its value; the first time a class is
-  seen its average is set to the batch mean (no bias towards 0).
-  """
+
+def class_average_loss(stats: dict) -> jax.Array:
+  """Feature 6 per class, [C]: the average loss over the previous epoch, or,
+  during the first epoch, the running average so far (0 for an unseen class)."""
+  running = stats["class_loss_sum"] / jnp.maximum(stats["class_loss_count"], 1.0)
+  return jnp.where(stats["has_prev"] > 0, stats["class_loss_prev"], running)
+
+
+def add_class_loss(stats: dict, loss: jax.Array, labels: jax.Array, num_classes: int,
+                   axis_name: str | None) -> dict:
+  """Adds the global batch's per-sample losses to this epoch's class sums."""
   onehot = jax.nn.one_hot(labels, num_classes)
-  total = _gsum(onehot.T @ loss, axis_name)
-  count = _gsum(onehot.sum(0), axis_name)
-  batch_mean = total / jnp.maximum(count, 1.0)
-  present = count > 0
-  first = present & (stats["class_loss_seen"] == 0)
-  ema = momentum * stats["class_loss"] + (1 - momentum) * batch_mean
-  new = jnp.where(first, batch_mean, jnp.where(present, ema, stats["class_loss"]))
-  return dict(stats, class_loss=new,
-              class_loss_seen=jnp.maximum(stats["class_loss_seen"], present.astype(jnp.float32)))
+  return dict(stats,
+              class_loss_sum=stats["class_loss_sum"] + _gsum(onehot.T @ loss, axis_name),
+              class_loss_count=stats["class_loss_count"] + _gsum(onehot.sum(0), axis_name))
 
 
 def standardise(stats: dict, zeta: jax.Array, momentum: float,
@@ -98,13 +109,19 @@ def standardise(stats: dict, zeta: jax.Array, momentum: float,
 
 
 def strategy_inputs(clean_logits: jax.Array, labels: jax.Array, class_counts, stats: dict,
-                    caat_cfg, axis_name: str | None) -> tuple[jax.Array, dict]:
+                    caat_cfg, axis_name: str | None,
+                    new_epoch: jax.Array | bool = False) -> tuple[jax.Array, dict]:
   """What Meta-CAAT's and Reinforce-CAAT's strategy nets see.
 
-  zeta from the clean logits, standardised with the running moments (updated
-  here), times ``caat.feature_mask``. Returns ([B, 6] inputs, new stats).
+  zeta from the clean logits (feature 6 from the class-loss statistics,
+  rolled over first when ``new_epoch``), standardised with the running
+  moments (updated here), times ``caat.feature_mask``; the batch's feature-1
+  losses (inference-mode CE, the same loss) are then added to this epoch's
+  class sums. Returns ([B, 6] inputs, new stats).
   """
+  stats = start_epoch(stats, jnp.asarray(new_epoch))
   counts = jnp.asarray(class_counts, jnp.float32)
-  zeta = features(clean_logits, labels, counts / counts.sum(), stats["class_loss"])
+  zeta = features(clean_logits, labels, counts / counts.sum(), class_average_loss(stats))
   z, stats = standardise(stats, zeta, caat_cfg.feature_momentum, axis_name)
+  stats = add_class_loss(stats, zeta[:, 0], labels, len(class_counts), axis_name)
   return z * jnp.asarray(caat_cfg.feature_mask, jnp.float32), stats

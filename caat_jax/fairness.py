@@ -36,11 +36,14 @@ def _project(lam: np.ndarray, lim: float) -> np.ndarray:
 def update(lams: dict, natural_err: np.ndarray, boundary_err: np.ndarray, *, epoch: int,
            r1: float = 0.05, r2: float = 0.2, tau1: float = 0.07, tau2: float = 0.07,
            lim: float = 0.5, halve_every: int = 40) -> dict[str, np.ndarray]:
-  """One Lagrangian step (host side, numpy). Errors are fractions, [C] each."""
+  """One Lagrangian step (host side, numpy) before training ``epoch`` (0-based).
+  Errors are fractions, [C] each."""
   e, b = np.asarray(natural_err, np.float64), np.asarray(boundary_err, np.float64)
   g0 = e - e.mean() - tau1
   g1 = b - b.mean() - tau2
-  lr = r1 * 0.5 ** (epoch // halve_every)
+  # The reference (frlrw.py) numbers epochs from 1 and halves r1 before the
+  # update of every epoch divisible by 40: here ``epoch`` is 0-based.
+  lr = r1 * 0.5 ** ((epoch + 1) // halve_every)
   l0 = _project(np.asarray(lams["lambda0"], np.float64) + lr * g0, lim)
   l1 = _project(np.asarray(lams["lambda1"], np.float64) + 2 * lr * g1, lim)
   l2 = np.asarray(lams["lambda2"], np.float64) + r2 * g1

@@ -64,7 +64,8 @@ class Run:
         model=self.model, tx=self.tx,
         attack=methods.base.AttackSettings.from_config(config.attack, self.unroll),
         num_classes=ds.num_classes, class_counts=tuple(int(c) for c in ds.class_counts),
-        augment=ds.augment, axis_name=axis, schedule=self.schedule)
+        augment=ds.augment, axis_name=axis, schedule=self.schedule,
+        steps_per_epoch=self.steps_per_epoch)
     step = functools.partial(methods.train_step,
                              method_step=self.method.make_step(config, self.ctx), ctx=self.ctx)
     self.train_step = self.parallel.wrap(step, (REPLICATED, SHARDED), (REPLICATED, REPLICATED),
@@ -92,8 +93,9 @@ class Run:
         self.dataset.num_classes, progress=progress,
         labels={"method": c.method, "dataset": c.data.name, "model": c.model})
 
-  def epoch_end(self, rstate, epoch: int):
-    """The method's epoch hook, given the validation errors it asks for."""
+  def epoch_start(self, rstate, epoch: int):
+    """The method's epoch hook before ``epoch`` (the first included, as FRL's
+    reference updates its multipliers), given the validation errors it asks for."""
     hook = self.method.epoch_hook
     request = hook.validation(self.config) if hook is not None else None
     if request is None:
@@ -163,6 +165,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     bar = stack.enter_context(tqdm(total=total, initial=start, disable=not is_main,
                                    desc=config.method, dynamic_ncols=True, unit="step"))
     window = metrics.Window()
+    if start == 0:
+      rstate, record = run.epoch_start(rstate, 0)
+      if record:
+        writer.write(0, dict(record, epoch=0))
 
     def kept() -> str:
       steps = ckpt.all_steps()
@@ -194,12 +200,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       save_now = end_of_epoch or itstime(step, config.checkpoint_every_steps) or bool(reason)
       if itstime(step, config.log_every_steps) or save_now:
         log(step)
-      if end_of_epoch:
-        rstate, record = run.epoch_end(rstate, epoch)
-        if record:
-          writer.write(step, dict(record, epoch=epoch))
-        if itstime(epoch + 1, config.eval_every) and step < total:
+      if end_of_epoch and step < total:
+        if itstime(epoch + 1, config.eval_every):
           writer.write(step, metrics.eval_record(run.evaluate(rstate), epoch))
+        rstate, record = run.epoch_start(rstate, epoch + 1)
+        if record:
+          writer.write(step, dict(record, epoch=epoch + 1))
       if save_now:
         host_state = run.parallel.fetch(rstate)
         metrics.check_finite_state(step, host_state, kept())

@@ -6,13 +6,15 @@
 
 Config argument: '' (fixed bound), 'grad' (sample-wise gradient bound, for
 noisy labels), 'remargin' (class-wise bounds from FRL's multipliers with the
-fairness constraints on, for imbalance/fairness). The paper fine-tunes from a
+fairness constraints on, for imbalance/fairness), or an ablation of
+``configs/meta_caat_variants.py``: 'setting1'..'setting4' (Fig. 14),
+'without' (Table 9), 'features=110111' (Fig. 15). The paper fine-tunes from a
 PGD-AT hot start: pass --config.init_from=runs/cifar10_pgd_at. Meta step every
 iteration with a meta batch as large as the batch; the official code used
 meta.interval=50 (set it for a ~4x cheaper run). Hardware: one GPU, hours.
 """
 
-from configs import cifar10
+from configs import cifar10, meta_caat_variants
 
 
 def get_config(arg: str = ""):
@@ -31,6 +33,7 @@ def get_config(arg: str = ""):
   elif arg == "remargin":
     c.caat.bound = "remargin"
     c.fairness.enabled = True
-  elif arg:
-    raise ValueError(f"config argument {arg!r}; valid: '', 'grad', 'remargin'")
+  elif arg and not meta_caat_variants.apply(c, arg):
+    raise ValueError(f"config argument {arg!r}; valid: '', 'grad', 'remargin', "
+                     + ", ".join(meta_caat_variants.NAMES))
   return c

@@ -26,7 +26,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.name = "digits"  # digits | cifar10 | svhn
   c.data.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS dir
   c.data.meta_per_class = 10  # clean balanced hold-out (meta / validation set)
-  c.data.noise_type = "none"  # none | uniform | pairflip | flip2
+  # none | uniform (new label uniform over the other classes) | pairflip
+  # (i -> i+1) | flip2 (two random other classes, r/2 each: what the paper's
+  # Table 5 "20% pair-flip" runs used)
+  c.data.noise_type = "none"
   c.data.noise_rate = 0.0  # fraction of training labels corrupted
   c.data.imbalance_factor = 1.0  # long-tailed train set if > 1 (class 0 head)
   c.data.test_fraction = 0.2  # digits only: stratified test split (fixed seed)
@@ -67,9 +70,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.caat.direction = "combined"
   c.caat.bound = "fixed"  # fixed | remargin (needs fairness) | grad (Eq. 26)
   c.caat.grad_bound_offset = 0.9  # the varepsilon of Eq. 26
+  # Where Eq. 26's gradient norms are taken: start (each attack's loss at its
+  # own start point x + 0.001 N; the KL one is mostly that noise) | clean (CE
+  # input-gradient norm at x, for both).
+  c.caat.grad_bound_point = "start"
   c.caat.feature_mask = (1, 1, 1, 1, 1, 1)  # zero a feature out (Fig. 15)
   c.caat.feature_momentum = 0.99  # running standardisation of the features
-  c.caat.class_loss_momentum = 0.9  # running per-class average loss (feature 6)
 
   # Meta-CAAT's meta step (SPEC 5).
   c.meta = ml_collections.ConfigDict()
@@ -77,6 +83,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.meta.k = 1  # k_step: look-ahead steps
   c.meta.objective = "robust"  # robust | clean_ce | official
   c.meta.lookahead = "sgd"  # sgd (Meta-Weight-Net) | sgd_momentum_wd (official)
+  # Where the meta batch's adversaries are made: lookahead (at W_hat, as the
+  # official code; one attack pass inside the meta loss) | current (at W).
+  # Either way they are constants for the meta-gradient.
+  c.meta.adversary_at = "lookahead"
   c.meta.interval = 1  # meta step every this many steps (official code: 50)
   c.meta.batch_size = 64  # meta batch, from the clean meta set
   c.meta.learning_rate = 1e-3  # Adam on the weighting net
@@ -146,7 +156,8 @@ def get_config() -> ml_collections.ConfigDict:
                      "meta_caat --config.meta.variant=jvp",
                      "meta_caat --config.meta.variant=nested_grad",
                      "meta_caat --config.meta.variant=first_order",
-                     "meta_caat --config.meta.variant=k_step", "reinforce_caat")
+                     "meta_caat --config.meta.variant=k_step",
+                     "meta_caat --config.caat.direction=adversarial_only", "reinforce_caat")
   c.bench.reference = "pgd_at"  # the entry step-time ratios are taken against
   c.bench.num_steps = 10
   c.bench.batch_size = 128

@@ -6,10 +6,13 @@ Variant via config argument: ``configs/digits_meta_caat.py:grad`` uses the
 gradient-norm bound of Eq. 26; ``:noisy`` adds 40% uniform label noise (with
 the grad bound), the setting where corrupted samples should lean
 anti-adversarial (watch train/adv_ratio_clean_noisy in metrics.jsonl: entry
-0 is the clean samples' mean alpha, entry 1 the corrupted ones').
+0 is the clean samples' mean alpha, entry 1 the corrupted ones'). The
+ablations of ``configs/meta_caat_variants.py`` run here in minutes:
+``:setting1`` .. ``:setting4`` (Fig. 14), ``:without`` (Table 9),
+``:features=110111`` (Fig. 15).
 """
 
-from configs import digits
+from configs import digits, meta_caat_variants
 
 
 def get_config(arg: str = ""):
@@ -25,6 +28,7 @@ def get_config(arg: str = ""):
   if arg == "noisy":
     c.data.noise_type = "uniform"
     c.data.noise_rate = 0.4
-  elif arg not in ("", "grad"):
-    raise ValueError(f"config argument {arg!r}; valid: '', 'grad', 'noisy'")
+  elif arg not in ("", "grad") and not meta_caat_variants.apply(c, arg):
+    raise ValueError(f"config argument {arg!r}; valid: '', 'grad', 'noisy', "
+                     + ", ".join(meta_caat_variants.NAMES))
   return c

@@ -79,6 +79,8 @@ class StepContext:
     axis_name: the device axis name of pmap / shard_map.
     schedule: the classifier's learning-rate schedule (step -> lr), for
       look-ahead steps.
+    steps_per_epoch: optimiser steps per epoch (0: unknown), for per-epoch
+      statistics inside the step.
   """
 
   model: nn.Module
@@ -89,6 +91,13 @@ class StepContext:
   augment: str = "none"
   axis_name: str | None = "batch"
   schedule: Callable[[jax.Array], jax.Array] | None = None
+  steps_per_epoch: int = 0
+
+  def new_epoch(self, step: jax.Array) -> jax.Array:
+    """Whether ``step`` is the first of an epoch after the first epoch."""
+    if not self.steps_per_epoch:
+      return jnp.asarray(False)
+    return (step > 0) & (step % self.steps_per_epoch == 0)
 
   # -- forward passes -------------------------------------------------------
   def train_logits(self, params, batch_stats, x) -> tuple[jax.Array, Any]:
@@ -118,7 +127,8 @@ class StepContext:
 
 
 class EpochHook(NamedTuple):
-  """Host-side work a method asks for after every epoch (FRL's multipliers).
+  """Host-side work a method asks for before every epoch, the first included
+  (FRL's multipliers, as its reference updates them).
 
   Attributes:
     validation: ``config -> (attack, eps, step_size)`` the per-class errors it
@@ -232,13 +242,18 @@ def train_step(state: TrainState, batch: dict, *, method_step: StepFn,
   """
   key = jax.random.fold_in(state.rng, state.step)
   aug_key, method_key = jax.random.split(key)
-  images = augment_lib.to_float01(batch["image"])
-  if ctx.augment != "none":
-    keys = sample_keys(aug_key, images.shape[0], ctx.axis_name)
-    images = augment_lib.augment_fn(ctx.augment)(images, keys)
-  batch = dict(batch, image=images)
-  if "meta_image" in batch:  # clean meta examples: converted, not augmented
-    batch["meta_image"] = augment_lib.to_float01(batch["meta_image"])
+
+  def augment(images, k):
+    images = augment_lib.to_float01(images)
+    if ctx.augment == "none":
+      return images
+    return augment_lib.augment_fn(ctx.augment)(images, sample_keys(k, images.shape[0],
+                                                                    ctx.axis_name))
+
+  batch = dict(batch, image=augment(batch["image"], aug_key))
+  if "meta_image" in batch:  # augmented as the training batch (the official
+    # code and Meta-Weight-Net do), with keys of its own
+    batch["meta_image"] = augment(batch["meta_image"], jax.random.fold_in(aug_key, 0x3E7A))
   new_state, metrics = method_step(state, batch, method_key)
   # Checked by the trainer at every logging step, so a NaN/Inf in the state
   # is reported at the step whose update made it (not at the next save).

@@ -77,38 +77,62 @@ def strategy_stats(alpha, eps, y, batch, num_classes, axis) -> dict:
 # -- the meta objective (SPEC 5), Meta-CAAT's and Reinforce-CAAT's -------------
 
 META_OBJECTIVES = ("robust", "clean_ce", "official")
+ADVERSARY_AT = ("lookahead", "current")
 
 
-def meta_loss_fn(objective: str, lam: float, ctx: base.StepContext):
-  """The meta objective (SPEC 5) of the clean meta batch, chosen at build time:
-  ``fn(state, attack_fn, batch, k_adv, k_at) -> (params -> meta loss)`` on
-  the meta batch (evaluated at W_hat). Meta adversaries are generated at the
-  current W (a constant for the meta-gradient)."""
-  def clean_ce(state, attack_fn, batch, k_adv, k_at):
+def meta_loss_fn(objective: str, lam: float, ctx: base.StepContext, *,
+                 adversary_at: str = "lookahead", factors=None):
+  """The meta objective (SPEC 5) on the clean meta batch, chosen at build time.
+
+  Returns ``fn(state, attack_fn, batch, k_adv, k_at, fair) -> (params ->
+  scalar)``, the meta loss as a function of the classifier parameters (it is
+  evaluated at W_hat). ``robust``: CE + lam KL on the meta batch's own KL
+  adversaries; ``official``: plus the anti-adversaries' CE; ``clean_ce``:
+  Meta-Weight-Net's clean CE. Meta adversaries are made at the look-ahead
+  model (``adversary_at='lookahead'``, as the official code does, one attack
+  pass at W_hat inside the meta loss) or at the current W (``'current'``);
+  either way under ``stop_gradient``, so they enter the meta-gradient as
+  constants. ``factors`` (``fairness.factors_fn``) weigh the natural and
+  boundary terms by FRL's class weights of the meta labels (Eqs.
+  A.119-A.121); None: unweighted.
+  """
+  factors = factors or fairness.factors_fn(None)
+  official = objective == "official"
+
+  def perturbations(logits_fn, xm, ym, k_adv, k_at):
+    clean = logits_fn(xm)
+    eps = bounds.fixed(ctx.attack.eps, xm.shape[0])
+    if official:
+      return adversaries_and_anti(ctx, logits_fn, xm, ym, clean, eps, k_adv, k_at)
+    return adversaries(ctx, logits_fn, xm, ym, clean, eps, k_adv), None
+
+  def clean_ce(state, attack_fn, batch, k_adv, k_at, fair):
     xm, ym = batch["meta_image"], batch["meta_label"]
+    f0, _ = factors(fair, ym, ctx.axis_name)
 
     def fn(params):
       lm, _ = ctx.train_logits(params, state.batch_stats, xm)
-      return losses.cross_entropy(lm, ym).mean()
+      return (f0 * losses.cross_entropy(lm, ym)).mean()
     return fn
 
-  def robust(state, attack_fn, batch, k_adv, k_at):
+  def robust(state, attack_fn, batch, k_adv, k_at, fair):
     xm, ym = batch["meta_image"], batch["meta_label"]
-    clean_m = attack_fn(xm)
-    eps = bounds.fixed(ctx.attack.eps, xm.shape[0])
-    if objective == "official":
-      xm_adv, xm_at = caat.adversaries_and_anti(ctx, attack_fn, xm, ym, clean_m, eps, k_adv,
-                                                k_at)
-    else:
-      xm_adv = caat.adversaries(ctx, attack_fn, xm, ym, clean_m, eps, k_adv)
+    f0, f1 = factors(fair, ym, ctx.axis_name)
+    if adversary_at == "current":
+      fixed = perturbations(attack_fn, xm, ym, k_adv, k_at)
 
     def fn(params):
+      if adversary_at == "current":
+        xm_adv, xm_at = fixed
+      else:  # at W_hat = params, a constant for the meta-gradient
+        xm_adv, xm_at = perturbations(ctx.eval_logits_fn(params, state.batch_stats), xm, ym,
+                                      k_adv, k_at)
       lm, bs = ctx.train_logits(params, state.batch_stats, xm)
       la, bs = ctx.train_logits(params, bs, xm_adv)
-      value = (losses.cross_entropy(lm, ym) + lam * losses.kl_divergence(lm, la)).mean()
-      if objective == "official":
+      value = (f0 * losses.cross_entropy(lm, ym) + lam * f1 * losses.kl_divergence(lm, la)).mean()
+      if official:
         lt, _ = ctx.train_logits(params, bs, xm_at)
-        value = value + losses.cross_entropy(lt, ym).mean()
+        value = value + (f0 * losses.cross_entropy(lt, ym)).mean()
       return value
     return fn
 
@@ -117,24 +141,30 @@ def meta_loss_fn(objective: str, lam: float, ctx: base.StepContext):
 
 # -- per-sample bounds (SPEC 4) ------------------------------------------------
 
-def bound_fn(kind: str, ctx: base.StepContext, grad_offset: float = 0.9):
-  """``fn(logits_fn, x, y, clean, w, fair, key) -> eps [B]`` for ``kind``.
+def bound_fn(kind: str, ctx: base.StepContext, grad_offset: float = 0.9,
+             grad_point: str = "start", anti: bool = True):
+  """``fn(logits_fn, x, y, clean, w, fair, k_adv, k_at) -> eps [B]`` for ``kind``.
 
   ``w`` [B, 2] are the (alpha, beta) weights (the grad bound's mix), ``fair``
-  the fairness multipliers (remargin's lambda2), ``key`` the adversaries'
-  key (the grad bound's start noise is the attack's own).
+  the fairness multipliers (remargin's lambda2), ``k_adv`` / ``k_at`` the
+  adversaries' and anti-adversaries' keys (the grad bound's start points
+  are each attack's own). ``anti=False``: no anti-adversaries in this step
+  (their gradient norm is not computed).
   """
   eps = ctx.attack.eps
   if kind == "fixed":
-    return lambda logits_fn, x, y, clean, w, fair, key: bounds.fixed(eps, x.shape[0])
+    return lambda logits_fn, x, y, clean, w, fair, k_adv, k_at: bounds.fixed(eps, x.shape[0])
   if kind == "remargin":
-    return lambda logits_fn, x, y, clean, w, fair, key: bounds.remargin(eps, y, fair["lambda2"])
+    return lambda logits_fn, x, y, clean, w, fair, k_adv, k_at: bounds.remargin(
+        eps, y, fair["lambda2"])
   if kind == "grad":
-    def grad(logits_fn, x, y, clean, w, fair, key):
+    def grad(logits_fn, x, y, clean, w, fair, k_adv, k_at):
       del fair
-      return bounds.grad_based(logits_fn, x, y, clean, w[:, 0], w[:, 1], eps=eps,
-                               keys=ctx.sample_keys(key, x.shape[0]), offset=grad_offset,
-                               axis_name=ctx.axis_name)
+      b = x.shape[0]
+      return bounds.grad_based(
+          logits_fn, x, y, clean, w[:, 0], w[:, 1], eps=eps, adv_keys=ctx.sample_keys(k_adv, b),
+          at_keys=ctx.sample_keys(k_at, b) if anti else None, point=grad_point,
+          offset=grad_offset, axis_name=ctx.axis_name)
     return grad
   raise ValueError(f"bound {kind!r}; valid: {', '.join(bounds.BOUNDS)}")
 
@@ -148,8 +178,6 @@ def validate_features(config) -> None:
         len(c.feature_mask) == 6 and all(v in (0, 1) for v in c.feature_mask),
         c.feature_mask, "six 0/1 entries")
   check("caat.feature_momentum", 0 <= c.feature_momentum < 1, c.feature_momentum, "in [0, 1)")
-  check("caat.class_loss_momentum", 0 <= c.class_loss_momentum < 1, c.class_loss_momentum,
-        "in [0, 1)")
 
 
 def validate_fairness(config) -> None:

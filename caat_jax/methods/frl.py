@@ -31,7 +31,7 @@ def make_step(config, ctx: base.StepContext):
     lam = state.extra["fair"]
     attack_fn = ctx.eval_logits_fn(state.params, state.batch_stats)
     clean = attack_fn(x)
-    eps = bound(attack_fn, x, y, clean, None, lam, key)
+    eps = bound(attack_fn, x, y, clean, None, lam, key, None)
     x_adv = caat.adversaries(ctx, attack_fn, x, y, clean, eps, key)
     f0, f1 = factors(lam, y, axis)
 

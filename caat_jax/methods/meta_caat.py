@@ -76,44 +76,57 @@ def _lookahead_fn(kind: str, optimizer_cfg):
 def make_step(config, ctx: base.StepContext):
   c, m = config.caat, config.meta
   axis, num_classes, lam = ctx.axis_name, ctx.num_classes, float(c.lam)
-  wnet = weighting_net(config)
-  weights = _weights_fn(c.direction, wnet, ctx.class_counts)
-  bound = caat.bound_fn("fixed" if c.direction == "rule" else c.bound, ctx, c.grad_bound_offset)
+  # Setting I/II (adversarial_only): the anti-adversary's weight is 0 for
+  # every sample, so neither its attack nor its forward pass runs; the step
+  # is then TRADES with beta = lam (same keys, same BatchNorm passes).
+  anti = c.direction != "adversarial_only"
+  learned = c.direction == "combined"
+  weights = _weights_fn(c.direction, weighting_net(config), ctx.class_counts)
+  bound = caat.bound_fn("fixed" if c.direction == "rule" else c.bound, ctx, c.grad_bound_offset,
+                        c.grad_bound_point, anti=anti)
   factors = fairness.factors_fn(config.fairness.mode if config.fairness.enabled else None)
   lookahead = _lookahead_fn(m.lookahead, config.optimizer)
-  meta_loss = caat.meta_loss_fn(m.objective, lam, ctx)
+  meta_loss = caat.meta_loss_fn(m.objective, lam, ctx, adversary_at=m.adversary_at,
+                                factors=factors)
   variant = meta.make(m)
   meta_tx = optax.adam(m.learning_rate)
-  learned = c.direction == "combined"
   interval = int(m.interval)
   feature_cfg = c
 
   def step(state, batch, key):
     x, y = batch["image"], batch["label"]
-    k_adv, k_at, k_meta_adv, k_meta_at = jax.random.split(key, 4)
+    if anti:
+      k_adv, k_at, k_meta_adv, k_meta_at = jax.random.split(key, 4)
+    else:
+      k_adv, k_at, k_meta_adv, k_meta_at = key, None, None, None
     extra = state.extra
     attack_fn = ctx.eval_logits_fn(state.params, state.batch_stats)
 
     # 1. characteristics and weights.
     clean = attack_fn(x)
     z, stats = characteristics.strategy_inputs(clean, y, ctx.class_counts, extra["stats"],
-                                               feature_cfg, axis)
+                                               feature_cfg, axis, ctx.new_epoch(state.step))
     weights_fn = lambda om: weights(om, z, y)
     w_old = weights_fn(extra["wnet"])
 
     # 2. bounds; 3. adversaries and anti-adversaries: one attack over [x; x].
-    eps = bound(attack_fn, x, y, clean, w_old, extra["fair"], k_adv)
-    x_adv, x_at = caat.adversaries_and_anti(ctx, attack_fn, x, y, clean, eps, k_adv, k_at)
+    eps = bound(attack_fn, x, y, clean, w_old, extra["fair"], k_adv, k_at)
+    if anti:
+      x_adv, x_at = caat.adversaries_and_anti(ctx, attack_fn, x, y, clean, eps, k_adv, k_at)
+    else:
+      x_adv, x_at = caat.adversaries(ctx, attack_fn, x, y, clean, eps, k_adv), None
     f0, f1 = factors(extra["fair"], y, axis)
 
     def per_sample_fn(params):
       lc, bs = ctx.train_logits(params, state.batch_stats, x)
       la, bs = ctx.train_logits(params, bs, x_adv)
-      lt, bs = ctx.train_logits(params, bs, x_at)
       ce, kl = losses.cross_entropy(lc, y), losses.kl_divergence(lc, la)
+      if not anti:
+        return (f0 * ce + lam * f1 * kl)[:, None], (bs, lc, la, la)
+      lt, bs = ctx.train_logits(params, bs, x_at)
       ce_at = losses.cross_entropy(lt, y)
       terms = jnp.stack([f0 * ce + lam * f1 * kl, f0 * ce_at], axis=-1)
-      return terms, (bs, ce, lc, la, lt)
+      return terms, (bs, lc, la, lt)
 
     lr = ctx.schedule(state.step)
 
@@ -122,7 +135,7 @@ def make_step(config, ctx: base.StepContext):
       problem = meta.MetaProblem(
           weights_fn=weights_fn, per_sample_fn=per_sample_fn,
           lookahead_fn=lookahead(state, lr),
-          meta_loss_fn=meta_loss(state, attack_fn, batch, k_meta_adv, k_meta_at),
+          meta_loss_fn=meta_loss(state, attack_fn, batch, k_meta_adv, k_meta_at, extra["fair"]),
           lr=lr, axis_name=axis)
       grad, info = variant(problem, omega, state.params)
       updates, opt = meta_tx.update(grad, opt, omega)
@@ -144,20 +157,19 @@ def make_step(config, ctx: base.StepContext):
 
     # 5. the real update with the new weights.
     w_new = jax.lax.stop_gradient(weights_fn(omega)) if learned else w_old
-    (loss, (bs, ce, lc, la, lt)), grads = jax.value_and_grad(
-        lambda p: meta.weighted_loss(per_sample_fn, p, w_new), has_aux=True)(state.params)
-    stats = characteristics.update_class_loss(stats, jax.lax.stop_gradient(ce), y, num_classes,
-                                              feature_cfg.class_loss_momentum, axis)
+    w_used = w_new if anti else w_new[:, :1]
+    (loss, (bs, lc, la, lt)), grads = jax.value_and_grad(
+        lambda p: meta.weighted_loss(per_sample_fn, p, w_used), has_aux=True)(state.params)
     new_extra = dict(extra, wnet=omega, wnet_opt=wnet_opt, stats=stats)
     new_state = base.apply_gradients(state, grads, bs, ctx, extra=new_extra)
 
     did = meta_now.astype(jnp.float32)
-    metrics = base.pmean({
-        "loss": loss, "alpha": w_new[:, 0].mean(),
-        "clean_acc": losses.correct(lc, y).mean(),
-        "adv_acc": losses.correct(la, y).mean(),
-        "anti_acc": losses.correct(lt, y).mean(),
-        "eps": eps.mean()}, axis)
+    metrics = {"loss": loss, "alpha": w_new[:, 0].mean(),
+               "clean_acc": losses.correct(lc, y).mean(),
+               "adv_acc": losses.correct(la, y).mean(), "eps": eps.mean()}
+    if anti:
+      metrics["anti_acc"] = losses.correct(lt, y).mean()
+    metrics = base.pmean(metrics, axis)
     # averaged over the steps that took a meta step only
     metrics["ratio/meta_loss/num"] = (m_loss * did)[None]
     metrics["ratio/meta_loss/den"] = did[None]
@@ -174,9 +186,11 @@ def cost(config) -> float:
   (scaled by meta batch / batch and divided by ``meta.interval``)."""
   c, m = config.caat, config.meta
   attack = base.attack_units(config)
+  if c.direction == "adversarial_only":  # TRADES with beta = lam (Setting I/II)
+    return attack + 1.0 + 6.0 + (2.0 if c.bound == "grad" else 0.0)
   units = 2 * attack + 1.0 + 9.0
   if c.bound == "grad" and c.direction != "rule":
-    units += 4.0  # two input gradients at the start point
+    units += 4.0  # two input gradients, each at its attack's start point
   if c.direction != "combined":
     return units
   objective = {"clean_ce": 3.0, "robust": attack + 1.0 + 6.0,
@@ -193,10 +207,12 @@ def validate(config) -> None:
   check("caat.hidden", c.hidden >= 1, c.hidden, ">= 1")
   choice("caat.direction", c.direction, DIRECTIONS)
   choice("caat.bound", c.bound, bounds.BOUNDS)
+  choice("caat.grad_bound_point", c.grad_bound_point, bounds.GRAD_POINTS)
   caat.validate_features(config)
   choice("meta.variant", m.variant, tuple(meta.VARIANTS))
   choice("meta.objective", m.objective, caat.META_OBJECTIVES)
   choice("meta.lookahead", m.lookahead, LOOKAHEADS)
+  choice("meta.adversary_at", m.adversary_at, caat.ADVERSARY_AT)
   check("meta.k", m.k >= 1, m.k, ">= 1")
   check("meta.interval", m.interval >= 1, m.interval, ">= 1")
   check("meta.batch_size", m.batch_size >= 1, m.batch_size, ">= 1")

@@ -86,7 +86,7 @@ def make_step(config, ctx: base.StepContext):
     attack_fn = ctx.eval_logits_fn(state.params, state.batch_stats)
     clean = attack_fn(x)
     z, stats = characteristics.strategy_inputs(clean, y, ctx.class_counts, extra["stats"], c,
-                                               axis)
+                                               axis, ctx.new_epoch(state.step))
     policy_fn = lambda omega: net.apply({"params": omega}, z)
     dir_logits, bound_logits = policy_fn(extra["policy"])
 
@@ -126,8 +126,6 @@ def make_step(config, ctx: base.StepContext):
     policy = _select(update_now, optax.apply_updates(extra["policy"], updates), extra["policy"])
     policy_opt = _select(update_now, new_opt, extra["policy_opt"])
 
-    stats = characteristics.update_class_loss(stats, jax.lax.stop_gradient(ce), y, num_classes,
-                                              c.class_loss_momentum, axis)
     new_extra = dict(extra, policy=policy, policy_opt=policy_opt, stats=stats,
                      reward_ema=reinforce.ema_update(extra["reward_ema"], reward, momentum,
                                                      axis))
