@@ -133,9 +133,11 @@ def layout_error(diffs: list[tuple[str, str, str]], step: int,
 # -- noise --------------------------------------------------------------------
 
 # Messages orbax logs (with a traceback, at ERROR) when a background save
-# fails; the same error is raised to the caller as CheckpointSaveError.
+# fails; the same error is raised to the caller as CheckpointSaveError. The
+# last one comes from writes still in flight when the save is abandoned.
 _ORBAX_SAVE_FAILURE_LOGS = (
     "in background save thread", "Save Finalize thread", "Checkpointer failed",
+    "_SignalingThread.run() raised an exception",
 )
 
 

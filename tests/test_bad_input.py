@@ -11,6 +11,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -64,7 +65,8 @@ def _assert_clear_failure(res, *needles, code=1, max_lines=6):
   err = res.stderr
   assert res.returncode == code, err
   assert "Traceback" not in err, err
-  lines = [l for l in err.splitlines() if l.strip()]
+  # Progress bars (tqdm, on stderr while training) are not messages.
+  lines = [l for l in err.splitlines() if l.strip() and not re.search(r"\d+%\|", l)]
   assert 1 <= len(lines) <= max_lines, err
   for needle in needles:
     assert needle in err, (needle, err)
@@ -526,3 +528,30 @@ def test_cli_ctrl_c_saves_and_exits_130(tmp_path):
   assert proc.returncode == 130, err
   assert "interrupted (SIGINT): saved a checkpoint at step" in err
   assert "Traceback" not in err
+
+
+_DISK_FULL_AT_15 = textwrap.dedent("""
+    import errno, os, runpy, sys
+    from orbax.checkpoint._src.checkpointers import async_checkpointer as ac
+    real = ac._background_wait_for_commit_futures
+    def write(directory, *args, **kwargs):  # the disk fills up while step 15 is written
+      if os.path.basename(str(directory)) == "15":
+        raise OSError(errno.ENOSPC, "No space left on device")
+      return real(directory, *args, **kwargs)
+    ac._background_wait_for_commit_futures = write
+    sys.argv = ["caat_jax.main"] + sys.argv[1:]
+    runpy.run_module("caat_jax.main", run_name="__main__")
+""")
+
+
+@pytest.mark.slow
+def test_cli_failed_save_keeps_older_checkpoints_and_no_tmp_dir(tmp_path):
+  workdir = str(tmp_path / "run")
+  res = subprocess.run(
+      [sys.executable, "-c", _DISK_FULL_AT_15, f"--workdir={workdir}", *_FAST,
+       "--config.checkpoint_every_steps=5"],
+      cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+  ckdir = ckpt_lib.checkpoint_dir(workdir)
+  _assert_clear_failure(res, f"saving step 15 to {ckdir} failed", "No space left on device",
+                        "GiB free of", "(steps [5, 10]) are kept")
+  assert sorted(os.listdir(ckdir)) == ["10", "5"]  # no *.orbax-checkpoint-tmp* left
