@@ -134,7 +134,7 @@ class Checkpointer:
             max_to_keep=keep, create=True, enable_async_checkpointing=async_save),
         item_names=("state", "config"))
     self._pending: int | None = None  # step of the save in flight
-    self._failed = False  # a save error was raised; close() stays quiet
+    self._failed: int | None | bool = False  # step of a failed save, reported
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -202,18 +202,15 @@ class Checkpointer:
       except Exception:  # pylint: disable=broad-except
         # The failure was raised once already (by wait() above or earlier);
         # orbax raises it again on close.
-        if not self._failed:
+        if self._failed is False:
           raise
+      if self._failed is not False:  # once more, now that orbax has stopped
+        self._remove_tmp(self._failed)
 
   def _save_error(self, step: int | None, err: BaseException) -> CheckpointSaveError:
     """The one-line error for a failed save; cleans up its temporary directory."""
-    self._failed = True
-    if jax.process_index() == 0 and step is not None and os.path.isdir(self.directory):
-      for name in os.listdir(self.directory):
-        # orbax writes step S to "S.orbax-checkpoint-tmp-<n>" and renames it
-        # when complete; a failed write leaves the temporary one behind.
-        if name.startswith(f"{step}.orbax-checkpoint-tmp"):
-          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+    self._failed = step
+    self._remove_tmp(step)
     kept = sorted(int(n) for n in os.listdir(self.directory)
                   if n.isdigit() and n != str(step)) if os.path.isdir(self.directory) else []
     space = errors.disk_space(self.directory)
@@ -223,6 +220,33 @@ class Checkpointer:
         f"{space or 'free space unknown'}). The previous checkpoints "
         f"{'(steps ' + str(kept) + ') ' if kept else ''}are kept: free some space "
         "and run the same command again to resume.")
+
+  def _remove_tmp(self, step: int | None) -> None:
+    """Removes the temporary directory of a failed save of ``step``.
+
+    orbax writes step S to "S.orbax-checkpoint-tmp..." and renames it when
+    complete; a failed save leaves it behind. Writes of that save may still
+    be in flight (the first failure ends orbax's wait), and would recreate
+    files in it, so they are waited for first (best effort: orbax keeps them
+    on private attributes).
+    """
+    checkpointer = getattr(self.manager, "_checkpointer", None)
+    in_flight = getattr(getattr(checkpointer, "_async_manager", None), "_commit_futures", None)
+    for f in in_flight or ():
+      try:
+        f.result(timeout=60)
+      except Exception:  # pylint: disable=broad-except
+        pass  # the failure itself, already reported
+    store = getattr(checkpointer, "_metadata_store", None)
+    try:
+      if store is not None:
+        store.wait_until_finished()
+    except Exception:  # pylint: disable=broad-except
+      pass
+    if jax.process_index() == 0 and step is not None and os.path.isdir(self.directory):
+      for name in os.listdir(self.directory):
+        if name.startswith(f"{step}.orbax-checkpoint-tmp"):
+          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
 
   def _stored_layout(self, step: int) -> PyTree:
     """The shapes and dtypes stored in ``step``'s state, without reading data."""
@@ -273,6 +297,8 @@ class Checkpointer:
     target = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype),
         flax.serialization.to_state_dict(template))
+    # A checkpoint that fails to read echoes its failure once per array.
+    errors.quiet_failed_restore_noise()
     errs, unreadable = [], []
     for s in steps:
       try:
@@ -293,8 +319,6 @@ class Checkpointer:
       except IncompatibleConfigError:
         raise
       except Exception as e:  # pylint: disable=broad-except
-        # Tensorstore reads still in flight land on orbax's closed event loop.
-        errors.quiet_closed_loop_callbacks()
         logging.warning("checkpoint step %d in %s is unreadable (%s); trying an older one",
                         s, self.directory, errors.one_line(e, limit=160))
         errs.append(f"step {s}: {errors.one_line(e, limit=160)}")

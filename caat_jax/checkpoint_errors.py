@@ -10,8 +10,9 @@ would otherwise bury those one-line messages under tracebacks:
 * a restore that fails part way (a truncated checkpoint) leaves tensorstore
   reads in flight whose callbacks land on the event loop orbax has already
   closed; each prints "RuntimeError: Event loop is closed" through
-  ``sys.unraisablehook`` (about 90 lines for a small model). Those, and only
-  those, are dropped (``quiet_closed_loop_callbacks``).
+  ``sys.unraisablehook`` (about 90 lines for a small model), or asyncio's
+  "Future exception was never retrieved". Those, and only those, are
+  dropped (``quiet_failed_restore_noise``).
 """
 
 import logging
@@ -173,14 +174,33 @@ def _drop_closed_loop_callbacks(unraisable) -> None:
   _previous_unraisablehook(unraisable)
 
 
-def quiet_closed_loop_callbacks() -> None:
-  """Drops 'Event loop is closed' callbacks of a failed restore (idempotent).
+class _DropUnretrievedReadErrors(logging.Filter):
+  """asyncio's 'Future exception was never retrieved' for tensorstore reads."""
 
-  Installed once a restore has failed, for the rest of the process: the
-  stray callbacks arrive later, from tensorstore's threads, and nothing else
-  in this program schedules work on an event loop from another thread.
+  def filter(self, record: logging.LogRecord) -> bool:
+    exc = record.exc_info[1] if record.exc_info else None
+    return not (str(record.msg).startswith("Future exception was never retrieved")
+                and exc is not None and "tensorstore_spec" in str(exc))
+
+
+_READ_FILTER = _DropUnretrievedReadErrors()
+
+
+def quiet_failed_restore_noise() -> None:
+  """Drops the echoes of a failed restore's other reads (idempotent).
+
+  When one array of a checkpoint fails to read, orbax stops waiting and
+  closes its event loop; the other reads then finish into nothing, and each
+  prints an "Event loop is closed" traceback (``sys.unraisablehook``) or an
+  asyncio "Future exception was never retrieved" error. The first error is
+  reported (as one warning line); these echoes, and only these, are dropped.
+  Installed before the first restore, for the rest of the process: they
+  arrive later, from tensorstore's threads or the garbage collector.
   """
   global _previous_unraisablehook
   if _previous_unraisablehook is None:
     _previous_unraisablehook = sys.unraisablehook
     sys.unraisablehook = _drop_closed_loop_callbacks
+  logger = logging.getLogger("asyncio")
+  if _READ_FILTER not in logger.filters:
+    logger.addFilter(_READ_FILTER)
