@@ -14,16 +14,21 @@ Bad state is handled here, never by starting afresh in silence:
 * a stored config that differs from the current one in a key that changes
   the computation raises ``IncompatibleConfigError`` naming every such key,
   unless the caller allows the change explicitly;
-* preemption (SIGTERM, or JAX's preemption sync point on multi-host jobs) is
-  noticed at a step boundary by ``PreemptionWatcher``; the trainer then saves
-  and raises ``Preempted``.
+* a checkpoint whose parameters have other shapes or dtypes than the
+  current config builds raises ``IncompatibleConfigError`` listing them, even
+  when config changes are allowed;
+* a save that fails (disk full) raises ``CheckpointSaveError`` naming the
+  step, the path and the free space; older checkpoints are kept and the
+  half-written temporary directory is removed;
+* preemption (SIGTERM, or JAX's preemption sync point on multi-host jobs) and
+  Ctrl-C (SIGINT) are noticed at a step boundary by ``PreemptionWatcher``;
+  the trainer then saves and raises ``Preempted``.
 """
 
 import json
 import logging
 import os
 import shutil
-import signal
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -33,7 +38,16 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from etils.epath import Path as _epath
 from jax.experimental import multihost_utils
+
+# The error types live in their own module (with the messages and the orbax
+# noise filters); callers keep using them as ``checkpoint.X``.
+from caat_jax.checkpoint_errors import (  # pylint: disable=unused-import
+    EXIT_INTERRUPTED, EXIT_PREEMPTED, CheckpointError, CheckpointSaveError,
+    IncompatibleConfigError, Preempted)
+from caat_jax import checkpoint_errors as errors
+from caat_jax.preemption import PreemptionWatcher  # pylint: disable=unused-import
 
 PyTree = Any
 
@@ -47,31 +61,6 @@ SAFE_TO_CHANGE = (
     "eval", "eval_every", "bench", "parallel", "suite", "init_from",
     "data.data_dir",
 )
-
-# Exit status of a job that saved and stopped because it was told it would be
-# preempted: 128 + SIGTERM, what a shell reports for a process ended by
-# SIGTERM, so schedulers and launch scripts treat it as "terminated, restart
-# me" rather than as success (0) or as a crash (1).
-EXIT_PREEMPTED = 128 + signal.SIGTERM
-
-
-class CheckpointError(RuntimeError):
-  """Checkpoints exist but none of them can be read."""
-
-
-class IncompatibleConfigError(ValueError):
-  """The config differs from the checkpoint's in keys that change the run."""
-
-
-class Preempted(Exception):
-  """The job saved a checkpoint at ``step`` and stopped for a preemption."""
-
-  def __init__(self, step: int, reason: str):
-    super().__init__(
-        f"preempted ({reason}): saved a checkpoint at step {step} and stopped; "
-        "run the same command again to resume.")
-    self.step = step
-
 
 def flatten_config(tree: Any, prefix: str = "") -> dict[str, Any]:
   """Nested dict (a config as JSON) -> {'a.b.c': leaf}."""
@@ -130,16 +119,22 @@ class Checkpointer:
   Saves are asynchronous: ``save`` returns once the state is copied to the
   host, and orbax writes in the background to a temporary directory that is
   renamed to the step's directory when complete, so a process killed mid-write
-  leaves no step directory that looks finished.
+  leaves no step directory that looks finished. A background write that
+  fails surfaces as ``CheckpointSaveError`` from the next call into this
+  object; ``check_for_errors`` (cheap, call it every step) makes that the
+  step at which the write failed.
   """
 
   def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
     self.directory = os.path.abspath(directory)
+    errors.quiet_orbax_save_errors()
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=async_save),
         item_names=("state", "config"))
+    self._pending: int | None = None  # step of the save in flight
+    self._failed: int | None | bool = False  # step of a failed save, reported
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -156,78 +151,186 @@ class Checkpointer:
     the device layout (a pmap-stacked or globally sharded array would tie
     the checkpoint to the device count). Returns whether a save started
     (False if ``step`` is already saved).
+
+    Raises:
+      CheckpointSaveError: this save, or the previous one still in flight,
+        failed.
     """
+    # Finish the previous save first (orbax would wait for it anyway), so
+    # that its error is reported under its own step.
+    self.wait()
     if step in self.manager.all_steps():
       return False
     state_dict = jax.tree.map(np.asarray, flax.serialization.to_state_dict(state))
-    return self.manager.save(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state_dict),
-            config=ocp.args.JsonSave(config_as_json(config))),
-        force=force)
+    try:
+      started = self.manager.save(
+          step,
+          args=ocp.args.Composite(
+              state=ocp.args.StandardSave(state_dict),
+              config=ocp.args.JsonSave(config_as_json(config))),
+          force=force)
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_error(step, e) from e
+    if started:
+      self._pending = step
+    return started
+
+  def check_for_errors(self) -> None:
+    """Raises ``CheckpointSaveError`` if the save in flight has failed.
+
+    Does not wait for a save that is still writing: cheap enough for every
+    step, so a failed write (disk full) is reported at the step it failed.
+    """
+    if self._pending is not None and not self.manager.is_saving_in_progress():
+      self.wait()
+
+  def wait(self) -> None:
+    """Blocks until the save in flight is written; raises ``CheckpointSaveError``."""
+    step, self._pending = self._pending, None
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_error(step, e) from e
+
+  def close(self) -> None:
+    """Waits for the save in flight (raising its error), then closes."""
+    try:
+      self.wait()
+    finally:
+      try:
+        self.manager.close()
+      except Exception:  # pylint: disable=broad-except
+        # The failure was raised once already (by wait() above or earlier);
+        # orbax raises it again on close.
+        if self._failed is False:
+          raise
+      if self._failed is not False:  # once more, now that orbax has stopped
+        self._remove_tmp(self._failed)
+
+  def _save_error(self, step: int | None, err: BaseException) -> CheckpointSaveError:
+    """The one-line error for a failed save; cleans up its temporary directory."""
+    self._failed = step
+    self._remove_tmp(step)
+    kept = sorted(int(n) for n in os.listdir(self.directory)
+                  if n.isdigit() and n != str(step)) if os.path.isdir(self.directory) else []
+    space = errors.disk_space(self.directory)
+    where = f"step {step}" if step is not None else "a checkpoint"
+    return CheckpointSaveError(
+        f"saving {where} to {self.directory} failed ({errors.one_line(err)}; "
+        f"{space or 'free space unknown'}). The previous checkpoints "
+        f"{'(steps ' + str(kept) + ') ' if kept else ''}are kept: free some space "
+        "and run the same command again to resume.")
+
+  def _remove_tmp(self, step: int | None) -> None:
+    """Removes the temporary directory of a failed save of ``step``.
+
+    orbax writes step S to "S.orbax-checkpoint-tmp..." and renames it when
+    complete; a failed save leaves it behind. Writes of that save may still
+    be in flight (the first failure ends orbax's wait), and would recreate
+    files in it, so they are waited for first (best effort: orbax keeps them
+    on private attributes).
+    """
+    checkpointer = getattr(self.manager, "_checkpointer", None)
+    in_flight = getattr(getattr(checkpointer, "_async_manager", None), "_commit_futures", None)
+    for f in in_flight or ():
+      try:
+        f.result(timeout=60)
+      except Exception:  # pylint: disable=broad-except
+        pass  # the failure itself, already reported
+    store = getattr(checkpointer, "_metadata_store", None)
+    try:
+      if store is not None:
+        store.wait_until_finished()
+    except Exception:  # pylint: disable=broad-except
+      pass
+    if jax.process_index() == 0 and step is not None and os.path.isdir(self.directory):
+      for name in os.listdir(self.directory):
+        if name.startswith(f"{step}.orbax-checkpoint-tmp"):
+          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+
+  def _stored_layout(self, step: int) -> PyTree:
+    """The shapes and dtypes stored in ``step``'s state, without reading data."""
+    handler = ocp.StandardCheckpointHandler()
+    try:
+      return handler.metadata(_epath(os.path.join(self.directory, str(step), "state")))
+    finally:
+      handler.close()
 
   def restore(self, template: PyTree, step: int | None = None, *,
+              max_step: int | None = None,
               config: ml_collections.ConfigDict | None = None,
               allow_config_change: bool = False,
               move_aside: bool = True) -> tuple[PyTree, int] | None:
     """The newest readable checkpoint (or ``step``), as a pytree like ``template``.
 
     A checkpoint that fails to read (truncated, half-written) is skipped with
-    a warning and the next older one is tried; the unreadable ones are then
-    moved to ``<directory>_unreadable/`` so that new saves at those steps are
-    not blocked by them. If checkpoints exist but none can be read this raises
-    ``CheckpointError`` rather than silently starting afresh.
+    a one-line warning and the next older one is tried; the unreadable ones
+    are then moved to ``<directory>_unreadable/`` so that new saves at those
+    steps are not blocked by them. If checkpoints exist but none can be read
+    this raises ``CheckpointError`` rather than silently starting afresh.
 
     Args:
       template: a state with the expected structure, shapes and dtypes.
       step: restore exactly this step (no fallback).
+      max_step: the newest readable checkpoint at or before this step (the
+        evaluation CLI: the step whose config it read, falling back to older
+        ones as the trainer does).
       config: if given, the checkpoint's stored config must match it except
         in ``SAFE_TO_CHANGE`` keys, or ``IncompatibleConfigError`` is raised.
-      allow_config_change: only warn about config differences.
+      allow_config_change: only warn about config differences. Parameters of
+        another shape or dtype are never allowed.
       move_aside: move unreadable newer steps aside (False when reading
-        another run's checkpoints, e.g. ``init_from``).
+        another run's checkpoints, e.g. ``init_from``, or when evaluating).
     Returns:
       (state, step), or None when the directory holds no checkpoint.
+    Raises:
+      CheckpointError: checkpoints exist but none is readable.
+      IncompatibleConfigError: a changed config (unless allowed) or changed
+        parameter shapes or dtypes.
     """
-    steps = [step] if step is not None else self.all_steps()[::-1]
+    if step is not None:
+      steps = [step]
+    else:
+      steps = [s for s in self.all_steps()[::-1] if max_step is None or s <= max_step]
     if not steps:
       return None
     target = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype),
         flax.serialization.to_state_dict(template))
-    errors, unreadable = [], []
+    # A checkpoint that fails to read echoes its failure once per array.
+    errors.quiet_failed_restore_noise()
+    errs, unreadable = [], []
     for s in steps:
       try:
         # The config is read first and on its own: a changed model would make
         # the state fail to read, and that must surface as a config error,
         # not as a corrupt checkpoint.
         stored = self.restore_config(s) if config is not None else None
-      except Exception as e:  # pylint: disable=broad-except
-        stored, err = None, e
-      else:
-        err = None
-      if err is None:
         if stored is not None:
           check_config_compatible(stored, config, s, self.directory, allow_config_change)
-        try:
-          restored = self.manager.restore(
-              s, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
-          state = flax.serialization.from_state_dict(template, restored["state"])
-        except Exception as e:  # pylint: disable=broad-except
-          err = e
-      if err is None:
-        if unreadable and move_aside:
-          self._move_aside(unreadable)
-        return state, s
-      logging.warning("checkpoint step %d in %s is unreadable (%s: %s); trying an older one",
-                      s, self.directory, type(err).__name__, err)
-      errors.append(f"step {s}: {type(err).__name__}: {err}")
-      unreadable.append(s)
+        # Then the stored shapes (metadata only): orbax would hand back the
+        # stored shapes, or fail as if the checkpoint were corrupt.
+        diffs = errors.layout_differences(self._stored_layout(s), target)
+        if diffs:
+          raise errors.layout_error(diffs, s, self.directory)
+        restored = self.manager.restore(
+            s, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+        state = flax.serialization.from_state_dict(template, restored["state"])
+      except IncompatibleConfigError:
+        raise
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning("checkpoint step %d in %s is unreadable (%s); trying an older one",
+                        s, self.directory, errors.one_line(e, limit=160))
+        errs.append(f"step {s}: {errors.one_line(e, limit=160)}")
+        unreadable.append(s)
+        continue
+      if unreadable and move_aside:
+        self._move_aside(unreadable)
+      return state, s
     raise CheckpointError(
         f"no readable checkpoint in {self.directory} (tried steps {steps}); "
         "refusing to start afresh over existing checkpoints. Move the directory "
-        "away to start a new run. Errors: " + "; ".join(errors))
+        "away to start a new run. Errors: " + "; ".join(errs))
 
   def restore_config(self, step: int) -> dict:
     """The config stored with ``step``, as a JSON dict."""
@@ -252,57 +355,6 @@ class Checkpointer:
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices("caat_jax:checkpoint_move_aside")
     self.manager.reload()
-
-  def wait(self) -> None:
-    self.manager.wait_until_finished()
-
-  def close(self) -> None:
-    self.manager.close()
-
-
-class PreemptionWatcher:
-  """Tells the trainer, at a step boundary, that it should save and stop.
-
-  Single process: a SIGTERM handler sets a flag (schedulers send SIGTERM
-  some time before SIGKILL). Multi-process: every process must agree on the
-  step at which all of them save, so JAX's preemption sync point is used
-  (``CheckpointManager.reached_preemption``; JAX's coordination service
-  listens for SIGTERM itself, and a Python handler would replace its own, so
-  none is installed then). Use as a context manager: the previous SIGTERM
-  handler is restored on exit.
-  """
-
-  def __init__(self, manager: ocp.CheckpointManager):
-    self._manager = manager
-    self._signalled = False
-    self._previous = None
-
-  def __enter__(self) -> "PreemptionWatcher":
-    if jax.process_count() == 1:
-      try:
-        self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
-      except ValueError:  # not the main thread: SIGTERM keeps its default
-        self._previous = None
-    return self
-
-  def __exit__(self, *exc) -> None:
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._previous = None
-
-  def _on_sigterm(self, signum, frame) -> None:  # pylint: disable=unused-argument
-    # Only set a flag: the handler runs between Python bytecodes, possibly
-    # while a step is dispatched or a save is in flight.
-    self._signalled = True
-
-  def should_stop(self, step: int) -> str | None:
-    """The reason to stop at ``step`` (after it), or None. Call at every step."""
-    if self._signalled:
-      return "SIGTERM"
-    # Collective on multi-host jobs: every process calls it at every step.
-    if self._manager.reached_preemption(step):
-      return "preemption notice"
-    return None
 
 
 def checkpoint_dir(workdir: str) -> str:

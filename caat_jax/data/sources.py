@@ -33,6 +33,13 @@ class DatasetNotFoundError(FileNotFoundError):
   """A TFDS dataset is not prepared in the data dir; the message says how."""
 
 
+class DatasetUnreadableError(DatasetNotFoundError):
+  """A prepared TFDS dataset cannot be read (corrupt or incomplete files).
+
+  A kind of DatasetNotFoundError: the remedy is the same, prepare it again.
+  """
+
+
 def default_data_dir() -> str:
   """TFDS's default data dir (`$TFDS_DATA_DIR` or ~/tensorflow_datasets)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -106,6 +113,22 @@ def _not_found(dataset: str, data_dir: str | None,
       f'then pass --config.data.data_dir={where}')
 
 
+def _one_line(err: BaseException, limit: int = 200) -> str:
+  text = ' '.join(str(err).split())
+  return f'{type(err).__name__}: {text[:limit]}{"..." if len(text) > limit else ""}'
+
+
+def _unreadable(dataset: str, data_dir: str | None, split: str,
+                err: BaseException) -> DatasetUnreadableError:
+  where = data_dir or default_data_dir()
+  directory = os.path.join(where, TFDS_NAMES[dataset])
+  return DatasetUnreadableError(
+      f'TFDS dataset {TFDS_NAMES[dataset]!r} ({dataset}, split {split!r}) in '
+      f'{directory} cannot be read ({_one_line(err)}); its prepared files look '
+      f'corrupt or incomplete. Move {directory} away and prepare it again with:\n'
+      f'  {prepare_command(dataset, data_dir)}')
+
+
 def open_tfds_source(dataset: str, split: str, data_dir: str | None) -> Any:
   """Opens one split of a prepared TFDS dataset as a random-access source.
 
@@ -120,6 +143,7 @@ def open_tfds_source(dataset: str, split: str, data_dir: str | None) -> Any:
 
   Raises:
     DatasetNotFoundError: the dataset is not prepared (as array_record) there.
+    DatasetUnreadableError: it is, but its files cannot be read.
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
@@ -135,15 +159,20 @@ def open_tfds_source(dataset: str, split: str, data_dir: str | None) -> Any:
     # tfds reports a missing dataset in several ways (a KeyError for empty
     # splits, an AssertionError or FileNotFoundError elsewhere). Ask the
     # builder, which only looks at the data dir, whether that is the cause;
-    # re-raise anything else untouched.
-    builder = _tfds_builder(tfds_name, data_dir)
-    if not builder.is_prepared():
+    # anything else with a prepared dataset means its files are damaged
+    # (unparsable dataset_info.json, missing or corrupt record files).
+    try:
+      builder = _tfds_builder(tfds_name, data_dir)
+      prepared = builder.is_prepared()
+      splits = list(builder.info.splits) if prepared else []
+    except Exception as e2:  # pylint: disable=broad-exception-caught
+      raise _unreadable(dataset, data_dir, split, e2) from e
+    if not prepared:
       raise _not_found(dataset, data_dir, 'is not prepared') from e
-    if split not in builder.info.splits:
+    if split not in splits:
       raise _not_found(dataset, data_dir,
-                       f'has no split {split!r} (found '
-                       f'{list(builder.info.splits)})') from e
-    raise
+                       f'has no split {split!r} (found {splits})') from e
+    raise _unreadable(dataset, data_dir, split, e) from e
 
 
 def read_all(source: Any, chunk: int = _READ_CHUNK
@@ -190,10 +219,16 @@ def load_tfds_split(dataset: str, split: str,
 
   Raises:
     DatasetNotFoundError: the dataset is not prepared there.
+    DatasetUnreadableError: its files are corrupt (or too short).
   """
   start = time.time()
   source = open_tfds_source(dataset, split, data_dir)
-  images, labels = read_all(source)
+  try:
+    images, labels = read_all(source)
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    # array_record reports damage as RuntimeError ("Corrupted Riegeli/records
+    # file", "open() failed"), a short file as a failed read.
+    raise _unreadable(dataset, data_dir, split, e) from e
   logging.info('Read %s/%s: %d examples %s in %.1fs.', dataset, split,
                len(labels), images.shape[1:], time.time() - start)
   return images, labels

@@ -26,6 +26,10 @@ _STREAM_NOISE_MATRIX = 2
 _STREAM_NOISE_DRAW = 3
 
 
+class DataConfigError(ValueError):
+  """A data config value that does not fit the data actually loaded."""
+
+
 @dataclasses.dataclass(frozen=True)
 class ArraySplit:
   """One split of an in-memory image classification dataset.
@@ -103,14 +107,20 @@ def meta_split_indices(
   Returns:
     (meta_index [C * per_class], rest_index [N - C * per_class]), both sorted,
     disjoint, and together a partition of range(N).
+
+  Raises:
+    DataConfigError: a class has fewer than `per_class` examples.
   """
+  counts = np.bincount(labels, minlength=num_classes)[:num_classes]
+  if num_classes and per_class > counts.min():
+    c = int(np.argmin(counts))
+    raise DataConfigError(
+        f'data.meta_per_class={per_class} is more than class {c} has: '
+        f'{counts[c]} training examples (the smallest class). Use '
+        f'data.meta_per_class <= {counts[c]}.')
   chosen = []
   for c in range(num_classes):
     members = np.flatnonzero(labels == c)
-    if len(members) < per_class:
-      raise ValueError(
-          f'data.meta_per_class={per_class} but class {c} has only '
-          f'{len(members)} training examples.')
     chosen.append(rng.choice(members, size=per_class, replace=False))
   meta = np.sort(np.concatenate(chosen)).astype(np.int64)
   rest = np.setdiff1d(np.arange(len(labels)), meta, assume_unique=True)

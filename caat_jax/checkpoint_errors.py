@@ -1,0 +1,206 @@
+"""What can go wrong with checkpoints, said in one line each.
+
+The exception types of ``caat_jax.checkpoint`` (re-exported there), the exit
+statuses that go with stopping early, and the two pieces of orbax noise that
+would otherwise bury those one-line messages under tracebacks:
+
+* a background save that fails is logged by orbax with a traceback, from its
+  own thread, before the error reaches the trainer; ``CheckpointSaveError``
+  reports it instead, so those records are dropped (``quiet_orbax_save_errors``);
+* a restore that fails part way (a truncated checkpoint) leaves tensorstore
+  reads in flight whose callbacks land on the event loop orbax has already
+  closed; each prints "RuntimeError: Event loop is closed" through
+  ``sys.unraisablehook`` (about 90 lines for a small model), or asyncio's
+  "Future exception was never retrieved". Those, and only those, are
+  dropped (``quiet_failed_restore_noise``).
+"""
+
+import logging
+import shutil
+import signal
+import sys
+from typing import Any
+
+import jax
+import numpy as np
+
+# Exit status of a job that saved and stopped because it was told it would be
+# preempted: 128 + SIGTERM, what a shell reports for a process ended by
+# SIGTERM, so schedulers and launch scripts treat it as "terminated, restart
+# me" rather than as success (0) or as a crash (1).
+EXIT_PREEMPTED = 128 + signal.SIGTERM
+# Exit status after Ctrl-C (SIGINT) made the job save and stop: 128 + SIGINT,
+# as a shell reports a process ended by Ctrl-C.
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+
+
+class CheckpointError(RuntimeError):
+  """Checkpoints exist but none of them can be read (or one cannot be written)."""
+
+
+class CheckpointSaveError(CheckpointError):
+  """Writing a checkpoint failed (disk full, I/O error); older ones are kept."""
+
+
+class IncompatibleConfigError(ValueError):
+  """The config differs from the checkpoint's in keys that change the run."""
+
+
+class Preempted(Exception):
+  """The job saved a checkpoint at ``step`` and stopped (preemption or Ctrl-C).
+
+  ``exit_code`` is the status the process should end with: 130 after SIGINT
+  (Ctrl-C), 143 (``EXIT_PREEMPTED``) after SIGTERM or a preemption notice.
+  """
+
+  def __init__(self, step: int, reason: str):
+    interrupted = reason == "SIGINT"
+    what = "interrupted" if interrupted else "preempted"
+    super().__init__(
+        f"{what} ({reason}): saved a checkpoint at step {step} and stopped; "
+        "run the same command again to resume.")
+    self.step = step
+    self.reason = reason
+    self.exit_code = EXIT_INTERRUPTED if interrupted else EXIT_PREEMPTED
+
+
+def one_line(err: BaseException, limit: int = 300) -> str:
+  """``Type: message`` on one line, without tensorstore's JSON spec."""
+  text = str(err).split(" [tensorstore_spec=")[0]
+  text = " ".join(text.split())
+  if len(text) > limit:
+    text = text[:limit] + "..."
+  return f"{type(err).__name__}: {text}"
+
+
+def disk_space(path: str) -> str:
+  """'1.2 GiB free of 50.0 GiB' for the filesystem of ``path`` ('' if unknown)."""
+  try:
+    usage = shutil.disk_usage(path)
+  except OSError:
+    return ""
+  gib = 1024 ** 3
+  return f"{usage.free / gib:.1f} GiB free of {usage.total / gib:.1f} GiB"
+
+
+# -- parameter shapes ---------------------------------------------------------
+
+
+def _flat(tree: Any) -> dict[str, tuple[tuple[int, ...], Any]]:
+  """{'params.Conv_0.kernel': (shape, dtype)} for every array-like leaf."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    name = ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+    shape = getattr(leaf, "shape", None)
+    dtype = getattr(leaf, "dtype", None)
+    out[name] = (None if shape is None else tuple(shape),
+                 None if dtype is None else np.dtype(dtype))
+  return out
+
+
+def layout_differences(stored: Any, target: Any) -> list[tuple[str, str, str]]:
+  """Leaves whose presence, shape or dtype differ: [(path, stored, expected)].
+
+  ``stored`` is orbax's metadata tree of a checkpoint (leaves with ``shape``
+  and ``dtype``), ``target`` the state the current config builds. A leaf whose
+  metadata carries no shape or dtype is compared on presence only.
+  """
+  old, new = _flat(stored), _flat(target)
+  fmt = lambda sd: "missing" if sd is None else f"{sd[0]} {sd[1]}"
+  diffs = []
+  # Parameters first: they name the layer that changed.
+  for key in sorted(set(old) | set(new), key=lambda k: (not k.startswith("params"), k)):
+    a, b = old.get(key), new.get(key)
+    if a is None or b is None:
+      diffs.append((key, fmt(a), fmt(b)))
+      continue
+    if (a[0] is not None and b[0] is not None and a[0] != b[0]) or (
+        a[1] is not None and b[1] is not None and a[1] != b[1]):
+      diffs.append((key, fmt(a), fmt(b)))
+  return diffs
+
+
+def layout_error(diffs: list[tuple[str, str, str]], step: int,
+                 directory: str, show: int = 3) -> IncompatibleConfigError:
+  lines = "\n".join(f"  {k}: checkpoint {o} -> now {n}" for k, o, n in diffs[:show])
+  more = f"\n  ... and {len(diffs) - show} more" if len(diffs) > show else ""
+  return IncompatibleConfigError(
+      f"the checkpoint at step {step} in {directory} holds {len(diffs)} parameter(s) "
+      f"of another shape or dtype than this config builds:\n{lines}{more}\n"
+      "--allow_config_change never allows that: use the original model settings "
+      "or another --workdir.")
+
+
+# -- noise --------------------------------------------------------------------
+
+# Messages orbax logs (with a traceback, at ERROR) when a background save
+# fails; the same error is raised to the caller as CheckpointSaveError. The
+# last one comes from writes still in flight when the save is abandoned.
+_ORBAX_SAVE_FAILURE_LOGS = (
+    "in background save thread", "Save Finalize thread", "Checkpointer failed",
+    "_SignalingThread.run() raised an exception",
+)
+
+
+class _DropOrbaxSaveFailures(logging.Filter):
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if "orbax" not in record.pathname or record.levelno < logging.ERROR:
+      return True
+    msg = str(record.msg)
+    return not any(m in msg for m in _ORBAX_SAVE_FAILURE_LOGS)
+
+
+_SAVE_FILTER = _DropOrbaxSaveFailures()
+
+
+def quiet_orbax_save_errors() -> None:
+  """Drops orbax's traceback logs of failed saves (idempotent)."""
+  # orbax logs through absl, whose records all go to the "absl" logger.
+  logger = logging.getLogger("absl")
+  if _SAVE_FILTER not in logger.filters:
+    logger.addFilter(_SAVE_FILTER)
+
+
+_previous_unraisablehook = None
+
+
+def _drop_closed_loop_callbacks(unraisable) -> None:
+  exc = unraisable.exc_value
+  tb = unraisable.exc_traceback
+  if (isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+      and tb is not None and tb.tb_frame.f_code.co_name == "call_soon_threadsafe"):
+    return
+  _previous_unraisablehook(unraisable)
+
+
+class _DropUnretrievedReadErrors(logging.Filter):
+  """asyncio's 'Future exception was never retrieved' for tensorstore reads."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    exc = record.exc_info[1] if record.exc_info else None
+    return not (str(record.msg).startswith("Future exception was never retrieved")
+                and exc is not None and "tensorstore_spec" in str(exc))
+
+
+_READ_FILTER = _DropUnretrievedReadErrors()
+
+
+def quiet_failed_restore_noise() -> None:
+  """Drops the echoes of a failed restore's other reads (idempotent).
+
+  When one array of a checkpoint fails to read, orbax stops waiting and
+  closes its event loop; the other reads then finish into nothing, and each
+  prints an "Event loop is closed" traceback (``sys.unraisablehook``) or an
+  asyncio "Future exception was never retrieved" error. The first error is
+  reported (as one warning line); these echoes, and only these, are dropped.
+  Installed before the first restore, for the rest of the process: they
+  arrive later, from tensorstore's threads or the garbage collector.
+  """
+  global _previous_unraisablehook
+  if _previous_unraisablehook is None:
+    _previous_unraisablehook = sys.unraisablehook
+    sys.unraisablehook = _drop_closed_loop_callbacks
+  logger = logging.getLogger("asyncio")
+  if _READ_FILTER not in logger.filters:
+    logger.addFilter(_READ_FILTER)
