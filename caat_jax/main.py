@@ -15,7 +15,9 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from caat_jax import checkpoint, cli, config_lib, evaluation, metrics, parallel, train
+from caat_jax import workdir as workdir_lib
 from caat_jax.data import DatasetNotFoundError
+from caat_jax.data.transforms import DataConfigError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -64,26 +66,29 @@ def main(argv):
     config_lib.validate(config, jax.device_count())
   except ValueError as e:
     sys.exit(f"error: {e}")
-  if os.path.exists(FLAGS.workdir) and not os.path.isdir(FLAGS.workdir):
-    sys.exit(f"error: --workdir={FLAGS.workdir} is a file, not a directory")
-  try:
-    os.makedirs(FLAGS.workdir, exist_ok=True)
-  except OSError as e:
-    sys.exit(f"error: --workdir={FLAGS.workdir}: cannot create it ({e.strerror})")
   logging.info("config:\n%s", config)
   try:
-    if config.suite:
-      run_suite(config, FLAGS.workdir, FLAGS.allow_config_change)
-    else:
-      train.train_and_evaluate(config, FLAGS.workdir,
-                               allow_config_change=FLAGS.allow_config_change)
+    # One run per workdir: process 0 holds an exclusive lock for the run's
+    # life (the workdir is checked and created first); every process checks
+    # it can write there (multi-host runs need not share a filesystem).
+    workdir_lib.check(FLAGS.workdir)
+    with workdir_lib.lock(FLAGS.workdir, enabled=jax.process_index() == 0):
+      if config.suite:
+        run_suite(config, FLAGS.workdir, FLAGS.allow_config_change)
+      else:
+        train.train_and_evaluate(config, FLAGS.workdir,
+                                 allow_config_change=FLAGS.allow_config_change)
   except checkpoint.Preempted as e:
     print(f"caat_jax: {e}", file=sys.stderr)
-    sys.exit(getattr(e, "exit_code", checkpoint.EXIT_PREEMPTED))
-  except (DatasetNotFoundError, config_lib.ConfigError, metrics.NonFiniteLossError,
+    sys.exit(e.exit_code)
+  except KeyboardInterrupt:  # a second Ctrl-C: stops at once, without saving
+    print("caat_jax: interrupted (second Ctrl-C): stopped without saving; run the same "
+          "command again to resume from the last checkpoint.", file=sys.stderr)
+    sys.exit(checkpoint.EXIT_INTERRUPTED)
+  except (workdir_lib.WorkdirError, DataConfigError, DatasetNotFoundError,
+          config_lib.ConfigError, metrics.NonFiniteLossError,
           checkpoint.IncompatibleConfigError, checkpoint.CheckpointError) as e:
     sys.exit(f"error: {e}")
-
 
 if __name__ == "__main__":
   app.run(main, flags_parser=cli.parse_flags)

@@ -161,7 +161,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     writer.drop_after(start)
     rstate = run.parallel.replicate(state)
     del state
-    watcher = stack.enter_context(ckpt_lib.PreemptionWatcher(ckpt.manager))
+    watcher = stack.enter_context(ckpt_lib.PreemptionWatcher(ckpt))
     bar = stack.enter_context(tqdm(total=total, initial=start, disable=not is_main,
                                    desc=config.method, dynamic_ncols=True, unit="step"))
     window = metrics.Window()

@@ -28,11 +28,6 @@ from caat_jax import workdir as workdir_lib
 from caat_jax.data import sources, transforms
 from tests.helpers import ROOT
 
-# Cases whose exception main.py does not map to an exit status yet; strict,
-# so the marker must go once main.py is wired (see the issue #14 notes).
-needs_main_wiring = pytest.mark.xfail(
-    reason="main.py does not catch this error type yet (issue #14 wiring)", strict=True)
-
 _FAST = ["--config=configs/digits.py", "--config.num_epochs=1", "--config.suite=()",
          "--config.method=natural"]
 
@@ -110,7 +105,6 @@ def test_check_creates_a_missing_workdir_and_leaves_an_existing_one_alone(tmp_pa
   assert _snapshot(str(tmp_path / "a")) == before
 
 
-@needs_main_wiring
 @pytest.mark.parametrize("kind", ["file", "unwritable"])
 def test_cli_bad_workdir(tmp_path, kind):
   path = str(tmp_path / "f") if kind == "file" else _unwritable_dir(tmp_path)
@@ -205,7 +199,6 @@ def test_without_flock_a_live_holder_on_this_host_still_refuses(tmp_path, monkey
       pass
 
 
-@needs_main_wiring
 def test_cli_refuses_a_held_workdir(held_workdir):
   path, pid = held_workdir
   before = _snapshot(path)
@@ -226,7 +219,6 @@ def test_meta_per_class_names_the_smallest_class():
                           "examples (the smallest class). Use data.meta_per_class <= 4.")
 
 
-@needs_main_wiring
 def test_cli_meta_per_class_too_large(tmp_path):
   res = _cli(str(tmp_path), "--config.data.meta_per_class=1000")
   _assert_clear_failure(res, "data.meta_per_class=1000", "training examples",
@@ -531,7 +523,6 @@ def _wait_for_checkpoint(proc, workdir, timeout=300):
 
 
 @pytest.mark.slow
-@needs_main_wiring
 def test_cli_ctrl_c_saves_and_exits_130(tmp_path):
   workdir = str(tmp_path / "run")
   proc = subprocess.Popen(
