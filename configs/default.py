@@ -33,7 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.noise_rate = 0.0  # fraction of training labels corrupted
   c.data.imbalance_factor = 1.0  # long-tailed train set if > 1 (class 0 head)
   c.data.test_fraction = 0.2  # digits only: stratified test split (fixed seed)
-  c.data.seed = c.get_ref("seed")
+  c.data.seed = c.get_ref("seed") + 0  # follows seed; overriding it leaves seed alone
 
   c.num_epochs = 30
   c.batch_size = 128  # global batch, over all devices and hosts
@@ -121,7 +121,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Evaluation (SPEC section 9).
   c.eval = ml_collections.ConfigDict()
   c.eval.attacks = ("pgd20",)  # any of pgd<k>, e.g. pgd10, pgd20, pgd100
-  c.eval.eps = c.attack.get_ref("eps")
+  c.eval.eps = c.attack.get_ref("eps") * 1  # follows attack.eps (one way)
   c.eval.step_size = 2 / 255
   c.eval.batch_size = 500
   c.eval.num_examples = 0  # 0 = the whole test split

@@ -45,7 +45,7 @@ def test_every_variant_only_overrides_default_keys():
     ("method", "magic", "config.method='magic' is not valid; choose one of: 'natural'"),
     ("model", "vgg", "config.model='vgg' is not valid; choose one of: 'small_cnn'"),
     ("data.name", "mnist", "config.data.name='mnist' is not valid; choose one of: 'digits'"),
-    ("attack.eps", -0.1, "config.attack.eps=-0.1 is not valid: must be >= 0"),
+    ("attack.eps", -0.1, "config.attack.eps=-0.1 is not valid: must be in [0, 1]"),
     ("data.noise_type", "sym", "config.data.noise_type='sym'"),
     ("data.noise_rate", 1.5, "config.data.noise_rate=1.5 is not valid: must be in [0, 1)"),
     ("optimizer.schedule", "step", "config.optimizer.schedule='step'"),
@@ -87,3 +87,17 @@ def test_cli_missing_tfds_dataset_fails_fast_with_prepare_command(tmp_path):
       cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert proc.returncode != 0
   assert f"python -m caat_jax.data.prepare --dataset=cifar10 --data_dir={data_dir}" in proc.stderr
+
+
+def test_derived_keys_follow_one_way():
+  """eval.eps follows attack.eps and data.seed follows seed, but overriding
+  the derived key must not move the key it follows (a shared reference did:
+  --config.eval.eps=... silently changed the training bound)."""
+  c = load(os.path.join(ROOT, "configs", "digits.py"))
+  c.attack.eps, c.seed = 0.2, 7
+  assert (c.eval.eps, c.data.seed) == (0.2, 7)
+  c.eval.eps, c.data.seed = 0.05, 3
+  assert (c.attack.eps, c.seed) == (0.2, 7)
+  cfg = config_lib.apply_overrides(load(os.path.join(ROOT, "configs", "digits.py")),
+                                   ["--config.eval.eps=0.05"])
+  assert (cfg.attack.eps, cfg.eval.eps) == (0.1, 0.05)

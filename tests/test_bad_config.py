@@ -1,0 +1,101 @@
+"""Bad configs and flags through the real command lines (issue 14): each ends
+in exit status 1 with one short ``error:`` message on stderr that names the
+key, file or value, no traceback, before anything is compiled, and an
+existing workdir is left exactly as it was.
+
+The cases run as concurrent subprocesses (each pays for importing JAX)."""
+
+import concurrent.futures
+import hashlib
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import ROOT
+
+_DIGITS = "--config=configs/digits.py"
+
+# (name, module, args, text the message must contain)
+CASES = [
+    ("unknown key", "main", [_DIGITS, "--config.attack.epz=0.1"],
+     "config.attack.epz is not a config key; did you mean config.attack.eps"),
+    ("unknown top key", "main", [_DIGITS, "--config.num_epoch=1"], "config.num_epochs"),
+    ("missing file", "main", ["--config=configs/nope.py"], "no such file 'configs/nope.py'"),
+    ("syntax error", "main", ["--config={tmp}/broken.py"], "syntax error in"),
+    ("variant on a plain config", "main", [_DIGITS + ":nonsense"], "takes no ':variant'"),
+    ("unknown variant", "main", ["--config=configs/digits_meta_caat.py:nonsense"],
+     "config argument 'nonsense'"),
+    ("eps in levels", "main", [_DIGITS, "--config.attack.eps=8"], "8/255"),
+    ("infinite eps", "main", [_DIGITS, "--config.eval.eps=inf"], "config.eval.eps=inf"),
+    ("infinite lr", "main", [_DIGITS, "--config.optimizer.learning_rate=inf"],
+     "config.optimizer.learning_rate=inf is not valid: must be a finite number"),
+    ("negative interval", "main", [_DIGITS, "--config.checkpoint_every_steps=-1"],
+     "config.checkpoint_every_steps=-1"),
+    ("missing init_from", "main", [_DIGITS, "--config.init_from=/no/such/run"],
+     "config.init_from='/no/such/run'"),
+    ("batch over devices", "main", [_DIGITS, "--config.batch_size=63"],
+     "not divisible by the number of devices (8)"),
+    ("no attack", "evaluate", ["--attacks=,"], "--attacks names no attack"),
+    ("bad attack", "evaluate", ["--attacks=pgd20,pgd"], "'autoattack'"),
+    ("no checkpoint", "evaluate", ["--attacks=pgd20"], "no checkpoint"),
+    ("bad bench entry", "bench", [_DIGITS, "--config.bench.methods=('pgd_at --config.x=1',)"],
+     "no config key 'x'"),
+]
+
+
+def _tree_digest(path):
+  h = hashlib.sha256()
+  for root, dirs, files in sorted(os.walk(path)):
+    dirs.sort()
+    for f in sorted(files):
+      p = os.path.join(root, f)
+      h.update(p.encode())
+      with open(p, "rb") as fh:
+        h.update(fh.read())
+  return h.hexdigest()
+
+
+def _run(case, tmp):
+  name, module, args, _ = case
+  workdir = os.path.join(tmp, name.replace(" ", "_"))
+  os.makedirs(workdir)
+  with open(os.path.join(workdir, "keep.txt"), "w") as f:
+    f.write("an earlier run's file")
+  args = [a.replace("{tmp}", tmp) for a in args]
+  extra = [] if module == "bench" else [f"--workdir={workdir}"]
+  if module == "bench":
+    extra = [f"--out={os.path.join(workdir, 'bench.json')}"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+  before = _tree_digest(workdir)
+  proc = subprocess.run([sys.executable, "-m", f"caat_jax.{module}", *args, *extra], cwd=ROOT,
+                        env=env, capture_output=True, text=True, timeout=600,
+                        stdin=subprocess.DEVNULL)
+  return proc, before, _tree_digest(workdir)
+
+
+def test_bad_configs_end_in_one_clear_line(tmp_path):
+  with open(tmp_path / "broken.py", "w") as f:
+    f.write("def get_config(:\n  return 1\n")
+  with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+    results = list(pool.map(lambda c: _run(c, str(tmp_path)), CASES))
+  failures = []
+  for (name, _, _, text), (proc, before, after) in zip(CASES, results):
+    err = proc.stderr.strip().splitlines()
+    problems = []
+    if proc.returncode != 1:
+      problems.append(f"exit {proc.returncode}")
+    if "Traceback" in proc.stderr:
+      problems.append("a traceback")
+    if len(err) > 3 or not err or not err[-1].startswith("error: "):
+      problems.append(f"{len(err)} stderr lines")
+    if text not in proc.stderr:
+      problems.append(f"no {text!r}")
+    if before != after:
+      problems.append("the workdir changed")
+    if problems:
+      failures.append(f"{name}: {', '.join(problems)}\n{proc.stderr[-1500:]}")
+  assert not failures, "\n\n".join(failures)
