@@ -209,3 +209,25 @@ def test_cost_and_meta_batch_follow_the_reward():
   assert m.cost(config) == pytest.approx(m.cost(paper) + (meta_part + 4) / config.reinforce.k)
   assert reinforce_caat.resolved(paper) == ("sgd", "none")
   assert reinforce_caat.resolved(config) == ("adam", "batch_mean")
+
+
+def test_fairness_margins_scale_the_learned_bounds():
+  """fairness.enabled (Eq. 19): ReMargin multiplies each sample's learned
+  bound by its class's margin m_c; the same strategies are drawn."""
+  outs = []
+  for enabled in (False, True):
+    config, ctx, state, batch = _setup(**{"reinforce.reward": "paper",
+                                          "fairness.enabled": enabled,
+                                          "fairness.mode": "reweight_remargin"})
+    lambda2 = jnp.linspace(-0.2, 0.4, C)
+    state = state.replace(extra=dict(state.extra, fair=dict(state.extra["fair"], lambda2=lambda2)))
+    _, m = jax.jit(reinforce_caat.make_step(config, ctx))(state, batch, jax.random.PRNGKey(2))
+    outs.append(jax.tree.map(np.asarray, m))
+  off, on = outs
+  assert reinforce_caat.METHOD.epoch_hook.validation(config) is not None
+  seen = off["ratio/eps_per_class/den"] > 0
+  margin = np.clip(np.exp(2 * np.asarray(lambda2)), 0.98, 2.5)
+  np.testing.assert_allclose(on["ratio/eps_per_class/num"][seen],
+                             off["ratio/eps_per_class/num"][seen] * margin[seen], rtol=1e-5)
+  np.testing.assert_array_equal(on["ratio/adv_ratio_per_class/num"],
+                                off["ratio/adv_ratio_per_class/num"])
