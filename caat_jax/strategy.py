@@ -2,7 +2,8 @@
 
 ``WeightingNet`` is Meta-CAAT's f_Omega (SPEC 5): an MLP 6 -> hidden (ReLU)
 -> 2 with output ``softmax(z / tau)`` = [alpha_i, beta_i]. ``PolicyNet`` is
-Reinforce-CAAT's (SPEC 6): the same MLP with a direction head and a bound head.
+Reinforce-CAAT's (SPEC 6): the same MLP with one joint head over (direction,
+bound).
 """
 
 import flax.linen as nn
@@ -32,16 +33,18 @@ class WeightingNet(nn.Module):
 class PolicyNet(nn.Module):
   """Reinforce-CAAT's strategy net f_Omega (Section 4.4, SPEC 6).
 
-  [B, 6] standardised features -> (direction logits [B, 2], bound logits
-  [B, num_bounds]) of the factorised policy
-  ``p(s | zeta) = p(dir | zeta) p(bound | zeta)``; direction 0 is the
-  adversary, 1 the anti-adversary; bound k is the k-th entry of the bound set
-  ({3, ..., 15} / 255 by default).
+  [B, 6] standardised features -> joint logits [B, 2, num_bounds] of one
+  categorical over the 2 x num_bounds strategies s = (direction, bound):
+  direction 0 is the adversary, 1 the anti-adversary; bound k is the k-th
+  entry of the bound set ({3, ..., 15} / 255 by default). Joint rather than
+  factorised (``p(dir) p(bound)``), so adversaries and anti-adversaries of
+  the same sample can prefer different bounds (the paper's Fig. 10b, d).
 
-  Both heads start at zero, so the initial policy is exactly uniform (maximal
-  entropy, every strategy tried) for any features; the paper does not say how
-  it initialises. The heads' kernels still get gradient at once (the hidden
-  activations are non-zero), the hidden layer from the first update on.
+  The head starts at zero, so the initial policy is exactly uniform over the
+  26 strategies (maximal entropy, every strategy tried, p(adv) = 1/2) for any
+  features; the paper does not say how it initialises. The head's kernel
+  still gets gradient at once (the hidden activations are non-zero), the
+  hidden layer from the first update on.
 
   Attributes:
     hidden: hidden width (100, as Meta-CAAT's weighting net).
@@ -52,7 +55,7 @@ class PolicyNet(nn.Module):
   num_bounds: int = 13
 
   @nn.compact
-  def __call__(self, z: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def __call__(self, z: jax.Array) -> jax.Array:
     h = nn.relu(nn.Dense(self.hidden)(z))
-    head = lambda n, name: nn.Dense(n, kernel_init=nn.initializers.zeros, name=name)(h)
-    return head(2, "direction"), head(self.num_bounds, "bound")
+    logits = nn.Dense(2 * self.num_bounds, kernel_init=nn.initializers.zeros, name="strategy")(h)
+    return logits.reshape(z.shape[0], 2, self.num_bounds)

@@ -110,11 +110,21 @@ def get_config() -> ml_collections.ConfigDict:
   c.reinforce = ml_collections.ConfigDict()
   c.reinforce.lam = 0.005  # KL weight in Eq. 31; paper: 0.005 CIFAR-10, 0.1 SVHN
   c.reinforce.k = 20  # strategy-net update after every k-th classifier step (Algorithm 2)
-  c.reinforce.optimizer = "adam"  # adam | sgd (sgd: Eq. 35 literally)
+  # Reward of a sample's strategy: lookahead (first-order decrease of the robust
+  # meta loss on a clean meta batch from a step on its loss; needs the meta set
+  # and config.meta.batch_size) | paper (Eq. 34 literally: L0 / -L1, which
+  # drives every sample to the adversary).
+  c.reinforce.reward = "lookahead"
+  c.reinforce.reward_mix = 0.0  # lookahead: + this times the paper's reward (L0 / -L1)
+  c.reinforce.meta_lam = 1.0  # lookahead: KL weight of the robust meta loss CE + lam KL
+  # auto: sgd for reward=paper (Eq. 35 literally), adam for lookahead | adam | sgd
+  c.reinforce.optimizer = "auto"
   c.reinforce.learning_rate = 1e-3  # strategy-net step size (eta_2)
   c.reinforce.hidden = 100  # strategy-net hidden width
   c.reinforce.bound_set = tuple(range(3, 16))  # bound choices, in 1/255 units
-  c.reinforce.baseline = "none"  # reward baseline: none (paper) | batch_mean | ema
+  # Reward baseline: auto (none for paper, batch_mean for lookahead) | none |
+  # batch_mean (leave-one-out mean of the global batch) | ema
+  c.reinforce.baseline = "auto"
   c.reinforce.baseline_momentum = 0.9  # ema baseline: running-mean momentum
   c.reinforce.entropy_bonus = 0.0  # weight of the policy-entropy bonus (paper: 0)
 

@@ -7,11 +7,15 @@
 Digits' eps is 0.1 (about 1.6 of its 16 grey levels) instead of CIFAR's
 8/255, so the bound set is the paper's {3..15}/255 scaled by about that
 ratio: {10, 13, ..., 46}/255 (13 choices, centred near 0.1). lam = 0.1, the
-paper's SVHN value (digits, not natural images). The meta hold-out is kept
-as in the other digits configs so that test and training splits match them.
-Watch train/alpha (adversary fraction), train/eps, train/entropy_direction
-and train/entropy_bound, and for :noisy train/adv_ratio_clean_noisy (entry 0
-clean samples, entry 1 corrupted ones) in metrics.jsonl.
+paper's SVHN value (digits, not natural images). The clean meta hold-out
+(10 per class) gives the look-ahead reward its meta batches (32), and keeps
+test and training splits as in the other digits configs.
+--config.reinforce.reward=paper gives Eq. 34's literal reward for contrast.
+Watch train/p_adv, train/alpha (adversary fraction), train/eps,
+train/entropy_direction and train/entropy_bound, and for :noisy
+train/adv_ratio_clean_noisy and train/p_adv_clean_noisy (entry 0 clean
+samples, entry 1 corrupted ones) and train/eps_direction_clean_noisy in
+metrics.jsonl; docs/results/plot_reinforce_noisy.py draws them.
 """
 
 from configs import digits
@@ -22,7 +26,9 @@ def get_config(arg: str = ""):
   c.suite = ()
   c.method = "reinforce_caat"
   c.reinforce.lam = 0.1
-  c.reinforce.k = 20
+  # ~20 steps per epoch here: k = 5 gives the strategy net ~120 updates in
+  # 30 epochs (k = 20 would give 30)
+  c.reinforce.k = 5
   c.reinforce.bound_set = tuple(range(10, 49, 3))
   if arg == "noisy":
     c.data.noise_type = "uniform"

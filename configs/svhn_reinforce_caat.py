@@ -13,7 +13,10 @@ from configs import svhn
 def get_config():
   c = svhn.get_config()
   c.method = "reinforce_caat"
-  c.data.meta_per_class = 0
+  # the clean meta set the look-ahead reward is measured on (Section 6.1: 300
+  # per class); its meta batch is config.meta.batch_size
+  c.data.meta_per_class = 300
+  c.reinforce.reward = "lookahead"
   c.reinforce.lam = 0.1
   c.reinforce.k = 20
   c.reinforce.bound_set = tuple(range(3, 16))

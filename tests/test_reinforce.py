@@ -1,6 +1,7 @@
-"""Reinforce-CAAT (SPEC 6): the REINFORCE estimator, the fused attack, the
-every-K-steps strategy update, configs, and N devices = 1 with the policy
-actually updating."""
+"""Reinforce-CAAT (SPEC 6): the REINFORCE estimator and the joint policy on
+toy problems, the paper reward's drift, the fused attack, configs, and N
+devices = 1 with the policy actually updating. The train step itself:
+tests/test_reinforce_step.py."""
 
 import importlib
 import sys
@@ -11,9 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from caat_jax import attacks, config_lib, losses, reinforce, strategy, train
-from caat_jax.methods import base, caat, reinforce_caat
-from caat_jax.parallel import Parallel
+from caat_jax import attacks, config_lib, losses, reinforce, strategy
+from caat_jax.methods import base, caat
 from tests.helpers import ROOT, digits_config
 from tests.test_parallel import check_devices_agree
 
@@ -25,13 +25,13 @@ NUM_DRAWS = 20000
 
 @jax.jit  # one compilation instead of one per eager op
 def _toy_arrays(seed):
-  """A PolicyNet on random features with non-zero heads, and per-(sample,
+  """A PolicyNet on random features with a non-zero head, and per-(sample,
   bound) rewards L0 (as adversary) and L1 (as anti-adversary)."""
   ks = jax.random.split(jax.random.PRNGKey(seed), 5)
   z = jax.random.normal(ks[0], (B, 6))
   net = strategy.PolicyNet(hidden=H, num_bounds=K)
   omega = net.init(ks[1], z)["params"]
-  # perturb every leaf: the zero-initialised heads would hide the hidden layer
+  # perturb every leaf: the zero-initialised head would hide the hidden layer
   leaves, tree = jax.tree.flatten(omega)
   noise = jax.random.split(ks[2], len(leaves))
   omega = jax.tree.unflatten(tree, [l + 0.5 * jax.random.normal(k, l.shape)
@@ -43,17 +43,16 @@ def _toy_arrays(seed):
 
 @jax.jit
 def _exact_grad(omega, z, l0, l1, entropy_bonus):
-  """grad of J+ - J- (+ bonus * mean entropy) in closed form, summing over
-  every strategy instead of sampling; flattened to [P]."""
+  """grad of J+ - J- (+ bonus * mean joint entropy) in closed form, summing
+  over all 2 x K strategies instead of sampling; flattened to [P]."""
   net = strategy.PolicyNet(hidden=H, num_bounds=K)
 
   def objective(om):
-    dl, bl = net.apply({"params": om}, z)
-    pd, pb = jax.nn.softmax(dl), jax.nn.softmax(bl)
-    j_plus = pd[:, 0] * jnp.sum(pb * l0, -1)
-    j_minus = pd[:, 1] * jnp.sum(pb * l1, -1)
-    h = reinforce.entropy(dl) + reinforce.entropy(bl)
-    return jnp.mean(j_plus - j_minus + entropy_bonus * h)
+    logits = net.apply({"params": om}, z)
+    p = jax.nn.softmax(logits.reshape(B, -1)).reshape(B, 2, K)
+    j_plus = jnp.sum(p[:, 0] * l0, -1)
+    j_minus = jnp.sum(p[:, 1] * l1, -1)
+    return jnp.mean(j_plus - j_minus + entropy_bonus * reinforce.entropies(logits)["joint"])
   return jax.flatten_util.ravel_pytree(jax.grad(objective)(omega))[0]
 
 
@@ -65,24 +64,26 @@ VARIANTS = {  # name: (baseline, entropy bonus)
 @jax.jit
 def _estimates(omega, z, l0, l1):
   """NUM_DRAWS independent estimates of grad J per variant, each [NUM_DRAWS, P];
-  'wrong_sign' maximises J+ + J- instead (the bug the test must be able to see)."""
+  'wrong_sign' maximises J+ + J- instead, 'misaligned' pairs each reward with
+  the next sample's action (the bugs the test must be able to see)."""
   net = strategy.PolicyNet(hidden=H, num_bounds=K)
   ema = {"mean": jnp.asarray(0.7), "count": jnp.asarray(3.0)}  # any action-independent value
 
   def one(key):
-    dl, bl = net.apply({"params": omega}, z)
-    d, k = reinforce.sample(jax.random.split(key, B), dl, bl)
+    logits = net.apply({"params": omega}, z)
+    d, k = reinforce.sample(jax.random.split(key, B), logits)
     rows = jnp.arange(B)
-    r = reinforce.rewards(d, l0[rows, k], l1[rows, k])
+    r = reinforce.paper_rewards(d, l0[rows, k], l1[rows, k])
 
-    def grad(adv, bonus):
+    def grad(adv, bonus, d=d, k=k):
       g = jax.grad(lambda om: reinforce.objective(
-          *net.apply({"params": om}, z), d, k, adv, bonus))(omega)
+          net.apply({"params": om}, z), d, k, adv, bonus))(omega)
       return jax.flatten_util.ravel_pytree(g)[0]
 
     out = {name: grad(reinforce.advantages(r, baseline, ema=ema, momentum=0.9), bonus)
            for name, (baseline, bonus) in VARIANTS.items()}
     out["wrong_sign"] = grad(jnp.abs(r), 0.0)
+    out["misaligned"] = grad(jnp.roll(r, 1), 0.0)
     return out
 
   return jax.vmap(one)(jax.random.split(jax.random.PRNGKey(42), NUM_DRAWS))
@@ -92,7 +93,8 @@ def test_reinforce_estimator_is_unbiased():
   """For each baseline / entropy-bonus variant, the mean of many Eq. 34
   estimates equals the exact gradient of the expected reward (J+ - J-, plus
   the bonus times the mean entropy), per coordinate within its standard
-  error; an estimator with the anti-adversary term's sign flipped is caught."""
+  error; an estimator with the anti-adversary term's sign flipped, or with
+  rewards paired with another sample's action, is caught."""
   omega, z, l0, l1 = _toy_arrays(0)
   est = jax.tree.map(lambda a: np.asarray(a, np.float64), _estimates(omega, z, l0, l1))
 
@@ -103,9 +105,84 @@ def test_reinforce_estimator_is_unbiased():
     return np.abs(draws.mean(0) - exact) / (se + 1e-7)
 
   for name, (_, bonus) in VARIANTS.items():
-    # ~120 coordinates: the largest |z| of an unbiased estimate is ~3; P(|z| > 5) = 6e-7
+    # ~140 coordinates: the largest |z| of an unbiased estimate is ~3; P(|z| > 5) = 6e-7
     assert zscores(est[name], bonus).max() < 5.0, name
   assert zscores(est["wrong_sign"], 0.0).max() > 10.0
+  assert zscores(est["misaligned"], 0.0).max() > 10.0
+
+
+def test_joint_policy_sampling_and_entropies():
+  """The joint categorical: empirical strategy frequencies match softmax of
+  the flattened logits, log_prob indexes (direction, bound) in that order,
+  and H(s) = H(dir) + H(bound | dir)."""
+  logits = jax.random.normal(jax.random.PRNGKey(0), (1, 2, 3)) * 2.0
+  draws = 40000
+  d, k = jax.jit(lambda keys: reinforce.sample(keys, jnp.broadcast_to(logits, (draws, 2, 3))))(
+      jax.random.split(jax.random.PRNGKey(1), draws))
+  p = np.asarray(jax.nn.softmax(logits.reshape(-1)))
+  freq = np.bincount(np.asarray(d * 3 + k), minlength=6) / draws
+  np.testing.assert_allclose(freq, p, atol=4 * np.sqrt(p * (1 - p) / draws).max())
+  for dd in range(2):
+    for kk in range(3):
+      lp = reinforce.log_prob(logits, jnp.array([dd]), jnp.array([kk]))
+      np.testing.assert_allclose(np.exp(lp), p[dd * 3 + kk], rtol=1e-5)
+  ent = reinforce.entropies(logits)
+  pd = p.reshape(2, 3).sum(1)
+  np.testing.assert_allclose(ent["joint"], -(p * np.log(p)).sum(), rtol=1e-5)
+  np.testing.assert_allclose(ent["direction"], -(pd * np.log(pd)).sum(), rtol=1e-5)
+  cond = p.reshape(2, 3) / pd[:, None]
+  np.testing.assert_allclose(ent["bound"], -(pd[:, None] * cond * np.log(cond)).sum(), rtol=1e-5)
+
+
+@jax.jit
+def _paper_drift(key):
+  """SGD on Eq. 34 (no baseline) for one policy on a fixed feature vector,
+  rewards L0 ~ U(0.5, 3) (mean 1.75) and L1 ~ U(0, 2) (mean 1) drawn afresh
+  each update. Returns the per-update gap of the mean adversary and
+  anti-adversary biases and p(adv), both [T]."""
+  net = strategy.PolicyNet(hidden=H, num_bounds=K)
+  z = jnp.ones((64, 6))
+  omega = net.init(jax.random.PRNGKey(0), z)["params"]
+  lr = 0.05
+
+  def update(omega, key):
+    k_s, k0, k1 = jax.random.split(key, 3)
+    logits = net.apply({"params": omega}, z)
+    d, k = reinforce.sample(jax.random.split(k_s, 64), logits)
+    l0 = jax.random.uniform(k0, (64,), minval=0.5, maxval=3.0)
+    l1 = jax.random.uniform(k1, (64,), minval=0.0, maxval=2.0)
+    r = reinforce.paper_rewards(d, l0, l1)
+    g = jax.grad(lambda om: reinforce.objective(net.apply({"params": om}, z), d, k, r))(omega)
+    new = jax.tree.map(lambda w, gw: w + lr * gw, omega, g)  # Eq. 35: ascent
+    bias = lambda om: om["strategy"]["bias"].reshape(2, K)
+    gap = lambda om: bias(om)[0].sum() - bias(om)[1].sum()
+    p_adv = jax.nn.softmax(reinforce.direction_logits(logits))[0, 0]
+    return new, (gap(new) - gap(omega), p_adv)
+
+  _, (dgap, p_adv) = jax.lax.scan(update, omega, jax.random.split(key, 300))
+  return dgap, p_adv
+
+
+def test_paper_reward_drifts_to_all_adversary_at_the_predicted_rate():
+  """Eq. 34 literally: from the uniform policy the expected change of the
+  summed adversary-minus-anti-adversary head biases per SGD step is
+  lr * p(adv) p(anti) * 2 (E[L0] + E[L1]) = lr (E[L0] + E[L1]) / 2, and
+  p(adv) climbs toward 1."""
+  dgap, p_adv = jax.vmap(_paper_drift)(jax.random.split(jax.random.PRNGKey(7), 200))
+  first = np.asarray(dgap[:, 0], np.float64)  # every run starts from p(adv) = 1/2
+  predicted = 0.05 * (1.75 + 1.0) / 2
+  assert abs(first.mean() - predicted) < 4 * first.std() / np.sqrt(len(first))
+  p_adv = np.asarray(p_adv).mean(0)
+  assert p_adv[0] == pytest.approx(0.5, abs=1e-6)
+  assert p_adv[-1] > 0.9 and np.all(np.diff(p_adv[::50]) > 0)
+
+
+def test_lookahead_standardize():
+  r = jnp.array([1.0, 2.0, 3.0, 6.0])
+  s = reinforce.standardize(r, None)
+  np.testing.assert_allclose(np.std(s), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(s * np.std(r), r, rtol=1e-5)  # a scale only
+  np.testing.assert_allclose(reinforce.lookahead_rewards(jnp.array([2.0]), 0.1, 4), [0.05])
 
 
 def test_leave_one_out_baseline_and_ema():
@@ -122,11 +199,6 @@ def test_leave_one_out_baseline_and_ema():
 
 
 # -- the fused attack ---------------------------------------------------------
-
-
-def _run(num_devices=1, **overrides):
-  config = digits_config(method="reinforce_caat", **overrides)
-  return train.Run(config, Parallel("pmap", devices=jax.devices()[:num_devices]))
 
 
 def test_fused_attack_equals_separate_attacks():
@@ -186,40 +258,6 @@ def test_fused_attack_equals_separate_attacks():
 # -- the train step -----------------------------------------------------------
 
 
-def test_strategy_net_updates_every_k_steps_classifier_every_step():
-  run = _run(**{"reinforce.k": 3})
-  rstate = run.parallel.replicate(run.init_state())
-  batches = run.input.batches(epoch=0)
-  fetch = lambda s: jax.tree.map(np.asarray, run.parallel.fetch(s))
-  prev = fetch(rstate)
-  changed_policy, records = [], []
-  for _ in range(7):
-    rstate, m = run.train_step(rstate, run.parallel.shard(next(batches)))
-    cur, m = fetch(rstate), run.parallel.fetch(m)
-    moved = lambda a, b: any(not np.array_equal(u, v)
-                             for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-    assert moved(cur.params, prev.params)  # the classifier: every step
-    changed_policy.append(moved(cur.extra["policy"], prev.extra["policy"]))
-    assert moved(cur.extra["policy_opt"], prev.extra["policy_opt"]) == changed_policy[-1]
-    records.append(m)
-    prev = cur
-  # Omega moves after the 3rd and 6th classifier updates only
-  assert changed_policy == [False, False, True, False, False, True, False]
-  assert [float(m["policy_updated"]) for m in records] == [0, 0, 1, 0, 0, 1, 0]
-  first = records[0]
-  # zero-initialised heads: the first policy is uniform, entropies ln 2 and ln 13
-  np.testing.assert_allclose(first["entropy_direction"], np.log(2), rtol=1e-5)
-  np.testing.assert_allclose(first["entropy_bound"], np.log(13), rtol=1e-5)
-  np.testing.assert_allclose(first["p_adv"], 0.5, rtol=1e-5)
-  bounds = set(np.round(np.asarray(run.config.reinforce.bound_set) / 255, 6))
-  for m in records:
-    assert 0.0 < m["alpha"] < 1.0  # both directions drawn in a batch of 64
-    assert min(bounds) <= m["eps"] <= max(bounds)
-    assert float(m["policy_grad_norm"]) > 0
-    assert m["ratio/adv_ratio_per_class/num"].shape == (10,)
-    assert m["ratio/eps_clean_noisy/den"].shape == (2,)
-
-
 def _config_module(name):
   sys.path.insert(0, ROOT)
   try:
@@ -237,18 +275,22 @@ def test_configs_load_and_validate():
     for arg in args:
       c = _config_module(name).get_config(*arg)
       assert c.method == "reinforce_caat" and len(c.reinforce.bound_set) == 13
+      assert c.reinforce.reward == "lookahead" and c.data.meta_per_class >= 1
       config_lib.validate(c, num_devices=1)
   assert _config_module("cifar10_reinforce_caat").get_config().reinforce.lam == 0.005
   assert _config_module("svhn_reinforce_caat").get_config().reinforce.lam == 0.1
   for key, value in [("reinforce.baseline", "mean"), ("reinforce.k", 0),
+                     ("reinforce.reward", "lookahed"), ("reinforce.reward_mix", -1.0),
                      ("reinforce.optimizer", "rmsprop"), ("reinforce.bound_set", ())]:
     with pytest.raises(config_lib.ConfigError, match=key.replace(".", r"\.")):
       config_lib.validate(digits_config(method="reinforce_caat", **{key: value}))
 
 
 @pytest.mark.slow
-def test_eight_devices_equal_one_with_policy_updates():
+@pytest.mark.parametrize("reward", ["lookahead", "paper"])
+def test_eight_devices_equal_one_with_policy_updates(reward):
   """tests/test_parallel.py covers the default k = 20 (no policy update in its
-  two steps); here Omega updates every step, with the cross-device baseline."""
-  check_devices_agree("reinforce_caat", **{"reinforce.k": 1, "reinforce.baseline": "batch_mean",
+  two steps); here Omega updates every step: the look-ahead reward's meta
+  batch, JVP and cross-device standardisation, or the paper's reward."""
+  check_devices_agree("reinforce_caat", **{"reinforce.k": 1, "reinforce.reward": reward,
                                            "reinforce.entropy_bonus": 0.01})

@@ -3,41 +3,48 @@
 One step, per device:
   1. clean logits (inference mode) -> the six characteristics zeta, running
      standardisation (shared with Meta-CAAT, ``caat.feature_*`` keys);
-  2. the strategy net f_Omega gives each sample a categorical over directions
-     (adversary / anti-adversary) and bounds ({3..15}/255); each sample draws
-     its strategy s_i = (dir_i, eps_i) from its own key;
+  2. the strategy net f_Omega gives each sample one categorical over the
+     2 x K strategies s = (direction, bound) (``strategy.PolicyNet``); each
+     sample draws its strategy from its own key;
   3. ONE PGD pass over the batch with per-sample sign, bound and loss:
      adversaries ascend KL(f(x) || f(x')), anti-adversaries descend CE;
   4. classifier update, Eq. 31:
-       l_i = CE(f(x_i), y_i) + lam KL(f(x_i) || f(x_adv_i))   (adversary)
-       l_i = CE(f(x_at_i), y_i)                               (anti-adversary)
-     averaged over the batch, with two training-mode forwards (clean x, and
-     the perturbed batch holding each sample's adversary or anti-adversary);
-  5. REINFORCE (Eqs. 34-35, ``caat_jax.reinforce``): rewards r_i = L0_i
-     (adversary) or -L1_i (anti-adversary) from step 4's losses (constants
-     for Omega), optional baseline and entropy bonus; Omega takes an optimiser
-     step after every K-th classifier step (the paper: "we update Omega every
-     K times of updating W").
+       l_i = f0_i CE(f(x_i), y_i) + lam f1_i KL(f(x_i) || f(x_adv_i))  (adversary)
+       l_i = f0_i CE(f(x_at_i), y_i)                                  (anti-adversary)
+     averaged over the batch (f0, f1: FRL's class-weight factors when
+     ``fairness.enabled``, Eq. 19; else 1), with two training-mode forwards
+     (clean x, and the perturbed batch holding each sample's adversary or
+     anti-adversary);
+  5. after every K-th classifier step (Algorithm 2, line 6), a REINFORCE
+     ascent step on Omega with the rewards of this step's batch
+     (``reinforce.reward``, see ``caat_jax.reinforce``):
+     * ``paper``: r_i = L0_i (adversary) or -L1_i (anti-adversary), Eq. 34;
+     * ``lookahead``: r_i = (eta_1 / n) <grad_W L_meta(W), grad_W l_i(W)>,
+       the first-order decrease of the robust meta loss (SPEC 5,
+       ``caat.meta_loss_fn('robust')``) on a clean meta batch when W takes a
+       step on sample i's loss alone. The n inner products come from one JVP
+       of the per-sample losses along grad L_meta (``meta.jvp``); standardised
+       per batch, plus ``reward_mix`` times the paper's reward, minus a
+       leave-one-out baseline.
 
-The policy gradient is computed every step and the update selected with
-``jnp.where`` rather than ``lax.cond``: it costs one pass of a small MLP on
-six features, while a ``cond`` makes XLA (on CPU, measured) optimise the rest
-of the step much worse. The rewards for the update are the batch of the
-update step only, as in Algorithm 2.
-
-Fairness constraints are omitted here, as in the paper's derivation of Eq. 30.
-The attack is ``caat.perturb``, the one fused attack every CAAT method uses.
+Cost: the look-ahead reward needs the meta batch's attack, the meta gradient
+and the JVP; they run under ``lax.cond`` on update steps only, so a step
+costs one attack pass plus (meta part) / K on average. The paper reward comes
+free with step 4's losses, and its update is selected with ``jnp.where``
+(a ``cond`` there made XLA on CPU optimise the rest of the step worse).
 """
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from caat_jax import characteristics, losses, reinforce, strategy
+from caat_jax import characteristics, fairness, losses, meta, reinforce, strategy
 from caat_jax.checks import check, choice
+from caat_jax.meta import jvp as meta_jvp
 from caat_jax.methods import base, caat
 
-OPTIMIZERS = ("adam", "sgd")
+OPTIMIZERS = ("auto", "adam", "sgd")
+BASELINES = ("auto",) + reinforce.BASELINES
 
 
 def policy_net(config) -> strategy.PolicyNet:
@@ -45,11 +52,22 @@ def policy_net(config) -> strategy.PolicyNet:
                             num_bounds=len(config.reinforce.bound_set))
 
 
-def policy_optimizer(config) -> optax.GradientTransformation:
-  """Descends the *negated* Eq. 34 objective: 'sgd' is Eq. 35 literally,
-  'adam' makes the step size insensitive to the scale of the rewards."""
+def resolved(config) -> tuple[str, str]:
+  """(optimizer, baseline) with 'auto' resolved: the paper's reward takes
+  Eq. 35 literally (plain SGD, no baseline); the look-ahead reward, whose
+  scale follows eta_1 and the gradients, Adam and a leave-one-out baseline."""
   r = config.reinforce
-  return {"adam": optax.adam, "sgd": optax.sgd}[r.optimizer](r.learning_rate)
+  paper = r.reward == "paper"
+  opt = r.optimizer if r.optimizer != "auto" else ("sgd" if paper else "adam")
+  baseline = r.baseline if r.baseline != "auto" else ("none" if paper else "batch_mean")
+  return opt, baseline
+
+
+def policy_optimizer(config) -> optax.GradientTransformation:
+  """Descends the *negated* REINFORCE objective: 'sgd' is Eq. 35 literally,
+  'adam' makes the step size insensitive to the scale of the rewards."""
+  return {"adam": optax.adam, "sgd": optax.sgd}[resolved(config)[0]](
+      config.reinforce.learning_rate)
 
 
 def bound_values(config) -> jax.Array:
@@ -61,7 +79,7 @@ def init_extra(config, ctx: base.StepContext, key) -> dict:
   omega = policy_net(config).init(key, jnp.zeros((1, characteristics.NUM_FEATURES)))["params"]
   return {"policy": omega, "policy_opt": policy_optimizer(config).init(omega),
           "stats": characteristics.init_running_stats(ctx.num_classes),
-          "reward_ema": reinforce.init_ema()}
+          "reward_ema": reinforce.init_ema(), "fair": fairness.init(ctx.num_classes)}
 
 
 def _select(pred, new, old):
@@ -69,17 +87,70 @@ def _select(pred, new, old):
   return jax.tree.map(lambda a, b: jnp.where(pred, a, b), new, old)
 
 
+def _margins_fn(config):
+  """``fn(fair, y) -> [B]`` bound multipliers: FRL's ReMargin factors of the
+  label's class in the margin modes (the learned bound scaled class-wise, as
+  ReMargin scales the fixed one), else ones."""
+  f = config.fairness
+  if f.enabled and f.mode in fairness.MARGIN_MODES:
+    return lambda fair, y: fairness.margin_multipliers(fair["lambda2"])[y]
+  return lambda fair, y: jnp.ones(y.shape, jnp.float32)
+
+
+def _reward_fn(config, ctx: base.StepContext):
+  """``fn(state, batch, attack_fn, per_sample_fn, direction, l0, l1, lr, key)
+  -> (r, info)``: the rewards [B] the policy ascends (before the baseline)
+  and the pieces logged, chosen at build time (``reinforce.reward``)."""
+  r, axis = config.reinforce, ctx.axis_name
+  if r.reward == "paper":
+    def paper(state, batch, attack_fn, per_sample_fn, direction, l0, l1, lr, key):
+      rp = reinforce.paper_rewards(direction, l0, l1)
+      return rp, {"paper": rp, "lookahead": jnp.zeros_like(rp),
+                  "meta_loss": jnp.zeros((), jnp.float32)}
+    return paper
+
+  # The meta gradient is taken at W, so the meta adversaries are W's; with
+  # fairness on, the meta loss carries FRL's class weights (as Meta-CAAT's).
+  meta_loss = caat.meta_loss_fn(
+      "robust", float(r.meta_lam), ctx, adversary_at="current",
+      factors=fairness.factors_fn(config.fairness.mode if config.fairness.enabled else None))
+  mix = float(r.reward_mix)
+
+  def lookahead(state, batch, attack_fn, per_sample_fn, direction, l0, l1, lr, key):
+    k_adv, k_at = jax.random.split(key)
+    meta_fn = meta_loss(state, attack_fn, batch, k_adv, k_at, state.extra["fair"])
+    m_loss, g_meta = jax.value_and_grad(meta_fn)(state.params)
+    problem = meta.MetaProblem(
+        weights_fn=lambda omega: jnp.ones((direction.shape[0], 1)),
+        per_sample_fn=per_sample_fn, lookahead_fn=meta.sgd_lookahead(lr),
+        meta_loss_fn=meta_fn, lr=lr, axis_name=axis)
+    # one JVP gives every <grad L_meta, grad l_i> (SPEC 5's jvp machinery)
+    dots = meta_jvp.per_sample_dots(problem, state.params, problem.pmean(g_meta))[:, 0]
+    n = base.psum(jnp.asarray(direction.shape[0], jnp.float32), axis)
+    rl = reinforce.lookahead_rewards(dots, lr, n)
+    rp = reinforce.paper_rewards(direction, l0, l1)
+    rew = reinforce.standardize(rl, axis)
+    if mix:
+      rew = rew + mix * rp
+    return rew, {"paper": rp, "lookahead": rl, "meta_loss": base.pmean(m_loss, axis)}
+  return lookahead
+
+
 def make_step(config, ctx: base.StepContext):
   r, c = config.reinforce, config.caat
   axis, num_classes = ctx.axis_name, ctx.num_classes
-  lam, k, baseline, momentum = float(r.lam), int(r.k), r.baseline, r.baseline_momentum
-  entropy_bonus = r.entropy_bonus
+  lam, k, momentum, entropy_bonus = float(r.lam), int(r.k), r.baseline_momentum, r.entropy_bonus
+  _, baseline = resolved(config)
+  lookahead = r.reward == "lookahead"
   net, tx, bound_set = policy_net(config), policy_optimizer(config), bound_values(config)
+  factors = fairness.factors_fn(config.fairness.mode if config.fairness.enabled else None)
+  margins = _margins_fn(config)
+  reward_fn = _reward_fn(config, ctx)
 
   def step(state, batch, key):
     x, y = batch["image"], batch["label"]
     b = x.shape[0]
-    k_policy, k_attack = jax.random.split(key)
+    k_policy, k_attack, k_meta = jax.random.split(key, 3)
     extra = state.extra
 
     # 1. characteristics from the clean logits (inference mode).
@@ -88,73 +159,124 @@ def make_step(config, ctx: base.StepContext):
     z, stats = characteristics.strategy_inputs(clean, y, ctx.class_counts, extra["stats"], c,
                                                axis, ctx.new_epoch(state.step))
     policy_fn = lambda omega: net.apply({"params": omega}, z)
-    dir_logits, bound_logits = policy_fn(extra["policy"])
+    logits = policy_fn(extra["policy"])  # [B, 2, K]
 
     # 2. each sample's strategy, keyed by its global batch position.
-    direction, bound = reinforce.sample(ctx.sample_keys(k_policy, b), dir_logits, bound_logits)
+    direction, bound = reinforce.sample(ctx.sample_keys(k_policy, b), logits)
     is_adv = direction == reinforce.ADVERSARY
-    eps = bound_set[bound]
+    eps = bound_set[bound] * margins(extra["fair"], y)
 
     # 3. adversaries and anti-adversaries in one attack pass.
     x_tilde = caat.perturb(ctx, attack_fn, x, y, clean, eps, ctx.sample_keys(k_attack, b),
                            is_adv)
+    f0, f1 = factors(extra["fair"], y, axis)
 
     # 4. Eq. 31 on the classifier.
-    def loss_fn(params):
+    def per_sample_fn(params):
+      """W -> ([B, 1] each sample's Eq. 31 loss under its strategy, aux)."""
       lc, bs = ctx.train_logits(params, state.batch_stats, x)
       lt, bs = ctx.train_logits(params, bs, x_tilde)
       ce = losses.cross_entropy(lc, y)
-      l0 = ce + lam * losses.kl_divergence(lc, lt)  # adversaries: L0
-      l1 = losses.cross_entropy(lt, y)  # anti-adversaries: L1
-      return jnp.where(is_adv, l0, l1).mean(), (bs, ce, l0, l1, lc, lt)
+      l0 = f0 * ce + lam * f1 * losses.kl_divergence(lc, lt)  # adversaries: L0
+      l1 = f0 * losses.cross_entropy(lt, y)  # anti-adversaries: L1
+      return jnp.where(is_adv, l0, l1)[:, None], (bs, ce, l0, l1, lc, lt)
 
     (loss, (bs, ce, l0, l1, lc, lt)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params)
+        lambda p: meta.weighted_loss(per_sample_fn, p, jnp.ones((b, 1))),
+        has_aux=True)(state.params)
+    l0, l1 = jax.lax.stop_gradient(l0), jax.lax.stop_gradient(l1)
 
-    # 5. REINFORCE on Omega (Eq. 34), applied after every K-th step (Eq. 35).
-    reward = reinforce.rewards(direction, l0, l1)
-    adv = reinforce.advantages(reward, baseline, ema=extra["reward_ema"], momentum=momentum,
-                               axis_name=axis)
+    # 5. REINFORCE on Omega after every K-th classifier step (Algorithm 2).
+    def update(carry):
+      omega, opt, ema = carry
+      rew, info = reward_fn(state, batch, attack_fn, per_sample_fn, direction, l0, l1,
+                            ctx.schedule(state.step), k_meta)
+      adv = reinforce.advantages(rew, baseline, ema=ema, momentum=momentum, axis_name=axis)
+      if lookahead:  # unit-variance advantages: the policy's step ignores the reward scale
+        adv = reinforce.standardize(adv, axis)
+      pgrad = base.pmean(jax.grad(lambda om: -reinforce.objective(
+          policy_fn(om), direction, bound, adv, entropy_bonus))(omega), axis)
+      updates, opt = tx.update(pgrad, opt, omega)
+      info = dict(info, reward=rew, grad_norm=optax.tree.norm(pgrad))
+      return ((optax.apply_updates(omega, updates), opt,
+               reinforce.ema_update(ema, rew, momentum, axis)), info)
 
-    def neg_objective(omega):
-      dl, bl = policy_fn(omega)
-      return -reinforce.objective(dl, bl, direction, bound, adv, entropy_bonus)
+    def skip(carry):
+      zeros = jnp.zeros((b,), jnp.float32)
+      scalar = jnp.zeros((), jnp.float32)
+      return carry, {"paper": zeros, "lookahead": zeros, "meta_loss": scalar,
+                     "reward": zeros, "grad_norm": scalar}
 
-    pgrad = base.pmean(jax.grad(neg_objective)(extra["policy"]), axis)
-    updates, new_opt = tx.update(pgrad, extra["policy_opt"], extra["policy"])
+    carry = (extra["policy"], extra["policy_opt"], extra["reward_ema"])
     update_now = (state.step + 1) % k == 0
-    policy = _select(update_now, optax.apply_updates(extra["policy"], updates), extra["policy"])
-    policy_opt = _select(update_now, new_opt, extra["policy_opt"])
+    if k == 1:
+      (policy, policy_opt, ema), info = update(carry)
+    elif lookahead:  # the meta batch's attack, meta gradient and JVP: update steps only
+      (policy, policy_opt, ema), info = jax.lax.cond(update_now, update, skip, carry)
+    else:  # free rewards: compute, then keep or drop
+      new, info = update(carry)
+      (policy, policy_opt, ema) = _select(update_now, new, carry)
+      info = _select(update_now, info, skip(carry)[1])
 
-    new_extra = dict(extra, policy=policy, policy_opt=policy_opt, stats=stats,
-                     reward_ema=reinforce.ema_update(extra["reward_ema"], reward, momentum,
-                                                     axis))
+    new_extra = dict(extra, policy=policy, policy_opt=policy_opt, stats=stats, reward_ema=ema)
     new_state = base.apply_gradients(state, grads, bs, ctx, extra=new_extra)
 
-    alpha = is_adv.astype(jnp.float32)
-    correct_t = losses.correct(lt, y)
-    n_adv, n_at = base.psum(alpha.sum(), axis), base.psum((1 - alpha).sum(), axis)
-    metrics = base.pmean({
-        "loss": loss, "alpha": alpha.mean(), "eps": eps.mean(),
-        "clean_acc": losses.correct(lc, y).mean(),
-        "p_adv": jax.nn.softmax(dir_logits)[:, 0].mean(),
-        "entropy_direction": reinforce.entropy(dir_logits).mean(),
-        "entropy_bound": reinforce.entropy(bound_logits).mean(),
-        "reward": reward.mean()}, axis)
-    # accuracy on each sample's own perturbation, per direction (0 if none drawn)
-    metrics["adv_acc"] = base.psum((correct_t * alpha).sum(), axis) / jnp.maximum(n_adv, 1.0)
-    metrics["anti_acc"] = (base.psum((correct_t * (1 - alpha)).sum(), axis)
-                           / jnp.maximum(n_at, 1.0))
-    metrics["policy_grad_norm"] = optax.tree.norm(pgrad)
-    metrics["policy_updated"] = update_now.astype(jnp.float32)
-    metrics.update(caat.strategy_stats(alpha, eps, y, batch, num_classes, axis))
+    metrics = _metrics(logits, direction, eps, y, batch, loss, lc, lt, update_now, info,
+                       num_classes, axis)
     return new_state, metrics
 
   return step
 
 
+def _metrics(logits, direction, eps, y, batch, loss, lc, lt, update_now, info, num_classes,
+             axis) -> dict:
+  """Scalars and per-group ratio metrics (``base.ratio_metric``): the curves
+  of the paper's Figs. 9, 10, 13."""
+  alpha = (direction == reinforce.ADVERSARY).astype(jnp.float32)
+  corrupted = batch.get("corrupted", jnp.zeros_like(y, bool)).astype(jnp.int32)
+  p_adv = jax.nn.softmax(reinforce.direction_logits(logits))[:, 0]
+  ent = reinforce.entropies(logits)
+  correct_t = losses.correct(lt, y)
+  n_adv, n_at = base.psum(alpha.sum(), axis), base.psum((1 - alpha).sum(), axis)
+  m = base.pmean({
+      "loss": loss, "alpha": alpha.mean(), "eps": eps.mean(),
+      "clean_acc": losses.correct(lc, y).mean(), "p_adv": p_adv.mean(),
+      "entropy": ent["joint"].mean(), "entropy_direction": ent["direction"].mean(),
+      "entropy_bound": ent["bound"].mean()}, axis)
+  # accuracy on each sample's own perturbation, per direction (0 if none drawn)
+  m["adv_acc"] = base.psum((correct_t * alpha).sum(), axis) / jnp.maximum(n_adv, 1.0)
+  m["anti_acc"] = base.psum((correct_t * (1 - alpha)).sum(), axis) / jnp.maximum(n_at, 1.0)
+  m["policy_grad_norm"] = info["grad_norm"]
+  m["policy_updated"] = update_now.astype(jnp.float32)
+  m.update(caat.strategy_stats(alpha, eps, y, batch, num_classes, axis))
+  ratio = lambda name, v, g, n: m.update(base.ratio_metric(name, v, g, n, axis))
+  # per class, clean samples first then corrupted: entry y + C * corrupted
+  cls_cn = y + num_classes * corrupted
+  ratio("adv_ratio_class_clean_noisy", alpha, cls_cn, 2 * num_classes)
+  ratio("eps_class_clean_noisy", eps, cls_cn, 2 * num_classes)
+  ratio("p_adv_clean_noisy", p_adv, corrupted, 2)
+  # bounds of adversaries (0) and anti-adversaries (1); then split by clean /
+  # corrupted: entry 2 * corrupted + direction
+  ratio("eps_per_direction", eps, direction, 2)
+  ratio("eps_direction_clean_noisy", eps, 2 * corrupted + direction, 4)
+  # rewards, on update steps only: per direction, and per clean / corrupted
+  upd = update_now.astype(jnp.float32)
+  gated = lambda name, v, g, n: m.update(
+      {key: val * upd for key, val in base.ratio_metric(name, v, g, n, axis).items()})
+  gated("reward_per_direction", info["reward"], direction, 2)
+  gated("paper_reward_per_direction", info["paper"], direction, 2)
+  gated("lookahead_reward_per_direction", info["lookahead"], direction, 2)
+  gated("lookahead_reward_clean_noisy", info["lookahead"], corrupted, 2)
+  m["ratio/meta_loss/num"] = (info["meta_loss"] * upd)[None]
+  m["ratio/meta_loss/den"] = upd[None]
+  return m
+
+
 def validate(config) -> None:
   r = config.reinforce
+  choice("reinforce.reward", r.reward, reinforce.REWARDS)
+  check("reinforce.reward_mix", r.reward_mix >= 0, r.reward_mix, ">= 0")
+  check("reinforce.meta_lam", r.meta_lam >= 0, r.meta_lam, ">= 0")
   check("reinforce.lam", r.lam >= 0, r.lam, ">= 0")
   check("reinforce.k", int(r.k) == r.k and r.k >= 1, r.k, "an integer >= 1")
   choice("reinforce.optimizer", r.optimizer, OPTIMIZERS)
@@ -162,18 +284,35 @@ def validate(config) -> None:
   check("reinforce.hidden", r.hidden >= 1, r.hidden, ">= 1")
   check("reinforce.bound_set", len(r.bound_set) >= 1 and all(v > 0 for v in r.bound_set),
         r.bound_set, "a non-empty tuple of positive bounds in 1/255 units")
-  choice("reinforce.baseline", r.baseline, reinforce.BASELINES)
+  choice("reinforce.baseline", r.baseline, BASELINES)
   check("reinforce.baseline_momentum", 0 <= r.baseline_momentum < 1, r.baseline_momentum,
         "in [0, 1)")
   check("reinforce.entropy_bonus", r.entropy_bonus >= 0, r.entropy_bonus, ">= 0")
+  if r.reward == "lookahead":
+    check("meta.batch_size", config.meta.batch_size >= 1, config.meta.batch_size, ">= 1")
   caat.validate_features(config)
+  caat.validate_fairness(config)
 
 
 def cost(config) -> float:
-  """As TRADES (SPEC 11): one fused attack pass; the strategy net is an MLP on
-  six features per example, negligible against F."""
-  return base.attack_units(config) + 1.0 + 6.0
+  """F per example (SPEC 11): one fused attack pass, a clean forward, training
+  on clean and perturbed inputs (as TRADES); for the look-ahead reward, plus
+  on every K-th step the meta part: the meta batch's clean forward, attack
+  and robust-loss gradient (clean and adversarial inputs), scaled by meta
+  batch / batch, and the JVP of the per-sample losses (a forward-mode pass
+  over clean and perturbed inputs, ~4F). The strategy net is an MLP on six
+  features, negligible against F."""
+  units = base.attack_units(config) + 1.0 + 6.0
+  if config.reinforce.reward != "lookahead":
+    return units
+  meta_batch = (1.0 + base.attack_units(config) + 6.0) * config.meta.batch_size
+  meta_part = meta_batch / config.batch_size + 4.0
+  return units + meta_part / config.reinforce.k
 
 
-METHOD = base.Method("reinforce_caat", make_step, cost=cost, init_extra=init_extra,
-                     validate=validate)
+METHOD = base.Method(
+    "reinforce_caat", make_step, cost=cost, init_extra=init_extra, validate=validate,
+    epoch_hook=caat.FAIRNESS_HOOK,
+    meta_batch=lambda config: config.reinforce.reward == "lookahead",
+    needs_meta_set=lambda config: (config.reinforce.reward == "lookahead"
+                                   or config.fairness.enabled))
