@@ -57,7 +57,7 @@ def load_run(workdir: str, checkpoint: str | None = None, step: int | None = Non
       try:
         stored = ckpt.restore_config(s)
       except Exception as e:  # pylint: disable=broad-except
-        errors.append(f"step {s}: {type(e).__name__}: {e}")
+        errors.append(_one_line(s, e))
         skipped.append(s)
         continue
       key = json.dumps(stored, sort_keys=True)
@@ -68,7 +68,7 @@ def load_run(workdir: str, checkpoint: str | None = None, step: int | None = Non
         restored = ckpt.restore(run.init_state(), step=s, move_aside=False)
         break
       except Exception as e:  # pylint: disable=broad-except
-        errors.append(f"step {s}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+        errors.append(_one_line(s, e))
         skipped.append(s)
     if restored is None:
       raise ckpt_lib.CheckpointError(
@@ -81,6 +81,12 @@ def load_run(workdir: str, checkpoint: str | None = None, step: int | None = Non
                     skipped, directory, step)
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   return run, run.parallel.replicate(variables), step
+
+
+def _one_line(step: int, e: Exception) -> str:
+  """An exception as one short line (orbax's messages run over many)."""
+  first = (str(e).splitlines() or [""])[0]
+  return f"step {step}: {type(e).__name__}: {first[:200]}"
 
 
 def _eval_config(stored: dict, overrides: Mapping[str, object] | None):
