@@ -256,7 +256,9 @@ def bench_attack(config, problem: dict, attack: str, batch_size: int, *,
     out = [np.asarray(jax.block_until_ready(compiled(*args(idx)))) for idx in chunks]
     run_s = time.perf_counter() - t
     robust = np.concatenate(out)[:n]
-    slots = len(chunks) * batch_size * max(len(names), 1)
+    # Every run (restart, target) of every attack carries the whole batch.
+    slots = len(chunks) * batch_size * max(
+        sum(aa_lib.num_runs(a, problem["num_classes"]) for a in names), 1)
   # Worst case: "broken" must be 0 (at eps = 0 no attack may change a
   # prediction; a nonzero count means an attack left the eps-ball, and the
   # timing is void). On a trained model it is the attack's success.
