@@ -33,9 +33,19 @@ flags.DEFINE_string("out", "bench.json", "Where to write the JSON results.")
 flags.DEFINE_string(
     "attacks", "",
     "Also time evaluation attacks, seconds per 1000 examples: comma-separated from "
-    "pgd20, apgd-ce, apgd-t, fab-t, square, autoattack. Worst case: eps = 0 and "
-    "labels = predictions, so no point is ever broken and every attack spends its "
-    "whole budget (what a fully robust model costs). Empty: train steps only.")
+    "pgd<k>, apgd-ce, apgd-dlr, apgd-t, fab-t, square, autoattack. Default worst case: "
+    "eps = 0 and labels = predictions, so no point is ever broken and every attack "
+    "spends its whole budget (what a fully robust model costs). Empty: train steps only.")
+flags.DEFINE_string("attack_model_from", "",
+                    "Time the attacks on a trained run's model (its workdir) and its test "
+                    "points with their labels, at its config.eval.eps, instead of the worst "
+                    "case.")
+flags.DEFINE_float("attack_eps", None, "L-inf bound for the timed attacks (default 0, or "
+                   "the trained run's config.eval.eps).")
+flags.DEFINE_integer("attack_points", 0, "Points to attack (default --attack_batch).")
+flags.DEFINE_bool("no_compact", False,
+                  "Time the AutoAttack family on fixed batches (every point through every "
+                  "attack) instead of compacted on the points still robust.")
 flags.DEFINE_string("attack_models", "",
                     "Models to time the attacks on, e.g. small_cnn,preact_resnet18 "
                     "(default config.model), on the config's dataset shape.")
@@ -133,97 +143,175 @@ def format_rows(result: dict) -> str:
   return "\n".join(lines)
 
 
-def bench_attack(config, model_name: str, attack: str, batch_size: int) -> dict:
-  """Compile time and seconds per 1000 examples of one evaluation attack.
+def attack_problem(config, model_name: str, num_points: int, *, source: str = "",
+                   eps: float | None = None) -> dict:
+  """What the attack bench attacks: ``logits_fn`` on one device, ``x``
+  [n, H, W, C] float32, ``labels`` [n], ``eps``, ``num_classes``, ``model``.
 
-  Random-initialised ``model_name`` on random images of the configured
-  dataset's shape, one device, the reference's hyper-parameters, worst case
-  (see the ``--attacks`` flag): eps = 0, labels = the model's predictions.
+  Without ``source``: a random-initialised ``model_name`` on random images of
+  the configured dataset's shape, labels = its predictions, eps 0 unless
+  given (the worst case: nothing can break, every attack spends its whole
+  budget). With ``source`` (a trained run's workdir): its newest readable
+  checkpoint's classifier (float32, inference mode) on the first
+  ``num_points`` test points with their labels, at the run's ``eval.eps``
+  unless given.
   """
   # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp
-  from caat_jax import attacks, models
+  from caat_jax import evaluate, models
+  from caat_jax.data.augment import to_float01
+  if source:
+    run, variables, step = evaluate.load_run(source)
+    host = run.parallel.fetch(variables)
+    apply = jax.jit(lambda v, z: run.eval_model.apply(v, z, train=False))
+    x = np.asarray(to_float01(jnp.asarray(run.dataset.test.images[:num_points])))
+    return dict(logits_fn=lambda z: apply(host, z), x=x,
+                labels=np.asarray(run.dataset.test.labels[:len(x)], np.int32),
+                eps=float(run.config.eval.eps if eps is None else eps),
+                num_classes=run.dataset.num_classes,
+                model=f"{run.config.model}@{step}", trained=True)
   spec = data.spec(config.data.name)
   shape, num_classes = spec.image_shape, spec.num_classes
   kwargs = {"width": config.model_width} if model_name == "small_cnn" else {}
   model = models.get_model(model_name, num_classes=num_classes, mean=(0.5,) * shape[-1],
                            std=(0.25,) * shape[-1], **kwargs)
-  x = jax.random.uniform(jax.random.PRNGKey(0), (batch_size,) + shape)
+  x = jax.random.uniform(jax.random.PRNGKey(0), (num_points,) + shape)
   variables = model.init(jax.random.PRNGKey(1), x[:1], train=False)
-  logits_fn = lambda v: model.apply(variables, v, train=False)
-  labels = jnp.argmax(logits_fn(x), -1)
-  keys = jax.random.split(jax.random.PRNGKey(2), batch_size)
-  eps = jnp.zeros((batch_size,))
-
-  def fn(x, y, k):
-    if attack.startswith("pgd"):
-      steps = evaluation.pgd_steps(attack)
-      x_adv = attacks.pgd(logits_fn, x, y, eps=eps, step_size=eps + 2 / 255, num_steps=steps,
-                          keys=k, unroll=train.resolve_unroll(config.attack.unroll))
-      return jnp.argmax(logits_fn(x_adv), -1) == y
-    if attack == "autoattack":
-      return attacks.run_autoattack(logits_fn, x, y, eps=eps, keys=k)[0].robust
-    return attacks.run_attack(attack, logits_fn, x, y, eps=eps, keys=k).robust
-
-  t = time.perf_counter()
-  compiled = jax.jit(fn).lower(x, labels, keys).compile()
-  compile_s = time.perf_counter() - t
-  jax.block_until_ready(compiled(x, labels, keys))  # warm-up
-  t = time.perf_counter()
-  robust = jax.block_until_ready(compiled(x, labels, keys))
-  run_s = time.perf_counter() - t
-  # "broken" must be 0: at eps = 0 no attack may change a prediction (a
-  # nonzero count means an attack left the eps-ball, and the timing is void).
-  return {"model": model_name, "attack": attack, "batch": batch_size,
-          "compile_s": compile_s, "s_per_1000": run_s * 1000.0 / batch_size,
-          "broken": int(batch_size - np.sum(np.asarray(robust)))}
+  apply = jax.jit(lambda z: model.apply(variables, z, train=False))
+  labels = np.asarray(jnp.argmax(apply(x), -1), np.int32)
+  return dict(logits_fn=apply, x=np.asarray(x), labels=labels,
+              eps=0.0 if eps is None else float(eps), num_classes=num_classes,
+              model=model_name, trained=False)
 
 
-def run_attack_bench(config, attack_names, model_names, batch_size, on_row=None) -> dict:
-  """``bench_attack`` for every (model, attack); ``on_row(row)`` as each ends."""
+def _min_bucket(batch_size: int) -> int:
+  """The smallest compacted bucket: batch / 8, at least 8 (fewer shapes to compile)."""
+  return min(batch_size, max(batch_size // 8, 8))
+
+
+def bench_attack(config, problem: dict, attack: str, batch_size: int, *,
+                 compact: bool = True, cache: dict | None = None) -> dict:
+  """Compile time and seconds per 1000 examples of one evaluation attack on
+  ``problem`` (:func:`attack_problem`), one device, the reference's
+  hyper-parameters.
+
+  The AutoAttack family runs as the evaluation runs it: compacted, buckets of
+  ``batch_size`` down to ``batch_size / 8`` (at least 8) holding only the points still
+  robust (every bucket size compiled first, on inactive points, and timed as
+  compile time); ``compact=False`` times the fixed-batch path (every batch
+  of ``batch_size`` carried through every attack). PGD always runs in fixed
+  batches. ``cache`` shares compiled runners between calls on one problem.
+  """
+  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp
+  from caat_jax import attacks
+  from caat_jax.attacks import autoattack as aa_lib
+  from caat_jax.attacks import compact as compact_lib
+  logits_fn, x, labels, eps = (problem[k] for k in ("logits_fn", "x", "labels", "eps"))
+  n = len(labels)
+  keys = np.asarray(evaluation.attacks.aa_keys(np.arange(n)))
+  clean = np.asarray(jnp.argmax(logits_fn(jnp.asarray(x)), -1)) == labels
+  family = attack in evaluation.AA_FAMILY
+  names = evaluation.attacks.ensemble_attacks(attack) if family else ()
+  compile_s = 0.0
+  if family and compact:
+    cache = {} if cache is None else cache
+    runner = cache.setdefault("runner", compact_lib.local_runner(logits_fn))
+    sizes = compact_lib.bucket_sizes(batch_size, _min_bucket(batch_size))
+    t = time.perf_counter()
+    for name in names:  # compile each (attack, bucket) once, on inactive points
+      for size in sizes:
+        if (name, size) not in cache:
+          idx = np.zeros(size, int)
+          runner(name, x[idx], labels[idx], np.full(size, eps, np.float32), keys[idx],
+                 np.zeros(size, bool), np.array([0, 1], np.int32))
+          cache[name, size] = True
+    compile_s = time.perf_counter() - t
+    t = time.perf_counter()
+    _, robust, _, stats = compact_lib.autoattack_compact(
+        runner, x, labels, eps=eps, keys=keys, clean_correct=clean,
+        num_classes=problem["num_classes"], attacks=names, batch_size=batch_size,
+        min_size=_min_bucket(batch_size))
+    run_s = time.perf_counter() - t
+    slots = sum(v["slots"] for v in stats.values())
+  else:
+    def fn(x, y, k, active):
+      e = jnp.full((x.shape[0],), eps)
+      if not family:
+        x_adv = attacks.pgd(logits_fn, x, y, eps=e, step_size=e + 2 / 255,
+                            num_steps=evaluation.pgd_steps(attack), keys=k,
+                            unroll=train.resolve_unroll(config.attack.unroll))
+        return active & (jnp.argmax(logits_fn(x_adv), -1) == y)
+      if attack == evaluation.AUTOATTACK:
+        return attacks.run_autoattack(logits_fn, x, y, eps=e, keys=k)[0].robust
+      return active & attacks.run_attack(attack, logits_fn, x, y, eps=e,
+                                         keys=aa_lib.stage_keys(k, 0), active=active).robust
+
+    chunks = [np.arange(s, s + batch_size) % n for s in range(0, n, batch_size)]
+    args = lambda idx: (x[idx], labels[idx], keys[idx], clean[idx])
+    t = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args(chunks[0])).compile()
+    compile_s = time.perf_counter() - t
+    t = time.perf_counter()
+    out = [np.asarray(jax.block_until_ready(compiled(*args(idx)))) for idx in chunks]
+    run_s = time.perf_counter() - t
+    robust = np.concatenate(out)[:n]
+    # Every run (restart, target) of every attack carries the whole batch.
+    slots = len(chunks) * batch_size * max(
+        sum(aa_lib.num_runs(a, problem["num_classes"]) for a in names), 1)
+  # Worst case: "broken" must be 0 (at eps = 0 no attack may change a
+  # prediction; a nonzero count means an attack left the eps-ball, and the
+  # timing is void). On a trained model it is the attack's success.
+  return {"model": problem["model"], "attack": attack, "batch": batch_size, "points": n,
+          "eps": eps, "compact": bool(family and compact), "compile_s": compile_s,
+          "s_per_1000": run_s * 1000.0 / n, "slots": int(slots),
+          "broken": int(np.sum(clean & ~robust))}
+
+
+def run_attack_bench(config, attack_names, model_names, batch_size, on_row=None, *,
+                     source: str = "", eps: float | None = None, num_points: int = 0,
+                     compact: bool = True) -> dict:
+  """``bench_attack`` for every (model, attack); ``on_row(row)`` as each ends.
+  ``source``: a trained run's workdir (its model replaces ``model_names``)."""
   rows = []
-  for m in model_names:
+  for m in ([""] if source else model_names):
+    problem = attack_problem(config, m, num_points or batch_size, source=source, eps=eps)
+    cache = {}
     for a in attack_names:
-      rows.append(bench_attack(config, m, a, batch_size))
+      rows.append(bench_attack(config, problem, a, batch_size, compact=compact, cache=cache))
       if on_row is not None:
         on_row(rows[-1])
   return {"backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
-          "dataset": config.data.name, "eps": 0.0, "rows": rows}
+          "dataset": config.data.name, "source": source, "rows": rows}
 
 
-_ATTACK_HEAD = (f"{'model':<16} {'attack':<11} {'batch':>6} {'compile s':>9} "
-                f"{'s / 1000 ex':>11} {'broken':>6}")
+_ATTACK_HEAD = (f"{'model':<16} {'attack':<11} {'compact':>7} {'points':>6} {'batch':>5} "
+                f"{'eps':>6} {'compile s':>9} {'s / 1000 ex':>11} {'slots':>6} {'broken':>6}")
 
 
 def format_attack_row(r: dict) -> str:
-  return (f"{r['model']:<16} {r['attack']:<11} {r['batch']:>6} "
-          f"{r['compile_s']:9.2f} {r['s_per_1000']:11.2f} {r['broken']:>6}")
+  return (f"{r['model']:<16} {r['attack']:<11} {str(r['compact']):>7} {r['points']:>6} "
+          f"{r['batch']:>5} {r['eps']:6.3f} {r['compile_s']:9.2f} {r['s_per_1000']:11.2f} "
+          f"{r['slots']:>6} {r['broken']:>6}")
 
 
-def attack_table_head(dataset: str) -> str:
-  return (f"attacks (worst case: eps = 0, nothing may break) on {dataset}-shaped data, "
-          f"1 x {jax.devices()[0].device_kind}\n{_ATTACK_HEAD}\n" + "-" * len(_ATTACK_HEAD))
+def attack_table_head(dataset: str, source: str = "") -> str:
+  what = (f"trained model from {source}: 'broken' = clean-correct points the attack broke"
+          if source else "worst case: eps = 0, nothing may break")
+  return (f"attacks ({what}) on {dataset}-shaped data, 1 x {jax.devices()[0].device_kind}; "
+          "'slots' = examples computed per attack, padding included\n"
+          f"{_ATTACK_HEAD}\n" + "-" * len(_ATTACK_HEAD))
 
 
 def format_attack_rows(result: dict) -> str:
-  return "\n".join([attack_table_head(result["dataset"])]
+  return "\n".join([attack_table_head(result["dataset"], result.get("source", ""))]
                    + [format_attack_row(r) for r in result["rows"]])
 
 
 def check_attack_args(names, model_names) -> None:
   """Rejects unknown attack or model names before anything compiles."""
-  # pylint: disable=g-import-not-at-top
-  from caat_jax import models
-  from caat_jax.attacks import autoattack
-  valid = ("autoattack",) + autoattack.ATTACKS
-  for a in names:
-    if a in valid:
-      continue
-    try:
-      evaluation.pgd_steps(a)
-    except config_lib.ConfigError:
-      raise config_lib.ConfigError(
-          f"--attacks: unknown attack {a!r}; valid: pgd<k>, {', '.join(valid)}") from None
+  from caat_jax import models  # pylint: disable=g-import-not-at-top
+  evaluation.check_names(names, "--attacks")
   for m in model_names:
     if m not in models.MODELS:
       raise config_lib.ConfigError(
@@ -236,18 +324,21 @@ def main(argv):
   names = [a.strip() for a in FLAGS.attacks.split(",") if a.strip()]
   model_names = [m.strip() for m in FLAGS.attack_models.split(",") if m.strip()]
   try:
-    check_attack_args(names, model_names)
+    if FLAGS.attacks:
+      check_attack_args(names, model_names)
     result = {} if FLAGS.skip_train_bench else run_bench(config)
   except config_lib.ConfigError as e:
     sys.exit(f"error: {e}")
   if result:
     print(format_rows(result))
   if names:  # rows print as they finish: a PreAct-ResNet-18 on a CPU takes hours
-    print(attack_table_head(config.data.name), flush=True)
+    print(attack_table_head(config.data.name, FLAGS.attack_model_from), flush=True)
     result["attacks"] = run_attack_bench(
         config, names, model_names or [config.model],
         FLAGS.attack_batch or config.bench.batch_size,
-        on_row=lambda r: print(format_attack_row(r), flush=True))
+        on_row=lambda r: print(format_attack_row(r), flush=True),
+        source=FLAGS.attack_model_from, eps=FLAGS.attack_eps,
+        num_points=FLAGS.attack_points, compact=not FLAGS.no_compact)
   with open(FLAGS.out, "w") as f:
     json.dump(result, f, indent=1)
   print(f"wrote {FLAGS.out}")

@@ -1,20 +1,24 @@
 """Evaluate a trained run from its checkpoint (the command line):
 
-  python -m caat_jax.evaluate --workdir=DIR [--attacks=pgd20,pgd100,autoattack]
+  python -m caat_jax.evaluate --workdir=DIR [--attacks=pgd20,pgd100,autoattack,apgd-ce]
 
 Restores the newest readable checkpoint and the run's stored config, runs
 each attack over the test split with the run's parallel wrapper (the
-evaluation library, ``caat_jax.evaluation``), writes ``eval_<attack>.json``
-and prints per-class tables; ``--sanity`` adds the eps-sweep check and the
-AutoAttack-vs-PGD-20 comparison.
+evaluation library, ``caat_jax.evaluation``: AutoAttack compacted on the
+still-robust points, every example re-classified, the reference's sanity
+warnings), writes ``eval_<attack>.json`` and prints per-class tables;
+``--sanity`` adds the eps-sweep check and the AutoAttack-vs-PGD-20
+comparison.
 """
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 
 from caat_jax import checkpoint as ckpt_lib
 from caat_jax import config_lib, evaluation, train
@@ -22,45 +26,76 @@ from caat_jax.evaluation import AUTOATTACK
 
 def load_run(workdir: str, checkpoint: str | None = None, step: int | None = None,
              overrides: Mapping[str, object] | None = None):
-  """Rebuilds a run from its checkpoint and stored config.
+  """Rebuilds a run from its newest readable checkpoint and stored config.
+
+  Steps are tried newest first; one whose config or state fails to read
+  (truncated, half-written) is skipped, and the skipped steps are reported in
+  one warning line.
 
   Args:
     workdir: the training run's directory.
     checkpoint: another run directory or checkpoints/ directory to read instead.
-    step: the step to restore (default the newest readable).
+    step: the step to restore (no fallback; default the newest readable).
     overrides: ``{'eval.batch_size': 500, ...}`` applied to the stored config
       (evaluation-only keys).
   Returns:
     (run, replicated variables, step): a ``train.Run`` built from the
     checkpoint's config and the classifier in its parallel layout.
+  Raises:
+    FileNotFoundError: no checkpoint at all.
+    checkpoint.CheckpointError: checkpoints exist but none is readable.
   """
   directory = ckpt_lib.resolve_directory(checkpoint or workdir)
   ckpt = ckpt_lib.Checkpointer(directory, async_save=False)
+  runs = {}  # stored config (JSON) -> Run: rebuilt only when a step's config differs
   try:
     steps = [step] if step is not None else ckpt.all_steps()[::-1]
     if not steps:
       raise FileNotFoundError(f"no checkpoint in {directory}")
-    stored, errors = None, []
+    errors, skipped, restored = [], [], None
     for s in steps:
       try:
-        stored, step = ckpt.restore_config(s), s
+        stored = ckpt.restore_config(s)
+      except Exception as e:  # pylint: disable=broad-except
+        errors.append(_one_line(s, e))
+        skipped.append(s)
+        continue
+      key = json.dumps(stored, sort_keys=True)
+      if key not in runs:  # a bad stored config is an error, not an unreadable step
+        runs[key] = train.Run(_eval_config(stored, overrides))
+      run = runs[key]
+      try:
+        restored = ckpt.restore(run.init_state(), step=s, move_aside=False)
         break
       except Exception as e:  # pylint: disable=broad-except
-        errors.append(f"step {s}: {type(e).__name__}: {e}")
-    if stored is None:
-      raise ckpt_lib.CheckpointError(f"no readable config in {directory}: {'; '.join(errors)}")
-    config = ml_collections.ConfigDict(stored)
-    with config.unlocked():
-      config.init_from = ""  # the checkpoint holds the classifier already
-      for key, value in (overrides or {}).items():
-        config_lib.set_dotted(config, key, value)
-    run = train.Run(config)
-    restored = ckpt.restore(run.init_state(), step=step, move_aside=False)
+        errors.append(_one_line(s, e))
+        skipped.append(s)
+    if restored is None:
+      raise ckpt_lib.CheckpointError(
+          f"no readable checkpoint in {directory} (tried steps {steps}): " + "; ".join(errors))
   finally:
     ckpt.close()
   state, step = restored
+  if skipped:
+    logging.warning("skipped unreadable checkpoint step(s) %s in %s; evaluating step %d",
+                    skipped, directory, step)
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   return run, run.parallel.replicate(variables), step
+
+
+def _one_line(step: int, e: Exception) -> str:
+  """An exception as one short line (orbax's messages run over many)."""
+  first = (str(e).splitlines() or [""])[0]
+  return f"step {step}: {type(e).__name__}: {first[:200]}"
+
+
+def _eval_config(stored: dict, overrides: Mapping[str, object] | None):
+  config = ml_collections.ConfigDict(stored)
+  with config.unlocked():
+    config.init_from = ""  # the checkpoint holds the classifier already
+    for key, value in (overrides or {}).items():
+      config_lib.set_dotted(config, key, value)
+  return config
 
 
 def eps_sweep_check(run, variables, *, eps: float, num_examples: int, batch_size: int,
@@ -112,15 +147,17 @@ def evaluate_checkpoint(workdir: str, attacks_to_run: Sequence[str], *,
   Args:
     workdir: the run directory (its checkpoints/ are read; results go here
       unless ``out_dir``).
-    attacks_to_run: names, each 'pgd<k>' or 'autoattack'.
+    attacks_to_run: names, each 'pgd<k>', 'autoattack' or one of AutoAttack's
+      attacks ('apgd-ce', 'apgd-t', 'fab-t', 'square', ...).
     checkpoint: read the checkpoint from here instead.
     num_examples, batch_size, eps: override the stored ``config.eval`` values
       (``num_examples`` 0 = the whole test split).
     aa_options: AutoAttack hyper-parameter overrides (tests only).
     sanity: also run the eps sweep (see ``eps_sweep_check``).
   Returns:
-    (documents, sanity): one SPEC-9 document per attack (``eval_<attack>.json``)
-    and the sanity-check results (``eval_sanity.json``).
+    (documents, sanity): one SPEC-9 document per attack (``eval_<attack>.json``,
+    with ``verification`` and ``warnings``) and the sanity-check results
+    (``eval_sanity.json``).
   """
   overrides = {}
   if num_examples is not None:
@@ -132,23 +169,17 @@ def evaluate_checkpoint(workdir: str, attacks_to_run: Sequence[str], *,
   evaluation.check_names(attacks_to_run, "--attacks", allow_autoattack=True)
   run, variables, step = load_run(workdir, checkpoint, overrides=overrides)
   c = run.config
+  # Refuses (one line) an attack the number of classes cannot support, before any runs.
+  evaluation.check_num_classes(attacks_to_run, run.dataset.num_classes)
   names = list(attacks_to_run)
   if sanity and AUTOATTACK in names and "pgd20" not in names:
     names.append("pgd20")
-  outcomes = run.evaluator.outcomes(
-      variables, run.dataset.test, tuple(names), eps=c.eval.eps, step_size=c.eval.step_size,
-      batch_size=c.eval.batch_size, num_examples=c.eval.num_examples, progress=progress,
-      aa_options=aa_options)
-
-  docs = []
-  for a in attacks_to_run:
-    d = evaluation.report(outcomes, run.dataset.num_classes, attack=a, eps=c.eval.eps,
-               method=c.method, dataset=c.data.name, model=c.model)
-    d["step"] = int(step)
-    if a == AUTOATTACK:
-      d["stages"] = {k.split("/", 1)[1]: 100.0 * (1.0 - float(np.mean(v)))
-                     for k, v in outcomes.items() if k.startswith(AUTOATTACK + "/")}
-    docs.append(d)
+  docs, outcomes = run.evaluator.evaluate(
+      variables, run.dataset.test, tuple(names), run.dataset.num_classes, eps=c.eval.eps,
+      step_size=c.eval.step_size, batch_size=c.eval.batch_size,
+      num_examples=c.eval.num_examples, progress=progress, aa_options=aa_options,
+      labels={"method": c.method, "dataset": c.data.name, "model": c.model})
+  docs = [dict(d, step=int(step)) for d in docs if d["attack"] in attacks_to_run]
   checks = {}
   if sanity:
     checks["eps_sweep"] = eps_sweep_check(
@@ -164,28 +195,38 @@ def evaluate_checkpoint(workdir: str, attacks_to_run: Sequence[str], *,
       evaluation.write_json(os.path.join(out_dir, f"eval_{d['attack']}.json"), d)
     if checks:
       evaluation.write_json(os.path.join(out_dir, "eval_sanity.json"), checks)
-    print(f"\n{c.method} on {c.data.name} ({c.model}), step {step}, eps={c.eval.eps:.4f}, "
-          f"{docs[0]['num_examples']} test points (errors in %):")
-    print(evaluation.format_table(docs))
-    for d in docs:
-      print()
-      print(evaluation.format_per_class(d))
-      if "stages" in d:
-        print("robust error (% of points) after each attack: " + ", ".join(
-            f"{k} {v:.2f}" for k, v in d["stages"].items()))
-    if checks:
-      print("\nsanity checks:")
-      if "eps_sweep" in checks:
-        s = checks["eps_sweep"]
-        print(f"  {s['attack']} accuracy (%) by eps: " + ", ".join(
-            f"{e:.4f}: {a:.2f}" for e, a in zip(s["eps"], s["accuracy"])))
-        print(f"  falls with eps: {s['monotone']}; 0 at eps={s['eps'][-1]}: {s['zero_at_large']}")
-      if "autoattack_vs_pgd20" in checks:
-        s = checks["autoattack_vs_pgd20"]
-        print(f"  robust accuracy autoattack {s['robust_accuracy'][AUTOATTACK]:.2f} <= "
-              f"pgd20 {s['robust_accuracy']['pgd20']:.2f}: {s['not_weaker']} "
-              f"({s['points_missed']} points robust to autoattack but broken by pgd20)")
+    _print_results(c, step, docs, checks)
   return docs, checks
+
+
+def _print_results(c, step: int, docs: Sequence[dict], checks: Mapping) -> None:
+  print(f"\n{c.method} on {c.data.name} ({c.model}), step {step}, eps={c.eval.eps:.4f}, "
+        f"{docs[0]['num_examples']} test points (errors in %):")
+  print(evaluation.format_table(docs))
+  for d in docs:
+    print()
+    print(evaluation.format_per_class(d))
+    if "stages" in d:
+      print("robust error (% of points) after each attack: " + ", ".join(
+          f"{k} {v:.2f}" for k, v in d["stages"].items()))
+    v = d["verification"]
+    print(f"final check ({v['num_points']} points re-classified): max |x_adv - x| = "
+          f"{v['max_linf']:.6f}, in [0, 1]: {v['in_box']}, finite: {v['finite']}, "
+          f"flags changed: {v['flag_mismatch']}")
+    for w in d["warnings"]:
+      print(f"warning ({d['attack']}): {w}")
+  if checks:
+    print("\nsanity checks:")
+    if "eps_sweep" in checks:
+      s = checks["eps_sweep"]
+      print(f"  {s['attack']} accuracy (%) by eps: " + ", ".join(
+          f"{e:.4f}: {a:.2f}" for e, a in zip(s["eps"], s["accuracy"])))
+      print(f"  falls with eps: {s['monotone']}; 0 at eps={s['eps'][-1]}: {s['zero_at_large']}")
+    if "autoattack_vs_pgd20" in checks:
+      s = checks["autoattack_vs_pgd20"]
+      print(f"  robust accuracy autoattack {s['robust_accuracy'][AUTOATTACK]:.2f} <= "
+            f"pgd20 {s['robust_accuracy']['pgd20']:.2f}: {s['not_weaker']} "
+            f"({s['points_missed']} points robust to autoattack but broken by pgd20)")
 
 
 def main(argv):
@@ -213,8 +254,9 @@ def _define_flags():
                       "Run directory or checkpoints/ directory to evaluate instead of "
                       "WORKDIR/checkpoints (results still go to --out_dir or WORKDIR).")
   flags.DEFINE_string("attacks", "pgd20,pgd100,autoattack",
-                      "Comma-separated: pgd<k> (CE, uniform start, config eval.step_size) "
-                      "and/or autoattack (standard version).")
+                      "Comma-separated: pgd<k> (CE, uniform start, config eval.step_size), "
+                      "autoattack (standard version) and/or its attacks alone: apgd-ce, "
+                      "apgd-dlr, apgd-t, fab-t, square.")
   flags.DEFINE_integer("num_examples", None, "Test points (0 = all; default config.eval).")
   flags.DEFINE_integer("batch_size", None, "Global eval batch size (default config.eval).")
   flags.DEFINE_float("eps", None, "L-inf bound in pixel units (default config.eval.eps).")

@@ -277,3 +277,7 @@ def test_autoattack_on_a_trained_cnn_is_not_weaker_than_pgd20(tmp_path):
     with open(os.path.join(workdir, f"eval_{name}.json")) as f:
       doc = json.load(f)
     assert doc["attack"] == name and len(doc["per_class"]["robust"]) == 10
+    assert doc["verification"]["flag_mismatch"] == 0 and doc["verification"]["num_points"] == 100
+    assert doc["verification"]["max_linf"] <= doc["eps"] + 1e-6
+    assert isinstance(doc["warnings"], list)
+  assert aa["compaction"]["square"]["points"] < 100  # Square saw only the survivors

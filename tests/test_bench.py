@@ -81,7 +81,7 @@ def test_bench_entries_apply_overrides_and_name_bad_ones():
   c.bench.methods = ("pgd_at", "pgd_at --config.attack.unroll=maybe")
   with pytest.raises(bench.config_lib.ConfigError, match="attack.unroll"):
     bench.run_bench(c)
-  with pytest.raises(bench.config_lib.ConfigError, match="unknown attack 'apgd'"):
+  with pytest.raises(bench.config_lib.ConfigError, match="--attacks contains 'apgd'"):
     bench.check_attack_args(["pgd20", "apgd"], [])
   with pytest.raises(bench.config_lib.ConfigError, match="unknown model 'resnet18'"):
     bench.check_attack_args(["pgd20"], ["resnet18"])
@@ -102,5 +102,18 @@ def test_attack_bench_rows_on_both_models():
   for r in rows:
     assert r["broken"] == 0  # eps = 0: nothing may break
     assert r["s_per_1000"] > 0 and r["compile_s"] > 0
+  assert rows[1]["compact"] and not rows[0]["compact"]
   text = bench.format_attack_rows(out)
   assert "apgd-ce" in text and "broken" in text
+
+
+@pytest.mark.slow  # the reference's APGD-T budget, twice: about a minute
+def test_attack_bench_compacted_and_fixed_batches_break_the_same_points():
+  """At eps > 0 on a random model some points break: compaction computes
+  fewer slots for the same count."""
+  c = _cfg("pgd_at")
+  kw = dict(eps=0.3, num_points=16)
+  got = {comp: bench.run_attack_bench(c, ["apgd-t"], ["small_cnn"], batch_size=8,
+                                      compact=comp, **kw)["rows"][0] for comp in (True, False)}
+  assert got[True]["broken"] == got[False]["broken"] > 0
+  assert got[True]["slots"] < got[False]["slots"] * 9  # fixed: every batch, every target

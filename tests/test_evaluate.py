@@ -30,3 +30,81 @@ def test_table_lists_every_document():
          "worst": {"natural": 4.0, "boundary": 5.0, "robust": 6.0}}
   table = evaluation.format_table([doc, dict(doc, attack="pgd100")])
   assert "pgd20" in table and "pgd100" in table and "6.00" in table
+
+
+# --- the command line on a short run ------------------------------------------
+
+import glob  # pylint: disable=g-import-not-at-top,wrong-import-position
+import json  # pylint: disable=g-import-not-at-top,wrong-import-position
+import os  # pylint: disable=g-import-not-at-top,wrong-import-position
+import shutil  # pylint: disable=g-import-not-at-top,wrong-import-position
+import subprocess  # pylint: disable=g-import-not-at-top,wrong-import-position
+import sys  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from caat_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from caat_jax import evaluate, train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tests.helpers import ROOT, digits_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+TINY = {"apgd-ce": {"num_iters": 5}}
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+  """One epoch (20 steps) of natural training, checkpoints at 10, 15, 20."""
+  workdir = str(tmp_path_factory.mktemp("short"))
+  train.train_and_evaluate(digits_config(method="natural", checkpoint_every_steps=5,
+                                         keep_checkpoints=3), workdir)
+  return workdir
+
+
+def _truncate(workdir, step):
+  """Cuts every array data file of ``step`` in half (a half-written save)."""
+  files = glob.glob(os.path.join(ckpt_lib.checkpoint_dir(workdir), str(step), "state",
+                                 "**", "d", "*"), recursive=True)
+  assert files
+  for f in files:
+    os.truncate(f, os.path.getsize(f) // 2)
+
+
+def test_load_run_falls_back_past_an_unreadable_checkpoint(short_run, tmp_path, caplog):
+  workdir = shutil.copytree(short_run, str(tmp_path / "run"))
+  _truncate(workdir, 20)
+  with caplog.at_level("WARNING"):
+    _, _, step = evaluate.load_run(workdir)
+  assert step == 15
+  lines = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+  assert len(lines) == 1 and "[20]" in lines[0] and "step 15" in lines[0]
+  assert os.path.exists(os.path.join(ckpt_lib.checkpoint_dir(workdir), "20"))  # left alone
+  for s in (10, 15):
+    _truncate(workdir, s)
+  with pytest.raises(ckpt_lib.CheckpointError, match="no readable checkpoint in .*checkpoints"):
+    evaluate.load_run(workdir)
+
+
+@pytest.mark.slow  # about 40 s on 2 busy cores
+def test_an_individual_attack_gets_its_own_document(short_run, tmp_path):
+  out = str(tmp_path / "out")
+  docs, _ = evaluate.evaluate_checkpoint(short_run, ["apgd-ce"], num_examples=16,
+                                         aa_options=TINY, out_dir=out, progress=False)
+  with open(os.path.join(out, "eval_apgd-ce.json")) as f:
+    doc = json.load(f)
+  assert doc == json.loads(json.dumps(docs[0]))
+  assert doc["attack"] == "apgd-ce" and len(doc["per_class"]["robust"]) == 10
+  assert doc["verification"]["num_points"] == 16 and doc["verification"]["flag_mismatch"] == 0
+  assert isinstance(doc["warnings"], list) and doc["step"] == 20
+
+
+@pytest.mark.parametrize("attacks", [",", "pgd20,apgd"])
+def test_bad_attack_names_are_one_line_from_the_command_line(attacks, tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+  res = subprocess.run([sys.executable, "-m", "caat_jax.evaluate", f"--workdir={tmp_path}",
+                        f"--attacks={attacks}"], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=300)
+  assert res.returncode == 1
+  err = res.stderr.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: --attacks"), res.stderr
+  for name in ("pgd<k>", "'autoattack'", "'apgd-ce'", "'apgd-t'", "'fab-t'", "'square'"):
+    assert name in err[0]
