@@ -94,6 +94,7 @@ def test_documents_carry_the_final_check_for_every_attack():
     assert d["verification"]["num_points"] == len(y)
     assert d["verification"]["flag_mismatch"] == 0 and d["warnings"] == []
     assert d["verification"]["max_linf"] <= eps + 1e-6
+    assert d["compute_dtype"] == "float32"
   assert "stages" in docs[1] and "compaction" in docs[1]
   assert out["apgd-ce"].sum() < out["natural"].sum()
 
@@ -147,3 +148,13 @@ def test_names_and_their_one_line_error():
     assert "\n" not in msg and msg.startswith("--attacks")
     for name in ("pgd<k>", "autoattack", "apgd-ce", "apgd-t", "fab-t", "square"):
       assert name in msg
+
+
+def test_a_bfloat16_run_is_evaluated_in_float32():
+  """SPEC 9: attacks and re-classification run the model in float32, whatever
+  compute dtype the run trained with."""
+  from caat_jax import train  # pylint: disable=g-import-not-at-top
+  from tests.helpers import digits_config  # pylint: disable=g-import-not-at-top
+  run = train.Run(digits_config(method="natural", dtype="bfloat16"))
+  assert run.model.dtype == jnp.bfloat16
+  assert run.eval_model.dtype == jnp.float32 and run.evaluator.model is run.eval_model

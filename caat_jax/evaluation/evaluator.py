@@ -13,6 +13,7 @@ import functools
 from collections.abc import Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -184,6 +185,9 @@ class Evaluator:
       d = report_lib.report(out, num_classes, attack=a, eps=eps, **dict(labels or {}))
       d["verification"] = info["verification"][a]
       d["warnings"] = info["warnings"][a]
+      # attacks and re-classification ran the model with this compute dtype,
+      # whatever the run trained with (SPEC 9: always float32)
+      d["compute_dtype"] = jnp.dtype(getattr(self.model, "dtype", jnp.float32)).name
       if a in info["stages"]:
         d["stages"] = {k: 100.0 * (1.0 - float(np.mean(v)))
                        for k, v in info["stages"][a].items() if k != "clean"}
