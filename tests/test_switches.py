@@ -6,9 +6,12 @@ start keyed per sample, and evaluation's definition of a robust point.
 The hand computations call the attack (``attacks.pgd``) directly with keys
 ``fold_in(key, i)`` and write cross-entropy and KL with ``log_softmax``, so
 they share neither ``caat.perturb`` nor ``losses`` with the code under test.
+The tests that compile a whole step or a gradient through attacks are slow
+(``-m slow``): XLA compiles take tens of seconds on a 2-core CPU.
 """
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
@@ -30,13 +33,13 @@ LAM = 1.5
 def setup():
   """(ctx without a device axis, initial state, first float batch): one Run."""
   config = digits_config(method="meta_caat", batch_size=32,
-                         **{"attack.num_steps": 2, "meta.batch_size": 16})
+                         **{"attack.num_steps": 1, "meta.batch_size": 16})
   run = train.Run(config, Parallel("pmap", devices=jax.devices()[:1]))
   ctx = dataclasses.replace(run.ctx, model=run.eval_model, axis_name=None)
   batch = next(iter(run.input.batches(0)))
   batch = {k: jnp.asarray(augment_lib.to_float01(v) if "image" in k else v)
            for k, v in batch.items()}
-  return ctx, run.init_state(), batch
+  return ctx, jax.jit(run.init_state)(), batch  # one compile, not one per op
 
 
 # -- hand-written pieces -------------------------------------------------------
@@ -89,6 +92,7 @@ def _official_by_hand(ctx, params, bs, xm, ym, x_adv, x_at):
   return (_ce(lm, ym) + LAM * _kl(lm, la)).mean() + _ce(lt, ym).mean()
 
 
+@pytest.mark.slow  # compiles the official objective and its attacks: ~20 s on 2 cores
 def test_official_meta_objective_at_current_model(setup):
   """``official`` = CE + lam KL on the meta batch's KL adversaries plus the
   mean CE of its anti-adversaries, attacks made at W."""
@@ -96,22 +100,27 @@ def test_official_meta_objective_at_current_model(setup):
   xm, ym = batch["meta_image"], batch["meta_label"]
   k_adv, k_at = jax.random.PRNGKey(11), jax.random.PRNGKey(12)
   attack_fn = ctx.eval_logits_fn(state.params, state.batch_stats)
-  fn = caat.meta_loss_fn("official", LAM, ctx, adversary_at="current")(
-      state, attack_fn, batch, k_adv, k_at, None)
-  x_adv = _attack(ctx, attack_fn, xm, ym, k_adv, adversary=True)
-  x_at = _attack(ctx, attack_fn, xm, ym, k_at, adversary=False)
+
+  @functools.partial(jax.jit, static_argnums=0)
+  def meta_loss(objective, params):
+    return caat.meta_loss_fn(objective, LAM, ctx, adversary_at="current")(
+        state, attack_fn, batch, k_adv, k_at, None)(params)
+
+  x_adv, x_at = jax.jit(lambda: (_attack(ctx, attack_fn, xm, ym, k_adv, adversary=True),
+                                 _attack(ctx, attack_fn, xm, ym, k_at, adversary=False)))()
   want = _official_by_hand(ctx, state.params, state.batch_stats, xm, ym, x_adv, x_at)
-  np.testing.assert_allclose(fn(state.params), want, rtol=1e-5)
+  official = meta_loss("official", state.params)
+  np.testing.assert_allclose(official, want, rtol=1e-5)
   # the anti-adversarial term is really there (and really anti-adversarial:
   # its CE is below the clean CE)
   lm = _forward(ctx, state.params, state.batch_stats, xm)
   lt = _forward(ctx, state.params, state.batch_stats, x_at)
   assert float(_ce(lt, ym).mean()) < float(_ce(lm, ym).mean())
-  robust = caat.meta_loss_fn("robust", LAM, ctx, adversary_at="current")(
-      state, attack_fn, batch, k_adv, k_at, None)(state.params)
-  np.testing.assert_allclose(fn(state.params) - robust, _ce(lt, ym).mean(), rtol=1e-4)
+  robust = meta_loss("robust", state.params)
+  np.testing.assert_allclose(official - robust, _ce(lt, ym).mean(), rtol=1e-4)
 
 
+@pytest.mark.slow  # compiles a step or a gradient through two attacks: ~20 s on 2 cores
 def test_official_meta_objective_at_lookahead_model(setup):
   """The default ``adversary_at='lookahead'``: both meta attacks are made at
   W_hat, and enter the gradient as constants."""
@@ -123,11 +132,13 @@ def test_official_meta_objective_at_lookahead_model(setup):
   fn = caat.meta_loss_fn("official", LAM, ctx, adversary_at="lookahead")(
       state, ctx.eval_logits_fn(state.params, bs), batch, k_adv, k_at, None)
   f_hat = ctx.eval_logits_fn(w_hat, bs)
-  x_adv = _attack(ctx, f_hat, xm, ym, k_adv, adversary=True)
-  x_at = _attack(ctx, f_hat, xm, ym, k_at, adversary=False)
+  x_adv, x_at = jax.jit(lambda: (_attack(ctx, f_hat, xm, ym, k_adv, adversary=True),
+                                 _attack(ctx, f_hat, xm, ym, k_at, adversary=False)))()
   by_hand = lambda p: _official_by_hand(ctx, p, bs, xm, ym, x_adv, x_at)
-  np.testing.assert_allclose(fn(w_hat), by_hand(w_hat), rtol=1e-5)
-  _close(jax.grad(fn)(w_hat), jax.grad(by_hand)(w_hat), rtol=1e-4, atol=1e-7)
+  got, got_grad = jax.jit(jax.value_and_grad(fn))(w_hat)
+  want, want_grad = jax.jit(jax.value_and_grad(by_hand))(w_hat)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  _close(got_grad, want_grad, rtol=1e-4, atol=1e-7)
 
 
 def test_clean_ce_meta_objective(setup):
@@ -156,6 +167,7 @@ def _sgd1(ctx, state):
           state.replace(opt_state=tx.init(state.params), extra={}))
 
 
+@pytest.mark.slow  # compiles a step or a gradient through two attacks: ~20 s on 2 cores
 def test_trades_loss_and_gradient_through_clean_logits(setup):
   """TRADES: CE(f(x), y) + beta KL(f(x) || f(x')), f(x) not detached; x' the
   KL adversary with per-sample keys. The step's update (optimiser sgd(1))
@@ -172,7 +184,8 @@ def test_trades_loss_and_gradient_through_clean_logits(setup):
   got_grad = jax.tree.map(lambda a, b: a - b, st.params, new.params)
 
   bs = st.batch_stats
-  x_adv = _attack(ctx, ctx.eval_logits_fn(st.params, bs), x, y, key, adversary=True)
+  x_adv = jax.jit(lambda: _attack(ctx, ctx.eval_logits_fn(st.params, bs), x, y, key,
+                                   adversary=True))()
 
   def by_hand(params, detach=False, swap=False):
     lc, la = _forward(ctx, params, bs, x), _forward(ctx, params, bs, x_adv)
@@ -184,15 +197,17 @@ def test_trades_loss_and_gradient_through_clean_logits(setup):
   lc, la = _forward(ctx, st.params, bs, x), _forward(ctx, st.params, bs, x_adv)
   np.testing.assert_allclose(metrics["kl"], _kl(lc, la).mean(), rtol=1e-5)
   assert abs(float(_kl(la, lc).mean()) - float(metrics["kl"])) > 1e-3 * float(metrics["kl"])
-  want = jax.grad(by_hand)(st.params)
+  grads = jax.jit(lambda p: [jax.grad(by_hand)(p),
+                             jax.grad(lambda q: by_hand(q, detach=True))(p),
+                             jax.grad(lambda q: by_hand(q, swap=True))(p)])
+  want, detached, swapped = grads(st.params)
   scale = _dist(want, jax.tree.map(jnp.zeros_like, want))
   assert _dist(got_grad, want) < 1e-4 * scale
-  detached = jax.grad(lambda p: by_hand(p, detach=True))(st.params)
-  swapped = jax.grad(lambda p: by_hand(p, swap=True))(st.params)
   assert _dist(got_grad, detached) > 1e-2 * scale
   assert _dist(got_grad, swapped) > 1e-3 * scale  # KL is symmetric to second order
 
 
+@pytest.mark.slow  # compiles a step or a gradient through two attacks: ~20 s on 2 cores
 def test_pgd_at_start_is_uniform_in_the_ball_keyed_per_sample(setup):
   """PGD-AT with K = 0 trains on its start point: x + U(-eps, eps) from
   sample i's key fold_in(key, i), clipped to [0, 1]; the step's loss and

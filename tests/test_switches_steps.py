@@ -4,7 +4,8 @@ look-ahead reading the real optimiser's buffer.
 
 One run (grad bound, meta step every 3 steps, the official look-ahead with
 momentum and weight decay) takes 7 steps on one device; each test reads
-that trajectory and compares it with a hand computation.
+that trajectory and compares it with a hand computation. Slow: the fixture
+compiles a whole Meta-CAAT step (about a minute on a loaded 2-core CPU).
 """
 
 import jax
@@ -18,6 +19,7 @@ from caat_jax.methods import meta_caat
 from caat_jax.parallel import Parallel
 from tests.helpers import digits_config
 
+pytestmark = pytest.mark.slow
 STEPS, INTERVAL = 7, 3
 
 
@@ -28,7 +30,7 @@ def trajectory():
       "attack.num_steps": 1, "meta.batch_size": 16, "caat.bound": "grad",
       "meta.interval": INTERVAL, "meta.lookahead": "sgd_momentum_wd"})
   run = train.Run(config, Parallel("pmap", devices=jax.devices()[:1]))
-  rstate = run.parallel.replicate(run.init_state())
+  rstate = run.parallel.replicate(jax.jit(run.init_state)())  # one compile, not one per op
   fetch = lambda tree: jax.tree.map(np.array, run.parallel.fetch(tree))  # copies
   states, step_metrics, batches = [fetch(rstate)], [], []
   it = run.input.batches(0)
