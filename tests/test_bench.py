@@ -20,7 +20,13 @@ def test_forward_units_match_spec_section_11():
   # SPEC 11: PGD-AT with K = 10 is 10 * 2F + 3F; TRADES / Reinforce-CAAT 27F.
   assert bench.forward_units(_cfg("pgd_at")) == 23.0
   assert bench.forward_units(_cfg("trades")) == 27.0
-  assert bench.forward_units(_cfg("reinforce_caat")) == 27.0
+  assert bench.forward_units(_cfg("reinforce_caat", **{"reinforce.reward": "paper"})) == 27.0
+  # the look-ahead reward adds, every reinforce.k steps, the meta batch's
+  # robust objective (attack 20 + clean 1 + fwd/bwd 6, scaled by m / n) and
+  # the JVP (4)
+  la = _cfg("reinforce_caat", **{"reinforce.reward": "lookahead", "reinforce.k": 20,
+                                 "meta.batch_size": 32, "batch_size": 64})
+  assert bench.forward_units(la) == 27.0 + (27.0 * 32 / 64 + 4.0) / 20
   # Meta-CAAT, meta step every iteration, m = n, robust objective, jvp:
   # two attacks 40 + clean 1 + real update 9 + look-ahead 9 + meta attack 20
   # + meta clean 1 + meta fwd/bwd 6 + JVP 6 = 92F, i.e. 4.0x PGD-AT
@@ -41,8 +47,10 @@ def test_meta_variant_costs_come_from_the_variants():
   assert units(**{"meta.variant": "nested_grad"}) == 92.0 + 12.0
   assert units(**{"meta.variant": "first_order"}) == 92.0 - 9.0
   assert units(**{"meta.variant": "k_step", "meta.k": 2}) == 50.0 + 2 * 27.0 + 27.0
-  # an ablation without learned weights has no meta part at all
-  assert units(**{"caat.direction": "adversarial_only"}) == 50.0
+  # Setting I (adversaries only) costs what TRADES costs; "rule" has both
+  # attacks but no meta part
+  assert units(**{"caat.direction": "adversarial_only"}) == 27.0
+  assert units(**{"caat.direction": "rule"}) == 50.0
 
 
 def test_run_bench_reports_ratios():
