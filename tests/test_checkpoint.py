@@ -241,15 +241,17 @@ def _inject(monkeypatch, at_step, what):
   real = methods.train_step
 
   def poisoned(state, batch, *, method_step, ctx):
-    new_state, step_metrics = real(state, batch, method_step=method_step, ctx=ctx)
-    if what == "loss":
-      bad = state.step + 1 >= at_step
-      step_metrics = dict(step_metrics, loss=jnp.where(bad, jnp.nan, step_metrics["loss"]))
-    else:
-      bad = state.step + 1 == at_step
-      new_state = new_state.replace(params=jax.tree.map(
-          lambda p: jnp.where(bad, jnp.inf, p), new_state.params))
-    return new_state, step_metrics
+    def bad_method_step(st, b, key):  # inside the train step, as a real fault is
+      new_state, step_metrics = method_step(st, b, key)
+      if what == "loss":
+        bad = st.step + 1 >= at_step
+        step_metrics = dict(step_metrics, loss=jnp.where(bad, jnp.nan, step_metrics["loss"]))
+      else:
+        bad = st.step + 1 == at_step
+        new_state = new_state.replace(params=jax.tree.map(
+            lambda p: jnp.where(bad, jnp.inf, p), new_state.params))
+      return new_state, step_metrics
+    return real(state, batch, method_step=bad_method_step, ctx=ctx)
 
   monkeypatch.setattr(methods, "train_step", poisoned)
 
