@@ -149,8 +149,8 @@ def test_lookahead_reward_equals_finite_difference():
     _, info = reward_fn(state, batch, attack_fn, per_sample_fn, d, l0, l1, LR, k_meta)
     r = np.asarray(info["lookahead"])
     # the same meta loss (same meta adversaries) at a shifted W
-    meta_fn = caat.meta_loss_fn("robust", config.reinforce.meta_lam, ctx)(
-        state, attack_fn, batch, *jax.random.split(k_meta))
+    meta_fn = caat.meta_loss_fn("robust", config.reinforce.meta_lam, ctx, adversary_at="current")(
+        state, attack_fn, batch, *jax.random.split(k_meta), state.extra["fair"])
     base_loss = meta_fn(state.params)
     for i in [int(np.argmax(is_adv)), int(np.argmin(is_adv)), 3, 7]:
       g_i = jax.grad(lambda p: per_sample_fn(p)[0][i, 0])(state.params)
