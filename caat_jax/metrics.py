@@ -122,14 +122,15 @@ class Window:
     self._pending.append(step_metrics)
 
   def flush(self, fetch, step: int, steps_per_epoch: int, schedule, *,
-            on_bad_state=None, note: str = "") -> dict | None:
+            on_bad_state=None, note=lambda: "") -> dict | None:
     """The window's record (None if empty); starts a new one.
 
     ``fetch`` brings replicated device values to the host (one sync per
     window, not per step). Each step's metrics are checked: a NaN/Inf metric
-    raises ``NonFiniteLossError`` naming the first step it appeared in (and
-    ``note``, what is kept); a step whose update left the state non-finite
-    (its ``nonfinite_state`` flag) calls ``on_bad_state(step)``.
+    raises ``NonFiniteLossError`` naming the first step it appeared in and
+    ``note()`` (what is kept; asked for only then); a step whose update left
+    the state non-finite (its ``nonfinite_state`` flag) calls
+    ``on_bad_state(step)``.
     """
     if not self._pending:
       return None
@@ -141,7 +142,7 @@ class Window:
       for k, v in m.items():
         if np.ndim(v) == 0 and not np.isfinite(v):
           raise NonFiniteLossError(f"metric 'train/{k}' is {float(v)} at step {s}; stopping. "
-                                   f"{note}(lower the learning rate or check the data)")
+                                   f"{note()}(lower the learning rate or check the data)")
     fetched = [{k: v for k, v in m.items() if k != NONFINITE_STATE} for m in fetched]
     record = mean_metrics(fetched)
     record.update(epoch=(step - 1) // steps_per_epoch, lr=float(schedule(step - 1)),

@@ -182,7 +182,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
     def log(step: int) -> None:
       record = window.flush(run.parallel.fetch, step, spe, run.schedule,
-                            on_bad_state=bad_state, note=kept())
+                            on_bad_state=bad_state, note=kept)
       if record is not None:
         writer.write(step, record)
         bar.set_postfix(loss=f"{record['train/loss']:.3f}")
