@@ -5,8 +5,6 @@ their own keys with these helpers, and ``config_lib`` loops over them. Every
 message names the full dotted key, the value, and what would be valid.
 """
 
-import math
-
 
 class ConfigError(ValueError):
   """A config value is invalid; the message names the key."""
@@ -25,7 +23,3 @@ def check(key: str, ok: bool, value, want: str) -> None:
   if not ok:
     raise ConfigError(f"config.{key}={value!r} is not valid: must be {want}.")
 
-
-def is_finite_number(value) -> bool:
-  return (isinstance(value, (int, float)) and not isinstance(value, bool)
-          and math.isfinite(value))
