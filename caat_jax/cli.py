@@ -37,12 +37,19 @@ def _flatten(tree, prefix=""):
   return keys
 
 
-def _load_config(arg: str):
-  """(config, None) from ``path[:variant]``, or (None, message)."""
+def load_config(arg: str, root: str | None = None):
+  """(config, None) from ``path[:variant]``, or (None, message).
+
+  ``path`` is relative to ``root`` (default the working directory), which is
+  also where the config's own imports (``from configs import default``) are
+  found.
+  """
+  root = root or os.getcwd()
   path, _, variant = arg.partition(":")
+  path = os.path.join(root, path)
   if not os.path.isfile(path):
-    return None, f"--config={arg}: no such file {path!r} (relative to {os.getcwd()})"
-  sys.path.insert(0, os.getcwd())
+    return None, f"--config={arg}: no such file {path!r} (relative to {root})"
+  sys.path.insert(0, root)
   try:
     spec = importlib.util.spec_from_file_location("_caat_config_check", path)
     module = importlib.util.module_from_spec(spec)
@@ -52,7 +59,7 @@ def _load_config(arg: str):
   except Exception as e:  # pylint: disable=broad-except
     return None, f"--config={arg}: loading {path} failed: {type(e).__name__}: {e}"
   finally:
-    sys.path.remove(os.getcwd())
+    sys.path.remove(root)
   get_config = getattr(module, "get_config", None)
   if get_config is None:
     return None, f"--config={arg}: {path} defines no get_config()"
@@ -69,7 +76,7 @@ def diagnose(argv, error: Exception) -> str:
   """One line saying which flag is wrong and what would be valid."""
   configs = _flag_values(argv, "config")
   if configs:
-    config, message = _load_config(configs[-1])
+    config, message = load_config(configs[-1])
     if message:
       return message
     valid = _flatten(config)

@@ -10,6 +10,8 @@
 #   ... launch/tpu_pod.sh run configs/cifar10.py [--config.key=value ...]
 #   ... launch/tpu_pod.sh delete
 #
+# `run` writes to $BUCKET/<config name>, or to $WORKDIR when set (one
+# directory per run: `python -m caat_jax.experiments emit ... --launcher=tpu_pod`).
 # The workdir must be shared by all workers (orbax writes each checkpoint
 # collectively, process 0 writes the metrics): use a GCS path,
 # $BUCKET/<name>. TFDS data likewise: --config.data.data_dir=$BUCKET/tfds.
@@ -42,13 +44,12 @@ case "$cmd" in
     ;;
   run)
     config=${1:?usage: $0 run CONFIG [flags]}; shift
-    : "${BUCKET:?set BUCKET=gs://... (a workdir every worker can reach)}"
-    name=$(basename "$config" .py)
+    : "${WORKDIR:=${BUCKET:?set BUCKET=gs://... or WORKDIR (a directory every worker can reach)}/$(basename "$config" .py)}"
     # printf %q keeps any quoting in the extra flags intact through ssh.
     extra=""
     [ $# -eq 0 ] || extra=$(printf ' %q' "$@")
     on_all_workers "cd caat_jax && . .venv/bin/activate && \
-      python -m caat_jax.main --config=$config --workdir=$BUCKET/$name \
+      python -m caat_jax.main --config=$config --workdir=$WORKDIR \
         --config.parallel.distributed=on$extra"
     ;;
   delete)

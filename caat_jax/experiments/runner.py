@@ -1,0 +1,195 @@
+"""Running an experiment: rows x seeds into ``WORKDIR/<row>/seed<k>``.
+
+Each run is ``caat_jax.train.train_and_evaluate`` on the row's config (so a
+killed run resumes from its newest checkpoint), followed by the evaluations
+the experiment needs that the run does not hold yet (``eval_<attack>.json``
+through ``caat_jax.evaluate``). A run whose training finished (``eval.json``
+written) and whose evaluations exist is skipped. Runs go seed by seed, so a
+partial experiment has every row of its first seeds.
+"""
+
+import dataclasses
+import json
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+
+import ml_collections
+
+from caat_jax import cli, config_lib
+from caat_jax.experiments.registry import Experiment, Row
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+LAUNCHERS = ("shell", "slurm", "tpu_pod")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+  """One row x seed: where it runs and its full override list."""
+  row: Row
+  seed: int
+  workdir: str
+  overrides: tuple[str, ...]
+
+  @property
+  def config_path(self) -> str:
+    return self.row.config
+
+
+def load_config(path: str) -> ml_collections.ConfigDict:
+  """A config file ``path[:variant]``, relative to the working directory if
+  it has the file there (a fork's own configs), else to the repository."""
+  root = os.getcwd() if os.path.isfile(path.partition(":")[0]) else REPO_ROOT
+  config, message = cli.load_config(path, root)
+  if message:
+    raise config_lib.ConfigError(message)
+  return config
+
+
+def eval_overrides(exp: Experiment) -> tuple[str, ...]:
+  """The PGD evaluations run at the end of training (the others afterwards)."""
+  pgd = tuple(a for a in exp.attacks if a.startswith("pgd"))
+  return (f"eval.attacks={pgd!r}",) if pgd else ()
+
+
+def plan(exp: Experiment, workdir: str, seeds: int | None = None,
+         rows: Sequence[str] | None = None, extra: Sequence[str] = ()) -> list[RunSpec]:
+  """Every run of ``exp``, seed-major; raises ``KeyError`` on an unknown row."""
+  selected = [exp.row(r) for r in rows] if rows else list(exp.rows)
+  n = exp.seeds if seeds is None else int(seeds)
+  if n < 1:
+    raise ValueError(f"--seeds={n}: must be >= 1")
+  specs = []
+  for seed in range(n):
+    for row in selected:
+      overrides = (exp.overrides + row.overrides + eval_overrides(exp)
+                   + (f"seed={seed}",) + tuple(extra))
+      specs.append(RunSpec(row, seed, os.path.join(workdir, row.name, f"seed{seed}"),
+                           overrides))
+  return specs
+
+
+def build_config(spec: RunSpec) -> ml_collections.ConfigDict:
+  """The run's config: its file, then the overrides; validated (no training)."""
+  config = config_lib.apply_overrides(load_config(spec.row.config), spec.overrides)
+  config_lib.validate(config)
+  return config
+
+
+def documents(run_dir: str) -> dict[str, dict]:
+  """The run's evaluation documents by attack (``eval_<attack>.json`` wins
+  over the end-of-training ``eval.json``)."""
+  docs = {}
+  path = os.path.join(run_dir, "eval.json")
+  if os.path.isfile(path):
+    with open(path) as f:
+      for d in json.load(f):
+        docs[d["attack"]] = d
+  if os.path.isdir(run_dir):
+    for name in sorted(os.listdir(run_dir)):
+      if name.startswith("eval_") and name.endswith(".json") and name != "eval_sanity.json":
+        with open(os.path.join(run_dir, name)) as f:
+          d = json.load(f)
+        if isinstance(d, dict) and "attack" in d:
+          docs[d["attack"]] = d
+  return docs
+
+
+def status(spec: RunSpec, exp: Experiment) -> str:
+  """'done', 'evaluate' (trained, evaluations missing), 'resume' or 'new'."""
+  if os.path.isfile(os.path.join(spec.workdir, "eval.json")):
+    have = documents(spec.workdir)
+    return "done" if all(a in have for a in exp.attacks) else "evaluate"
+  if os.path.isdir(os.path.join(spec.workdir, "checkpoints")):
+    return "resume"
+  return "new"
+
+
+def run(exp: Experiment, workdir: str, seeds: int | None = None,
+        rows: Sequence[str] | None = None, extra: Sequence[str] = (),
+        log=print) -> list[tuple[RunSpec, str]]:
+  """Runs every missing run of ``exp``; returns [(spec, outcome)].
+
+  Every config is built and validated before the first run starts, so a bad
+  override fails at once. A run that raises (NaN, a bad checkpoint) is
+  reported and the others go on; a preemption or Ctrl-C stops the whole
+  experiment (run the command again to resume).
+  """
+  # Imported here: listing and emitting need neither JAX devices nor the trainer.
+  from caat_jax import evaluate, train  # pylint: disable=import-outside-toplevel
+  from caat_jax import checkpoint, metrics  # pylint: disable=import-outside-toplevel
+  from caat_jax import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+
+  if exp.unavailable:
+    raise config_lib.ConfigError(f"experiment {exp.name!r} cannot run: {exp.unavailable}")
+  specs = plan(exp, workdir, seeds, rows, extra)
+  configs = [build_config(s) for s in specs]
+  outcomes = []
+  for i, (spec, config) in enumerate(zip(specs, configs)):
+    where = f"[{i + 1}/{len(specs)}] {spec.row.name} seed {spec.seed}"
+    state = status(spec, exp)
+    if state == "done":
+      log(f"{where}: done, skipped ({spec.workdir})")
+      outcomes.append((spec, "skipped"))
+      continue
+    log(f"{where}: {'resuming' if state == 'resume' else 'training' if state == 'new' else 'evaluating'}"
+        f" -> {spec.workdir}")
+    try:
+      workdir_lib.check(spec.workdir)
+      with workdir_lib.lock(spec.workdir):
+        if state != "evaluate":
+          train.train_and_evaluate(config, spec.workdir)
+        have = documents(spec.workdir)
+        missing = [a for a in exp.attacks if a not in have]
+        if missing:
+          evaluate.evaluate_checkpoint(
+              spec.workdir, missing, num_examples=exp.eval_examples or None, progress=False)
+      outcomes.append((spec, "ran"))
+    except (checkpoint.Preempted, KeyboardInterrupt):
+      raise
+    except (metrics.NonFiniteLossError, checkpoint.CheckpointError,
+            checkpoint.IncompatibleConfigError, workdir_lib.WorkdirError) as e:
+      log(f"{where}: FAILED: {e}")
+      outcomes.append((spec, f"failed: {e}"))
+  return outcomes
+
+
+def _flags(overrides: Sequence[str]) -> str:
+  return " ".join(shlex.quote(f"--config.{o}") for o in overrides)
+
+
+def emit(exp: Experiment, workdir: str, launcher: str, seeds: int | None = None,
+         rows: Sequence[str] | None = None, extra: Sequence[str] = ()) -> list[str]:
+  """Launch commands, one job per row x seed, through ``launch/``."""
+  if launcher not in LAUNCHERS:
+    raise ValueError(f"--launcher={launcher!r}; valid: {', '.join(LAUNCHERS)}")
+  if exp.unavailable:
+    raise config_lib.ConfigError(f"experiment {exp.name!r} cannot run: {exp.unavailable}")
+  lines = []
+  for spec in plan(exp, workdir, seeds, rows, extra):
+    build_config(spec)  # a bad row or override fails here, not on the cluster
+    config, wd, flags = shlex.quote(spec.row.config), shlex.quote(spec.workdir), _flags(spec.overrides)
+    if launcher == "shell":
+      cmd = f"launch/local.sh {config} {wd} {flags}"
+    elif launcher == "slurm":
+      cmd = f"sbatch --job-name={exp.name}-{spec.row.name}-s{spec.seed} launch/slurm.sbatch {config} {wd} {flags}"
+    else:
+      cmd = f"WORKDIR={wd} launch/tpu_pod.sh run {config} {flags}"
+    lines.append(cmd)
+    missing = [a for a in exp.attacks if not a.startswith("pgd")]
+    if missing:  # the non-PGD evaluations after training, in the same job chain
+      n = f" --num_examples={exp.eval_examples}" if exp.eval_examples else ""
+      lines.append(f"python -m caat_jax.evaluate --workdir={wd} --attacks={','.join(missing)}{n}")
+  return lines
+
+
+def describe(spec: RunSpec) -> str:
+  """The single-run command equivalent to ``spec``."""
+  return (f"python -m caat_jax.main --config={shlex.quote(spec.row.config)} "
+          f"--workdir={shlex.quote(spec.workdir)} {_flags(spec.overrides)}")
+
+
+def fail(message: str) -> None:
+  sys.stderr.write(f"error: {message}\n")
+  sys.exit(1)
