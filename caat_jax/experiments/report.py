@@ -1,1 +1,154 @@
-def write(*a, **k): raise NotImplementedError
+"""An experiment's results in the paper's layout: rows x (average and
+worst-class natural, boundary, robust error) or AutoAttack accuracy, mean ±
+sample standard deviation over seeds, the paper's number beside ours.
+
+Reads every ``WORKDIR/<row>/seed<k>`` run's evaluation documents
+(``eval.json`` / ``eval_<attack>.json``); writes ``report.md`` and
+``report.csv`` and, unless told not to, the figures (``caat_jax.plots``).
+"""
+
+import csv
+import math
+import os
+import re
+from collections.abc import Sequence
+
+from caat_jax.experiments import paper, runner
+from caat_jax.experiments.registry import Experiment
+
+ERROR_COLUMNS = ("avg_natural", "worst_natural", "avg_boundary", "worst_boundary",
+                 "avg_robust", "worst_robust")
+AA_COLUMNS = ("autoattack_accuracy", "avg_natural", "avg_robust", "worst_robust")
+
+
+def values(doc: dict) -> dict[str, float]:
+  """One evaluation document as the table's columns (percent).
+
+  ``autoattack_accuracy`` is 100 minus the class-average robust error: the
+  overall robust accuracy on a class-balanced test set (CIFAR-10's is).
+  """
+  out = {f"{agg}_{kind}": float(doc[agg][kind])
+         for agg in ("avg", "worst") for kind in ("natural", "boundary", "robust")}
+  out["autoattack_accuracy"] = 100.0 - out["avg_robust"]
+  return out
+
+
+def mean_std(xs: Sequence[float]) -> tuple[float, float]:
+  """Mean and sample standard deviation (n - 1; 0 for one value)."""
+  n = len(xs)
+  m = sum(xs) / n
+  return m, (math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1)) if n > 1 else 0.0)
+
+
+def _seed_dirs(row_dir: str, seeds: int | None) -> list[tuple[int, str]]:
+  if not os.path.isdir(row_dir):
+    return []
+  out = []
+  for name in os.listdir(row_dir):
+    m = re.fullmatch(r"seed(\d+)", name)
+    if m and (seeds is None or int(m.group(1)) < seeds):
+      out.append((int(m.group(1)), os.path.join(row_dir, name)))
+  return sorted(out)
+
+
+def collect(exp: Experiment, workdir: str, seeds: int | None = None,
+            rows: Sequence[str] | None = None) -> list[dict]:
+  """[{row, label, paper_row, attack, seeds: [k], columns: {col: [per seed]}}].
+
+  A seed counts when its run holds the attack's document (unfinished runs
+  are left out, and reported by ``table`` as missing seeds)."""
+  selected = [exp.row(r) for r in rows] if rows else list(exp.rows)
+  out = []
+  for attack in exp.attacks:
+    for row in selected:
+      found, cols = [], {}
+      for seed, d in _seed_dirs(os.path.join(workdir, row.name), seeds):
+        doc = runner.documents(d).get(attack)
+        if doc is None:
+          continue
+        found.append(seed)
+        for k, v in values(doc).items():
+          cols.setdefault(k, []).append(v)
+      out.append(dict(row=row.name, label=row.label, paper_row=row.paper, attack=attack,
+                      seeds=found, columns=cols))
+  return out
+
+
+def columns_for(exp: Experiment, attack: str) -> tuple[str, ...]:
+  if attack.startswith("pgd"):
+    return ERROR_COLUMNS
+  return AA_COLUMNS
+
+
+def _cell(vals: Sequence[float] | None, ref: float | None) -> str:
+  text = "–"
+  if vals:
+    m, s = mean_std(vals)
+    text = f"{m:.2f} ± {s:.2f}" if len(vals) > 1 else f"{m:.2f}"
+  if ref is not None:
+    text += f" ({ref:g})"
+  return text
+
+
+def markdown(exp: Experiment, results: list[dict], workdir: str) -> str:
+  table = exp.paper_table
+  lines = [f"# {exp.title}", ""]
+  if exp.note:
+    lines += [exp.note, ""]
+  lines += [f"Runs: `{workdir}`. Cells: mean ± sample standard deviation over the seeds "
+            "found (percent)" + (", the paper's number in parentheses" if table else "")
+            + ".", ""]
+  for attack in exp.attacks:
+    cols = columns_for(exp, attack)
+    lines += [f"## {attack}", "",
+              "| Method | seeds | " + " | ".join(paper.COLUMNS[c] for c in cols) + " |",
+              "|---|---|" + "---|" * len(cols)]
+    for r in results:
+      if r["attack"] != attack:
+        continue
+      refs = [table.value(r["paper_row"], c) if table and r["paper_row"] else None
+              for c in cols]
+      cells = [_cell(r["columns"].get(c), ref) for c, ref in zip(cols, refs)]
+      lines.append(f"| {r['label']} | {len(r['seeds'])} | " + " | ".join(cells) + " |")
+    lines.append("")
+  return "\n".join(lines)
+
+
+def write_csv(path: str, exp: Experiment, results: list[dict]) -> None:
+  table = exp.paper_table
+  with open(path, "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["experiment", "row", "label", "attack", "column", "mean", "std", "n",
+                "paper", "seeds", "values"])
+    for r in results:
+      for c in columns_for(exp, r["attack"]):
+        vals = r["columns"].get(c, [])
+        m, s = mean_std(vals) if vals else (float("nan"), float("nan"))
+        ref = table.value(r["paper_row"], c) if table and r["paper_row"] else None
+        w.writerow([exp.name, r["row"], r["label"], r["attack"], c, f"{m:.4f}", f"{s:.4f}",
+                    len(vals), "" if ref is None else ref,
+                    ";".join(map(str, r["seeds"])), ";".join(f"{v:.4f}" for v in vals)])
+
+
+def write(exp: Experiment, workdir: str, out: str | None = None, seeds: int | None = None,
+          rows: Sequence[str] | None = None, figures: bool = True) -> list[str]:
+  """Writes report.md, report.csv (and the figures) into ``out``; returns the paths."""
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f"--workdir={workdir}: no such directory")
+  results = collect(exp, workdir, seeds, rows)
+  if not any(r["seeds"] for r in results):
+    raise FileNotFoundError(
+        f"no finished run of {exp.name} under {workdir} (expected {workdir}/<row>/seed<k>/"
+        f"eval.json; rows: {', '.join(r.name for r in exp.rows)})")
+  out = out or workdir
+  os.makedirs(out, exist_ok=True)
+  md, csv_path = os.path.join(out, "report.md"), os.path.join(out, "report.csv")
+  with open(md, "w") as f:
+    f.write(markdown(exp, results, workdir))
+  write_csv(csv_path, exp, results)
+  written = [md, csv_path]
+  if figures:
+    from caat_jax import plots  # pylint: disable=import-outside-toplevel
+    written += plots.draw_all(workdir, os.path.join(out, "figures"),
+                              labels={r.name: r.label for r in exp.rows})
+  return written
