@@ -61,7 +61,7 @@ def draw_all(workdir: str, out: str | None = None,
     for stem, fig in figs.items():
       for ext in ("png", "svg"):
         path = os.path.join(out, f"{stem}.{ext}")
-        fig.savefig(path, dpi=120, bbox_inches="tight")
+        fig.savefig(path, dpi=110)
         paths.append(path)
   print(BOUND_VS_MARGIN_NOTE)
   return paths
