@@ -73,8 +73,8 @@ TRAINING_PANELS = (
     ("meta loss (meta batch, at meta-update steps)", "meta loss", 1.0,
      [("train/meta_loss", "", "-")]),
     ("policy entropy (Reinforce strategy)", "entropy (nats)", 1.0,
-     [("train/entropy", "joint (direction, bound)", "-"), ("train/entropy_direction", "direction", "--"),
-      ("train/entropy_bound", "bound", ":")]),
+     [("train/entropy", "joint (direction, bound)", "-"),
+      ("train/entropy_direction", "direction", "--"), ("train/entropy_bound", "bound", ":")]),
 )
 
 
@@ -216,13 +216,17 @@ def _slug(text: str) -> str:
   return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
 
 
+def _doc_key(d: dict) -> tuple[str, str, float | None]:
+  return str(d.get("dataset", "")), str(d["attack"]), d.get("eps")
+
+
 def eval_keys(groups: list[Group]) -> list[tuple[str, str, float | None]]:
   """The (dataset, attack, eps) of every evaluation document, in first-seen order."""
   out = {}
   for g in groups:
     for r in g.runs:
       for d in r.eval_docs:
-        out.setdefault((str(d.get("dataset", "")), str(d["attack"]), d.get("eps")), None)
+        out.setdefault(_doc_key(d), None)
   return list(out)
 
 
@@ -245,8 +249,7 @@ def draw_per_class_errors(groups: list[Group]) -> dict[str, Figure]:
 def _per_class_figure(groups, dataset, attack, eps) -> Figure:
   sel = []  # (group index, group, its documents for this key)
   for i, g in enumerate(groups):
-    docs = [d for r in g.runs for d in r.eval_docs
-            if (str(d.get("dataset", "")), str(d["attack"]), d.get("eps")) == (dataset, attack, eps)]
+    docs = [d for r in g.runs for d in r.eval_docs if _doc_key(d) == (dataset, attack, eps)]
     if docs:
       sel.append((i, g, docs))
   eps_text = f"$\\epsilon$ = {eps * PIXEL:.3g}/255" if eps is not None else "eps unknown"
