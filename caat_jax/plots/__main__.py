@@ -1,4 +1,14 @@
-"""``python -m caat_jax.plots --workdir=DIR [--out=DIR/figures]``: see the package."""
+"""Draws the figures of a run, or of every run under a directory:
+
+  python -m caat_jax.plots --workdir=DIR [--out=DIR/figures]
+
+Per-class natural and robust errors of each row side by side (Figs. 11-12),
+adversary ratio and bound per class over training (Figs. 9, 13), clean vs
+corrupted samples (Fig. 10) and training curves, as PNG and SVG; seeds of a
+row (DIR/<row>/seed<k>/) are averaged. Prints the files written and one line
+per figure skipped for want of data. Exit status 1 with one line when DIR
+does not exist or holds no run.
+"""
 
 from absl import app, flags
 
