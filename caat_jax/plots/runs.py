@@ -161,7 +161,10 @@ def _entry(v, index: int | None) -> float:
     if index is None or index >= len(v):
       return np.nan
     v = v[index]
-  return np.nan if v is None else float(v)
+  try:
+    return float(v)
+  except (TypeError, ValueError):  # None, or not a number: a gap in the line
+    return np.nan
 
 
 def has_key(groups: list[Group], key: str) -> bool:
