@@ -1,0 +1,67 @@
+"""Figures of a run, or of many runs side by side (matplotlib, PNG and SVG):
+
+  python -m caat_jax.plots --workdir=DIR [--out=DIR/figures]
+
+DIR is one run, or any directory holding runs at any depth (an experiment's
+DIR/<row>/seed<k>/, a suite's DIR/<method>/). Reads each run's
+``metrics.jsonl`` and evaluation documents (``eval.json``,
+``eval_<attack>.json``); the seeds of a row are averaged (std as bands / bars).
+
+* ``per_class_errors_<dataset>_<attack>``: natural and robust error per class,
+  one bar per row (Figs. 11-12); the documents' ``per_class`` lists.
+* ``training_curves``: ``train/loss``, ``train/clean_acc`` / ``adv_acc`` /
+  ``anti_acc``, ``train/meta_loss``, ``train/entropy`` (and ``_direction``,
+  ``_bound``).
+* ``strategy_per_class``: ``train/adv_ratio_per_class`` and
+  ``train/eps_per_class`` over training (Figs. 9, 13).
+* ``clean_vs_corrupted``: ``train/adv_ratio_clean_noisy``,
+  ``train/eps_clean_noisy``, ``train/p_adv_clean_noisy``,
+  ``train/eps_direction_clean_noisy`` (Fig. 10; runs with label noise).
+
+A figure no run has data for is skipped with one printed line. Bound vs
+margin (Fig. 8c) is not logged by training, so it is never drawn here.
+"""
+
+import os
+
+from caat_jax.plots.figures import (BOUND_VS_MARGIN_NOTE, FIGURES, Skip,
+                                    draw_clean_vs_corrupted, draw_per_class_errors,
+                                    draw_strategy_per_class, draw_training_curves)
+from caat_jax.plots.runs import Group, NoRunsError, Run, discover_runs, group_runs
+
+__all__ = ["draw_all", "discover_runs", "group_runs", "Run", "Group", "NoRunsError", "Skip",
+           "draw_per_class_errors", "draw_training_curves", "draw_strategy_per_class",
+           "draw_clean_vs_corrupted", "FIGURES"]
+
+
+def draw_all(workdir: str, out: str | None = None,
+             labels: dict[str, str] | None = None) -> list[str]:
+  """Draws every figure of the runs under ``workdir`` into ``out``.
+
+  Args:
+    workdir: one run directory, or a directory holding runs at any depth.
+    out: where the files go (default ``workdir/figures``; created).
+    labels: row directory (relative to ``workdir``, or its last component) ->
+      the label shown in legends; the rows it names come first, in its order.
+  Returns:
+    The paths written, a PNG and an SVG per figure.
+  Raises:
+    NoRunsError: ``workdir`` does not exist or holds no run.
+  """
+  groups = group_runs(discover_runs(workdir), labels)
+  out = out or os.path.join(workdir, "figures")
+  os.makedirs(out, exist_ok=True)
+  paths = []
+  for name, draw in FIGURES:
+    try:
+      figs = draw(groups)
+    except Skip as e:
+      print(f"skipped {name}: {e}")
+      continue
+    for stem, fig in figs.items():
+      for ext in ("png", "svg"):
+        path = os.path.join(out, f"{stem}.{ext}")
+        fig.savefig(path, dpi=110)
+        paths.append(path)
+  print(BOUND_VS_MARGIN_NOTE)
+  return paths
