@@ -53,33 +53,40 @@ class Experiment:
     return paper.TABLES.get(self.table) if self.table else None
 
 
-# Row specifications shared by every dataset: (label, method and its
-# overrides, paper row). The method's base config comes from the family.
+# Row specifications shared by every dataset: (label, kind of base config,
+# overrides starting with the method, paper row). The family gives each kind
+# its config file.
 SPECS: dict[str, tuple[str, str, tuple[str, ...], str | None]] = {
-    "pgd-at": ("PGD-AT", "pgd_at", (), "PGD Adv. Training"),
-    "trades-b1": ("TRADES (1/λ = 1)", "trades", ("trades.beta=1.0",), "TRADES (1/λ = 1)"),
-    "trades-b6": ("TRADES (1/λ = 6)", "trades", ("trades.beta=6.0",), "TRADES (1/λ = 6)"),
-    "baseline-reweight": ("Baseline ReWeight", "frl", ("fairness.mode=baseline_reweight",),
-                          "Baseline ReWeight"),
-    "frl-reweight": ("FRL (ReWeight)", "frl", ("fairness.mode=reweight",), "FRL (ReWeight)"),
-    "frl-remargin": ("FRL (ReMargin)", "frl", ("fairness.mode=remargin",), "FRL (ReMargin)"),
-    "frl-reweight-remargin": ("FRL (ReWeight+ReMargin)", "frl",
-                              ("fairness.mode=reweight_remargin",), "FRL (ReWeight+ReMargin)"),
-    "meta-caat-grad": ("Meta-CAAT (Grad-based)", "meta_caat", ("caat.bound=grad",),
+    "pgd-at": ("PGD-AT", "base", ("method=pgd_at",), "PGD Adv. Training"),
+    "trades-b1": ("TRADES (1/λ = 1)", "base", ("method=trades", "trades.beta=1.0"),
+                  "TRADES (1/λ = 1)"),
+    "trades-b6": ("TRADES (1/λ = 6)", "base", ("method=trades", "trades.beta=6.0"),
+                  "TRADES (1/λ = 6)"),
+    "baseline-reweight": ("Baseline ReWeight", "fairness",
+                          ("method=frl", "fairness.mode=baseline_reweight"), "Baseline ReWeight"),
+    "frl-reweight": ("FRL (ReWeight)", "fairness", ("method=frl", "fairness.mode=reweight"),
+                     "FRL (ReWeight)"),
+    "frl-remargin": ("FRL (ReMargin)", "fairness", ("method=frl", "fairness.mode=remargin"),
+                     "FRL (ReMargin)"),
+    "frl-reweight-remargin": ("FRL (ReWeight+ReMargin)", "fairness",
+                              ("method=frl", "fairness.mode=reweight_remargin"),
+                              "FRL (ReWeight+ReMargin)"),
+    "meta-caat-grad": ("Meta-CAAT (Grad-based)", "meta", ("method=meta_caat", "caat.bound=grad"),
                        "Meta-CAAT (Grad-based)"),
-    "meta-caat-remargin": ("Meta-CAAT (ReMargin)", "meta_caat",
-                           ("caat.bound=remargin", "fairness.enabled=true"),
+    "meta-caat-remargin": ("Meta-CAAT (ReMargin)", "meta",
+                           ("method=meta_caat", "caat.bound=remargin", "fairness.enabled=true"),
                            "Meta-CAAT (ReMargin)"),
-    "reinforce-caat": ("Reinforce-CAAT", "reinforce_caat", (), "Reinforce-CAAT"),
-    "without": ("Without (rule: head anti, tail adv)", "meta_caat",
-                ("caat.direction=rule", "caat.bound=fixed"), "Without"),
+    "reinforce-caat": ("Reinforce-CAAT", "reinforce", ("method=reinforce_caat",),
+                       "Reinforce-CAAT"),
+    "without": ("Without (rule: head anti, tail adv)", "meta",
+                ("method=meta_caat", "caat.direction=rule", "caat.bound=fixed"), "Without"),
     # Beyond the paper: the KL weight matched to TRADES' beta = 6 (the paper
     # compares Meta-CAAT at lam = 1 and Reinforce-CAAT at lam = 0.005-0.1
     # with TRADES at 1/lambda = 6).
-    "meta-caat-grad-lam6": ("Meta-CAAT (Grad-based), λ = 6", "meta_caat",
-                            ("caat.bound=grad", "caat.lam=6.0"), None),
-    "reinforce-caat-lam6": ("Reinforce-CAAT, λ = 6", "reinforce_caat", ("reinforce.lam=6.0",),
-                            None),
+    "meta-caat-grad-lam6": ("Meta-CAAT (Grad-based), λ = 6", "meta",
+                            ("method=meta_caat", "caat.bound=grad", "caat.lam=6.0"), None),
+    "reinforce-caat-lam6": ("Reinforce-CAAT, λ = 6", "reinforce",
+                            ("method=reinforce_caat", "reinforce.lam=6.0"), None),
 }
 PAPER_ROWS = ("pgd-at", "trades-b1", "trades-b6", "baseline-reweight", "frl-reweight",
               "frl-remargin", "frl-reweight-remargin", "meta-caat-grad", "meta-caat-remargin",
@@ -87,14 +94,16 @@ PAPER_ROWS = ("pgd-at", "trades-b1", "trades-b6", "baseline-reweight", "frl-rewe
 MATCHED_ROWS = ("meta-caat-grad-lam6", "reinforce-caat-lam6")
 NO_BASELINE_REWEIGHT = tuple(r for r in PAPER_ROWS if r != "baseline-reweight")
 
-# Base config per (dataset family, method); "*" for every other method.
+# Base config per (dataset family, kind): "base" for PGD-AT and TRADES (and
+# any kind a family has no file for), "fairness" for FRL, "meta" for
+# Meta-CAAT, "reinforce" for Reinforce-CAAT.
 FAMILIES: dict[str, dict[str, str]] = {
-    "cifar10": {"*": "configs/cifar10.py", "frl": "configs/cifar10_frl.py",
-                "meta_caat": "configs/cifar10_meta_caat.py",
-                "reinforce_caat": "configs/cifar10_reinforce_caat.py"},
-    "svhn": {"*": "configs/svhn.py", "reinforce_caat": "configs/svhn_reinforce_caat.py"},
-    "digits": {"*": "configs/digits.py", "meta_caat": "configs/digits_meta_caat.py",
-               "reinforce_caat": "configs/digits_reinforce_caat.py"},
+    "cifar10": {"base": "configs/cifar10.py", "fairness": "configs/cifar10_frl.py",
+                "meta": "configs/cifar10_meta_caat.py",
+                "reinforce": "configs/cifar10_reinforce_caat.py"},
+    "svhn": {"base": "configs/svhn.py", "reinforce": "configs/svhn_reinforce_caat.py"},
+    "digits": {"base": "configs/digits.py", "meta": "configs/digits_meta_caat.py",
+               "reinforce": "configs/digits_reinforce_caat.py"},
 }
 
 # What the digits counterparts change, for every row: one method per run
@@ -112,18 +121,18 @@ def rows(family: str, names: Sequence[str], config_variant: dict[str, str] | Non
   ``config_variant`` maps a row name to a ``:variant`` of its config."""
   out = []
   for name in names:
-    label, method, overrides, paper_row = SPECS[name]
+    label, kind, overrides, paper_row = SPECS[name]
     base = FAMILIES[family]
-    config = base.get(method, base["*"])
+    config = base.get(kind, base["base"])
     if config_variant and name in config_variant:
       config += ":" + config_variant[name]
-    out.append(Row(name, label, config, (f"method={method}",) + overrides, paper_row))
+    out.append(Row(name, label, config, overrides, paper_row))
   return tuple(out)
 
 
 def _settings(family: str) -> tuple[Row, ...]:
   """Fig. 14: Meta-CAAT's Settings I-IV (configs/meta_caat_variants.py)."""
-  config = FAMILIES[family]["meta_caat"]
+  config = FAMILIES[family]["meta"]
   labels = ("I: adversaries, fixed bound", "II: adversaries, grad bound",
             "III: adversaries + anti, fixed bound", "IV: adversaries + anti, grad bound")
   return tuple(Row(f"setting{i}", f"Setting {label}", f"{config}:setting{i}")
@@ -136,14 +145,15 @@ FEATURES = ("loss", "margin", "gradient", "entropy", "class proportion", "class-
 def _features(family: str) -> tuple[Row, ...]:
   """Fig. 15: every characteristic left out in turn, for both CAAT methods."""
   out = []
-  for method, short, label in (("meta_caat", "meta-caat", "Meta-CAAT"),
-                               ("reinforce_caat", "reinforce-caat", "Reinforce-CAAT")):
-    config = FAMILIES[family][method]
-    out.append(Row(f"{short}-all", f"{label}, all six", config, (f"method={method}",)))
+  for kind, short, label in (("meta", "meta-caat", "Meta-CAAT"),
+                             ("reinforce", "reinforce-caat", "Reinforce-CAAT")):
+    config = FAMILIES[family][kind]
+    method = SPECS[short + "-grad" if kind == "meta" else short][2][0]
+    out.append(Row(f"{short}-all", f"{label}, all six", config, (method,)))
     for i, feature in enumerate(FEATURES):
       mask = tuple(int(j != i) for j in range(len(FEATURES)))
       out.append(Row(f"{short}-no-{feature.replace(' ', '-')}", f"{label}, without {feature}",
-                     config, (f"method={method}", f"caat.feature_mask={mask}")))
+                     config, (method, f"caat.feature_mask={mask}")))
   return tuple(out)
 
 
@@ -222,11 +232,11 @@ def _build() -> dict[str, Experiment]:
   sweep = []
   for lam in (1.0, 2.0, 6.0):
     tag = f"{lam:g}"
-    sweep.append(Row(f"trades-b{tag}", f"TRADES (β = {tag})", FAMILIES["digits"]["*"],
-                     ("method=trades", f"trades.beta={lam}")))
+    trades, meta = SPECS["trades-b6"], SPECS["meta-caat-grad"]
+    sweep.append(Row(f"trades-b{tag}", f"TRADES (β = {tag})", FAMILIES["digits"]["base"],
+                     (trades[2][0], f"trades.beta={lam}")))
     sweep.append(Row(f"meta-caat-grad-lam{tag}", f"Meta-CAAT (Grad-based), λ = {tag}",
-                     FAMILIES["digits"]["meta_caat"],
-                     ("method=meta_caat", "caat.bound=grad", f"caat.lam={lam}")))
+                     FAMILIES["digits"]["meta"], meta[2] + (f"caat.lam={lam}",)))
   exps.append(Experiment("digits_lam_sweep", "KL weight sweep: TRADES β vs Meta-CAAT λ (digits)",
                          tuple(sweep), ("pgd20",), None, overrides=DIGITS_SCALE,
                          note=DIGITS_NOTE))
