@@ -26,10 +26,9 @@ def get_config(arg: str = ""):
   c.suite = ()
   c.method = "reinforce_caat"
   c.reinforce.lam = 0.1
-  # ~20 steps per epoch here: k = 5 gives the strategy net ~120 updates in
-  # 30 epochs (k = 20 would give 30)
-  c.reinforce.k = 5
-  c.reinforce.bound_set = tuple(range(10, 49, 3))
+  # k = 5 and the bound set {10, 13, ..., 46}/255 come from configs/digits.py
+  # (~20 steps per epoch: k = 5 gives the strategy net ~120 updates in 30
+  # epochs, k = 20 would give 30).
   if arg == "noisy":
     c.data.noise_type = "uniform"
     c.data.noise_rate = 0.4
