@@ -175,6 +175,50 @@ def _pair(name: str, title: str, table: str | None, family: str, names: Sequence
   ]
 
 
+def _noise_diagnostics() -> Experiment:
+  """Issue 17: why Meta-CAAT under 40% uniform noise trails TRADES (digits).
+
+  Rows share digits_table6's settings and names: give it digits_table6's
+  --workdir and the rows both have (trades-b6, meta-caat-grad) are reused.
+  """
+  base = rows("digits", ("trades-b6", "meta-caat-grad", "meta-caat-grad-lam6"))
+  trades, meta = base[0], base[1]
+
+  def variant(row: Row, name: str, label: str, *extra: str) -> Row:
+    return Row(name, f"{row.label}: {label}", row.config, row.overrides + extra)
+
+  diag = (
+      variant(meta, "meta-caat-fixed", "fixed bound", "caat.bound=fixed"),
+      variant(meta, "meta-caat-grad-clean-point", "grad bound at the clean point",
+              "caat.grad_bound_point=clean"),
+      variant(meta, "meta-caat-grad-anti0", "anti-adversary bound 0 (plain CE)",
+              "caat.anti_bound_scale=0.0"),
+      variant(meta, "meta-caat-grad-anti0.5", "anti-adversary bound x 0.5",
+              "caat.anti_bound_scale=0.5"),
+      variant(meta, "meta-caat-grad-anticap1", "anti-adversary bound capped at eps",
+              "caat.anti_bound_cap=1.0"),
+      variant(meta, "meta-caat-grad-hard", "hard weights (straight-through)",
+              "caat.weights=hard"),
+      variant(meta, "meta-caat-grad-clean-ce", "meta objective clean CE",
+              "meta.objective=clean_ce"),
+      variant(meta, "meta-caat-grad-official", "meta objective official",
+              "meta.objective=official"),
+      variant(trades, "oracle-trades-b6", "oracle: corrupted samples dropped",
+              "data.drop_corrupted=true"),
+      variant(meta, "oracle-meta-caat-grad", "oracle: corrupted samples dropped",
+              "data.drop_corrupted=true"),
+      variant(trades, "trades-b6-normalized", "official threat model (eps x std)",
+              "attack.threat_model=normalized"),
+      variant(meta, "meta-caat-grad-normalized", "official threat model (eps x std)",
+              "attack.threat_model=normalized"),
+  )
+  return Experiment(
+      "digits_noise_diagnostics", "Issue 17: Meta-CAAT under 40% uniform noise, diagnostics",
+      base + diag, ("pgd20",), "table6", seeds=1,
+      overrides=DIGITS_SCALE + ("data.noise_type=uniform", "data.noise_rate=0.4"),
+      note=DIGITS_NOTE + " One seed per diagnostic; see docs/results/noise.md.")
+
+
 def _build() -> dict[str, Experiment]:
   exps: list[Experiment] = []
   exps += _pair("table1", "Table 1: standard CIFAR-10", "table1", "cifar10", PAPER_ROWS,
@@ -240,6 +284,7 @@ def _build() -> dict[str, Experiment]:
   exps.append(Experiment("digits_lam_sweep", "KL weight sweep: TRADES β vs Meta-CAAT λ (digits)",
                          tuple(sweep), ("pgd20",), None, overrides=DIGITS_SCALE,
                          note=DIGITS_NOTE))
+  exps.append(_noise_diagnostics())
   out = {e.name: e for e in exps}
   assert len(out) == len(exps), "duplicate experiment names"
   return out
