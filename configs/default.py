@@ -56,6 +56,20 @@ def get_config() -> ml_collections.ConfigDict:
   c.attack.step_rule = "fixed"  # fixed: step_size | eps_frac: eps_i / 4
   c.attack.num_steps = 10
   c.attack.unroll = "auto"  # auto (unroll on CPU only) | true | false
+  # Threat model of the TRAINING attacks (every method's, Meta-CAAT's meta
+  # batch and the grad bound's start points included; evaluation, and FRL's
+  # validation attack, stay in pixel space with eval.eps):
+  #   pixel: eps, steps and the [0, 1] clip in pixel units (SPEC 1).
+  #   normalized: the official code's bound: it attacks (x - mean) / std, so
+  #     channel c gets the bound eps * std_c, the step step_size * std_c and
+  #     the start noise 0.001 std_c N (about 2/255 for eps = 8/255 on
+  #     CIFAR-10); the box stays the pixel [0, 1].
+  #   normalized_clip: that, plus the official clip of normalised values to
+  #     [0, 1]: pixels are clipped to [mean_c, mean_c + std_c] (within [0, 1])
+  #     after every step, which moves each pixel outside that range however
+  #     small the bound (training inputs, not the clean x of the loss).
+  # Per-sample bounds (caat.*, metrics "eps") stay in the units of attack.eps.
+  c.attack.threat_model = "pixel"
 
   c.trades = ml_collections.ConfigDict()
   c.trades.beta = 6.0  # CE + beta * KL; the paper's 1/lambda (also FRL's beta)

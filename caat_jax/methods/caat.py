@@ -30,12 +30,14 @@ def perturb(ctx: base.StepContext, logits_fn, x, y, clean, eps, keys,
     logits_fn: the classifier in inference mode.
     x: [B, H, W, C] clean images; y: [B] labels; clean: [B, C] clean logits
       (the adversaries' KL target).
-    eps: [B] bounds in pixel units.
+    eps: [B] bounds (pixel units under the ``pixel`` threat model; the
+      attack scales them per channel under ``normalized``).
     keys: [B] per-sample keys for the 0.001 N(0, I) start.
     adversary: [B] bool, True: adversary (ascend KL, sign +1), False:
       anti-adversary (descend CE with the true label, sign -1).
   Returns:
-    [B, H, W, C] perturbed images, sample i in B(x_i, eps_i) ∩ [0, 1].
+    [B, H, W, C] perturbed images, sample i in B(x_i, eps_i) ∩ [0, 1] under the
+    ``pixel`` threat model (``base.threat`` for the others).
   """
   return ctx.pgd(logits_fn, x, y, keys, eps=eps, start="gaussian",
                  sign=jnp.where(adversary, 1.0, -1.0),
@@ -164,7 +166,8 @@ def bound_fn(kind: str, ctx: base.StepContext, grad_offset: float = 0.9,
       return bounds.grad_based(
           logits_fn, x, y, clean, w[:, 0], w[:, 1], eps=eps, adv_keys=ctx.sample_keys(k_adv, b),
           at_keys=ctx.sample_keys(k_at, b) if anti else None, point=grad_point,
-          offset=grad_offset, axis_name=ctx.axis_name)
+          offset=grad_offset, axis_name=ctx.axis_name, scale=ctx.attack.scale,
+          box=ctx.attack.box)
     return grad
   raise ValueError(f"bound {kind!r}; valid: {', '.join(bounds.BOUNDS)}")
 
