@@ -88,6 +88,15 @@ def get_config() -> ml_collections.ConfigDict:
   # own start point x + 0.001 N; the KL one is mostly that noise) | clean (CE
   # input-gradient norm at x, for both).
   c.caat.grad_bound_point = "start"
+  # The anti-adversaries' bounds (Meta-CAAT and Reinforce-CAAT; the
+  # adversaries' and the meta objective's stay as they are): each sample's
+  # bound (fixed, remargin, grad, or the drawn one) times anti_bound_scale,
+  # then capped at anti_bound_cap * attack.eps (0 = no cap; e.g. against the
+  # grad bound's larger bounds of corrupted samples). Scale 0: the
+  # anti-adversarial term is CE on the clean input (on its clip under
+  # attack.threat_model=normalized_clip).
+  c.caat.anti_bound_scale = 1.0
+  c.caat.anti_bound_cap = 0.0
   c.caat.feature_mask = (1, 1, 1, 1, 1, 1)  # zero a feature out (Fig. 15)
   c.caat.feature_momentum = 0.99  # running standardisation of the features
 

@@ -205,9 +205,12 @@ def test_threat_model_leaves_evaluation_in_pixels(monkeypatch):
     ("attack.threat_model", "normalised",
      "config.attack.threat_model='normalised' is not valid; choose one of: 'pixel', "
      "'normalized', 'normalized_clip'"),
+    ("caat.anti_bound_scale", -0.5, "config.caat.anti_bound_scale=-0.5 is not valid: must "
+     "be >= 0"),
+    ("caat.anti_bound_cap", -1.0, "config.caat.anti_bound_cap=-1.0 is not valid: must be >= 0"),
 ])
 def test_bad_values_name_the_key(key, value, message):
-  config = digits_config(**{key: value})
+  config = digits_config(method="meta_caat", **{key: value})
   with pytest.raises(config_lib.ConfigError) as err:
     config_lib.validate(config)
   assert message in str(err.value)
@@ -218,3 +221,128 @@ def test_threat_model_needs_the_statistics():
   with pytest.raises(ValueError, match="attack.threat_model='normalized' needs"):
     base.AttackSettings.from_config(_attack_cfg("normalized"), unroll=True)
   assert methods.base.THREAT_MODELS == ("pixel", "normalized", "normalized_clip")
+
+
+# -- 2. caat.anti_bound_scale / caat.anti_bound_cap --------------------------
+
+class _Seen(Exception):
+  """Raised by the stand-in attack with the bounds and signs it was given."""
+
+
+_STATES = {}
+
+
+def _first_attack(config):
+  """(run, state, batch, key, eps [n], sign [n]) of the first training attack
+  of one real step: the step is traced up to that call, where a stand-in
+  attack stops it, and only that part is compiled."""
+  run = train.Run(config, Parallel("pmap", devices=jax.devices()[:1]))
+  ctx = dataclasses.replace(run.ctx, model=run.eval_model, axis_name=None)
+  batch = next(iter(run.input.batches(0)))
+  batch = {k: jnp.asarray(augment_lib.to_float01(v) if "image" in k else v)
+           for k, v in batch.items()}
+  key = jax.random.PRNGKey(5)
+  if config.method not in _STATES:  # the knobs do not change the initial state
+    _STATES[config.method] = jax.jit(run.init_state)()
+  state = _STATES[config.method]
+  step = run.method.make_step(config, ctx)
+
+  def stand_in(logits_fn, x, y, *, eps, sign=None, **kw):
+    raise _Seen(eps, sign)
+
+  def up_to_the_attack(state, batch, key):
+    try:
+      step(state, batch, key)
+    except _Seen as seen:  # the tracers belong to this trace: return them
+      return seen.args
+    raise AssertionError("the step made no attack")
+
+  real = attacks.pgd
+  attacks.pgd = stand_in
+  try:
+    eps, sign = jax.jit(up_to_the_attack)(state, batch, key)
+  finally:
+    attacks.pgd = real
+  return run, state, batch, key, np.asarray(eps), np.asarray(sign)
+
+
+def _meta_config(**overrides):
+  return digits_config(method="meta_caat", batch_size=16, **{
+      "attack.num_steps": 1, "meta.batch_size": 8, **overrides})
+
+
+@pytest.mark.parametrize("scale,cap", [(1.0, 0.0), (0.0, 0.0), (2.0, 1.5)])
+def test_meta_caat_anti_bound_fixed(scale, cap):
+  """Fixed bound: adversaries get attack.eps, anti-adversaries
+  min(scale * attack.eps, cap * attack.eps) (cap 0: no cap); the defaults
+  leave them alone."""
+  config = _meta_config(**{"caat.anti_bound_scale": scale, "caat.anti_bound_cap": cap})
+  *_, eps, sign = _first_attack(config)
+  e = config.attack.eps
+  want_at = scale * e if cap == 0 else min(scale * e, cap * e)
+  np.testing.assert_array_equal(sign, np.repeat([1.0, -1.0], 16))
+  np.testing.assert_allclose(eps[:16], e, rtol=1e-6)
+  np.testing.assert_allclose(eps[16:], want_at, rtol=1e-6)
+
+
+def test_meta_caat_anti_bound_grad():
+  """Grad bound (Eq. 26): the adversaries get Eq. 26's bounds, computed here
+  from the step's weights and keys; the anti-adversaries those times the
+  scale, capped at cap * attack.eps, a cap that binds for some samples and
+  not for others."""
+  from caat_jax import bounds, characteristics  # pylint: disable=g-import-not-at-top
+  from caat_jax.methods import meta_caat  # pylint: disable=g-import-not-at-top
+  scale, cap = 1.5, 2.4  # Eq. 26's bounds here are 1.3 to 1.9 attack.eps
+  config = _meta_config(**{"caat.bound": "grad", "caat.anti_bound_scale": scale,
+                           "caat.anti_bound_cap": cap})
+  run, state, batch, key, eps, _ = _first_attack(config)
+  # Eq. 26 directly, with the step's keys (key -> 4 keys) and weights
+  x, y = batch["image"], batch["label"]
+  f = lambda v: run.eval_model.apply({"params": state.params,
+                                      "batch_stats": state.batch_stats}, v, train=False)
+  clean = f(x)
+  z, _ = characteristics.strategy_inputs(clean, y, run.ctx.class_counts, state.extra["stats"],
+                                         config.caat, None, False)
+  w = meta_caat.weighting_net(config).apply({"params": state.extra["wnet"]}, z)
+  k_adv, k_at, _, _ = jax.random.split(key, 4)
+  e = config.attack.eps
+  eq26 = np.asarray(jax.jit(lambda: bounds.grad_based(
+      f, x, y, clean, w[:, 0], w[:, 1], eps=e, adv_keys=_keys(k_adv, 16),
+      at_keys=_keys(k_at, 16), point=config.caat.grad_bound_point,
+      offset=config.caat.grad_bound_offset))())
+  # (float32 noise: the KL gradient at x + 0.001 N is a difference of near-equal terms)
+  np.testing.assert_allclose(eps[:16], eq26, rtol=1e-3)
+  np.testing.assert_allclose(eps[16:], np.minimum(scale * eq26, cap * e), rtol=1e-3)
+  # and exactly, against the step's own Eq. 26 values
+  capped = scale * eps[:16] > cap * e
+  assert 0 < capped.sum() < 16, eq26 / e
+  np.testing.assert_allclose(eps[16:][~capped], scale * eps[:16][~capped], rtol=1e-6)
+  np.testing.assert_allclose(eps[16:][capped], cap * e, rtol=1e-6)
+
+
+@pytest.mark.parametrize("scale,cap", [(0.5, 0.0), (0.5, 0.1)])
+def test_reinforce_caat_anti_bound(scale, cap):
+  """Reinforce-CAAT: the drawn bound (one choice, 12/255) for adversaries;
+  min(scale * 12/255, cap * attack.eps) for anti-adversaries (0.1 * 0.1
+  binds)."""
+  config = digits_config(method="reinforce_caat", batch_size=16, **{
+      "attack.num_steps": 1, "reinforce.reward": "paper", "reinforce.bound_set": (12,),
+      "caat.anti_bound_scale": scale, "caat.anti_bound_cap": cap})
+  *_, eps, sign = _first_attack(config)
+  drawn = 12 / 255
+  want_at = scale * drawn if cap == 0 else min(scale * drawn, cap * config.attack.eps)
+  assert 0 < np.sum(sign > 0) < 16  # both directions drawn
+  np.testing.assert_allclose(eps[sign > 0], drawn, rtol=1e-6)
+  np.testing.assert_allclose(eps[sign < 0], want_at, rtol=1e-6)
+
+
+def test_anti_bound_scale_zero_is_the_clean_input():
+  """Bound 0: the anti-adversary is the clean input exactly, so the
+  anti-adversarial term is CE on x."""
+  ctx, f = _ctx("pixel"), _linear()
+  x, y = _data()
+  adv, anti = caat.adversaries_and_anti(ctx, f, x, y, f(x), ctx.full_eps(B),
+                                        jax.random.PRNGKey(3), jax.random.PRNGKey(4),
+                                        jnp.zeros((B,)))
+  np.testing.assert_array_equal(anti, x)
+  assert np.abs(np.asarray(adv) - np.asarray(x)).max() > 0.09

@@ -3,7 +3,8 @@
 One step, per device:
   1. clean logits (inference mode) -> the six characteristics zeta, running
      standardisation -> [alpha_i, beta_i] = softmax(f_Omega(zeta_i) / tau);
-  2. bounds eps_i (fixed / remargin / grad);
+  2. bounds eps_i (fixed / remargin / grad); the anti-adversaries' are
+     scaled and capped (``caat.anti_bound_scale`` / ``anti_bound_cap``);
   3. adversaries (ascend KL) and anti-adversaries (descend CE) in ONE attack
      call over the stacked batch [x; x] with per-sample sign and loss;
   4. every ``meta.interval`` steps: meta-gradient of the meta loss through a
@@ -84,6 +85,7 @@ def make_step(config, ctx: base.StepContext):
   weights = _weights_fn(c.direction, weighting_net(config), ctx.class_counts)
   bound = caat.bound_fn("fixed" if c.direction == "rule" else c.bound, ctx, c.grad_bound_offset,
                         c.grad_bound_point, anti=anti)
+  anti_bound = caat.anti_bound_fn(config)
   factors = fairness.factors_fn(config.fairness.mode if config.fairness.enabled else None)
   lookahead = _lookahead_fn(m.lookahead, config.optimizer)
   meta_loss = caat.meta_loss_fn(m.objective, lam, ctx, adversary_at=m.adversary_at,
@@ -112,7 +114,9 @@ def make_step(config, ctx: base.StepContext):
     # 2. bounds; 3. adversaries and anti-adversaries: one attack over [x; x].
     eps = bound(attack_fn, x, y, clean, w_old, extra["fair"], k_adv, k_at)
     if anti:
-      x_adv, x_at = caat.adversaries_and_anti(ctx, attack_fn, x, y, clean, eps, k_adv, k_at)
+      eps_at = anti_bound(eps)
+      x_adv, x_at = caat.adversaries_and_anti(ctx, attack_fn, x, y, clean, eps, k_adv, k_at,
+                                              eps_at)
     else:
       x_adv, x_at = caat.adversaries(ctx, attack_fn, x, y, clean, eps, k_adv), None
     f0, f1 = factors(extra["fair"], y, axis)
@@ -169,6 +173,7 @@ def make_step(config, ctx: base.StepContext):
                "adv_acc": losses.correct(la, y).mean(), "eps": eps.mean()}
     if anti:
       metrics["anti_acc"] = losses.correct(lt, y).mean()
+      metrics["eps_anti"] = eps_at.mean()
     metrics = base.pmean(metrics, axis)
     # averaged over the steps that took a meta step only
     metrics["ratio/meta_loss/num"] = (m_loss * did)[None]
@@ -209,6 +214,7 @@ def validate(config) -> None:
   choice("caat.bound", c.bound, bounds.BOUNDS)
   choice("caat.grad_bound_point", c.grad_bound_point, bounds.GRAD_POINTS)
   caat.validate_features(config)
+  caat.validate_anti_bound(config)
   choice("meta.variant", m.variant, tuple(meta.VARIANTS))
   choice("meta.objective", m.objective, caat.META_OBJECTIVES)
   choice("meta.lookahead", m.lookahead, LOOKAHEADS)
