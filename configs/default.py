@@ -82,6 +82,12 @@ def get_config() -> ml_collections.ConfigDict:
   # combined (learned alpha/beta) | adversarial_only | rule (head classes
   # anti-adversarial, tail classes adversarial, fixed eps: Table 9 "Without")
   c.caat.direction = "combined"
+  # Meta-CAAT's weights: soft (alpha, beta from the weighting net) | hard (one
+  # direction per sample, the paper's {0, 1}: forward alpha = 1[alpha >=
+  # beta], beta = 1 - alpha, also in the grad bound's mix; the meta-gradient
+  # flows through the soft alpha, straight-through). Reinforce-CAAT draws
+  # one direction per sample anyway and ignores it.
+  c.caat.weights = "soft"
   c.caat.bound = "fixed"  # fixed | remargin (needs fairness) | grad (Eq. 26)
   c.caat.grad_bound_offset = 0.9  # the varepsilon of Eq. 26
   # Where Eq. 26's gradient norms are taken: start (each attack's loss at its
