@@ -31,6 +31,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Table 5 "20% pair-flip" runs used)
   c.data.noise_type = "none"
   c.data.noise_rate = 0.0  # fraction of training labels corrupted
+  # Oracle (issue 17): drop the training examples whose label the noise
+  # changed (the rest keep their true labels): an upper bound for any
+  # reweighting of the noisy set. Needs noise_rate > 0 and a noise_type.
+  c.data.drop_corrupted = False
   c.data.imbalance_factor = 1.0  # long-tailed train set if > 1 (class 0 head)
   c.data.test_fraction = 0.2  # digits only: stratified test split (fixed seed)
   c.data.seed = c.get_ref("seed") + 0  # follows seed; overriding it leaves seed alone

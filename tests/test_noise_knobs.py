@@ -431,3 +431,35 @@ def test_hard_meta_gradient_is_straight_through(variant):
   quad = {name: leaves(fn(_meta_problem(wf, quadratic=True)[0], omega, params)[0])
           for name, wf in (("soft", soft), ("hard", hard))}
   assert np.abs(quad["hard"] - quad["soft"]).max() > 1e-3 * np.abs(quad["soft"]).max()
+
+
+# -- 4. data.drop_corrupted ----------------------------------------------------
+
+def test_drop_corrupted_keeps_the_clean_labels_only():
+  """Digits, 40% uniform noise: no corrupted example is left, the kept ones
+  are exactly the noisy split's uncorrupted ones (about 60% of it), and the
+  meta and test splits are untouched."""
+  from caat_jax import data  # pylint: disable=g-import-not-at-top
+  cfg = digits_config(**{"data.noise_type": "uniform", "data.noise_rate": 0.4}).data
+  noisy = data.load_dataset(cfg)
+  cfg.drop_corrupted = True
+  oracle = data.load_dataset(cfg)
+  assert noisy.train.corrupted.any() and not oracle.train.corrupted.any()
+  keep = ~noisy.train.corrupted
+  np.testing.assert_array_equal(oracle.train.source_index, noisy.train.source_index[keep])
+  np.testing.assert_array_equal(oracle.train.labels, noisy.train.clean_labels[keep])
+  assert abs(len(oracle.train) / len(noisy.train) - 0.6) < 0.05
+  for split in ("meta", "test"):
+    np.testing.assert_array_equal(getattr(oracle, split).source_index,
+                                  getattr(noisy, split).source_index)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"data.noise_rate": 0.4},
+                                       {"data.noise_type": "uniform"}])
+def test_drop_corrupted_needs_noise(overrides):
+  config = digits_config(**{"data.drop_corrupted": True, **overrides})
+  with pytest.raises(config_lib.ConfigError) as err:
+    config_lib.validate(config)
+  message = str(err.value)
+  assert "config.data.drop_corrupted=True" in message and "config.data.noise_rate=" in message
+  assert "\n" not in message
