@@ -141,7 +141,8 @@ def test_normalized_clip_is_the_official_attack_in_pixels():
 def test_threat_model_reaches_every_training_attack(monkeypatch):
   """Every method's training attacks (Meta-CAAT's meta batch, Reinforce-CAAT's
   reward batch and the grad bound's start points included) get the threat
-  model's scale and box, traced through each real step (no compile)."""
+  model's scale and box, traced through each real step (no compile; the
+  other switches ride along, so every combination here builds)."""
   calls = []
   real_pgd, real_start = attacks.pgd, attacks.random_start
 
@@ -157,8 +158,9 @@ def test_threat_model_reaches_every_training_attack(monkeypatch):
   monkeypatch.setattr(attacks, "random_start", random_start)
   cases = [("pgd_at", {}, 1), ("trades", {}, 1), ("frl", {}, 1),
            ("meta_caat", {"caat.bound": "grad", "meta.objective": "official"}, 2),
-           ("meta_caat", {"meta.adversary_at": "current"}, 2),
-           ("reinforce_caat", {"reinforce.k": 1}, 2)]
+           ("meta_caat", {"meta.adversary_at": "current", "caat.weights": "hard",
+                          "caat.anti_bound_scale": 0.5, "caat.anti_bound_cap": 1.0}, 2),
+           ("reinforce_caat", {"reinforce.k": 1, "caat.anti_bound_scale": 0.0}, 2)]
   for name, overrides, num_pgd in cases:
     config = digits_config(method=name, batch_size=16, **{
         "attack.num_steps": 1, "meta.batch_size": 8,
