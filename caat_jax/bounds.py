@@ -41,7 +41,7 @@ def ce_grad_norms(logits_fn, y, at: jax.Array) -> jax.Array:
 
 def grad_based(logits_fn, x, y, clean_logits, alpha, beta, *, eps: float, adv_keys,
                at_keys=None, point: str = "start", offset: float = 0.9,
-               axis_name: str | None = None) -> jax.Array:
+               axis_name: str | None = None, scale=1.0, box=(0.0, 1.0)) -> jax.Array:
   """Eq. 26: eps_i = (alpha_i g_adv_i + beta_i g_at_i + offset) * eps.
 
   ``point='start'``: ``g_adv`` is the norm of the adversarial (KL) loss's
@@ -53,6 +53,8 @@ def grad_based(logits_fn, x, y, clean_logits, alpha, beta, *, eps: float, adv_ke
   ``point='clean'``: both are the CE input-gradient norm at the clean x, a
   margin-like signal. Each is divided by its maximum over the global batch,
   so it lies in [0, 1] (the paper does not say how it normalises).
+  ``scale`` / ``box``: the training attacks' threat model (``attacks.pgd``),
+  so that the start points are the attacks' own.
   """
   b = x.shape[0]
   gmax = lambda g: jnp.maximum(
@@ -61,7 +63,8 @@ def grad_based(logits_fn, x, y, clean_logits, alpha, beta, *, eps: float, adv_ke
     g = ce_grad_norms(logits_fn, y, x)
     g_adv = g_at = g / gmax(g)
   else:
-    start = lambda keys: attacks.random_start(x, jnp.full((b,), eps), keys, "gaussian")
+    start = lambda keys: attacks.random_start(x, jnp.full((b,), eps), keys, "gaussian",
+                                              scale, box)
     g_adv = kl_grad_norms(logits_fn, clean_logits, start(adv_keys))
     g_adv = g_adv / gmax(g_adv)
     if at_keys is None:

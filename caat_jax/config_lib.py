@@ -133,6 +133,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   check("attack.step_size", a.step_size > 0, a.step_size, "> 0")
   check("attack.num_steps", a.num_steps >= 1, a.num_steps, ">= 1")
   choice("attack.step_rule", a.step_rule, methods.base.STEP_RULES)
+  choice("attack.threat_model", a.threat_model, methods.base.THREAT_MODELS)
   choice("attack.unroll", str(a.unroll).lower(), UNROLL)
 
   for name in (config.method,) + tuple(config.suite):

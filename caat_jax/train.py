@@ -62,7 +62,8 @@ class Run:
     self.unroll = resolve_unroll(config.attack.unroll)
     self.ctx = methods.StepContext(
         model=self.model, tx=self.tx,
-        attack=methods.base.AttackSettings.from_config(config.attack, self.unroll),
+        attack=methods.base.AttackSettings.from_config(config.attack, self.unroll,
+                                                       mean=ds.mean, std=ds.std),
         num_classes=ds.num_classes, class_counts=tuple(int(c) for c in ds.class_counts),
         augment=ds.augment, axis_name=axis, schedule=self.schedule,
         steps_per_epoch=self.steps_per_epoch)

@@ -31,6 +31,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Table 5 "20% pair-flip" runs used)
   c.data.noise_type = "none"
   c.data.noise_rate = 0.0  # fraction of training labels corrupted
+  # Oracle (issue 17): drop the training examples whose label the noise
+  # changed (the rest keep their true labels): an upper bound for any
+  # reweighting of the noisy set. Needs noise_rate > 0 and a noise_type.
+  c.data.drop_corrupted = False
   c.data.imbalance_factor = 1.0  # long-tailed train set if > 1 (class 0 head)
   c.data.test_fraction = 0.2  # digits only: stratified test split (fixed seed)
   c.data.seed = c.get_ref("seed") + 0  # follows seed; overriding it leaves seed alone
@@ -56,6 +60,20 @@ def get_config() -> ml_collections.ConfigDict:
   c.attack.step_rule = "fixed"  # fixed: step_size | eps_frac: eps_i / 4
   c.attack.num_steps = 10
   c.attack.unroll = "auto"  # auto (unroll on CPU only) | true | false
+  # Threat model of the TRAINING attacks (every method's, Meta-CAAT's meta
+  # batch and the grad bound's start points included; evaluation, and FRL's
+  # validation attack, stay in pixel space with eval.eps):
+  #   pixel: eps, steps and the [0, 1] clip in pixel units (SPEC 1).
+  #   normalized: the official code's bound: it attacks (x - mean) / std, so
+  #     channel c gets the bound eps * std_c, the step step_size * std_c and
+  #     the start noise 0.001 std_c N (about 2/255 for eps = 8/255 on
+  #     CIFAR-10); the box stays the pixel [0, 1].
+  #   normalized_clip: that, plus the official clip of normalised values to
+  #     [0, 1]: pixels are clipped to [mean_c, mean_c + std_c] (within [0, 1])
+  #     after every step, which moves each pixel outside that range however
+  #     small the bound (training inputs, not the clean x of the loss).
+  # Per-sample bounds (caat.*, metrics "eps") stay in the units of attack.eps.
+  c.attack.threat_model = "pixel"
 
   c.trades = ml_collections.ConfigDict()
   c.trades.beta = 6.0  # CE + beta * KL; the paper's 1/lambda (also FRL's beta)
@@ -68,12 +86,27 @@ def get_config() -> ml_collections.ConfigDict:
   # combined (learned alpha/beta) | adversarial_only | rule (head classes
   # anti-adversarial, tail classes adversarial, fixed eps: Table 9 "Without")
   c.caat.direction = "combined"
+  # Meta-CAAT's weights: soft (alpha, beta from the weighting net) | hard (one
+  # direction per sample, the paper's {0, 1}: forward alpha = 1[alpha >=
+  # beta], beta = 1 - alpha, also in the grad bound's mix; the meta-gradient
+  # flows through the soft alpha, straight-through). Reinforce-CAAT draws
+  # one direction per sample anyway and ignores it.
+  c.caat.weights = "soft"
   c.caat.bound = "fixed"  # fixed | remargin (needs fairness) | grad (Eq. 26)
   c.caat.grad_bound_offset = 0.9  # the varepsilon of Eq. 26
   # Where Eq. 26's gradient norms are taken: start (each attack's loss at its
   # own start point x + 0.001 N; the KL one is mostly that noise) | clean (CE
   # input-gradient norm at x, for both).
   c.caat.grad_bound_point = "start"
+  # The anti-adversaries' bounds (Meta-CAAT and Reinforce-CAAT; the
+  # adversaries' and the meta objective's stay as they are): each sample's
+  # bound (fixed, remargin, grad, or the drawn one) times anti_bound_scale,
+  # then capped at anti_bound_cap * attack.eps (0 = no cap; e.g. against the
+  # grad bound's larger bounds of corrupted samples). Scale 0: the
+  # anti-adversarial term is CE on the clean input (on its clip under
+  # attack.threat_model=normalized_clip).
+  c.caat.anti_bound_scale = 1.0
+  c.caat.anti_bound_cap = 0.0
   c.caat.feature_mask = (1, 1, 1, 1, 1, 1)  # zero a feature out (Fig. 15)
   c.caat.feature_momentum = 0.99  # running standardisation of the features
 

@@ -35,6 +35,12 @@ CASES = [
      "config.checkpoint_every_steps=-1"),
     ("missing init_from", "main", [_DIGITS, "--config.init_from=/no/such/run"],
      "config.init_from='/no/such/run'"),
+    ("threat model", "main", [_DIGITS, "--config.attack.threat_model=normalised"],
+     "config.attack.threat_model='normalised' is not valid; choose one of: 'pixel', "
+     "'normalized', 'normalized_clip'"),
+    ("oracle without noise", "main", [_DIGITS, "--config.data.drop_corrupted=true"],
+     "config.data.drop_corrupted=True drops the examples whose label noise changed, but "
+     "config.data.noise_rate=0.0"),
     ("batch over devices", "main", [_DIGITS, "--config.batch_size=63"],
      "not divisible by the number of devices (8)"),
     ("no attack", "evaluate", ["--attacks=,"], "--attacks names no attack"),

@@ -28,6 +28,7 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
       meta_per_class=10,
       noise_type='none',
       noise_rate=0.0,
+      drop_corrupted=False,
       imbalance_factor=1.0,
       test_fraction=0.2,
       seed=0)
@@ -255,6 +256,7 @@ def test_same_seed_same_data_different_seed_different_noise():
     ('noise_type', 'symmetric'),
     ('noise_rate', 1.0),
     ('noise_rate', -0.1),
+    ('drop_corrupted', 1),
     ('imbalance_factor', 0.5),
     ('test_fraction', 0.0),
     ('test_fraction', 1.0),

@@ -36,14 +36,27 @@ def _bcast(v: jax.Array, x: jax.Array) -> jax.Array:
   return jnp.reshape(v, v.shape + (1,) * (x.ndim - 1))
 
 
-def project(x_adv: jax.Array, x: jax.Array, eps: jax.Array) -> jax.Array:
-  """Projection onto B_inf(x_i, eps_i) ∩ [0, 1]^d. x_adv, x [B, ...]; eps [B]."""
-  e = _bcast(eps, x)
-  return jnp.clip(jnp.clip(x_adv, x - e, x + e), 0.0, 1.0)
+def project(x_adv: jax.Array, x: jax.Array, eps: jax.Array, scale=1.0,
+            box=(0.0, 1.0)) -> jax.Array:
+  """Projection onto B_inf(x_i, eps_i * scale), then clipping to ``box``.
+
+  Args:
+    x_adv, x: [B, H, W, C].
+    eps: [B] bounds.
+    scale: a scalar or [C], the per-channel multiplier of the bound (1: the
+      bound in pixel units; a training threat model may set the channels' std).
+    box: (lo, hi), scalars or [C]: the box clipped to last (default the pixel
+      range [0, 1]). When ``x`` lies inside the box, the result lies in
+      B_inf(x_i, eps_i * scale) ∩ box; a narrower box may move it out of the ball.
+  """
+  e = _bcast(eps, x) * jnp.asarray(scale, x.dtype)
+  lo, hi = (jnp.asarray(b, x.dtype) for b in box)
+  return jnp.clip(jnp.clip(x_adv, x - e, x + e), lo, hi)
 
 
 def random_start(
-    x: jax.Array, eps: jax.Array, keys: jax.Array, kind: str
+    x: jax.Array, eps: jax.Array, keys: jax.Array, kind: str, scale=1.0,
+    box=(0.0, 1.0)
 ) -> jax.Array:
   """Attack start point, per sample from its own key (device-count invariant).
 
@@ -53,8 +66,10 @@ def random_start(
     keys: per-sample PRNG keys [B, 2] (or typed keys [B]).
     kind: 'uniform' (U(-eps_i, eps_i), Madry et al.), 'gaussian'
       (0.001 N(0, I), TRADES) or 'none'.
+    scale, box: see ``project``; the noise is multiplied by ``scale`` too.
   Returns:
-    start points [B, H, W, C] inside B(x_i, eps_i) ∩ [0, 1].
+    start points [B, H, W, C], ``project``ed (inside B(x_i, eps_i) ∩ [0, 1]
+    by default).
   """
   shape = x.shape[1:]
   if kind == "none":
@@ -66,7 +81,7 @@ def random_start(
     noise = 0.001 * jax.vmap(lambda k: jax.random.normal(k, shape, x.dtype))(keys)
   else:
     raise ValueError(f"start={kind!r}; valid: 'uniform', 'gaussian', 'none'")
-  return project(x + noise, x, eps)
+  return project(x + noise * jnp.asarray(scale, x.dtype), x, eps, scale, box)
 
 
 def pgd(
@@ -83,6 +98,8 @@ def pgd(
     clean_logits: jax.Array | None = None,
     start: str = "uniform",
     unroll: bool = True,
+    scale=1.0,
+    box=(0.0, 1.0),
 ) -> jax.Array:
   """L-inf PGD, Algorithm 1 lines 5-10, with per-sample everything.
 
@@ -107,8 +124,17 @@ def pgd(
     start: 'uniform', 'gaussian' or 'none' (see ``random_start``).
     unroll: unroll the K steps (much faster on CPU; accelerators may prefer a
       rolled loop for compile time).
+    scale: a scalar or [C], the per-channel multiplier of every bound, step
+      and start noise (default 1: pixel units). The training threat model
+      ``normalized`` sets the channels' std: the PGD of an attack run on
+      (x - mean) / std, mapped back to pixels (SPEC 1's note on the official
+      code).
+    box: (lo, hi), scalars or [C], the range clipped to after each step
+      (default [0, 1]; ``normalized_clip``: [mean, mean + std], the official
+      code's [0, 1] clip of normalised values).
   Returns:
-    perturbed images [B, H, W, C] inside B(x_i, eps_i) ∩ [0, 1], no gradient.
+    perturbed images [B, H, W, C] inside B(x_i, eps_i) ∩ [0, 1] (defaults;
+    see ``project``), no gradient.
   """
   batch = x.shape[0]
   sign = jnp.ones((batch,), x.dtype) if sign is None else sign.astype(x.dtype)
@@ -128,12 +154,12 @@ def pgd(
     return jnp.where(kind == LOSS_KL, kl, ce)
 
   input_grad = jax.vmap(jax.grad(sample_loss))
-  step = _bcast(sign * step_size.astype(x.dtype), x)
+  step = _bcast(sign * step_size.astype(x.dtype), x) * jnp.asarray(scale, x.dtype)
 
   def body(_, x_adv):
     g = input_grad(x_adv, labels, loss_kind, clean_logits)
-    return project(x_adv + step * jnp.sign(g), x, eps)
+    return project(x_adv + step * jnp.sign(g), x, eps, scale, box)
 
-  x_adv = random_start(x, eps, keys, start)
+  x_adv = random_start(x, eps, keys, start, scale, box)
   x_adv = jax.lax.fori_loop(0, num_steps, body, x_adv, unroll=unroll if num_steps else 1)
   return jax.lax.stop_gradient(x_adv)

@@ -112,7 +112,7 @@ class Dataset:
 # ----------------------------------------------------------------------------
 
 _KEYS = ('name', 'data_dir', 'meta_per_class', 'noise_type', 'noise_rate',
-         'imbalance_factor', 'test_fraction', 'seed')
+         'drop_corrupted', 'imbalance_factor', 'test_fraction', 'seed')
 
 
 def _is_int(x: Any) -> bool:
@@ -145,6 +145,13 @@ def validate_config(cfg: Any) -> None:
      'an int >= 0')
   checks.choice('data.noise_type', cfg['noise_type'], NOISE_TYPES)
   ok('noise_rate', _is_real(cfg['noise_rate']) and 0 <= cfg['noise_rate'] < 1, 'in [0, 1)')
+  ok('drop_corrupted', isinstance(cfg['drop_corrupted'], (bool, np.bool_)), 'True or False')
+  if cfg['drop_corrupted'] and (cfg['noise_rate'] == 0 or cfg['noise_type'] == 'none'):
+    raise checks.ConfigError(
+        f"config.data.drop_corrupted=True drops the examples whose label noise changed, "
+        f"but config.data.noise_rate={cfg['noise_rate']!r} with config.data.noise_type="
+        f"{cfg['noise_type']!r} changes none; set noise_rate > 0 and a noise_type, or "
+        f"drop_corrupted=False.")
   ok('imbalance_factor', _is_real(cfg['imbalance_factor']) and cfg['imbalance_factor'] >= 1,
      '>= 1 (1 = balanced)')
   ok('test_fraction', _is_real(cfg['test_fraction']) and 0 < cfg['test_fraction'] < 1,
@@ -183,13 +190,14 @@ def load_dataset(cfg: Any) -> Dataset:
 
   Order: raw train -> clean balanced meta hold-out (`meta_per_class`) ->
   long tail (`imbalance_factor`) -> label noise (`noise_type`,
-  `noise_rate`); all of it deterministic in `seed`. The test split is never
-  modified.
+  `noise_rate`) -> with `drop_corrupted`, the examples whose label the noise
+  changed are removed (an oracle); all of it deterministic in `seed`. The
+  test split is never modified.
 
   Args:
     cfg: the `config.data` ConfigDict (or a mapping) with keys name, data_dir,
-      meta_per_class, noise_type, noise_rate, imbalance_factor, test_fraction,
-      seed.
+      meta_per_class, noise_type, noise_rate, drop_corrupted,
+      imbalance_factor, test_fraction, seed.
 
   Returns:
     The `Dataset`.
@@ -217,6 +225,10 @@ def load_dataset(cfg: Any) -> Dataset:
       noise_type=cfg['noise_type'],
       noise_rate=cfg['noise_rate'],
       seed=cfg['seed'])
+  if cfg['drop_corrupted']:  # the oracle: train on the clean-label examples only
+    logging.info('data.drop_corrupted: dropping %d of %d training examples (their '
+                 'labels were corrupted).', int(train.corrupted.sum()), len(train))
+    train = train.take(np.flatnonzero(~train.corrupted))
   if spec.mean is None:
     mean, std = _pixel_stats(raw_train.images)
   else:

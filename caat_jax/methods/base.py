@@ -32,6 +32,31 @@ from caat_jax.state import NONFINITE_STATE, TrainState, nonfinite_flag
 Metrics = dict[str, jax.Array]
 StepFn = Callable[[TrainState, dict, jax.Array], tuple[TrainState, Metrics]]
 STEP_RULES = ("fixed", "eps_frac")
+THREAT_MODELS = ("pixel", "normalized", "normalized_clip")
+
+
+def threat(threat_model: str, mean=(), std=()) -> tuple[Any, tuple[Any, Any]]:
+  """``(scale, box)`` of the training attacks' threat model (``attacks.pgd``).
+
+  ``pixel``: bounds and steps in pixel units, box [0, 1] (SPEC 1).
+  ``normalized``: the official code's bound: it attacks (x - mean) / std, so
+  every bound, step and start noise is multiplied by the channel's std;
+  box [0, 1]. ``normalized_clip``: that, and its clip of the normalised
+  input to [0, 1], i.e. the pixel box [mean, mean + std] per channel
+  (intersected with [0, 1]), which moves every pixel outside it however
+  small the bound. ``mean`` / ``std``: the dataset's per-channel statistics.
+  """
+  if threat_model == "pixel":
+    return 1.0, (0.0, 1.0)
+  if not std:
+    raise ValueError(f"attack.threat_model={threat_model!r} needs the dataset's mean and std")
+  if threat_model == "normalized":
+    return tuple(std), (0.0, 1.0)
+  if threat_model == "normalized_clip":
+    lo = tuple(min(max(m, 0.0), 1.0) for m in mean)
+    hi = tuple(min(max(m + s, 0.0), 1.0) for m, s in zip(mean, std))
+    return tuple(std), (lo, hi)
+  raise ValueError(f"attack.threat_model={threat_model!r}; valid: {', '.join(THREAT_MODELS)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,11 +64,15 @@ class AttackSettings:
   """The training-time PGD (SPEC 2), read once from ``config.attack``.
 
   Attributes:
-    eps: the L-inf bound in pixel units.
+    eps: the L-inf bound (pixel units under the ``pixel`` threat model).
     num_steps: K.
     step_size: the fixed step (``step_rule == 'fixed'``).
     step_rule: 'fixed' (``step_size``) or 'eps_frac' (``eps_i / 4``).
     unroll: unroll the attack loop (fast on CPU).
+    scale: per-channel multiplier of every bound, step and start noise (a
+      float, or a tuple of C); per-sample bounds ``eps_i`` stay in the
+      configured units and are scaled inside the attack (``threat``).
+    box: (lo, hi) the attack clips to, floats or tuples of C.
   """
 
   eps: float
@@ -51,12 +80,17 @@ class AttackSettings:
   step_size: float
   step_rule: str = "fixed"
   unroll: bool = True
+  scale: Any = 1.0
+  box: tuple[Any, Any] = (0.0, 1.0)
 
   @classmethod
-  def from_config(cls, attack_cfg, unroll: bool) -> "AttackSettings":
+  def from_config(cls, attack_cfg, unroll: bool, mean=(), std=()) -> "AttackSettings":
+    """``mean`` / ``std``: the dataset's per-channel statistics (needed by
+    the ``normalized`` threat models)."""
+    scale, box = threat(attack_cfg.threat_model, mean, std)
     return cls(eps=float(attack_cfg.eps), num_steps=int(attack_cfg.num_steps),
                step_size=float(attack_cfg.step_size), step_rule=attack_cfg.step_rule,
-               unroll=unroll)
+               unroll=unroll, scale=scale, box=box)
 
   def step_sizes(self, eps: jax.Array) -> jax.Array:
     """Per-sample PGD step: fixed ``step_size`` or ``eps_i / 4``."""
@@ -117,10 +151,12 @@ class StepContext:
     return jnp.full((batch,), self.attack.eps, jnp.float32)
 
   def pgd(self, logits_fn, x, y, keys, *, eps, start, **kwargs) -> jax.Array:
-    """The training-time PGD (inference-mode ``logits_fn``), per-sample ``keys``."""
-    return attacks.pgd(logits_fn, x, y, eps=eps, step_size=self.attack.step_sizes(eps),
-                       num_steps=self.attack.num_steps, keys=keys, start=start,
-                       unroll=self.attack.unroll, **kwargs)
+    """The training-time PGD (inference-mode ``logits_fn``), per-sample ``keys``,
+    under the configured threat model."""
+    a = self.attack
+    return attacks.pgd(logits_fn, x, y, eps=eps, step_size=a.step_sizes(eps),
+                       num_steps=a.num_steps, keys=keys, start=start, unroll=a.unroll,
+                       scale=a.scale, box=a.box, **kwargs)
 
   def sample_keys(self, key: jax.Array, local_batch: int) -> jax.Array:
     return sample_keys(key, local_batch, self.axis_name)

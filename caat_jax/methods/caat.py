@@ -6,7 +6,8 @@
 * ``strategy_stats``: adversary ratio and bound per class and per
   clean/corrupted sample (the paper's Figs. 9, 10, 13);
 * ``bound_fn``: the per-sample bounds of SPEC 4 (fixed, remargin, grad),
-  chosen when a step is built;
+  chosen when a step is built, and ``anti_bound_fn``, the anti-adversaries'
+  scale and cap of them;
 * the fairness constraints of FRL (SPEC 7): config checks and the epoch hook
   that updates the Lagrangian multipliers from validation errors;
 * config checks of the strategy features (``caat.feature_*``).
@@ -30,12 +31,14 @@ def perturb(ctx: base.StepContext, logits_fn, x, y, clean, eps, keys,
     logits_fn: the classifier in inference mode.
     x: [B, H, W, C] clean images; y: [B] labels; clean: [B, C] clean logits
       (the adversaries' KL target).
-    eps: [B] bounds in pixel units.
+    eps: [B] bounds (pixel units under the ``pixel`` threat model; the
+      attack scales them per channel under ``normalized``).
     keys: [B] per-sample keys for the 0.001 N(0, I) start.
     adversary: [B] bool, True: adversary (ascend KL, sign +1), False:
       anti-adversary (descend CE with the true label, sign -1).
   Returns:
-    [B, H, W, C] perturbed images, sample i in B(x_i, eps_i) ∩ [0, 1].
+    [B, H, W, C] perturbed images, sample i in B(x_i, eps_i) ∩ [0, 1] under the
+    ``pixel`` threat model (``base.threat`` for the others).
   """
   return ctx.pgd(logits_fn, x, y, keys, eps=eps, start="gaussian",
                  sign=jnp.where(adversary, 1.0, -1.0),
@@ -51,12 +54,14 @@ def adversaries(ctx: base.StepContext, logits_fn, x, y, clean, eps, key) -> jax.
 
 
 def adversaries_and_anti(ctx: base.StepContext, logits_fn, x, y, clean, eps, k_adv,
-                         k_at) -> tuple[jax.Array, jax.Array]:
+                         k_at, eps_at=None) -> tuple[jax.Array, jax.Array]:
   """Adversaries and anti-adversaries of the same inputs: one ``perturb`` over
-  the stacked batch [x; x]."""
+  the stacked batch [x; x]; ``eps_at`` [B] the anti-adversaries' bounds
+  (default ``eps``, the adversaries')."""
   b = x.shape[0]
+  eps_at = eps if eps_at is None else eps_at
   both = lambda a, a2: jnp.concatenate([a, a2], axis=0)
-  out = perturb(ctx, logits_fn, both(x, x), both(y, y), both(clean, clean), both(eps, eps),
+  out = perturb(ctx, logits_fn, both(x, x), both(y, y), both(clean, clean), both(eps, eps_at),
                 both(ctx.sample_keys(k_adv, b), ctx.sample_keys(k_at, b)),
                 both(jnp.ones((b,), bool), jnp.zeros((b,), bool)))
   return out[:b], out[b:]
@@ -164,12 +169,33 @@ def bound_fn(kind: str, ctx: base.StepContext, grad_offset: float = 0.9,
       return bounds.grad_based(
           logits_fn, x, y, clean, w[:, 0], w[:, 1], eps=eps, adv_keys=ctx.sample_keys(k_adv, b),
           at_keys=ctx.sample_keys(k_at, b) if anti else None, point=grad_point,
-          offset=grad_offset, axis_name=ctx.axis_name)
+          offset=grad_offset, axis_name=ctx.axis_name, scale=ctx.attack.scale,
+          box=ctx.attack.box)
     return grad
   raise ValueError(f"bound {kind!r}; valid: {', '.join(bounds.BOUNDS)}")
 
 
+def anti_bound_fn(config):
+  """``fn(eps [B]) -> [B]``: the anti-adversaries' bounds from the per-sample
+  bounds, ``min(caat.anti_bound_scale * eps_i, caat.anti_bound_cap *
+  attack.eps)`` (cap 0: no cap), chosen at build time."""
+  scale, cap = float(config.caat.anti_bound_scale), float(config.caat.anti_bound_cap)
+  limit = cap * float(config.attack.eps)
+  if cap == 0:
+    return (lambda eps: eps) if scale == 1 else (lambda eps: scale * eps)
+  return lambda eps: jnp.minimum(scale * eps, limit)
+
+
 # -- config checks -------------------------------------------------------------
+
+def validate_anti_bound(config) -> None:
+  """``caat.anti_bound_scale`` / ``caat.anti_bound_cap`` (Meta- and Reinforce-CAAT)."""
+  c = config.caat
+  check("caat.anti_bound_scale", c.anti_bound_scale >= 0, c.anti_bound_scale,
+        ">= 0 (1 = the bound as computed, 0 = anti-adversary is the clean input)")
+  check("caat.anti_bound_cap", c.anti_bound_cap >= 0, c.anti_bound_cap,
+        ">= 0 (a multiple of attack.eps; 0 = no cap)")
+
 
 def validate_features(config) -> None:
   """The ``caat.feature_*`` keys the strategy nets' inputs use (SPEC 3)."""

@@ -2,8 +2,10 @@
 
 One step, per device:
   1. clean logits (inference mode) -> the six characteristics zeta, running
-     standardisation -> [alpha_i, beta_i] = softmax(f_Omega(zeta_i) / tau);
-  2. bounds eps_i (fixed / remargin / grad);
+     standardisation -> [alpha_i, beta_i] = softmax(f_Omega(zeta_i) / tau)
+     (``caat.weights='hard'``: 1[alpha_i >= beta_i], straight-through);
+  2. bounds eps_i (fixed / remargin / grad); the anti-adversaries' are
+     scaled and capped (``caat.anti_bound_scale`` / ``anti_bound_cap``);
   3. adversaries (ascend KL) and anti-adversaries (descend CE) in ONE attack
      call over the stacked batch [x; x] with per-sample sign and loss;
   4. every ``meta.interval`` steps: meta-gradient of the meta loss through a
@@ -27,6 +29,7 @@ from caat_jax.methods import base, caat
 
 DIRECTIONS = ("combined", "adversarial_only", "rule")
 LOOKAHEADS = ("sgd", "sgd_momentum_wd")
+WEIGHTS = ("soft", "hard")
 
 
 def weighting_net(config) -> strategy.WeightingNet:
@@ -59,6 +62,28 @@ def _weights_fn(direction: str, wnet, class_counts):
   return rule
 
 
+def _straight_through(weights):
+  """One direction per sample, the paper's {0, 1} choice: the forward value
+  is alpha = 1[alpha >= beta], beta = 1 - alpha, and the gradient is the soft
+  alpha's (a straight-through estimator: hard + (alpha - stop_gradient(alpha)),
+  exactly 0 or 1 forward)."""
+  def hard(omega, z, y):
+    w = weights(omega, z, y)
+    alpha = w[:, 0]
+    chosen = jax.lax.stop_gradient((alpha >= w[:, 1]).astype(w.dtype))
+    alpha = chosen + (alpha - jax.lax.stop_gradient(alpha))
+    return jnp.stack([alpha, 1.0 - alpha], axis=-1)
+  return hard
+
+
+def weights_fn(config, class_counts):
+  """``fn(omega, z, y) -> [B, 2]`` (alpha, beta) per sample, as the step uses
+  them (``caat.direction``, ``caat.weights``)."""
+  c = config.caat
+  weights = _weights_fn(c.direction, weighting_net(config), class_counts)
+  return _straight_through(weights) if c.weights == "hard" else weights
+
+
 def _lookahead_fn(kind: str, optimizer_cfg):
   """``fn(state, lr) -> lookahead(W, g)``."""
   if kind == "sgd":
@@ -81,9 +106,10 @@ def make_step(config, ctx: base.StepContext):
   # is then TRADES with beta = lam (same keys, same BatchNorm passes).
   anti = c.direction != "adversarial_only"
   learned = c.direction == "combined"
-  weights = _weights_fn(c.direction, weighting_net(config), ctx.class_counts)
+  weights = weights_fn(config, ctx.class_counts)
   bound = caat.bound_fn("fixed" if c.direction == "rule" else c.bound, ctx, c.grad_bound_offset,
                         c.grad_bound_point, anti=anti)
+  anti_bound = caat.anti_bound_fn(config)
   factors = fairness.factors_fn(config.fairness.mode if config.fairness.enabled else None)
   lookahead = _lookahead_fn(m.lookahead, config.optimizer)
   meta_loss = caat.meta_loss_fn(m.objective, lam, ctx, adversary_at=m.adversary_at,
@@ -112,7 +138,9 @@ def make_step(config, ctx: base.StepContext):
     # 2. bounds; 3. adversaries and anti-adversaries: one attack over [x; x].
     eps = bound(attack_fn, x, y, clean, w_old, extra["fair"], k_adv, k_at)
     if anti:
-      x_adv, x_at = caat.adversaries_and_anti(ctx, attack_fn, x, y, clean, eps, k_adv, k_at)
+      eps_at = anti_bound(eps)
+      x_adv, x_at = caat.adversaries_and_anti(ctx, attack_fn, x, y, clean, eps, k_adv, k_at,
+                                              eps_at)
     else:
       x_adv, x_at = caat.adversaries(ctx, attack_fn, x, y, clean, eps, k_adv), None
     f0, f1 = factors(extra["fair"], y, axis)
@@ -169,6 +197,7 @@ def make_step(config, ctx: base.StepContext):
                "adv_acc": losses.correct(la, y).mean(), "eps": eps.mean()}
     if anti:
       metrics["anti_acc"] = losses.correct(lt, y).mean()
+      metrics["eps_anti"] = eps_at.mean()
     metrics = base.pmean(metrics, axis)
     # averaged over the steps that took a meta step only
     metrics["ratio/meta_loss/num"] = (m_loss * did)[None]
@@ -206,9 +235,11 @@ def validate(config) -> None:
   check("caat.tau", c.tau > 0, c.tau, "> 0")
   check("caat.hidden", c.hidden >= 1, c.hidden, ">= 1")
   choice("caat.direction", c.direction, DIRECTIONS)
+  choice("caat.weights", c.weights, WEIGHTS)
   choice("caat.bound", c.bound, bounds.BOUNDS)
   choice("caat.grad_bound_point", c.grad_bound_point, bounds.GRAD_POINTS)
   caat.validate_features(config)
+  caat.validate_anti_bound(config)
   choice("meta.variant", m.variant, tuple(meta.VARIANTS))
   choice("meta.objective", m.objective, caat.META_OBJECTIVES)
   choice("meta.lookahead", m.lookahead, LOOKAHEADS)

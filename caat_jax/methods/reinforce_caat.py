@@ -7,7 +7,8 @@ One step, per device:
      2 x K strategies s = (direction, bound) (``strategy.PolicyNet``); each
      sample draws its strategy from its own key;
   3. ONE PGD pass over the batch with per-sample sign, bound and loss:
-     adversaries ascend KL(f(x) || f(x')), anti-adversaries descend CE;
+     adversaries ascend KL(f(x) || f(x')), anti-adversaries descend CE (their
+     drawn bounds scaled and capped by ``caat.anti_bound_scale`` / ``_cap``);
   4. classifier update, Eq. 31:
        l_i = f0_i CE(f(x_i), y_i) + lam f1_i KL(f(x_i) || f(x_adv_i))  (adversary)
        l_i = f0_i CE(f(x_at_i), y_i)                                  (anti-adversary)
@@ -145,6 +146,7 @@ def make_step(config, ctx: base.StepContext):
   net, tx, bound_set = policy_net(config), policy_optimizer(config), bound_values(config)
   factors = fairness.factors_fn(config.fairness.mode if config.fairness.enabled else None)
   margins = _margins_fn(config)
+  anti_bound = caat.anti_bound_fn(config)
   reward_fn = _reward_fn(config, ctx)
 
   def step(state, batch, key):
@@ -165,6 +167,7 @@ def make_step(config, ctx: base.StepContext):
     direction, bound = reinforce.sample(ctx.sample_keys(k_policy, b), logits)
     is_adv = direction == reinforce.ADVERSARY
     eps = bound_set[bound] * margins(extra["fair"], y)
+    eps = jnp.where(is_adv, eps, anti_bound(eps))  # caat.anti_bound_scale / _cap
 
     # 3. adversaries and anti-adversaries in one attack pass.
     x_tilde = caat.perturb(ctx, attack_fn, x, y, clean, eps, ctx.sample_keys(k_attack, b),
@@ -291,6 +294,7 @@ def validate(config) -> None:
   if r.reward == "lookahead":
     check("meta.batch_size", config.meta.batch_size >= 1, config.meta.batch_size, ">= 1")
   caat.validate_features(config)
+  caat.validate_anti_bound(config)
   caat.validate_fairness(config)
 
 
