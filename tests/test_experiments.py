@@ -121,8 +121,8 @@ def test_every_experiment_builds_valid_configs():
       assert config.method in methods.METHODS and config.suite == ()
       if exp.name.startswith("digits"):
         assert config.data.name == "digits" and config.num_epochs == 10
-      for o in spec.overrides:  # every override took effect
-        key, _, value = o.partition("=")
+      final = dict(o.partition("=")[::2] for o in spec.overrides)  # the last one wins
+      for key, value in final.items():  # every override took effect
         got = config
         for part in key.split("."):
           got = got[part]
