@@ -138,6 +138,7 @@ def test_normalized_clip_is_the_official_attack_in_pixels():
   assert d.max() > 0.3  # the clip, not the bound (at most 0.03), moved these
 
 
+@pytest.mark.slow
 def test_threat_model_reaches_every_training_attack(monkeypatch):
   """Every method's training attacks (Meta-CAAT's meta batch, Reinforce-CAAT's
   reward batch and the grad bound's start points included) get the threat
@@ -182,6 +183,7 @@ def test_threat_model_reaches_every_training_attack(monkeypatch):
       np.testing.assert_allclose(box[1], np.minimum(np.add(mean, std), 1.0), err_msg=name)
 
 
+@pytest.mark.slow
 def test_threat_model_leaves_evaluation_in_pixels(monkeypatch):
   """Evaluation attacks stay in pixel space (default scale and box) whatever
   the training threat model."""
@@ -404,7 +406,9 @@ def _meta_problem(weights_fn, quadratic: bool):
                           lr=0.1), jnp.linspace(-1.0, 1.0, d), c, per_sample_fn
 
 
-@pytest.mark.parametrize("variant", ["nested_grad", "jvp", "first_order", "k_step"])
+@pytest.mark.parametrize("variant", [
+    pytest.param("nested_grad", marks=pytest.mark.slow), "jvp", "first_order",
+    pytest.param("k_step", marks=pytest.mark.slow)])
 def test_hard_meta_gradient_is_straight_through(variant):
   """With a meta loss linear in W, d meta / d w does not depend on w, so the
   straight-through meta-gradient of the hard weights equals the soft one,
