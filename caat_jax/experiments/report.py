@@ -74,7 +74,7 @@ def collect(exp: Experiment, workdir: str, seeds: int | None = None,
   return out
 
 
-def columns_for(exp: Experiment, attack: str) -> tuple[str, ...]:
+def columns_for(attack: str) -> tuple[str, ...]:
   if attack.startswith("pgd"):
     return ERROR_COLUMNS
   return AA_COLUMNS
@@ -99,7 +99,7 @@ def markdown(exp: Experiment, results: list[dict], workdir: str) -> str:
             "found (percent)" + (", the paper's number in parentheses" if table else "")
             + ".", ""]
   for attack in exp.attacks:
-    cols = columns_for(exp, attack)
+    cols = columns_for(attack)
     lines += [f"## {attack}", "",
               "| Method | seeds | " + " | ".join(paper.COLUMNS[c] for c in cols) + " |",
               "|---|---|" + "---|" * len(cols)]
@@ -121,7 +121,7 @@ def write_csv(path: str, exp: Experiment, results: list[dict]) -> None:
     w.writerow(["experiment", "row", "label", "attack", "column", "mean", "std", "n",
                 "paper", "seeds", "values"])
     for r in results:
-      for c in columns_for(exp, r["attack"]):
+      for c in columns_for(r["attack"]):
         vals = r["columns"].get(c, [])
         m, s = mean_std(vals) if vals else (float("nan"), float("nan"))
         ref = table.value(r["paper_row"], c) if table and r["paper_row"] else None

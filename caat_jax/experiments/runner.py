@@ -12,7 +12,6 @@ import dataclasses
 import json
 import os
 import shlex
-import sys
 from collections.abc import Sequence
 
 import ml_collections
@@ -31,10 +30,6 @@ class RunSpec:
   seed: int
   workdir: str
   overrides: tuple[str, ...]
-
-  @property
-  def config_path(self) -> str:
-    return self.row.config
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:
@@ -182,14 +177,3 @@ def emit(exp: Experiment, workdir: str, launcher: str, seeds: int | None = None,
       n = f" --num_examples={exp.eval_examples}" if exp.eval_examples else ""
       lines.append(f"python -m caat_jax.evaluate --workdir={wd} --attacks={','.join(missing)}{n}")
   return lines
-
-
-def describe(spec: RunSpec) -> str:
-  """The single-run command equivalent to ``spec``."""
-  return (f"python -m caat_jax.main --config={shlex.quote(spec.row.config)} "
-          f"--workdir={shlex.quote(spec.workdir)} {_flags(spec.overrides)}")
-
-
-def fail(message: str) -> None:
-  sys.stderr.write(f"error: {message}\n")
-  sys.exit(1)
