@@ -181,8 +181,9 @@ def _noise_diagnostics() -> Experiment:
   Rows share digits_table6's settings and names: give it digits_table6's
   --workdir and the rows both have (trades-b6, meta-caat-grad) are reused.
   """
-  base = rows("digits", ("trades-b6", "meta-caat-grad", "meta-caat-grad-lam6"))
-  trades, meta = base[0], base[1]
+  base = rows("digits", ("trades-b6", "meta-caat-grad", "meta-caat-grad-lam6",
+                         "reinforce-caat-lam6"))
+  trades, meta, meta6, reinforce6 = base
 
   def variant(row: Row, name: str, label: str, *extra: str) -> Row:
     return Row(name, f"{row.label}: {label}", row.config, row.overrides + extra)
@@ -211,6 +212,12 @@ def _noise_diagnostics() -> Experiment:
               "attack.threat_model=normalized"),
       variant(meta, "meta-caat-grad-normalized", "official threat model (eps x std)",
               "attack.threat_model=normalized"),
+      # The two effects the rows above isolate, together: the KL weight
+      # matched to TRADES' and no anti-adversarial step (plain CE).
+      variant(meta6, "meta-caat-grad-lam6-anti0", "anti-adversary bound 0 (plain CE)",
+              "caat.anti_bound_scale=0.0"),
+      variant(reinforce6, "reinforce-caat-lam6-paper", "the paper's reward (Eq. 34)",
+              "reinforce.reward=paper"),
   )
   return Experiment(
       "digits_noise_diagnostics", "Issue 17: Meta-CAAT under 40% uniform noise, diagnostics",
