@@ -25,6 +25,7 @@ Bad state is handled here, never by starting afresh in silence:
   the trainer then saves and raises ``Preempted``.
 """
 
+import copy
 import json
 import logging
 import os
@@ -75,6 +76,32 @@ def flatten_config(tree: Any, prefix: str = "") -> dict[str, Any]:
 def config_as_json(config: ml_collections.ConfigDict) -> dict:
   """The config as plain JSON data (tuples become lists), as it is stored."""
   return json.loads(config.to_json_best_effort())
+
+
+# Config keys added after checkpoints were already being written, each with
+# the value that reproduces the behaviour before the key existed. A stored
+# config without one gets that value (``upgrade_config``), so old runs still
+# evaluate and resume: a key that changed behaviour when it arrived does not
+# belong here.
+ADDED_KEYS = {
+    "data.drop_corrupted": False,
+    "attack.threat_model": "pixel",
+    "caat.anti_bound_scale": 1.0,
+    "caat.anti_bound_cap": 0.0,
+    "caat.weights": "soft",
+}
+
+
+def upgrade_config(stored: dict) -> dict:
+  """``stored`` with every missing ``ADDED_KEYS`` key at its old-behaviour value."""
+  out = copy.deepcopy(stored)
+  for key, value in ADDED_KEYS.items():
+    *path, leaf = key.split(".")
+    node = out
+    for part in path:
+      node = node.setdefault(part, {})
+    node.setdefault(leaf, value)
+  return out
 
 
 def config_differences(stored: dict, current: dict,
@@ -333,9 +360,9 @@ class Checkpointer:
         "away to start a new run. Errors: " + "; ".join(errs))
 
   def restore_config(self, step: int) -> dict:
-    """The config stored with ``step``, as a JSON dict."""
-    return self.manager.restore(
-        step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+    """The config stored with ``step``, as a JSON dict (``upgrade_config``d)."""
+    return upgrade_config(self.manager.restore(
+        step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
 
   def _move_aside(self, steps: list[int]) -> None:
     """Moves unreadable step directories out of the manager's sight.

@@ -108,3 +108,30 @@ def test_bad_attack_names_are_one_line_from_the_command_line(attacks, tmp_path):
   assert len(err) == 1 and err[0].startswith("error: --attacks"), res.stderr
   for name in ("pgd<k>", "'autoattack'", "'apgd-ce'", "'apgd-t'", "'fab-t'", "'square'"):
     assert name in err[0]
+
+
+def test_old_checkpoint_without_added_keys_evaluates_and_resumes(tmp_path):
+  """A checkpoint written before a config key existed: evaluation and resume
+  fill the key with its old-behaviour value (``checkpoint.ADDED_KEYS``),
+  which must be today's default; without that both failed on the missing key."""
+  config = digits_config(method="natural", num_epochs=2)
+  workdir = str(tmp_path / "old")
+  run = train.Run(config)
+  old = config.copy_and_resolve_references()
+  with old.unlocked():
+    for key in ckpt_lib.ADDED_KEYS:
+      *path, leaf = key.split(".")
+      node = old
+      for part in path:
+        node = node[part]
+      assert node[leaf] == ckpt_lib.ADDED_KEYS[key], key  # old behaviour = default
+      del node[leaf]
+  ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir), async_save=False)
+  state = run.init_state()
+  state = state.replace(step=np.asarray(run.steps_per_epoch, state.step.dtype))
+  ckpt.save(run.steps_per_epoch, state, old)
+  ckpt.close()
+  _, _, step = evaluate.load_run(workdir)
+  assert step == run.steps_per_epoch
+  docs = train.train_and_evaluate(config, workdir)  # resumes at epoch 1 without complaint
+  assert docs and docs[0]["step"] == 2 * run.steps_per_epoch
