@@ -242,3 +242,26 @@ def test_no_runs_is_one_line_error(tmp_path):
   want = f"error: --workdir={tmp_path}/missing: no such directory"
   assert p.stderr.strip().splitlines() == [want]
   assert not os.path.exists(tmp_path / "missing")
+
+
+def test_only_labelled_rows_and_formats(experiment, tmp_path, monkeypatch):
+  """An experiment's report draws its own rows only (its workdir may hold
+  other experiments' runs), in the formats asked for."""
+  out = str(tmp_path / "figs")
+  paths = plots.draw_all(experiment, out, labels={"rowB": "B only"}, only_labelled=True,
+                         formats=("png",))
+  assert sorted(os.path.basename(p) for p in paths) == sorted(
+      f"{s}.png" for s in ("per_class_errors_digits_pgd20", "training_curves",
+                           "strategy_per_class", "clean_vs_corrupted"))
+  seen = []
+
+  def probe(groups):
+    seen.append([g.label for g in groups])
+    raise plots.Skip("probe")
+
+  monkeypatch.setattr(plots, "FIGURES", [("probe", probe)])
+  plots.draw_all(experiment, out, labels={"rowB": "B only"}, only_labelled=True)
+  plots.draw_all(experiment, out, labels={"rowB": "B only"})
+  assert seen == [["B only"], ["B only", "rowA"]]
+  with pytest.raises(plots.NoRunsError, match="no run of the rows"):
+    plots.draw_all(experiment, out, labels={"rowZ": "Z"}, only_labelled=True)

@@ -38,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     if name == "report":
       s.add_argument("--out", default=None, help="default: WORKDIR")
       s.add_argument("--no_figures", action="store_true")
+      s.add_argument("--formats", default="png,svg", help="figure file types")
   return p
 
 
@@ -63,7 +64,8 @@ def main(argv=None) -> int:
       print("\n".join(runner.emit(exp, args.workdir, args.launcher, args.seeds, rows, overrides)))
       return 0
     written = report.write(exp, args.workdir, args.out, seeds=args.seeds, rows=rows,
-                           figures=not args.no_figures)
+                           figures=not args.no_figures,
+                           formats=tuple(f for f in args.formats.split(",") if f))
     print("\n".join(written))
     return 0
   except (KeyError, ValueError, FileNotFoundError, config_lib.ConfigError) as e:

@@ -131,8 +131,10 @@ def write_csv(path: str, exp: Experiment, results: list[dict]) -> None:
 
 
 def write(exp: Experiment, workdir: str, out: str | None = None, seeds: int | None = None,
-          rows: Sequence[str] | None = None, figures: bool = True) -> list[str]:
-  """Writes report.md, report.csv (and the figures) into ``out``; returns the paths."""
+          rows: Sequence[str] | None = None, figures: bool = True,
+          formats: tuple[str, ...] = ("png", "svg")) -> list[str]:
+  """Writes report.md, report.csv (and the figures of the selected rows) into
+  ``out``; returns the paths."""
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f"--workdir={workdir}: no such directory")
   results = collect(exp, workdir, seeds, rows)
@@ -149,6 +151,8 @@ def write(exp: Experiment, workdir: str, out: str | None = None, seeds: int | No
   written = [md, csv_path]
   if figures:
     from caat_jax import plots  # pylint: disable=import-outside-toplevel
+    selected = [exp.row(r) for r in rows] if rows else exp.rows
     written += plots.draw_all(workdir, os.path.join(out, "figures"),
-                              labels={r.name: r.label for r in exp.rows})
+                              labels={r.name: r.label for r in selected}, only_labelled=True,
+                              formats=formats)
   return written

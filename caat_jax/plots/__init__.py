@@ -35,7 +35,8 @@ __all__ = ["draw_all", "discover_runs", "group_runs", "Run", "Group", "NoRunsErr
 
 
 def draw_all(workdir: str, out: str | None = None,
-             labels: dict[str, str] | None = None) -> list[str]:
+             labels: dict[str, str] | None = None, *, only_labelled: bool = False,
+             formats: tuple[str, ...] = ("png", "svg")) -> list[str]:
   """Draws every figure of the runs under ``workdir`` into ``out``.
 
   Args:
@@ -43,12 +44,20 @@ def draw_all(workdir: str, out: str | None = None,
     out: where the files go (default ``workdir/figures``; created).
     labels: row directory (relative to ``workdir``, or its last component) ->
       the label shown in legends; the rows it names come first, in its order.
+    only_labelled: draw the rows ``labels`` names only (an experiment's rows,
+      when its workdir also holds other experiments' runs).
+    formats: file types written per figure.
   Returns:
-    The paths written, a PNG and an SVG per figure.
+    The paths written, one per figure and format.
   Raises:
     NoRunsError: ``workdir`` does not exist or holds no run.
   """
   groups = group_runs(discover_runs(workdir), labels)
+  if only_labelled:
+    names = set(labels or {})
+    groups = [g for g in groups if g.row in names or g.row.split("/")[-1] in names]
+    if not groups:
+      raise NoRunsError(f"no run of the rows {sorted(names)} under {workdir}")
   out = out or os.path.join(workdir, "figures")
   os.makedirs(out, exist_ok=True)
   paths = []
@@ -59,7 +68,7 @@ def draw_all(workdir: str, out: str | None = None,
       print(f"skipped {name}: {e}")
       continue
     for stem, fig in figs.items():
-      for ext in ("png", "svg"):
+      for ext in formats:
         path = os.path.join(out, f"{stem}.{ext}")
         fig.savefig(path, dpi=110)
         paths.append(path)
