@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Rebuilds docs/results/digits/* from the runs (see docs/results/digits.md):
+#   docs/results/make_digits.sh RUNS_DIR   (RUNS_DIR/<table>/<row>/seed<k>)
+# Reports and PNG figures only (SVGs: run the report commands without
+# --formats); the PNGs are then shrunk to at most 1400 px wide for the repo.
+set -euo pipefail
+runs=${1:?usage: $0 RUNS_DIR}
+cd "$(dirname "$0")/../.."
+out=docs/results/digits
+report() {  # experiment workdir outdir [extra flags]
+  python -m caat_jax.experiments report "$1" --workdir="$runs/$2" --out="$out/$3" \
+    --formats=png "${@:4}"
+}
+report digits_table6 table6 table6
+report digits_noise_diagnostics table6 noise_diagnostics
+[ -d "$runs/table1" ] && report digits_table1 table1 table1
+[ -d "$runs/table5" ] && report digits_table5 table5 table5 \
+  --rows=pgd-at,trades-b6,meta-caat-grad,meta-caat-grad-lam6,reinforce-caat-lam6
+[ -f "$runs/table1/pgd-at/seed0/eval_autoattack.json" ] && report digits_table3 table1 table3 --seeds=1 --no_figures
+python - <<'PY'
+import glob
+from PIL import Image
+for p in glob.glob("docs/results/digits/*/figures/*.png"):
+  im = Image.open(p)
+  s = min(1.0, 1400 / im.size[0])
+  im = im.convert("RGB").resize((int(im.size[0] * s), int(im.size[1] * s)), Image.LANCZOS)
+  im.quantize(colors=64).save(p, optimize=True)
+PY
