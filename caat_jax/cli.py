@@ -45,27 +45,27 @@ def load_config(arg: str, root: str | None = None):
   found.
   """
   root = root or os.getcwd()
-  path, _, variant = arg.partition(":")
-  path = os.path.join(root, path)
+  given, _, variant = arg.partition(":")
+  path = os.path.join(root, given)
   if not os.path.isfile(path):
-    return None, f"--config={arg}: no such file {path!r} (relative to {root})"
+    return None, f"--config={arg}: no such file {given!r} (relative to {root})"
   sys.path.insert(0, root)
   try:
     spec = importlib.util.spec_from_file_location("_caat_config_check", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
   except SyntaxError as e:
-    return None, f"--config={arg}: syntax error in {path}, line {e.lineno}: {e.msg}"
+    return None, f"--config={arg}: syntax error in {given}, line {e.lineno}: {e.msg}"
   except Exception as e:  # pylint: disable=broad-except
-    return None, f"--config={arg}: loading {path} failed: {type(e).__name__}: {e}"
+    return None, f"--config={arg}: loading {given} failed: {type(e).__name__}: {e}"
   finally:
     sys.path.remove(root)
   get_config = getattr(module, "get_config", None)
   if get_config is None:
-    return None, f"--config={arg}: {path} defines no get_config()"
+    return None, f"--config={arg}: {given} defines no get_config()"
   takes_arg = len(inspect.signature(get_config).parameters) > 0
   if variant and not takes_arg:
-    return None, f"--config={arg}: {path} takes no ':variant'; use --config={path}"
+    return None, f"--config={arg}: {given} takes no ':variant'; use --config={given}"
   try:
     return (get_config(variant) if takes_arg and variant else get_config()), None
   except Exception as e:  # pylint: disable=broad-except
