@@ -369,7 +369,7 @@ def _weights(weights, seed=0, n=32):
   shift = jnp.median(jnp.log(alpha) - jnp.log1p(-alpha)) + 0.01
   omega["Dense_1"]["bias"] = omega["Dense_1"]["bias"] + jnp.array([0.0, shift])
   fn = meta_caat.weights_fn(config, tuple(range(10, 20)))
-  return (lambda om: fn(om, z, y)), omega
+  return (lambda om: fn(om, z, y, jnp.zeros(n, bool))), omega
 
 
 def test_hard_weights_are_one_direction_per_sample():
@@ -469,3 +469,20 @@ def test_drop_corrupted_needs_noise(overrides):
   message = str(err.value)
   assert "config.data.drop_corrupted=True" in message and "config.data.noise_rate=" in message
   assert "\n" not in message
+
+
+def test_oracle_direction_follows_the_corrupted_flag():
+  """caat.direction='oracle' (issue 17's best fixed treatment): clean samples
+  adversarial, corrupted ones anti-adversarial, whatever the features; it
+  refuses a run without label noise."""
+  from caat_jax.methods import meta_caat  # pylint: disable=g-import-not-at-top
+  noisy = {"data.noise_type": "uniform", "data.noise_rate": 0.4}
+  config = digits_config(method="meta_caat", **{"caat.direction": "oracle", **noisy})
+  config_lib.validate(config)
+  fn = meta_caat.weights_fn(config, tuple(range(10, 20)))
+  corrupted = jnp.array([True, False, False, True, False])
+  z = jax.random.normal(jax.random.PRNGKey(0), (5, 6))
+  w = np.asarray(fn(None, z, jnp.arange(5), corrupted))
+  np.testing.assert_array_equal(w, [[0, 1], [1, 0], [1, 0], [0, 1], [1, 0]])
+  with pytest.raises(config_lib.ConfigError, match="caat.direction='oracle'.*noise_rate=0.0"):
+    config_lib.validate(digits_config(method="meta_caat", **{"caat.direction": "oracle"}))

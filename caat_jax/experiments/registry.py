@@ -218,6 +218,12 @@ def _noise_diagnostics() -> Experiment:
               "caat.anti_bound_scale=0.0"),
       variant(reinforce6, "reinforce-caat-lam6-paper", "the paper's reward (Eq. 34)",
               "reinforce.reward=paper"),
+      # The best fixed treatment: corrupted samples always anti-adversarial
+      # (or plain CE), clean ones always adversarial, fixed bound.
+      variant(meta6, "oracle-anti-lam6", "oracle: corrupted anti-adversarial, clean adversarial",
+              "caat.direction=oracle"),
+      variant(meta6, "oracle-ce-lam6", "oracle: corrupted plain CE, clean adversarial",
+              "caat.direction=oracle", "caat.anti_bound_scale=0.0"),
   )
   return Experiment(
       "digits_noise_diagnostics", "Issue 17: Meta-CAAT under 40% uniform noise, diagnostics",

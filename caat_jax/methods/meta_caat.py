@@ -27,7 +27,8 @@ from caat_jax import bounds, characteristics, fairness, losses, meta, strategy
 from caat_jax.checks import ConfigError, check, choice
 from caat_jax.methods import base, caat
 
-DIRECTIONS = ("combined", "adversarial_only", "rule")
+DIRECTIONS = ("combined", "adversarial_only", "rule", "oracle")
+FIXED_DIRECTIONS = ("rule", "oracle")  # no learned weights: the fixed bound
 LOOKAHEADS = ("sgd", "sgd_momentum_wd")
 WEIGHTS = ("soft", "hard")
 
@@ -47,16 +48,24 @@ def init_extra(config, ctx: base.StepContext, key) -> dict:
 # -- choices made when the step is built ---------------------------------------
 
 def _weights_fn(direction: str, wnet, class_counts):
-  """``fn(omega, z, y) -> [B, 2]`` (alpha, beta) per sample."""
+  """``fn(omega, z, y, corrupted) -> [B, 2]`` (alpha, beta) per sample
+  (``corrupted``: bool [B], whose training label the noise changed)."""
   if direction == "combined":
-    return lambda omega, z, y: wnet.apply({"params": omega}, z)
+    return lambda omega, z, y, corrupted: wnet.apply({"params": omega}, z)
   if direction == "adversarial_only":
-    return lambda omega, z, y: jnp.tile(jnp.array([[1.0, 0.0]]), (y.shape[0], 1))
+    return lambda omega, z, y, corrupted: jnp.tile(jnp.array([[1.0, 0.0]]), (y.shape[0], 1))
+  if direction == "oracle":
+    # Issue 17's "best fixed treatment" oracle: clean samples adversarial,
+    # corrupted ones anti-adversarial (plain CE with caat.anti_bound_scale=0).
+    def oracle(omega, z, y, corrupted):
+      beta = corrupted.astype(jnp.float32)
+      return jnp.stack([1.0 - beta, beta], axis=-1)
+    return oracle
   # "rule", Table 9's "Without": head classes (count at or above the median)
   # anti-adversarial, tail classes adversarial.
   counts = jnp.asarray(class_counts, jnp.float32)
 
-  def rule(omega, z, y):
+  def rule(omega, z, y, corrupted):
     beta = (counts[y] >= jnp.median(counts)).astype(jnp.float32)
     return jnp.stack([1.0 - beta, beta], axis=-1)
   return rule
@@ -67,8 +76,8 @@ def _straight_through(weights):
   is alpha = 1[alpha >= beta], beta = 1 - alpha, and the gradient is the soft
   alpha's (a straight-through estimator: hard + (alpha - stop_gradient(alpha)),
   exactly 0 or 1 forward)."""
-  def hard(omega, z, y):
-    w = weights(omega, z, y)
+  def hard(omega, z, y, corrupted):
+    w = weights(omega, z, y, corrupted)
     alpha = w[:, 0]
     chosen = jax.lax.stop_gradient((alpha >= w[:, 1]).astype(w.dtype))
     alpha = chosen + (alpha - jax.lax.stop_gradient(alpha))
@@ -77,8 +86,8 @@ def _straight_through(weights):
 
 
 def weights_fn(config, class_counts):
-  """``fn(omega, z, y) -> [B, 2]`` (alpha, beta) per sample, as the step uses
-  them (``caat.direction``, ``caat.weights``)."""
+  """``fn(omega, z, y, corrupted) -> [B, 2]`` (alpha, beta) per sample, as the
+  step uses them (``caat.direction``, ``caat.weights``)."""
   c = config.caat
   weights = _weights_fn(c.direction, weighting_net(config), class_counts)
   return _straight_through(weights) if c.weights == "hard" else weights
@@ -107,7 +116,8 @@ def make_step(config, ctx: base.StepContext):
   anti = c.direction != "adversarial_only"
   learned = c.direction == "combined"
   weights = weights_fn(config, ctx.class_counts)
-  bound = caat.bound_fn("fixed" if c.direction == "rule" else c.bound, ctx, c.grad_bound_offset,
+  bound = caat.bound_fn("fixed" if c.direction in FIXED_DIRECTIONS else c.bound, ctx,
+                        c.grad_bound_offset,
                         c.grad_bound_point, anti=anti)
   anti_bound = caat.anti_bound_fn(config)
   factors = fairness.factors_fn(config.fairness.mode if config.fairness.enabled else None)
@@ -132,7 +142,8 @@ def make_step(config, ctx: base.StepContext):
     clean = attack_fn(x)
     z, stats = characteristics.strategy_inputs(clean, y, ctx.class_counts, extra["stats"],
                                                feature_cfg, axis, ctx.new_epoch(state.step))
-    weights_fn = lambda om: weights(om, z, y)
+    corrupted = batch.get("corrupted", jnp.zeros(y.shape, bool))
+    weights_fn = lambda om: weights(om, z, y, corrupted)
     w_old = weights_fn(extra["wnet"])
 
     # 2. bounds; 3. adversaries and anti-adversaries: one attack over [x; x].
@@ -218,7 +229,7 @@ def cost(config) -> float:
   if c.direction == "adversarial_only":  # TRADES with beta = lam (Setting I/II)
     return attack + 1.0 + 6.0 + (2.0 if c.bound == "grad" else 0.0)
   units = 2 * attack + 1.0 + 9.0
-  if c.bound == "grad" and c.direction != "rule":
+  if c.bound == "grad" and c.direction not in FIXED_DIRECTIONS:
     units += 4.0  # two input gradients, each at its attack's start point
   if c.direction != "combined":
     return units
@@ -235,6 +246,13 @@ def validate(config) -> None:
   check("caat.tau", c.tau > 0, c.tau, "> 0")
   check("caat.hidden", c.hidden >= 1, c.hidden, ">= 1")
   choice("caat.direction", c.direction, DIRECTIONS)
+  if c.direction == "oracle" and not (config.data.noise_rate > 0
+                                      and config.data.noise_type != "none"):
+    raise ConfigError(
+        "config.caat.direction='oracle' makes the corrupted samples anti-adversarial, but "
+        f"config.data.noise_rate={config.data.noise_rate!r} with config.data.noise_type="
+        f"{config.data.noise_type!r} corrupts none; add label noise or choose another "
+        "direction.")
   choice("caat.weights", c.weights, WEIGHTS)
   choice("caat.bound", c.bound, bounds.BOUNDS)
   choice("caat.grad_bound_point", c.grad_bound_point, bounds.GRAD_POINTS)
