@@ -194,6 +194,8 @@ def _noise_diagnostics() -> Experiment:
               "caat.grad_bound_point=clean"),
       variant(meta, "meta-caat-grad-anti0", "anti-adversary bound 0 (plain CE)",
               "caat.anti_bound_scale=0.0"),
+      variant(meta, "meta-caat-grad-anti0.25", "anti-adversary bound x 0.25",
+              "caat.anti_bound_scale=0.25"),
       variant(meta, "meta-caat-grad-anti0.5", "anti-adversary bound x 0.5",
               "caat.anti_bound_scale=0.5"),
       variant(meta, "meta-caat-grad-anticap1", "anti-adversary bound capped at eps",
