@@ -124,6 +124,12 @@ def _is_real(x: Any) -> bool:
           not isinstance(x, bool) and math.isfinite(x))
 
 
+def has_label_noise(cfg: Any) -> bool:
+  """Whether the data config corrupts any training label (a noise type and a
+  rate > 0): what the switches that act on corrupted samples need."""
+  return cfg['noise_type'] != 'none' and cfg['noise_rate'] > 0
+
+
 def validate_config(cfg: Any) -> None:
   """Raises ``checks.ConfigError`` naming `config.data.<key>` for a missing or
   invalid value."""
@@ -146,7 +152,7 @@ def validate_config(cfg: Any) -> None:
   checks.choice('data.noise_type', cfg['noise_type'], NOISE_TYPES)
   ok('noise_rate', _is_real(cfg['noise_rate']) and 0 <= cfg['noise_rate'] < 1, 'in [0, 1)')
   ok('drop_corrupted', isinstance(cfg['drop_corrupted'], (bool, np.bool_)), 'True or False')
-  if cfg['drop_corrupted'] and (cfg['noise_rate'] == 0 or cfg['noise_type'] == 'none'):
+  if cfg['drop_corrupted'] and not has_label_noise(cfg):
     raise checks.ConfigError(
         f"config.data.drop_corrupted=True drops the examples whose label noise changed, "
         f"but config.data.noise_rate={cfg['noise_rate']!r} with config.data.noise_type="

@@ -9,7 +9,6 @@ partial experiment has every row of its first seeds.
 """
 
 import dataclasses
-import json
 import os
 import shlex
 from collections.abc import Sequence
@@ -18,6 +17,7 @@ import ml_collections
 
 from caat_jax import cli, config_lib
 from caat_jax.experiments.registry import Experiment, Row
+from caat_jax.plots import runs as plots_runs
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LAUNCHERS = ("shell", "slurm", "tpu_pod")
@@ -74,21 +74,8 @@ def build_config(spec: RunSpec) -> ml_collections.ConfigDict:
 
 def documents(run_dir: str) -> dict[str, dict]:
   """The run's evaluation documents by attack (``eval_<attack>.json`` wins
-  over the end-of-training ``eval.json``)."""
-  docs = {}
-  path = os.path.join(run_dir, "eval.json")
-  if os.path.isfile(path):
-    with open(path) as f:
-      for d in json.load(f):
-        docs[d["attack"]] = d
-  if os.path.isdir(run_dir):
-    for name in sorted(os.listdir(run_dir)):
-      if name.startswith("eval_") and name.endswith(".json") and name != "eval_sanity.json":
-        with open(os.path.join(run_dir, name)) as f:
-          d = json.load(f)
-        if isinstance(d, dict) and "attack" in d:
-          docs[d["attack"]] = d
-  return docs
+  over the end-of-training ``eval.json``; read as the figures read them)."""
+  return {d["attack"]: d for d in plots_runs.read_eval_docs(run_dir)}
 
 
 def status(spec: RunSpec, exp: Experiment) -> str:

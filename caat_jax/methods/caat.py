@@ -182,7 +182,7 @@ def anti_bound_fn(config):
   scale, cap = float(config.caat.anti_bound_scale), float(config.caat.anti_bound_cap)
   limit = cap * float(config.attack.eps)
   if cap == 0:
-    return (lambda eps: eps) if scale == 1 else (lambda eps: scale * eps)
+    return lambda eps: scale * eps
   return lambda eps: jnp.minimum(scale * eps, limit)
 
 

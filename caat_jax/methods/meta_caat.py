@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from caat_jax import bounds, characteristics, fairness, losses, meta, strategy
+from caat_jax import bounds, characteristics, data, fairness, losses, meta, strategy
 from caat_jax.checks import ConfigError, check, choice
 from caat_jax.methods import base, caat
 
@@ -246,8 +246,7 @@ def validate(config) -> None:
   check("caat.tau", c.tau > 0, c.tau, "> 0")
   check("caat.hidden", c.hidden >= 1, c.hidden, ">= 1")
   choice("caat.direction", c.direction, DIRECTIONS)
-  if c.direction == "oracle" and not (config.data.noise_rate > 0
-                                      and config.data.noise_type != "none"):
+  if c.direction == "oracle" and not data.has_label_noise(config.data):
     raise ConfigError(
         "config.caat.direction='oracle' makes the corrupted samples anti-adversarial, but "
         f"config.data.noise_rate={config.data.noise_rate!r} with config.data.noise_type="
