@@ -33,7 +33,8 @@ flags.DEFINE_string("out", "bench.json", "Where to write the JSON results.")
 flags.DEFINE_string(
     "attacks", "",
     "Also time evaluation attacks, seconds per 1000 examples: comma-separated from "
-    "pgd<k>, apgd-ce, apgd-dlr, apgd-t, fab-t, square, autoattack. Default worst case: "
+    "pgd<k>, apgd-ce, apgd-dlr, apgd-t, fab-t, square, autoattack, autoattack-rand. "
+    "Default worst case: "
     "eps = 0 and labels = predictions, so no point is ever broken and every attack "
     "spends its whole budget (what a fully robust model costs). Empty: train steps only.")
 flags.DEFINE_string("attack_model_from", "",
@@ -213,25 +214,27 @@ def bench_attack(config, problem: dict, attack: str, batch_size: int, *,
   clean = np.asarray(jnp.argmax(logits_fn(jnp.asarray(x)), -1)) == labels
   family = attack in evaluation.AA_FAMILY
   names = evaluation.attacks.ensemble_attacks(attack) if family else ()
+  options = evaluation.attacks.ensemble_options(attack) if family else {}
+  opt_key = repr(sorted((k, sorted(v.items())) for k, v in options.items()))
   compile_s = 0.0
   if family and compact:
     cache = {} if cache is None else cache
-    runner = cache.setdefault("runner", compact_lib.local_runner(logits_fn))
+    runner = cache.setdefault(("runner", opt_key), compact_lib.local_runner(logits_fn, options))
     sizes = compact_lib.bucket_sizes(batch_size, _min_bucket(batch_size))
     t = time.perf_counter()
     for name in names:  # compile each (attack, bucket) once, on inactive points
       for size in sizes:
-        if (name, size) not in cache:
+        if (name, size, opt_key) not in cache:
           idx = np.zeros(size, int)
           runner(name, x[idx], labels[idx], np.full(size, eps, np.float32), keys[idx],
                  np.zeros(size, bool), np.array([0, 1], np.int32))
-          cache[name, size] = True
+          cache[name, size, opt_key] = True
     compile_s = time.perf_counter() - t
     t = time.perf_counter()
     _, robust, _, stats = compact_lib.autoattack_compact(
         runner, x, labels, eps=eps, keys=keys, clean_correct=clean,
-        num_classes=problem["num_classes"], attacks=names, batch_size=batch_size,
-        min_size=_min_bucket(batch_size))
+        num_classes=problem["num_classes"], attacks=names, options=options,
+        batch_size=batch_size, min_size=_min_bucket(batch_size))
     run_s = time.perf_counter() - t
     slots = sum(v["slots"] for v in stats.values())
   else:
@@ -242,10 +245,12 @@ def bench_attack(config, problem: dict, attack: str, batch_size: int, *,
                             num_steps=evaluation.pgd_steps(attack), keys=k,
                             unroll=train.resolve_unroll(config.attack.unroll))
         return active & (jnp.argmax(logits_fn(x_adv), -1) == y)
-      if attack == evaluation.AUTOATTACK:
-        return attacks.run_autoattack(logits_fn, x, y, eps=e, keys=k)[0].robust
+      if len(names) > 1:  # an ensemble: autoattack, autoattack-rand
+        return attacks.run_autoattack(logits_fn, x, y, eps=e, keys=k, attacks=names,
+                                      options=options)[0].robust
       return active & attacks.run_attack(attack, logits_fn, x, y, eps=e,
-                                         keys=aa_lib.stage_keys(k, 0), active=active).robust
+                                         keys=aa_lib.stage_keys(k, 0), active=active,
+                                         **options.get(attack, {})).robust
 
     chunks = [np.arange(s, s + batch_size) % n for s in range(0, n, batch_size)]
     args = lambda idx: (x[idx], labels[idx], keys[idx], clean[idx])
@@ -258,7 +263,7 @@ def bench_attack(config, problem: dict, attack: str, batch_size: int, *,
     robust = np.concatenate(out)[:n]
     # Every run (restart, target) of every attack carries the whole batch.
     slots = len(chunks) * batch_size * max(
-        sum(aa_lib.num_runs(a, problem["num_classes"]) for a in names), 1)
+        sum(aa_lib.num_runs(a, problem["num_classes"], options.get(a)) for a in names), 1)
   # Worst case: "broken" must be 0 (at eps = 0 no attack may change a
   # prediction; a nonzero count means an attack left the eps-ball, and the
   # timing is void). On a trained model it is the attack's success.

@@ -1,6 +1,7 @@
 """Evaluate a trained run from its checkpoint (the command line):
 
   python -m caat_jax.evaluate --workdir=DIR [--attacks=pgd20,pgd100,autoattack,apgd-ce]
+      [--version=standard|rand]
 
 Restores the newest readable checkpoint and the run's stored config, runs
 each attack over the test split with the run's parallel wrapper (the
@@ -22,7 +23,20 @@ from absl import logging
 
 from caat_jax import checkpoint as ckpt_lib
 from caat_jax import config_lib, evaluation, train
-from caat_jax.evaluation import AUTOATTACK
+from caat_jax.evaluation import AUTOATTACK, AUTOATTACK_RAND
+
+VERSIONS = ("standard", "rand")  # AutoAttack's versions (the reference's set_version)
+
+
+def apply_version(attacks_to_run: Sequence[str], version: str) -> list[str]:
+  """``--version=rand`` runs 'autoattack' as the reference's version 'rand'
+  (``autoattack-rand``: APGD-CE and APGD-DLR, EOT over 20 draws)."""
+  if version not in VERSIONS:
+    raise config_lib.ConfigError(
+        f"--version={version!r}; valid: {', '.join(repr(v) for v in VERSIONS)}")
+  if version == "standard":
+    return list(attacks_to_run)
+  return [AUTOATTACK_RAND if a == AUTOATTACK else a for a in attacks_to_run]
 
 def load_run(workdir: str, checkpoint: str | None = None, step: int | None = None,
              overrides: Mapping[str, object] | None = None):
@@ -236,8 +250,9 @@ def main(argv):
   f = flags.FLAGS
   if not f["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  attacks_to_run = [a.strip() for a in f.attacks.split(",") if a.strip()]
   try:
+    attacks_to_run = apply_version(
+        [a.strip() for a in f.attacks.split(",") if a.strip()], f.version)
     evaluate_checkpoint(
         f.workdir, attacks_to_run, checkpoint=f.checkpoint,
         num_examples=f.num_examples, batch_size=f.batch_size, eps=f.eps,
@@ -255,8 +270,13 @@ def _define_flags():
                       "WORKDIR/checkpoints (results still go to --out_dir or WORKDIR).")
   flags.DEFINE_string("attacks", "pgd20,pgd100,autoattack",
                       "Comma-separated: pgd<k> (CE, uniform start, config eval.step_size), "
-                      "autoattack (standard version) and/or its attacks alone: apgd-ce, "
-                      "apgd-dlr, apgd-t, fab-t, square.")
+                      "autoattack (standard version; see --version), autoattack-rand "
+                      "and/or AutoAttack's attacks alone: apgd-ce, apgd-dlr, apgd-t, fab-t, "
+                      "square.")
+  flags.DEFINE_string("version", "standard",
+                      "AutoAttack version: 'standard' or 'rand' (the reference's version for "
+                      "randomised defences: 'autoattack' runs APGD-CE and APGD-DLR with the "
+                      "gradient averaged over 20 draws of the model, as autoattack-rand).")
   flags.DEFINE_integer("num_examples", None, "Test points (0 = all; default config.eval).")
   flags.DEFINE_integer("batch_size", None, "Global eval batch size (default config.eval).")
   flags.DEFINE_float("eps", None, "L-inf bound in pixel units (default config.eval.eps).")

@@ -5,8 +5,8 @@ AutoAttack's pieces live in their modules (``apgd``, ``fab``, ``square``,
 """
 
 from caat_jax.attacks import apgd, autoattack, checks, compact, fab, square, verify
-from caat_jax.attacks.apgd import AttackResult, apgd_ce, apgd_run, apgd_targeted
-from caat_jax.attacks.autoattack import ATTACKS, STANDARD, run_attack
+from caat_jax.attacks.apgd import AttackResult, Randomised, apgd_ce, apgd_run, apgd_targeted
+from caat_jax.attacks.autoattack import ATTACKS, RAND, STANDARD, run_attack
 from caat_jax.attacks.autoattack import autoattack as run_autoattack
 from caat_jax.attacks.fab import fab_run, fab_targeted, project_linf
 from caat_jax.attacks.pgd import LOSS_CE, LOSS_KL, pgd, project, random_start
@@ -15,6 +15,6 @@ from caat_jax.attacks.square import square as square_attack
 __all__ = [
     "LOSS_CE", "LOSS_KL", "pgd", "project", "random_start",
     "apgd", "autoattack", "checks", "compact", "fab", "square", "verify",
-    "AttackResult", "apgd_ce", "apgd_run", "apgd_targeted", "fab_run", "fab_targeted",
-    "project_linf", "square_attack", "run_autoattack", "run_attack", "STANDARD", "ATTACKS",
+    "AttackResult", "Randomised", "apgd_ce", "apgd_run", "apgd_targeted", "fab_run", "fab_targeted",
+    "project_linf", "square_attack", "run_autoattack", "run_attack", "STANDARD", "RAND", "ATTACKS",
 ]

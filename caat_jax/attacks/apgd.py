@@ -36,6 +36,7 @@ from caat_jax import losses
 
 LogitsFn = Callable[[jax.Array], jax.Array]  # [B, H, W, C] -> [B, num_classes]
 LOSSES = ("ce", "dlr", "dlr_targeted")
+_EOT_TAG = 0xE07  # a randomised model's draws at iteration i use fold_in(key, _EOT_TAG + i)
 
 
 class AttackResult(NamedTuple):
@@ -85,16 +86,39 @@ def checkpoints(num_iters: int) -> tuple[list[int], list[int]]:
   return after, window
 
 
-def _loss_and_grad(logits_fn: LogitsFn, loss: str):
-  """``f(x_adv, labels, targets) -> (loss [B], logits [B, C], grad [B, ...])``.
+class Randomised(NamedTuple):
+  """A randomised classifier (the defences AutoAttack's version 'rand' is for).
+
+  ``fn(x, key) -> logits`` draws the model's randomness from ``key`` (one
+  draw per call; examples independent). APGD with ``eot_iter`` > 1 averages
+  its input gradient over that many draws (expectation over
+  transformation). Called without a key (clean accuracy, the other
+  attacks) it uses one fixed draw.
+  """
+  fn: Callable[[jax.Array, jax.Array], jax.Array]
+
+  def __call__(self, x: jax.Array, key: jax.Array | None = None) -> jax.Array:
+    return self.fn(x, jax.random.PRNGKey(0) if key is None else key)
+
+
+def _loss_and_grad(logits_fn: LogitsFn, loss: str, eot_iter: int = 1):
+  """``f(x_adv, labels, targets, keys) -> (loss [B], logits [B, C], grad [B, ...])``.
 
   The input gradient is taken per example (``vmap(grad)``), as in pgd.py.
+  For a :class:`Randomised` model and ``eot_iter`` > 1 the gradient is the
+  mean over ``eot_iter`` draws (keys folded from the per-sample ``keys``),
+  the loss and logits those of the last draw, as the reference's
+  ``attack_single_run`` does. A deterministic model's draws are all equal,
+  so its gradient is computed once.
   """
   if loss not in LOSSES:
     raise ValueError(f"loss={loss!r}; valid: {', '.join(LOSSES)}")
+  if eot_iter < 1:
+    raise ValueError(f"eot_iter={eot_iter}; valid: an integer >= 1")
+  randomised = isinstance(logits_fn, Randomised)
 
-  def sample(xi, yi, ti):
-    logits = logits_fn(xi[None])
+  def sample(xi, yi, ti, ki):
+    logits = logits_fn(xi[None], ki) if randomised else logits_fn(xi[None])
     if loss == "ce":
       value = losses.cross_entropy(logits, yi[None])
     elif loss == "dlr":
@@ -105,9 +129,18 @@ def _loss_and_grad(logits_fn: LogitsFn, loss: str):
 
   vg = jax.vmap(jax.value_and_grad(sample, has_aux=True))
 
-  def fn(x_adv, labels, targets):
-    (value, logits), grad = vg(x_adv, labels, targets)
-    return value, logits, grad
+  def fn(x_adv, labels, targets, keys):
+    if not randomised or eot_iter == 1:
+      (value, logits), grad = vg(x_adv, labels, targets, keys)
+      return value, logits, grad
+
+    def draw(j, carry):
+      (value, logits), grad = vg(x_adv, labels, targets, _fold(keys, j))
+      return value, logits, carry[2] + grad
+
+    (value, logits), grad = vg(x_adv, labels, targets, _fold(keys, 0))
+    value, logits, grad = jax.lax.fori_loop(1, eot_iter, draw, (value, logits, grad))
+    return value, logits, grad / eot_iter
 
   return fn
 
@@ -125,6 +158,7 @@ def apgd_run(
     rho: float = 0.75,
     unroll: int = 1,
     noise: jax.Array | None = None,
+    eot_iter: int = 1,
 ) -> tuple[AttackResult, jax.Array]:
   """One APGD run from a random start (the reference's ``attack_single_run``).
 
@@ -147,14 +181,15 @@ def apgd_run(
     reached.
   """
   s, _ = _apgd_loop(logits_fn, x, labels, eps=eps, keys=keys, loss=loss, targets=targets,
-                    num_iters=num_iters, rho=rho, unroll=unroll, noise=noise, trace=False)
+                    num_iters=num_iters, rho=rho, unroll=unroll, noise=noise, trace=False,
+                    eot_iter=eot_iter)
   result = AttackResult(jax.lax.stop_gradient(s["x_best_adv"]), s["correct"])
   return result, s["loss_best"]
 
 
 def apgd_trajectory(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *, eps, keys,
                     loss: str = "ce", targets=None, num_iters: int = 100, rho: float = 0.75,
-                    noise: jax.Array | None = None) -> dict[str, jax.Array]:
+                    noise: jax.Array | None = None, eot_iter: int = 1) -> dict[str, jax.Array]:
   """:func:`apgd_run`'s state after every iteration, for step-by-step checks.
 
   Returns:
@@ -166,12 +201,12 @@ def apgd_trajectory(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *, eps
   """
   s0, hist = _apgd_loop(logits_fn, x, labels, eps=eps, keys=keys, loss=loss,
                         targets=targets, num_iters=num_iters, rho=rho, unroll=1,
-                        noise=noise, trace=True)
+                        noise=noise, trace=True, eot_iter=eot_iter)
   return dict(hist, x_start=s0)
 
 
 def _apgd_loop(logits_fn, x, labels, *, eps, keys, loss, targets, num_iters, rho, unroll,
-               noise, trace):
+               noise, trace, eot_iter=1):
   """The APGD iteration as a scan; ``trace`` also returns the per-step states
   (and then the start point in place of the final state)."""
   x = jax.lax.stop_gradient(x)
@@ -179,7 +214,8 @@ def _apgd_loop(logits_fn, x, labels, *, eps, keys, loss, targets, num_iters, rho
   eps = jnp.broadcast_to(jnp.asarray(eps, x.dtype), (batch,))
   targets = labels if targets is None else targets
   e = bcast(eps, x)
-  loss_grad = _loss_and_grad(logits_fn, loss)
+  loss_grad = _loss_and_grad(logits_fn, loss, eot_iter)
+  draw_keys = lambda i: _fold(keys, _EOT_TAG + i)  # the model's draws at iteration i
 
   def project(z):
     return jnp.clip(jnp.clip(z, x - e, x + e), 0.0, 1.0)
@@ -189,7 +225,7 @@ def _apgd_loop(logits_fn, x, labels, *, eps, keys, loss, targets, num_iters, rho
   else:
     t = noise.astype(x.dtype)
   x_adv = jnp.clip(x + e * t / (bcast(linf_norm(t), x) + 1e-12), 0.0, 1.0)
-  loss0, logits0, grad0 = loss_grad(x_adv, labels, targets)
+  loss0, logits0, grad0 = loss_grad(x_adv, labels, targets, draw_keys(num_iters))
 
   after, window = checkpoints(num_iters)
   is_check = jnp.zeros((num_iters,), bool).at[jnp.array(after, jnp.int32) - 1].set(True)
@@ -208,7 +244,7 @@ def _apgd_loop(logits_fn, x, labels, *, eps, keys, loss, targets, num_iters, rho
     a = jnp.where(i > 0, 0.75, 1.0).astype(x.dtype)
     z = project(x_cur + bcast(s["step"], x) * jnp.sign(s["grad"]))
     x_new = project(x_cur + a * (z - x_cur) + (1.0 - a) * (x_cur - s["x_prev"]))
-    value, logits, grad = loss_grad(x_new, labels, targets)
+    value, logits, grad = loss_grad(x_new, labels, targets, draw_keys(i))
 
     pred_ok = losses.correct(logits, labels)
     x_best_adv = jnp.where(bcast(~pred_ok, x), x_new, s["x_best_adv"])
@@ -306,7 +342,8 @@ def _fold(keys: jax.Array, i) -> jax.Array:
 
 def apgd_ce(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *, eps, keys: jax.Array,
             active: jax.Array | None = None, num_iters: int = 100, num_restarts: int = 1,
-            rho: float = 0.75, loss: str = "ce", unroll: int = 1, runs=None) -> AttackResult:
+            rho: float = 0.75, loss: str = "ce", unroll: int = 1, runs=None,
+            eot_iter: int = 1) -> AttackResult:
   """APGD-CE, untargeted (AutoAttack's first attack; ``loss='dlr'`` gives APGD-DLR).
 
   Args:
@@ -316,6 +353,7 @@ def apgd_ce(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *, eps, keys: 
     num_restarts: random restarts (1 in the standard version); each runs only
       if some point is still robust.
     runs: (first, stop), only restarts first <= r < stop (default all).
+    eot_iter: gradient draws per iteration for a :class:`Randomised` model.
   Returns:
     AttackResult: robust = clean-correct & active & not broken by any restart.
   """
@@ -324,7 +362,7 @@ def apgd_ce(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *, eps, keys: 
 
   def run(r):
     return apgd_run(logits_fn, x, labels, eps=eps, keys=_fold(keys, r), loss=loss,
-                    num_iters=num_iters, rho=rho, unroll=unroll)[0]
+                    num_iters=num_iters, rho=rho, unroll=unroll, eot_iter=eot_iter)[0]
 
   return _repeat(num_restarts, run, start, runs)
 
@@ -341,7 +379,8 @@ def target_classes(clean_logits: jax.Array, rank: jax.Array) -> jax.Array:
 def apgd_targeted(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *, eps,
                   keys: jax.Array, active: jax.Array | None = None,
                   num_target_classes: int = 9, num_restarts: int = 1, num_iters: int = 100,
-                  rho: float = 0.75, unroll: int = 1, runs=None) -> AttackResult:
+                  rho: float = 0.75, unroll: int = 1, runs=None,
+                  eot_iter: int = 1) -> AttackResult:
   """APGD-T: APGD on the targeted DLR loss, one target class after another.
 
   The targets are the classes with the 2nd, 3rd, ..., (num_target_classes+1)-th
@@ -359,6 +398,6 @@ def apgd_targeted(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *, eps,
     targets = target_classes(clean_logits, t + 2)
     return apgd_run(logits_fn, x, labels, eps=eps, keys=_fold(_fold(keys, t), r),
                     loss="dlr_targeted", targets=targets, num_iters=num_iters, rho=rho,
-                    unroll=unroll)[0]
+                    unroll=unroll, eot_iter=eot_iter)[0]
 
   return _repeat(num_targets * num_restarts, run, start, runs)

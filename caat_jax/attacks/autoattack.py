@@ -25,6 +25,23 @@ from caat_jax.attacks.square import square
 
 STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
 ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square")
+# The reference's version 'rand', for randomised defences: APGD-CE then
+# APGD-DLR, one restart each, the gradient averaged over 20 draws of the
+# model (EOT; see ``apgd.Randomised``).
+RAND = ("apgd-ce", "apgd-dlr")
+RAND_OPTIONS = {"apgd-ce": {"num_restarts": 1, "eot_iter": 20},
+                "apgd-dlr": {"num_restarts": 1, "eot_iter": 20}}
+
+
+def version_options(version: str, options: Mapping[str, Mapping] | None = None
+                    ) -> dict[str, dict]:
+  """Per-attack options of a version ('standard' or 'rand'): the version's
+  settings, then ``options`` on top."""
+  if version not in ("standard", "rand"):
+    raise ValueError(f"AutoAttack version {version!r}; valid: 'standard', 'rand'")
+  base = RAND_OPTIONS if version == "rand" else {}
+  names = set(base) | set(options or {})
+  return {n: {**base.get(n, {}), **dict((options or {}).get(n, {}))} for n in names}
 _KEY_TAG = 1000  # attack i of the ensemble draws from fold_in(key, 1000 + i)
 
 

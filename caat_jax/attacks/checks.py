@@ -43,7 +43,8 @@ def check_randomized(logits_fn: LogitsFn, x, labels, *, n: int = 5,
               for i, a in enumerate(normed) for b in normed[i + 1:]), default=0.0)
   if len(correct) > 1 or diff > alpha:
     return [f"the model seems randomised (outputs differ by {diff:.2e} between calls on "
-            f"the same input); the reference evaluates such models with version 'rand' (EOT), not available here; {DOC}"]
+            f"the same input); evaluate such models with version 'rand' (--version=rand, "
+            f"autoattack-rand: EOT over 20 draws, the model wrapped as attacks.apgd.Randomised); {DOC}"]
   return []
 
 

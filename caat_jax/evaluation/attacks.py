@@ -2,7 +2,9 @@
 
 Names: ``pgd<k>`` (CE ascent from a uniform start in the ball, k steps of
 ``step_size``), ``autoattack`` (the standard ensemble, the reference's
-hyper-parameters) and AutoAttack's attacks one by one (``apgd-ce``,
+hyper-parameters), ``autoattack-rand`` (the reference's version 'rand'
+for randomised defences: APGD-CE and APGD-DLR with EOT over 20 draws) and
+AutoAttack's attacks one by one (``apgd-ce``,
 ``apgd-dlr``, ``apgd-t``, ``fab-t``, ``square``). PGD runs per batch in
 :func:`eval_fn`; the AutoAttack family runs on the host-driven compacting
 path (``ensemble.py``). The randomness of test point i is keyed by its
@@ -22,8 +24,9 @@ from caat_jax.checks import ConfigError
 from caat_jax.data.augment import to_float01
 
 AUTOATTACK = "autoattack"
+AUTOATTACK_RAND = "autoattack-rand"  # the reference's version 'rand'
 INDIVIDUAL = attacks.ATTACKS  # AutoAttack's attacks, each also evaluable alone
-AA_FAMILY = (AUTOATTACK,) + INDIVIDUAL  # the names the compacting path runs
+AA_FAMILY = (AUTOATTACK, AUTOATTACK_RAND) + INDIVIDUAL  # the names the compacting path runs
 _PGD_RE = re.compile(r"^pgd(\d+)$")
 _EVAL_SEED = 1234  # fixed: every run is attacked with the same start noise
 _AA_SEED_TAG = 0xAA  # folded into _EVAL_SEED: AutoAttack's keys differ from PGD's
@@ -47,7 +50,16 @@ def is_pgd(name: str) -> bool:
 
 def ensemble_attacks(name: str) -> tuple[str, ...]:
   """The AutoAttack attacks an AutoAttack-family name runs, in order."""
-  return attacks.STANDARD if name == AUTOATTACK else (name,)
+  if name == AUTOATTACK:
+    return attacks.STANDARD
+  return attacks.RAND if name == AUTOATTACK_RAND else (name,)
+
+
+def ensemble_options(name: str, options: Mapping | None = None) -> dict[str, dict]:
+  """The per-attack options an AutoAttack-family name runs with: its
+  version's (EOT for ``autoattack-rand``), then ``options`` on top."""
+  version = "rand" if name == AUTOATTACK_RAND else "standard"
+  return attacks.autoattack.version_options(version, options)
 
 
 def check_names(names: Sequence[str], where: str = "config.eval.attacks",

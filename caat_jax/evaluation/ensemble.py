@@ -102,18 +102,31 @@ def verify_all(parallel: Parallel, model, variables, x, labels, x_adv, robust, *
           verify.merge_summaries(partials))
 
 
-def preflight(parallel: Parallel, model, variables, x, labels, names: Sequence[str],
-              options: Mapping | None = None) -> list[str]:
-  """The reference's checks before an evaluation (``attacks.checks.preflight``)
-  on the first points, on one device: randomised model, probabilities
-  instead of logits, zero input gradients, too few classes (raises
-  ValueError for an attack that cannot run)."""
+def _host_logits(parallel: Parallel, model, variables):
   host_vars = jax.tree.map(jnp.asarray, parallel.fetch(variables))
   apply = jax.jit(lambda v, z: model.apply(v, z, train=False))
-  logits_fn = lambda z: apply(host_vars, z)
+  return lambda z: apply(host_vars, z)
+
+
+def preflight(parallel: Parallel, model, variables, x, labels, names: Sequence[str],
+              options: Mapping | None = None, randomised_ok: bool = False) -> list[str]:
+  """The reference's checks before an evaluation (``attacks.checks.preflight``)
+  on the first points, on one device: randomised model (skipped for
+  ``randomised_ok``, the version 'rand'), probabilities instead of logits,
+  zero input gradients, too few classes (raises ValueError for an attack
+  that cannot run)."""
   n = min(len(labels), PREFLIGHT_POINTS)
-  return checks.preflight(logits_fn, jnp.asarray(x[:n]), jnp.asarray(labels[:n]), names,
-                          options=options)
+  return checks.preflight(_host_logits(parallel, model, variables), jnp.asarray(x[:n]),
+                          jnp.asarray(labels[:n]), names, options=options,
+                          randomised_ok=randomised_ok)
+
+
+def randomised_warnings(parallel: Parallel, model, variables, x, labels) -> list[str]:
+  """The reference's randomised-model check alone (its version 'standard'
+  runs it; 'rand' does not)."""
+  n = min(len(labels), PREFLIGHT_POINTS)
+  return checks.check_randomized(_host_logits(parallel, model, variables),
+                                 jnp.asarray(x[:n]), jnp.asarray(labels[:n]))
 
 
 def stage_warnings(stages: Mapping[str, np.ndarray]) -> list[str]:

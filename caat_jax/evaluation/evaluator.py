@@ -75,13 +75,16 @@ class Evaluator:
     n = pipeline.num_eval_points(split, num_examples)
     labels = np.asarray(split.labels[:n]).astype(np.int32)
     info = {"verification": {}, "stages": {}, "stats": {}, "warnings": {}}
-    common = []
+    common, randomised = [], []
     if aa_names:  # the reference's checks first: an attack that cannot run refuses here
       x = np.asarray(to_float01(jax.numpy.asarray(split.images[:n])))
       wanted = tuple(dict.fromkeys(
           a for name in aa_names for a in eval_attacks.ensemble_attacks(name)))
       common = ensemble.preflight(self.parallel, self.model, variables, x, labels, wanted,
-                                  aa_options)
+                                  aa_options, randomised_ok=True)
+      if any(a != eval_attacks.AUTOATTACK_RAND for a in aa_names):
+        randomised = ensemble.randomised_warnings(self.parallel, self.model, variables, x,
+                                                  labels)
 
     out, partials = self._batches(variables, split, pgd_names, eps, step_size, batch_size,
                                   num_examples, progress)
@@ -92,11 +95,12 @@ class Evaluator:
     natural_acc = float(np.mean(out["natural"])) if n else 0.0
     keys = np.asarray(eval_attacks.aa_keys(np.arange(n)))
     for name in aa_names:
+      options = eval_attacks.ensemble_options(name, aa_options)
       x_adv, robust, stages, stats = compact.autoattack_compact(
-          ensemble.make_runner(self.parallel, self.model, variables, aa_options, self._runners),
+          ensemble.make_runner(self.parallel, self.model, variables, options, self._runners),
           x, labels, eps=eps, keys=keys, clean_correct=out["natural"],
           num_classes=self._num_classes(variables, x[:1]),
-          attacks=eval_attacks.ensemble_attacks(name), options=aa_options,
+          attacks=eval_attacks.ensemble_attacks(name), options=options,
           batch_size=self._bucket(batch_size),
           min_size=max(ensemble.MIN_BUCKET, self.parallel.num_devices),
           multiple=self.parallel.num_devices,
@@ -105,11 +109,13 @@ class Evaluator:
           self.parallel, self.model, variables, x, labels, x_adv, robust, eps=eps,
           batch_size=batch_size, cache=self._verifiers)
       out[name] = checked
-      if name == eval_attacks.AUTOATTACK:
+      if name in (eval_attacks.AUTOATTACK, eval_attacks.AUTOATTACK_RAND):
         out.update({f"{name}/{k}": v for k, v in stages.items() if k != "clean"})
       info["verification"][name] = summary
       info["stages"][name], info["stats"][name] = stages, stats
       found = list(common) + verify.problems(summary, eps)
+      if name != eval_attacks.AUTOATTACK_RAND:
+        found = randomised + found
       # The same model on the same points, called again after the attacks:
       # a lower clean accuracy means it is not one fixed function.
       found += checks.check_clean_accuracy(natural_acc, float(np.mean(clean)) if n else 0.0)
