@@ -290,12 +290,12 @@ def run_attack_bench(config, attack_names, model_names, batch_size, on_row=None,
           "dataset": config.data.name, "source": source, "rows": rows}
 
 
-_ATTACK_HEAD = (f"{'model':<16} {'attack':<11} {'compact':>7} {'points':>6} {'batch':>5} "
+_ATTACK_HEAD = (f"{'model':<16} {'attack':<15} {'compact':>7} {'points':>6} {'batch':>5} "
                 f"{'eps':>6} {'compile s':>9} {'s / 1000 ex':>11} {'slots':>6} {'broken':>6}")
 
 
 def format_attack_row(r: dict) -> str:
-  return (f"{r['model']:<16} {r['attack']:<11} {str(r['compact']):>7} {r['points']:>6} "
+  return (f"{r['model']:<16} {r['attack']:<15} {str(r['compact']):>7} {r['points']:>6} "
           f"{r['batch']:>5} {r['eps']:6.3f} {r['compile_s']:9.2f} {r['s_per_1000']:11.2f} "
           f"{r['slots']:>6} {r['broken']:>6}")
 

@@ -56,9 +56,12 @@ def class_weights(lam: jax.Array) -> jax.Array:
   return 1.0 / lam.shape[0] + lam - jnp.mean(lam)
 
 
+MARGIN_RANGE = (0.98, 2.5)  # ReMargin's multipliers are clipped to this range
+
+
 def margin_multipliers(lambda2: jax.Array) -> jax.Array:
   """ReMargin eps multipliers m_c = clip(exp(2 lambda2_c), 0.98, 2.5)."""
-  return jnp.clip(jnp.exp(2.0 * lambda2), 0.98, 2.5)
+  return jnp.clip(jnp.exp(2.0 * lambda2), *MARGIN_RANGE)
 
 
 def sample_factors(class_w: jax.Array, labels: jax.Array, axis_name: str | None) -> jax.Array:

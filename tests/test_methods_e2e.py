@@ -7,6 +7,7 @@ import os
 import numpy as np
 
 from caat_jax import train
+from caat_jax.methods import caat
 from tests.helpers import digits_config
 
 
@@ -52,6 +53,16 @@ def test_meta_caat_with_fairness_and_remargin_bounds(tmp_path):
   assert not np.allclose(fair[0]["fair/lambda2"], 0)
   assert np.isfinite(docs[0]["avg"]["robust"])
   assert all(0.0 <= a <= 1.0 for a in second_epoch[-1]["train/adv_ratio_per_class"] if a is not None)
+  # Fig. 8c's data: each filled bin's mean bound lies in its bin of [0, 2.5 eps]
+  rec = second_epoch[-1]
+  width = caat.bound_max("remargin", config.attack.eps) / caat.NUM_BOUND_BINS
+  filled = 0
+  for k, (b, mg) in enumerate(zip(rec["train/bound_by_bound_bin"], rec["train/margin_by_bound"])):
+    assert (b is None) == (mg is None)
+    if b is not None:
+      filled += 1
+      assert k * width - 1e-6 <= b <= (k + 1) * width + 1e-6 and -1.0 <= mg <= 1.0
+  assert filled >= 1
 
 
 def test_frl_multipliers_follow_the_reference_order_over_three_epochs(tmp_path):

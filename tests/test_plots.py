@@ -30,6 +30,11 @@ def _record(row: int, seed: int, step: int, noisy: bool = True) -> dict:
          "train/adv_ratio_clean_noisy": [v(0.3), v(0.6) if noisy else None],
          "train/eps_clean_noisy": [v(0.02) / 10, v(0.04) / 10 if noisy else None]}
   if row == 0:
+    # Fig. 8c: 4 bound bins; bin 1 never filled, bin 3 empty at step 30
+    late = None if step == 30 else 0
+    rec.update({"train/margin_by_bound": [v(0.1), None, v(0.2), late if late is None else v(0.4)],
+                "train/bound_by_bound_bin": [0.01 + 0.001 * seed + 0.0001 * step, None,
+                                             0.03 + 0.001 * seed, late if late is None else 0.04]})
     rec.update({"train/entropy": v(3.0), "train/entropy_direction": v(0.6),
                 "train/entropy_bound": v(2.4), "train/p_adv_clean_noisy": [v(0.5), v(0.4)],
                 "train/eps_direction_clean_noisy": [v(0.01), v(0.02), v(0.03), v(0.04)]})
@@ -82,7 +87,7 @@ def test_draw_all_writes_png_and_svg(experiment, tmp_path, capsys):
   out = str(tmp_path / "figs")
   paths = plots.draw_all(experiment, out)
   stems = ("per_class_errors_digits_pgd20", "training_curves", "strategy_per_class",
-           "clean_vs_corrupted")
+           "clean_vs_corrupted", "bound_vs_margin")
   assert sorted(paths) == sorted(os.path.join(out, f"{s}.{e}") for s in stems
                                  for e in ("png", "svg"))
   for p in paths:
@@ -90,7 +95,30 @@ def test_draw_all_writes_png_and_svg(experiment, tmp_path, capsys):
       head = f.read(400)
     assert head.startswith(b"\x89PNG") if p.endswith(".png") else b"<svg" in head
   printed = capsys.readouterr().out
-  assert "bound vs margin (Fig. 8c)" in printed and "skipped training" not in printed
+  assert "skipped" not in printed
+
+
+def test_bound_vs_margin_is_the_late_training_mean_per_bin(experiment):
+  """Fig. 8c: each bin's margin and bound averaged over the records past half
+  of training (steps 20 and 30 here), then over seeds; bins never filled are
+  left out; only the row that logs it is drawn."""
+  groups = plots.group_runs(plots.discover_runs(experiment))
+  (ax,) = plots.draw_bound_vs_margin(groups)["bound_vs_margin"].axes
+  (bars,) = ax.containers  # one errorbar container: one row
+  line = bars.lines[0]
+  assert bars.get_label() == "rowA (2 seeds)"
+  v = lambda base, step, seed: round(base + 0.01 * step + 0.1 * seed, 6)
+  margin = {0: lambda s: (v(0.1, 20, s) + v(0.1, 30, s)) / 2,
+            2: lambda s: (v(0.2, 20, s) + v(0.2, 30, s)) / 2,
+            3: lambda s: v(0.4, 20, s)}  # None at step 30: one record
+  bound = {0: lambda s: 0.01 + 0.001 * s + 0.0001 * 25, 2: lambda s: 0.03 + 0.001 * s,
+           3: lambda s: 0.04}
+  want_x = [_mean_std(0, bound[k])[0] * 255 for k in (0, 2, 3)]
+  want_y = [_mean_std(0, margin[k])[0] for k in (0, 2, 3)]
+  np.testing.assert_allclose(line.get_xdata(), want_x, rtol=1e-9)
+  np.testing.assert_allclose(line.get_ydata(), want_y, rtol=1e-9)
+  with pytest.raises(plots.Skip, match="margin_by_bound"):
+    plots.draw_bound_vs_margin([g for g in groups if g.row == "rowB"])
 
 
 def test_discovery_rows_seeds_and_labels(experiment):

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from caat_jax import characteristics, reinforce, state as state_lib
+from caat_jax import characteristics, losses, reinforce, state as state_lib
 from caat_jax.methods import base, caat, reinforce_caat
 from tests.helpers import digits_config
 
@@ -231,3 +231,49 @@ def test_fairness_margins_scale_the_learned_bounds():
                              off["ratio/eps_per_class/num"][seen] * margin[seen], rtol=1e-5)
   np.testing.assert_array_equal(on["ratio/adv_ratio_per_class/num"],
                                 off["ratio/adv_ratio_per_class/num"])
+
+
+def test_strategy_stats_bin_samples_by_bound_for_fig_8c():
+  """Bins of width eps_max / 10 (a bound past eps_max in the last bin); each
+  bin's margin and bound sums against a numpy loop over the samples."""
+  rng = np.random.default_rng(3)
+  eps = jnp.asarray([0.0, 0.012, 0.05, 0.0999, 0.1, 0.3, 0.051], jnp.float32)
+  y = jnp.asarray(rng.integers(0, C, len(eps)), jnp.int32)
+  logits = jnp.asarray(rng.normal(size=(len(eps), C)), jnp.float32)
+  out = caat.strategy_stats(jnp.ones_like(eps), eps, y, {}, C, None, clean_logits=logits,
+                            eps_max=0.1)
+  num, den = np.zeros(10), np.zeros(10)
+  bnum = np.zeros(10)
+  for e, yi, z in zip(np.asarray(eps), np.asarray(y), np.asarray(logits, np.float64)):
+    k = min(int(e / 0.1 * 10), 9)
+    p = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+    num[k] += p[yi] - np.max(np.delete(p, yi))
+    den[k] += 1
+    bnum[k] += e
+  np.testing.assert_array_equal(out["ratio/margin_by_bound/den"], den)
+  assert den[0] == 1 and den[1] == 1 and den[5] == 2 and den[9] == 3
+  np.testing.assert_allclose(out["ratio/margin_by_bound/num"], num, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(out["ratio/bound_by_bound_bin/num"], bnum, rtol=1e-6)
+  assert "ratio/margin_by_bound/num" not in caat.strategy_stats(
+      jnp.ones_like(eps), eps, y, {}, C, None)  # not asked for: not logged
+
+
+def test_reinforce_step_logs_fig_8c_over_its_bound_range():
+  """Every sample lands in one bin; each bin's mean bound lies in it (the
+  range is the largest bound of the set); the margins are those of the
+  inference-mode clean logits the strategy was drawn from."""
+  config, ctx, state, batch = _setup(**{"reinforce.reward": "paper"})
+  _, m = jax.jit(reinforce_caat.make_step(config, ctx))(state, batch, jax.random.PRNGKey(2))
+  m = jax.tree.map(np.asarray, m)
+  den = m["ratio/margin_by_bound/den"]
+  assert den.sum() == B
+  width = max(config.reinforce.bound_set) / 255.0 / caat.NUM_BOUND_BINS
+  for k in np.flatnonzero(den):
+    mean = m["ratio/bound_by_bound_bin/num"][k] / den[k]
+    assert k * width - 1e-7 <= mean <= (k + 1) * width + 1e-7
+  np.testing.assert_allclose(m["ratio/bound_by_bound_bin/num"].sum(),
+                             m["ratio/eps_per_class/num"].sum(), rtol=1e-5)
+  clean = ctx.eval_logits_fn(state.params, state.batch_stats)(batch["image"])
+  np.testing.assert_allclose(m["ratio/margin_by_bound/num"].sum(),
+                             float(losses.probability_margin(clean, batch["label"]).sum()),
+                             rtol=1e-4, atol=1e-5)

@@ -67,15 +67,38 @@ def adversaries_and_anti(ctx: base.StepContext, logits_fn, x, y, clean, eps, k_a
   return out[:b], out[b:]
 
 
-def strategy_stats(alpha, eps, y, batch, num_classes, axis) -> dict:
+NUM_BOUND_BINS = 10  # Fig. 8c: samples binned by bound, equal bins over [0, largest bound]
+
+
+def bound_max(kind: str, eps: float, grad_offset: float = 0.9) -> float:
+  """The largest bound ``bound_fn(kind)`` gives (Fig. 8c's bin range):
+  fixed eps, ReMargin 2.5 eps, grad (offset + 1) eps."""
+  top = {"fixed": 1.0, "remargin": fairness.MARGIN_RANGE[1], "grad": grad_offset + 1.0}
+  return float(top[kind] * eps)
+
+
+def strategy_stats(alpha, eps, y, batch, num_classes, axis, *, clean_logits=None,
+                   eps_max: float | None = None) -> dict:
   """Adversary ratio (mean alpha) and mean bound per class, and split by
-  clean (0) / corrupted (1) training labels: the paper's Figs. 9, 10, 13."""
+  clean (0) / corrupted (1) training labels: the paper's Figs. 9, 10, 13.
+
+  With ``clean_logits`` and ``eps_max``, also Fig. 8c's data: the samples
+  binned by their bound (``NUM_BOUND_BINS`` equal bins over [0, eps_max],
+  larger bounds in the last), each bin's mean clean probability margin
+  (``margin_by_bound``) and mean bound (``bound_by_bound_bin``).
+  """
   corrupted = batch.get("corrupted", jnp.zeros_like(y, bool)).astype(jnp.int32)
   out = {}
   out.update(base.ratio_metric("adv_ratio_per_class", alpha, y, num_classes, axis))
   out.update(base.ratio_metric("eps_per_class", eps, y, num_classes, axis))
   out.update(base.ratio_metric("adv_ratio_clean_noisy", alpha, corrupted, 2, axis))
   out.update(base.ratio_metric("eps_clean_noisy", eps, corrupted, 2, axis))
+  if clean_logits is not None and eps_max:
+    bins = jnp.clip(jnp.floor(eps / eps_max * NUM_BOUND_BINS), 0,
+                    NUM_BOUND_BINS - 1).astype(jnp.int32)
+    margin = losses.probability_margin(jax.lax.stop_gradient(clean_logits), y)
+    out.update(base.ratio_metric("margin_by_bound", margin, bins, NUM_BOUND_BINS, axis))
+    out.update(base.ratio_metric("bound_by_bound_bin", eps, bins, NUM_BOUND_BINS, axis))
   return out
 
 

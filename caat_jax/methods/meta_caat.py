@@ -116,9 +116,9 @@ def make_step(config, ctx: base.StepContext):
   anti = c.direction != "adversarial_only"
   learned = c.direction == "combined"
   weights = weights_fn(config, ctx.class_counts)
-  bound = caat.bound_fn("fixed" if c.direction in FIXED_DIRECTIONS else c.bound, ctx,
-                        c.grad_bound_offset,
-                        c.grad_bound_point, anti=anti)
+  bound_kind = "fixed" if c.direction in FIXED_DIRECTIONS else c.bound
+  bound = caat.bound_fn(bound_kind, ctx, c.grad_bound_offset, c.grad_bound_point, anti=anti)
+  eps_max = caat.bound_max(bound_kind, ctx.attack.eps, c.grad_bound_offset)
   anti_bound = caat.anti_bound_fn(config)
   factors = fairness.factors_fn(config.fairness.mode if config.fairness.enabled else None)
   lookahead = _lookahead_fn(m.lookahead, config.optimizer)
@@ -214,7 +214,8 @@ def make_step(config, ctx: base.StepContext):
     metrics["ratio/meta_loss/num"] = (m_loss * did)[None]
     metrics["ratio/meta_loss/den"] = did[None]
     metrics["meta_grad_norm"] = m_norm
-    metrics.update(caat.strategy_stats(w_new[:, 0], eps, y, batch, num_classes, axis))
+    metrics.update(caat.strategy_stats(w_new[:, 0], eps, y, batch, num_classes, axis,
+                                       clean_logits=clean, eps_max=eps_max))
     return new_state, metrics
 
   return step

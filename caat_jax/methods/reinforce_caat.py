@@ -144,6 +144,10 @@ def make_step(config, ctx: base.StepContext):
   _, baseline = resolved(config)
   lookahead = r.reward == "lookahead"
   net, tx, bound_set = policy_net(config), policy_optimizer(config), bound_values(config)
+  # Fig. 8c's bin range: the largest bound times the largest ReMargin factor
+  f = config.fairness
+  eps_max = float(max(config.reinforce.bound_set)) / 255.0 * (
+      fairness.MARGIN_RANGE[1] if f.enabled and f.mode in fairness.MARGIN_MODES else 1.0)
   factors = fairness.factors_fn(config.fairness.mode if config.fairness.enabled else None)
   margins = _margins_fn(config)
   anti_bound = caat.anti_bound_fn(config)
@@ -225,14 +229,14 @@ def make_step(config, ctx: base.StepContext):
     new_state = base.apply_gradients(state, grads, bs, ctx, extra=new_extra)
 
     metrics = _metrics(logits, direction, eps, y, batch, loss, lc, lt, update_now, info,
-                       num_classes, axis)
+                       num_classes, axis, eps_max, clean)
     return new_state, metrics
 
   return step
 
 
 def _metrics(logits, direction, eps, y, batch, loss, lc, lt, update_now, info, num_classes,
-             axis) -> dict:
+             axis, eps_max, clean) -> dict:
   """Scalars and per-group ratio metrics (``base.ratio_metric``): the curves
   of the paper's Figs. 9, 10, 13."""
   alpha = (direction == reinforce.ADVERSARY).astype(jnp.float32)
@@ -251,7 +255,9 @@ def _metrics(logits, direction, eps, y, batch, loss, lc, lt, update_now, info, n
   m["anti_acc"] = base.psum((correct_t * (1 - alpha)).sum(), axis) / jnp.maximum(n_at, 1.0)
   m["policy_grad_norm"] = info["grad_norm"]
   m["policy_updated"] = update_now.astype(jnp.float32)
-  m.update(caat.strategy_stats(alpha, eps, y, batch, num_classes, axis))
+  # Fig. 8c: margins of the inference-mode logits the strategy was drawn from
+  m.update(caat.strategy_stats(alpha, eps, y, batch, num_classes, axis, clean_logits=clean,
+                               eps_max=eps_max))
   ratio = lambda name, v, g, n: m.update(base.ratio_metric(name, v, g, n, axis))
   # per class, clean samples first then corrupted: entry y + C * corrupted
   cls_cn = y + num_classes * corrupted

@@ -18,20 +18,23 @@ DIR/<row>/seed<k>/, a suite's DIR/<method>/). Reads each run's
   ``train/eps_clean_noisy``, ``train/p_adv_clean_noisy``,
   ``train/eps_direction_clean_noisy`` (Fig. 10; runs with label noise).
 
-A figure no run has data for is skipped with one printed line. Bound vs
-margin (Fig. 8c) is not logged by training, so it is never drawn here.
+* ``bound_vs_margin``: ``train/margin_by_bound`` at ``train/bound_by_bound_bin``
+  (the training samples binned by their bound, each bin's mean clean margin;
+  Fig. 8c; Meta-CAAT and Reinforce-CAAT runs).
+
+A figure no run has data for is skipped with one printed line.
 """
 
 import os
 
-from caat_jax.plots.figures import (BOUND_VS_MARGIN_NOTE, FIGURES, Skip,
+from caat_jax.plots.figures import (FIGURES, Skip, draw_bound_vs_margin,
                                     draw_clean_vs_corrupted, draw_per_class_errors,
                                     draw_strategy_per_class, draw_training_curves)
 from caat_jax.plots.runs import Group, NoRunsError, Run, discover_runs, group_runs
 
 __all__ = ["draw_all", "discover_runs", "group_runs", "Run", "Group", "NoRunsError", "Skip",
            "draw_per_class_errors", "draw_training_curves", "draw_strategy_per_class",
-           "draw_clean_vs_corrupted", "FIGURES"]
+           "draw_clean_vs_corrupted", "draw_bound_vs_margin", "FIGURES"]
 
 
 def draw_all(workdir: str, out: str | None = None,
@@ -72,5 +75,4 @@ def draw_all(workdir: str, out: str | None = None,
         path = os.path.join(out, f"{stem}.{ext}")
         fig.savefig(path, dpi=110)
         paths.append(path)
-  print(BOUND_VS_MARGIN_NOTE)
   return paths

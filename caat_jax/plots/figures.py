@@ -5,6 +5,7 @@ std error bars. Bounds are logged in [0, 1] pixel units and drawn in 1/255.
 """
 
 import re
+import warnings
 
 import matplotlib
 
@@ -282,14 +283,52 @@ def _per_class_figure(groups, dataset, attack, eps) -> Figure:
   return fig
 
 
+# -- margin by bound (Fig. 8c) -------------------------------------------------
+
+MARGIN_KEY, BOUND_BIN_KEY = "train/margin_by_bound", "train/bound_by_bound_bin"
+
+
+def _late_mean(run, key: str) -> np.ndarray:
+  """Per bin, the mean of ``key`` over the run's second half of training
+  (the records after half its last step), NaN for bins never filled."""
+  recs = [r for r in run.records if isinstance(r.get(key), list)]
+  last = max(int(r["step"]) for r in recs)
+  rows = [[np.nan if v is None else float(v) for v in r[key]] for r in recs
+          if int(r["step"]) > last / 2] or [[np.nan if v is None else float(v)
+                                            for v in recs[-1][key]]]
+  with np.errstate(all="ignore"), warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)  # bins empty in every record
+    return np.nanmean(np.array(rows), axis=0)
+
+
+def draw_bound_vs_margin(groups: list[Group]) -> dict[str, Figure]:
+  """Per row: the training samples binned by their perturbation bound, each
+  bin's mean clean probability margin (p_y - max_j p_j) over the second half
+  of training, at the bin's mean bound; error bars +-1 std over seeds."""
+  rows = [g for g in groups if has_key([g], MARGIN_KEY) and has_key([g], BOUND_BIN_KEY)]
+  if not rows:
+    raise _missing([MARGIN_KEY, BOUND_BIN_KEY])
+  fig = Figure(figsize=(7.5, 4.4))
+  ax = fig.subplots()
+  for i, g in enumerate(rows):
+    runs = [r for r in g.runs if any(MARGIN_KEY in rec for rec in r.records)]
+    bound, _ = mean_std([_late_mean(r, BOUND_BIN_KEY) for r in runs])
+    margin, std = mean_std([_late_mean(r, MARGIN_KEY) for r in runs])
+    ok = np.isfinite(bound) & np.isfinite(margin)
+    ax.errorbar(bound[ok] * PIXEL, margin[ok], yerr=std[ok] if len(runs) > 1 else None,
+                marker="o", ms=4, capsize=2, color=_color(i), label=g.legend)
+  ax.set(xlabel="perturbation bound $\\epsilon_i$ (units of 1/255; bin mean)",
+         ylabel="mean clean margin $p_y - \\max_{j \\neq y} p_j$")
+  ax.legend(fontsize=7)
+  _finish(fig, [ax], "Average margin of the training samples by their bound "
+          "(Fig. 8c; second half of training)" + _seeds_note(rows, "error bars"))
+  return {"bound_vs_margin": fig}
+
+
 FIGURES = (
     ("per-class natural and robust errors (Figs. 11-12)", draw_per_class_errors),
     ("training curves", draw_training_curves),
     ("adversary ratio and bound per class (Figs. 9, 13)", draw_strategy_per_class),
     ("clean vs corrupted samples (Fig. 10)", draw_clean_vs_corrupted),
+    ("margin by bound (Fig. 8c)", draw_bound_vs_margin),
 )
-
-BOUND_VS_MARGIN_NOTE = (
-    "skipped bound vs margin (Fig. 8c): no run logs per-sample bounds with their "
-    "margins (metrics.jsonl holds per-class and clean/corrupted means only); "
-    "docs/results/grad_bound_margin.py computes them from a checkpoint")
