@@ -132,6 +132,7 @@ def test_autoattack_rand_on_the_evaluators_devices():
   assert d["verification"]["flag_mismatch"] == 0 and d["warnings"] == []
 
 
+@pytest.mark.slow  # APGD-CE and APGD-DLR at the reference's 100 iterations, both paths
 def test_bench_times_autoattack_rand_compacted_and_fixed_alike():
   """The benchmark runs autoattack-rand with its version's options on both
   paths: the same points break (APGD-CE then APGD-DLR, one restart each)."""
