@@ -38,6 +38,7 @@ def apply_version(attacks_to_run: Sequence[str], version: str) -> list[str]:
     return list(attacks_to_run)
   return [AUTOATTACK_RAND if a == AUTOATTACK else a for a in attacks_to_run]
 
+
 def load_run(workdir: str, checkpoint: str | None = None, step: int | None = None,
              overrides: Mapping[str, object] | None = None):
   """Rebuilds a run from its newest readable checkpoint and stored config.

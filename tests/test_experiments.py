@@ -94,6 +94,20 @@ def test_finished_runs_skipped_and_killed_run_resumes(finished):
 
 
 @pytest.mark.slow
+def test_a_finished_run_with_another_config_is_not_reused(finished):
+  """Running again with an override that changes training reports every run
+  as failed (naming the key) instead of skipping it as done; an
+  evaluation-only change still skips."""
+  exp, workdir, _ = finished
+  lines = []
+  outcomes = runner.run(exp, workdir, extra=("optimizer.weight_decay=0.123",), log=lines.append)
+  assert all(o.startswith("failed: different config") for _, o in outcomes), outcomes
+  assert "optimizer.weight_decay" in lines[0] and "another --workdir" in lines[0]
+  again = runner.run(exp, workdir, extra=("eval.batch_size=30",), log=lambda *_: None)
+  assert [o for _, o in again] == ["skipped"] * 4
+
+
+@pytest.mark.slow
 def test_missing_evaluation_runs_on_the_trained_model(finished, monkeypatch):
   exp, workdir, _ = finished
   calls = []

@@ -88,6 +88,39 @@ def status(spec: RunSpec, exp: Experiment) -> str:
   return "new"
 
 
+def trained_config_differences(run_dir: str, config: ml_collections.ConfigDict,
+                               keys: Sequence[str]) -> list:
+  """[(key, the run's value, ``config``'s)] for ``keys`` (a row's override
+  keys, and what is under them) whose values differ and change training
+  (``checkpoint.config_differences``: evaluation, logging and launch keys
+  excepted), read from the config stored with the run's newest checkpoint;
+  [] when they agree or no checkpoint is readable (then training resumes and
+  checks the whole config).
+
+  Only the overrides are compared: a key the row leaves to its config file
+  may belong to another method (a TRADES run ignores ``caat.*``), so a
+  config file edited since the run would flag runs it does not change.
+  """
+  from caat_jax import checkpoint  # pylint: disable=import-outside-toplevel
+  directory = checkpoint.checkpoint_dir(run_dir)
+  if not os.path.isdir(directory):
+    return []
+  ckpt = checkpoint.Checkpointer(directory, async_save=False)
+  try:
+    step = ckpt.latest_step()
+    if step is None:
+      return []
+    try:
+      stored = ckpt.restore_config(step)
+    except Exception:  # pylint: disable=broad-except  (unreadable: training decides)
+      return []
+  finally:
+    ckpt.close()
+  under = lambda k: any(k == o or k.startswith(o + ".") for o in keys)
+  return [d for d in checkpoint.config_differences(stored, checkpoint.config_as_json(config))
+          if under(d[0])]
+
+
 def run(exp: Experiment, workdir: str, seeds: int | None = None,
         rows: Sequence[str] | None = None, extra: Sequence[str] = (),
         log=print) -> list[tuple[RunSpec, str]]:
@@ -111,6 +144,19 @@ def run(exp: Experiment, workdir: str, seeds: int | None = None,
   for i, (spec, config) in enumerate(zip(specs, configs)):
     where = f"[{i + 1}/{len(specs)}] {spec.row.name} seed {spec.seed}"
     state = status(spec, exp)
+    if state in ("done", "evaluate"):
+      # A finished run is reused only if it was trained with this row's
+      # overrides (a changed --config override, or a workdir shared with
+      # another experiment whose row of the same name differs, would
+      # otherwise be reported as this row).
+      diffs = trained_config_differences(spec.workdir, config,
+                                         [o.split("=", 1)[0] for o in spec.overrides])
+      if diffs:
+        keys = ", ".join(f"{k}: {o!r} (run) vs {n!r} (row)" for k, o, n in diffs[:6])
+        log(f"{where}: FAILED: {spec.workdir} holds a run trained with a different config "
+            f"({keys}); use another --workdir")
+        outcomes.append((spec, f"failed: different config ({keys})"))
+        continue
     if state == "done":
       log(f"{where}: done, skipped ({spec.workdir})")
       outcomes.append((spec, "skipped"))
