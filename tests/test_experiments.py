@@ -134,13 +134,27 @@ def test_every_experiment_builds_valid_configs():
       config = runner.build_config(spec)
       assert config.method in methods.METHODS and config.suite == ()
       if exp.name.startswith("digits"):
-        assert config.data.name == "digits" and config.num_epochs == 10
+        epochs = {0.0: 10, 1.0: 10, 10.0: 25, 100.0: 40}[float(config.data.imbalance_factor)]
+        assert config.data.name == "digits" and config.num_epochs == epochs
       final = dict(o.partition("=")[::2] for o in spec.overrides)  # the last one wins
       for key, value in final.items():  # every override took effect
         got = config
         for part in key.split("."):
           got = got[part]
         assert str(got) == value or repr(got) == value or str(got).lower() == value
+
+
+def test_digits_long_tailed_runs_take_the_balanced_runs_steps():
+  """The long-tailed digits counterparts scale their epochs to the smaller
+  training sets: every digits run takes the same number of steps."""
+  from caat_jax import data  # pylint: disable=import-outside-toplevel
+  steps = set()
+  for name in ("digits_table1", "digits_table7", "digits_table8"):
+    exp = registry.EXPERIMENTS[name]
+    config = runner.build_config(runner.plan(exp, "/w", 1, [exp.rows[0].name])[0])
+    n = len(data.load_dataset(config.data).train.labels)
+    steps.add((n // config.batch_size) * config.num_epochs)
+  assert steps == {200}
 
 
 def test_rows_match_paper_tables():
