@@ -13,10 +13,15 @@ report() {  # experiment workdir outdir [extra flags]
 }
 report digits_table6 table6 table6
 report digits_noise_diagnostics table6 noise_diagnostics
-[ -d "$runs/table1" ] && report digits_table1 table1 table1
-[ -d "$runs/table5" ] && report digits_table5 table5 table5 \
-  --rows=pgd-at,trades-b6,meta-caat-grad,meta-caat-grad-lam6,reinforce-caat-lam6
-[ -f "$runs/table1/pgd-at/seed0/eval_autoattack.json" ] && report digits_table3 table1 table3 --seeds=1 --no_figures
+report digits_table1 table1 table1
+report digits_lam_sweep table1 lam_sweep
+report digits_table5 table5 table5
+report digits_table3 table1 table3 --no_figures
+# Long-tailed IF 10 at 200 steps (the registry's setting); the first runs
+# at 10 epochs (80 steps, RUNS_DIR/table7) are quoted in digits.md only.
+report digits_table7 table7_200 table7
+report digits_table9 table7_200 table9
+[ -d "$runs/fig14" ] && report digits_fig14 fig14 fig14
 python - <<'PY'
 import glob
 from PIL import Image
