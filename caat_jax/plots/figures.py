@@ -320,8 +320,8 @@ def draw_bound_vs_margin(groups: list[Group]) -> dict[str, Figure]:
   ax.set(xlabel="perturbation bound $\\epsilon_i$ (units of 1/255; bin mean)",
          ylabel="mean clean margin $p_y - \\max_{j \\neq y} p_j$")
   ax.legend(fontsize=7)
-  _finish(fig, [ax], "Average margin of the training samples by their bound "
-          "(Fig. 8c; second half of training)" + _seeds_note(rows, "error bars"))
+  _finish(fig, [ax], "Mean clean margin of the training samples by their bound (Fig. 8c)\n"
+          "second half of training" + _seeds_note(rows, "error bars"))
   return {"bound_vs_margin": fig}
 
 
