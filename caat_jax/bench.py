@@ -215,7 +215,7 @@ def bench_attack(config, problem: dict, attack: str, batch_size: int, *,
   family = attack in evaluation.AA_FAMILY
   names = evaluation.attacks.ensemble_attacks(attack) if family else ()
   options = evaluation.attacks.ensemble_options(attack) if family else {}
-  opt_key = repr(sorted((k, sorted(v.items())) for k, v in options.items()))
+  opt_key = compact_lib.options_key(options)
   compile_s = 0.0
   if family and compact:
     cache = {} if cache is None else cache

@@ -23,9 +23,8 @@ from absl import logging
 
 from caat_jax import checkpoint as ckpt_lib
 from caat_jax import config_lib, evaluation, train
+from caat_jax.attacks.autoattack import VERSIONS
 from caat_jax.evaluation import AUTOATTACK, AUTOATTACK_RAND
-
-VERSIONS = ("standard", "rand")  # AutoAttack's versions (the reference's set_version)
 
 
 def apply_version(attacks_to_run: Sequence[str], version: str) -> list[str]:

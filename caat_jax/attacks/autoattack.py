@@ -31,18 +31,19 @@ ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square")
 RAND = ("apgd-ce", "apgd-dlr")
 RAND_OPTIONS = {"apgd-ce": {"num_restarts": 1, "eot_iter": 20},
                 "apgd-dlr": {"num_restarts": 1, "eot_iter": 20}}
+VERSIONS = ("standard", "rand")  # the reference's set_version choices
+_KEY_TAG = 1000  # attack i of the ensemble draws from fold_in(key, 1000 + i)
 
 
 def version_options(version: str, options: Mapping[str, Mapping] | None = None
                     ) -> dict[str, dict]:
-  """Per-attack options of a version ('standard' or 'rand'): the version's
+  """Per-attack options of a version (``VERSIONS``): the version's
   settings, then ``options`` on top."""
-  if version not in ("standard", "rand"):
-    raise ValueError(f"AutoAttack version {version!r}; valid: 'standard', 'rand'")
-  base = RAND_OPTIONS if version == "rand" else {}
-  names = set(base) | set(options or {})
-  return {n: {**base.get(n, {}), **dict((options or {}).get(n, {}))} for n in names}
-_KEY_TAG = 1000  # attack i of the ensemble draws from fold_in(key, 1000 + i)
+  if version not in VERSIONS:
+    raise ValueError(f"AutoAttack version {version!r}; valid: "
+                     f"{', '.join(repr(v) for v in VERSIONS)}")
+  base, options = (RAND_OPTIONS if version == "rand" else {}), dict(options or {})
+  return {n: {**base.get(n, {}), **dict(options.get(n, {}))} for n in set(base) | set(options)}
 
 
 def stage_keys(keys: jax.Array, i: int) -> jax.Array:

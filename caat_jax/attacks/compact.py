@@ -49,6 +49,12 @@ from caat_jax.attacks.checks import check_num_classes
 Runner = Callable[..., tuple[np.ndarray, np.ndarray]]
 
 
+def options_key(options: Mapping[str, Mapping] | None) -> str:
+  """A hashable, order-independent key of per-attack ``options`` (for caches
+  of compiled runners)."""
+  return repr(sorted((k, sorted(dict(v).items())) for k, v in (options or {}).items()))
+
+
 def bucket_sizes(batch_size: int, min_size: int = 1, multiple: int = 1) -> list[int]:
   """``batch_size, batch_size // 2, ...`` down to ``min_size``, each rounded
   up to a multiple of ``multiple``; distinct, largest first."""

@@ -23,7 +23,7 @@ import numpy as np
 
 from caat_jax import losses, pipeline
 from caat_jax.attacks import autoattack as aa_lib
-from caat_jax.attacks import checks, verify
+from caat_jax.attacks import checks, compact, verify
 from caat_jax.parallel import REPLICATED, SHARDED, Parallel
 
 MIN_BUCKET = 8  # smallest bucket (before rounding up to the device count)
@@ -48,7 +48,7 @@ def make_runner(parallel: Parallel, model, variables, options: Mapping | None,
   size).
   """
   options = {k: dict(v) for k, v in (options or {}).items()}
-  opt_key = repr(sorted((k, sorted(v.items())) for k, v in options.items()))
+  opt_key = compact.options_key(options)
 
   def runner(name, x, labels, eps, keys, active, runs):
     key = (name, opt_key)
@@ -102,31 +102,22 @@ def verify_all(parallel: Parallel, model, variables, x, labels, x_adv, robust, *
           verify.merge_summaries(partials))
 
 
-def _host_logits(parallel: Parallel, model, variables):
+def preflight(parallel: Parallel, model, variables, x, labels, names: Sequence[str],
+              options: Mapping | None = None, randomised_check: bool = True
+              ) -> tuple[list[str], list[str]]:
+  """The reference's checks before an evaluation on the first points, on one
+  device: (common, randomised). ``common`` (``attacks.checks.preflight``):
+  probabilities instead of logits, zero input gradients, too few classes
+  (raises ValueError for an attack that cannot run). ``randomised``: the
+  randomised-model check, which the version 'standard' runs and 'rand' does
+  not; empty unless ``randomised_check``."""
   host_vars = jax.tree.map(jnp.asarray, parallel.fetch(variables))
   apply = jax.jit(lambda v, z: model.apply(v, z, train=False))
-  return lambda z: apply(host_vars, z)
-
-
-def preflight(parallel: Parallel, model, variables, x, labels, names: Sequence[str],
-              options: Mapping | None = None, randomised_ok: bool = False) -> list[str]:
-  """The reference's checks before an evaluation (``attacks.checks.preflight``)
-  on the first points, on one device: randomised model (skipped for
-  ``randomised_ok``, the version 'rand'), probabilities instead of logits,
-  zero input gradients, too few classes (raises ValueError for an attack
-  that cannot run)."""
+  logits_fn = lambda z: apply(host_vars, z)
   n = min(len(labels), PREFLIGHT_POINTS)
-  return checks.preflight(_host_logits(parallel, model, variables), jnp.asarray(x[:n]),
-                          jnp.asarray(labels[:n]), names, options=options,
-                          randomised_ok=randomised_ok)
-
-
-def randomised_warnings(parallel: Parallel, model, variables, x, labels) -> list[str]:
-  """The reference's randomised-model check alone (its version 'standard'
-  runs it; 'rand' does not)."""
-  n = min(len(labels), PREFLIGHT_POINTS)
-  return checks.check_randomized(_host_logits(parallel, model, variables),
-                                 jnp.asarray(x[:n]), jnp.asarray(labels[:n]))
+  x, labels = jnp.asarray(x[:n]), jnp.asarray(labels[:n])
+  common = checks.preflight(logits_fn, x, labels, names, options=options, randomised_ok=True)
+  return common, (checks.check_randomized(logits_fn, x, labels) if randomised_check else [])
 
 
 def stage_warnings(stages: Mapping[str, np.ndarray]) -> list[str]:

@@ -80,11 +80,9 @@ class Evaluator:
       x = np.asarray(to_float01(jax.numpy.asarray(split.images[:n])))
       wanted = tuple(dict.fromkeys(
           a for name in aa_names for a in eval_attacks.ensemble_attacks(name)))
-      common = ensemble.preflight(self.parallel, self.model, variables, x, labels, wanted,
-                                  aa_options, randomised_ok=True)
-      if any(a != eval_attacks.AUTOATTACK_RAND for a in aa_names):
-        randomised = ensemble.randomised_warnings(self.parallel, self.model, variables, x,
-                                                  labels)
+      common, randomised = ensemble.preflight(
+          self.parallel, self.model, variables, x, labels, wanted, aa_options,
+          randomised_check=any(a != eval_attacks.AUTOATTACK_RAND for a in aa_names))
 
     out, partials = self._batches(variables, split, pgd_names, eps, step_size, batch_size,
                                   num_examples, progress)
@@ -109,7 +107,7 @@ class Evaluator:
           self.parallel, self.model, variables, x, labels, x_adv, robust, eps=eps,
           batch_size=batch_size, cache=self._verifiers)
       out[name] = checked
-      if name in (eval_attacks.AUTOATTACK, eval_attacks.AUTOATTACK_RAND):
+      if len(eval_attacks.ensemble_attacks(name)) > 1:  # autoattack, autoattack-rand
         out.update({f"{name}/{k}": v for k, v in stages.items() if k != "clean"})
       info["verification"][name] = summary
       info["stages"][name], info["stats"][name] = stages, stats

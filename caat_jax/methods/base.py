@@ -242,6 +242,12 @@ def psum(tree, axis_name: str | None):
   return tree if axis_name is None else jax.lax.psum(tree, axis_name)
 
 
+def corrupted_mask(batch, labels: jax.Array) -> jax.Array:
+  """bool [B]: which samples' training labels the noise changed (the
+  batch's ``corrupted`` field; all False when the data has none)."""
+  return batch.get("corrupted", jnp.zeros(labels.shape, bool))
+
+
 def ratio_metric(name: str, values: jax.Array, groups: jax.Array, num_groups: int,
                  axis_name: str | None) -> Metrics:
   """Per-group mean of ``values`` over the global batch, as a summable pair.

@@ -87,7 +87,7 @@ def strategy_stats(alpha, eps, y, batch, num_classes, axis, *, clean_logits=None
   larger bounds in the last), each bin's mean clean probability margin
   (``margin_by_bound``) and mean bound (``bound_by_bound_bin``).
   """
-  corrupted = batch.get("corrupted", jnp.zeros_like(y, bool)).astype(jnp.int32)
+  corrupted = base.corrupted_mask(batch, y).astype(jnp.int32)
   out = {}
   out.update(base.ratio_metric("adv_ratio_per_class", alpha, y, num_classes, axis))
   out.update(base.ratio_metric("eps_per_class", eps, y, num_classes, axis))

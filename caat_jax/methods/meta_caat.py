@@ -142,7 +142,7 @@ def make_step(config, ctx: base.StepContext):
     clean = attack_fn(x)
     z, stats = characteristics.strategy_inputs(clean, y, ctx.class_counts, extra["stats"],
                                                feature_cfg, axis, ctx.new_epoch(state.step))
-    corrupted = batch.get("corrupted", jnp.zeros(y.shape, bool))
+    corrupted = base.corrupted_mask(batch, y)
     weights_fn = lambda om: weights(om, z, y, corrupted)
     w_old = weights_fn(extra["wnet"])
 

@@ -92,10 +92,14 @@ def _margins_fn(config):
   """``fn(fair, y) -> [B]`` bound multipliers: FRL's ReMargin factors of the
   label's class in the margin modes (the learned bound scaled class-wise, as
   ReMargin scales the fixed one), else ones."""
-  f = config.fairness
-  if f.enabled and f.mode in fairness.MARGIN_MODES:
+  if _remargin(config):
     return lambda fair, y: fairness.margin_multipliers(fair["lambda2"])[y]
   return lambda fair, y: jnp.ones(y.shape, jnp.float32)
+
+
+def _remargin(config) -> bool:
+  """Whether FRL's ReMargin factors scale the drawn bounds (Eq. 19)."""
+  return bool(config.fairness.enabled and config.fairness.mode in fairness.MARGIN_MODES)
 
 
 def _reward_fn(config, ctx: base.StepContext):
@@ -145,9 +149,8 @@ def make_step(config, ctx: base.StepContext):
   lookahead = r.reward == "lookahead"
   net, tx, bound_set = policy_net(config), policy_optimizer(config), bound_values(config)
   # Fig. 8c's bin range: the largest bound times the largest ReMargin factor
-  f = config.fairness
   eps_max = float(max(config.reinforce.bound_set)) / 255.0 * (
-      fairness.MARGIN_RANGE[1] if f.enabled and f.mode in fairness.MARGIN_MODES else 1.0)
+      fairness.MARGIN_RANGE[1] if _remargin(config) else 1.0)
   factors = fairness.factors_fn(config.fairness.mode if config.fairness.enabled else None)
   margins = _margins_fn(config)
   anti_bound = caat.anti_bound_fn(config)
@@ -240,7 +243,7 @@ def _metrics(logits, direction, eps, y, batch, loss, lc, lt, update_now, info, n
   """Scalars and per-group ratio metrics (``base.ratio_metric``): the curves
   of the paper's Figs. 9, 10, 13."""
   alpha = (direction == reinforce.ADVERSARY).astype(jnp.float32)
-  corrupted = batch.get("corrupted", jnp.zeros_like(y, bool)).astype(jnp.int32)
+  corrupted = base.corrupted_mask(batch, y).astype(jnp.int32)
   p_adv = jax.nn.softmax(reinforce.direction_logits(logits))[:, 0]
   ent = reinforce.entropies(logits)
   correct_t = losses.correct(lt, y)

@@ -293,12 +293,11 @@ def _late_mean(run, key: str) -> np.ndarray:
   (the records after half its last step), NaN for bins never filled."""
   recs = [r for r in run.records if isinstance(r.get(key), list)]
   last = max(int(r["step"]) for r in recs)
-  rows = [[np.nan if v is None else float(v) for v in r[key]] for r in recs
-          if int(r["step"]) > last / 2] or [[np.nan if v is None else float(v)
-                                            for v in recs[-1][key]]]
-  with np.errstate(all="ignore"), warnings.catch_warnings():
+  late = [r for r in recs if int(r["step"]) > last / 2] or recs[-1:]  # last = 0: one record
+  rows = np.array([[np.nan if v is None else float(v) for v in r[key]] for r in late])
+  with warnings.catch_warnings():
     warnings.simplefilter("ignore", RuntimeWarning)  # bins empty in every record
-    return np.nanmean(np.array(rows), axis=0)
+    return np.nanmean(rows, axis=0)
 
 
 def draw_bound_vs_margin(groups: list[Group]) -> dict[str, Figure]:
