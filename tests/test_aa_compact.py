@@ -26,26 +26,58 @@ def test_bucket_sizes_and_plan():
   for n in range(1, 300):  # every point has a slot; padding under one smallest bucket
     p = compact.plan(n, sizes)
     assert 0 <= sum(p) - n < sizes[-1]
+  # pack='calls': as few calls as fixed batches of 64, the rest in the
+  # smallest bucket that holds it
+  assert compact.plan(200, sizes, "calls") == [64, 64, 64, 8]
+  assert compact.plan(126, sizes, "calls") == [64, 64]
+  assert compact.plan(13, sizes, "calls") == [16]
+  assert compact.plan(33, sizes, "calls") == [64]
+  assert compact.plan(0, sizes, "calls") == []
+  for n in range(1, 300):
+    p = compact.plan(n, sizes, "calls")
+    assert len(p) == -(-n // 64) and sum(p) >= n
+    assert not [s for s in sizes if sum(p) - p[-1] + s >= n and s < p[-1]]  # none smaller fits
+    assert len(p) <= len(compact.plan(n, sizes))
+
+
+def test_pack_resolves_by_backend_and_rejects_bad_names(monkeypatch):
+  assert compact.resolve_pack("calls") == "calls" and compact.resolve_pack("slots") == "slots"
+  assert compact.resolve_pack("auto") == "slots"  # the tests run on CPU
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert compact.resolve_pack("auto") == "calls"
+  with pytest.raises(ValueError, match="'fewest'.*auto, slots, calls"):
+    compact.resolve_pack("fewest")
 
 
 def test_compaction_gives_autoattacks_results_exactly_two_attacks():
   """The default-suite version: APGD-T (re-packed between targets) then
-  Square, one bucket size."""
+  Square, buckets of 8 and 4, filled for fewest slots and for fewest calls."""
   f, x, y, dist = linear_problem(10, n=12, seed=6)
   eps = float(np.quantile(dist, 0.6))
   keys = keys_for(len(y), seed=3)
   attacks = ("apgd-t", "square")
   res, stages = jax.jit(lambda x, y, k: autoattack.autoattack(
       f, x, y, eps=eps, keys=k, options=TINY, attacks=attacks))(x, y, keys)
-  x_adv, robust, got, stats = compact.autoattack_compact(
-      compact.local_runner(f, TINY), np.asarray(x), np.asarray(y), eps=eps, keys=keys,
-      clean_correct=np.asarray(stages["clean"]), num_classes=10, options=TINY, attacks=attacks,
-      batch_size=4, min_size=4)
-  for name in got:
-    np.testing.assert_array_equal(got[name], np.asarray(stages[name]), err_msg=name)
-  np.testing.assert_array_equal(x_adv, np.asarray(res.x_adv))
-  assert 0 < int(robust.sum()) < len(y)
-  assert stats["apgd-t"]["points"] < 3 * len(y)  # later targets saw fewer points
+  stats = {}
+  for pack in ("slots", "calls"):
+    x_adv, robust, got, stats[pack] = compact.autoattack_compact(
+        compact.local_runner(f, TINY), np.asarray(x), np.asarray(y), eps=eps, keys=keys,
+        clean_correct=np.asarray(stages["clean"]), num_classes=10, options=TINY,
+        attacks=attacks, batch_size=8, min_size=4, pack=pack)
+    for name in got:
+      np.testing.assert_array_equal(got[name], np.asarray(stages[name]), err_msg=name)
+    np.testing.assert_array_equal(x_adv, np.asarray(res.x_adv))
+    assert 0 < int(robust.sum()) < len(y)
+    assert stats[pack]["apgd-t"]["points"] < 3 * len(y)  # later targets saw fewer points
+    sq = stats[pack]["square"]  # one run: its calls and slots are plan's for its points
+    assert [sq["calls"], sq["slots"]] == [len(compact.plan(sq["points"], [8, 4], pack)),
+                                          sum(compact.plan(sq["points"], [8, 4], pack))]
+  for name in attacks:  # same points; 'calls' never makes more calls nor fewer slots
+    s_, c_ = stats["slots"][name], stats["calls"][name]
+    assert s_["points"] == c_["points"]
+    assert c_["calls"] <= s_["calls"] and c_["slots"] >= s_["slots"]
+  assert sum(v["calls"] for v in stats["calls"].values()) < sum(
+      v["calls"] for v in stats["slots"].values())
 
 
 @pytest.mark.slow

@@ -70,10 +70,31 @@ def bucket_sizes(batch_size: int, min_size: int = 1, multiple: int = 1) -> list[
     b //= 2
 
 
-def plan(n: int, sizes: Sequence[int]) -> list[int]:
+PACKS = ("auto", "slots", "calls")
+
+
+def resolve_pack(pack: str) -> str:
+  """``'auto'``: ``'slots'`` on a CPU (compute-bound: a call costs in
+  proportion to its slots), ``'calls'`` on an accelerator (latency-bound at
+  evaluation batch sizes: a 5000-query Square loop on 8 points takes as long
+  as on 64, so the number of sequential calls is what costs)."""
+  if pack not in PACKS:
+    raise ValueError(f"pack {pack!r}; valid: {', '.join(PACKS)}")
+  if pack == "auto":
+    return "slots" if jax.default_backend() == "cpu" else "calls"
+  return pack
+
+
+def plan(n: int, sizes: Sequence[int], pack: str = "slots") -> list[int]:
   """The bucket sizes that hold ``n`` points: full largest buckets, then the
-  largest that fit the rest, the last padded (at most ``sizes[-1] - 1``
-  padded slots in all)."""
+  rest. ``pack='slots'``: the rest in the largest buckets that fit it, the
+  last padded (at most ``sizes[-1] - 1`` padded slots in all).
+  ``pack='calls'``: the rest in one bucket, the smallest that holds it (as
+  few calls as the fixed batches make, padding under half that bucket or
+  ``sizes[-1]``)."""
+  if pack == "calls":
+    full, rest = divmod(n, sizes[0])
+    return [sizes[0]] * full + ([min(s for s in sizes if s >= rest)] if rest else [])
   out, left = [], n
   while left > 0:
     fit = [s for s in sizes if s <= left]
@@ -134,7 +155,7 @@ def autoattack_compact(runner: Runner, x, labels, *, eps, keys, clean_correct,
                        num_classes: int, attacks: Sequence[str] = STANDARD,
                        options: Mapping[str, Mapping] | None = None, batch_size: int = 256,
                        min_size: int = 8, multiple: int = 1, split_runs: bool = True,
-                       log: Callable[[str], None] | None = None):
+                       pack: str = "auto", log: Callable[[str], None] | None = None):
   """The AutoAttack ensemble over ``N`` host points, attacking only the
   still-robust ones in re-packed buckets.
 
@@ -153,15 +174,19 @@ def autoattack_compact(runner: Runner, x, labels, *, eps, keys, clean_correct,
     batch_size, min_size, multiple: the buckets (:func:`bucket_sizes`).
     split_runs: re-pack between the runs of an attack too (targets and
       restarts), not only between attacks.
+    pack: how the points left fill the buckets (:func:`plan`): ``'slots'``,
+      ``'calls'`` or ``'auto'`` (:func:`resolve_pack`). The flags and
+      examples do not depend on it, only the cost.
     log: called with one line per attack (default silent).
   Returns:
     (x_adv [N, H, W, C], robust bool [N], stages, stats): ``stages`` maps
     'clean' and each attack to the robust flags after it (cumulative, as
     ``autoattack()``); ``stats`` maps each attack to ``points`` (points
-    attacked, summed over its runs), ``slots`` (bucket slots computed) and
-    ``seconds``.
+    attacked, summed over its runs), ``slots`` (bucket slots computed),
+    ``calls`` (runner calls) and ``seconds``.
   """
   check_num_classes(num_classes, attacks)
+  pack = resolve_pack(pack)
   options = dict(options or {})
   x = np.asarray(x, np.float32)
   labels = np.asarray(labels, np.int32)
@@ -178,14 +203,14 @@ def autoattack_compact(runner: Runner, x, labels, *, eps, keys, clean_correct,
                         else stage_keys(keys, i))
     total = num_runs(name, num_classes, options.get(name))
     ranges = [(j, j + 1) for j in range(total)] if split_runs else [(0, total)]
-    points = slots = 0
+    points = slots = calls = 0
     start = time.perf_counter()
     for first, stop in ranges:
       idx = np.flatnonzero(robust)
       if not len(idx):
         break
       offset = 0
-      for size in plan(len(idx), sizes):
+      for size in plan(len(idx), sizes, pack):
         chunk = idx[offset:offset + size]
         offset += size
         active = _pad(np.ones(len(chunk), bool), size)
@@ -198,7 +223,9 @@ def autoattack_compact(runner: Runner, x, labels, *, eps, keys, clean_correct,
         robust[chunk[broken]] = False
         points += len(chunk)
         slots += size
-    stats[name] = dict(points=points, slots=slots, seconds=time.perf_counter() - start)
+        calls += 1
+    stats[name] = dict(points=points, slots=slots, calls=calls,
+                       seconds=time.perf_counter() - start)
     stages[name] = robust.copy()
     if log:
       log(f"{name}: {robust.sum()}/{n} robust, {points} points in {slots} slots, "

@@ -65,7 +65,7 @@ class Evaluator:
     example), and ``autoattack/<attack>`` to the ensemble's flags after each
     attack; info maps ``verification`` (attack -> ``verify.FIELDS``
     summary), ``stages`` (AutoAttack-family name -> attack -> bool [N]),
-    ``stats`` (compaction: points, slots, seconds per attack) and
+    ``stats`` (compaction: points, slots, calls, seconds per attack) and
     ``warnings`` (attack -> list of strings).
     """
     names = tuple(attack_names)
