@@ -26,6 +26,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from caat_jax import cli, config_lib, data, evaluation, methods, pipeline, train
+from caat_jax.attacks.compact import PACKS
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
@@ -47,6 +48,12 @@ flags.DEFINE_integer("attack_points", 0, "Points to attack (default --attack_bat
 flags.DEFINE_bool("no_compact", False,
                   "Time the AutoAttack family on fixed batches (every point through every "
                   "attack) instead of compacted on the points still robust.")
+flags.DEFINE_enum("attack_pack", "auto", list(PACKS),
+                  "How compaction fills its buckets: fewest padded slots, fewest calls, or "
+                  "auto (slots on a CPU, calls on an accelerator).")
+flags.DEFINE_integer("attack_repeats", 1,
+                     "Run each timed attack this many times; > 1 reports the median of all "
+                     "but the first (steady state) and the first apart ('first').")
 flags.DEFINE_string("attack_models", "",
                     "Models to time the attacks on, e.g. small_cnn,preact_resnet18 "
                     "(default config.model), on the config's dataset shape.")
@@ -110,10 +117,16 @@ def bench_method(config, name: str) -> dict:
           "peak_memory_bytes": _peak_memory_bytes()}
 
 
-def run_bench(config) -> dict:
+def run_bench(config, on_row=None) -> dict:
+  """``bench_method`` for every ``config.bench.methods`` entry, ratios to
+  ``config.bench.reference``; ``on_row(row)`` as each ends."""
   for name in config.bench.methods:  # every entry checked before any compiles
     bench_config(config, name)
-  rows = [bench_method(config, m) for m in config.bench.methods]
+  rows = []
+  for m in config.bench.methods:
+    rows.append(bench_method(config, m))
+    if on_row is not None:
+      on_row(rows[-1])
   ref = next((r for r in rows if r["method"] == config.bench.reference), None)
   for r in rows:
     if ref is not None:
@@ -191,7 +204,8 @@ def _min_bucket(batch_size: int) -> int:
 
 
 def bench_attack(config, problem: dict, attack: str, batch_size: int, *,
-                 compact: bool = True, cache: dict | None = None) -> dict:
+                 compact: bool = True, cache: dict | None = None, repeats: int = 1,
+                 pack: str = "auto") -> dict:
   """Compile time and seconds per 1000 examples of one evaluation attack on
   ``problem`` (:func:`attack_problem`), one device, the reference's
   hyper-parameters.
@@ -199,9 +213,14 @@ def bench_attack(config, problem: dict, attack: str, batch_size: int, *,
   The AutoAttack family runs as the evaluation runs it: compacted, buckets of
   ``batch_size`` down to ``batch_size / 8`` (at least 8) holding only the points still
   robust (every bucket size compiled first, on inactive points, and timed as
-  compile time); ``compact=False`` times the fixed-batch path (every batch
+  compile time), filled as ``pack`` says (:func:`caat_jax.attacks.compact.plan`);
+  ``compact=False`` times the fixed-batch path (every batch
   of ``batch_size`` carried through every attack). PGD always runs in fixed
   batches. ``cache`` shares compiled runners between calls on one problem.
+  ``repeats`` > 1 runs the attack that many times and reports the median of
+  all but the first as ``s_per_1000`` (the steady state: on a GPU a first
+  run pays one-off costs the compile step does not, e.g. loop bodies the
+  compile call never entered) and the first as ``first_s_per_1000``.
   """
   # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp
@@ -230,13 +249,14 @@ def bench_attack(config, problem: dict, attack: str, batch_size: int, *,
                  np.zeros(size, bool), np.array([0, 1], np.int32))
           cache[name, size, opt_key] = True
     compile_s = time.perf_counter() - t
-    t = time.perf_counter()
-    _, robust, _, stats = compact_lib.autoattack_compact(
-        runner, x, labels, eps=eps, keys=keys, clean_correct=clean,
-        num_classes=problem["num_classes"], attacks=names, options=options,
-        batch_size=batch_size, min_size=_min_bucket(batch_size))
-    run_s = time.perf_counter() - t
-    slots = sum(v["slots"] for v in stats.values())
+
+    def run_once():
+      _, robust, _, stats = compact_lib.autoattack_compact(
+          runner, x, labels, eps=eps, keys=keys, clean_correct=clean,
+          num_classes=problem["num_classes"], attacks=names, options=options,
+          batch_size=batch_size, min_size=_min_bucket(batch_size), pack=pack)
+      return robust, sum(v["slots"] for v in stats.values()), sum(
+          v["calls"] for v in stats.values())
   else:
     def fn(x, y, k, active):
       e = jnp.full((x.shape[0],), eps)
@@ -257,25 +277,33 @@ def bench_attack(config, problem: dict, attack: str, batch_size: int, *,
     t = time.perf_counter()
     compiled = jax.jit(fn).lower(*args(chunks[0])).compile()
     compile_s = time.perf_counter() - t
-    t = time.perf_counter()
-    out = [np.asarray(jax.block_until_ready(compiled(*args(idx)))) for idx in chunks]
-    run_s = time.perf_counter() - t
-    robust = np.concatenate(out)[:n]
     # Every run (restart, target) of every attack carries the whole batch.
-    slots = len(chunks) * batch_size * max(
+    fixed_slots = len(chunks) * batch_size * max(
         sum(aa_lib.num_runs(a, problem["num_classes"], options.get(a)) for a in names), 1)
+
+    def run_once():
+      out = [np.asarray(jax.block_until_ready(compiled(*args(idx)))) for idx in chunks]
+      return np.concatenate(out)[:n], fixed_slots, len(chunks)
+  times = []
+  for _ in range(max(repeats, 1)):
+    t = time.perf_counter()
+    robust, slots, calls = run_once()
+    times.append(time.perf_counter() - t)
+  run_s = statistics.median(times[1:] or times)
   # Worst case: "broken" must be 0 (at eps = 0 no attack may change a
   # prediction; a nonzero count means an attack left the eps-ball, and the
   # timing is void). On a trained model it is the attack's success.
   return {"model": problem["model"], "attack": attack, "batch": batch_size, "points": n,
           "eps": eps, "compact": bool(family and compact), "compile_s": compile_s,
-          "s_per_1000": run_s * 1000.0 / n, "slots": int(slots),
+          "s_per_1000": run_s * 1000.0 / n, "first_s_per_1000": times[0] * 1000.0 / n,
+          "repeats": len(times), "slots": int(slots), "calls": int(calls),
+          "pack": compact_lib.resolve_pack(pack) if family and compact else "fixed",
           "broken": int(np.sum(clean & ~robust))}
 
 
 def run_attack_bench(config, attack_names, model_names, batch_size, on_row=None, *,
                      source: str = "", eps: float | None = None, num_points: int = 0,
-                     compact: bool = True) -> dict:
+                     compact: bool = True, repeats: int = 1, pack: str = "auto") -> dict:
   """``bench_attack`` for every (model, attack); ``on_row(row)`` as each ends.
   ``source``: a trained run's workdir (its model replaces ``model_names``)."""
   rows = []
@@ -283,21 +311,23 @@ def run_attack_bench(config, attack_names, model_names, batch_size, on_row=None,
     problem = attack_problem(config, m, num_points or batch_size, source=source, eps=eps)
     cache = {}
     for a in attack_names:
-      rows.append(bench_attack(config, problem, a, batch_size, compact=compact, cache=cache))
+      rows.append(bench_attack(config, problem, a, batch_size, compact=compact, cache=cache,
+                               repeats=repeats, pack=pack))
       if on_row is not None:
         on_row(rows[-1])
   return {"backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
           "dataset": config.data.name, "source": source, "rows": rows}
 
 
-_ATTACK_HEAD = (f"{'model':<16} {'attack':<15} {'compact':>7} {'points':>6} {'batch':>5} "
-                f"{'eps':>6} {'compile s':>9} {'s / 1000 ex':>11} {'slots':>6} {'broken':>6}")
+_ATTACK_HEAD = (f"{'model':<16} {'attack':<15} {'pack':>7} {'points':>6} {'batch':>5} "
+                f"{'eps':>6} {'compile s':>9} {'s / 1000 ex':>11} {'first':>9} {'slots':>6} "
+                f"{'calls':>5} {'broken':>6}")
 
 
 def format_attack_row(r: dict) -> str:
-  return (f"{r['model']:<16} {r['attack']:<15} {str(r['compact']):>7} {r['points']:>6} "
+  return (f"{r['model']:<16} {r['attack']:<15} {r['pack']:>7} {r['points']:>6} "
           f"{r['batch']:>5} {r['eps']:6.3f} {r['compile_s']:9.2f} {r['s_per_1000']:11.2f} "
-          f"{r['slots']:>6} {r['broken']:>6}")
+          f"{r['first_s_per_1000']:9.2f} {r['slots']:>6} {r['calls']:>5} {r['broken']:>6}")
 
 
 def attack_table_head(dataset: str, source: str = "") -> str:
@@ -331,7 +361,10 @@ def main(argv):
   try:
     if FLAGS.attacks:
       check_attack_args(names, model_names)
-    result = {} if FLAGS.skip_train_bench else run_bench(config)
+    result = {} if FLAGS.skip_train_bench else run_bench(
+        config, on_row=lambda r: print(  # rows as they end: a killed run keeps them
+            f"{r['method']}: compile {r['compile_s']:.2f} s, step "
+            f"{1e3 * r['step_s']:.1f} ms", flush=True))
   except config_lib.ConfigError as e:
     sys.exit(f"error: {e}")
   if result:
@@ -343,7 +376,8 @@ def main(argv):
         FLAGS.attack_batch or config.bench.batch_size,
         on_row=lambda r: print(format_attack_row(r), flush=True),
         source=FLAGS.attack_model_from, eps=FLAGS.attack_eps,
-        num_points=FLAGS.attack_points, compact=not FLAGS.no_compact)
+        num_points=FLAGS.attack_points, compact=not FLAGS.no_compact,
+        repeats=FLAGS.attack_repeats, pack=FLAGS.attack_pack)
   with open(FLAGS.out, "w") as f:
     json.dump(result, f, indent=1)
   print(f"wrote {FLAGS.out}")

@@ -59,9 +59,11 @@ def test_run_bench_reports_ratios():
   c.bench.methods = ("natural", "pgd_at")
   c.bench.num_steps = 2
   c.bench.batch_size = 16
-  out = bench.run_bench(c)
+  seen = []
+  out = bench.run_bench(c, on_row=lambda r: seen.append(r["method"]))
   rows = {r["method"]: r for r in out["rows"]}
   assert set(rows) == {"natural", "pgd_at"}
+  assert seen == ["natural", "pgd_at"]  # each row reported as it ends, in order
   assert rows["pgd_at"]["ratio_to_pgd_at"] == 1.0
   assert rows["natural"]["bound_ratio"] == pytest.approx(3.0 / 7.0)  # 3F / (2*2F + 3F)
   for r in rows.values():
@@ -101,7 +103,7 @@ def test_attack_bench_rows_on_both_models():
   c = _cfg("pgd_at")
   seen = []
   out = bench.run_attack_bench(c, ["pgd2", "apgd-ce"], ["small_cnn"], batch_size=4,
-                               on_row=seen.append)
+                               on_row=seen.append, repeats=2)
   out_p = bench.run_attack_bench(c, ["pgd1"], ["preact_resnet18"], batch_size=2)
   rows = out["rows"] + out_p["rows"]
   assert [(r["model"], r["attack"]) for r in rows] == [
@@ -111,6 +113,12 @@ def test_attack_bench_rows_on_both_models():
     assert r["broken"] == 0  # eps = 0: nothing may break
     assert r["s_per_1000"] > 0 and r["compile_s"] > 0
   assert rows[1]["compact"] and not rows[0]["compact"]
+  assert [r["pack"] for r in rows] == ["fixed", "slots", "fixed"]  # 'auto' on a CPU: slots
+  assert [r["calls"] for r in rows] == [1, 1, 1]
+  # repeats=2: the first run reported apart, the steady state is the second
+  assert [r["repeats"] for r in rows] == [2, 2, 1]
+  assert rows[2]["first_s_per_1000"] == rows[2]["s_per_1000"]
+  assert all(r["first_s_per_1000"] > 0 for r in rows)
   text = bench.format_attack_rows(out)
   assert "apgd-ce" in text and "broken" in text
 
