@@ -3,7 +3,7 @@
 # of PreAct-ResNet-18 (CIFAR-10 shapes), the attacks' worst case on it on
 # both paths (compacted and fixed batches), and, given a trained digits
 # PGD-AT workdir, the attacks on that model on both paths and both packings.
-# About 5 minutes on one H200; each part is cut off after its time limit
+# About 7 minutes on one H200; each part is cut off after its time limit
 # (rows print as they end, so a part cut off keeps what it measured).
 #
 #   launch/gpu_bench.sh OUT_DIR [DIGITS_PGD_AT_WORKDIR]
