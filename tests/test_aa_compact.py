@@ -47,6 +47,8 @@ def test_pack_resolves_by_backend_and_rejects_bad_names(monkeypatch):
   assert compact.resolve_pack("auto") == "calls"
   with pytest.raises(ValueError, match="'fewest'.*auto, slots, calls"):
     compact.resolve_pack("fewest")
+  with pytest.raises(ValueError, match="'auto'.*resolve"):
+    compact.plan(10, [8, 4], "auto")
 
 
 def test_compaction_gives_autoattacks_results_exactly_two_attacks():

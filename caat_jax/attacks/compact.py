@@ -11,9 +11,11 @@ has to attack and only a handful of shapes ever compile.
 Buckets (:func:`bucket_sizes`) are ``batch_size, batch_size/2, ...`` down to
 ``min_size``, all multiples of ``multiple`` (the device count, for a
 pmap/shard_map runner). ``n`` points take ``n // batch_size`` full buckets
-and the rest goes greedily into the largest buckets that fit, the last one
-padded with inactive points (which no attack touches and which keep no
-loop running).
+and the rest goes either greedily into the largest buckets that fit, the
+last one padded (fewest slots: a CPU's cost), or into the one smallest
+bucket that holds it (fewest calls: an accelerator's cost at these batch
+sizes), see :func:`plan`. Padding is inactive points, which no attack
+touches and which keep no loop running.
 
 Results per point equal ``autoattack()``'s on the same keys: every attack
 is per-point (vmapped gradients, per-point PRNG keys folded from the point's
@@ -92,6 +94,8 @@ def plan(n: int, sizes: Sequence[int], pack: str = "slots") -> list[int]:
   ``pack='calls'``: the rest in one bucket, the smallest that holds it (as
   few calls as the fixed batches make, padding under half that bucket or
   ``sizes[-1]``)."""
+  if pack not in ("slots", "calls"):
+    raise ValueError(f"pack {pack!r}; valid: slots, calls (resolve 'auto' first)")
   if pack == "calls":
     full, rest = divmod(n, sizes[0])
     return [sizes[0]] * full + ([min(s for s in sizes if s >= rest)] if rest else [])
@@ -229,5 +233,5 @@ def autoattack_compact(runner: Runner, x, labels, *, eps, keys, clean_correct,
     stages[name] = robust.copy()
     if log:
       log(f"{name}: {robust.sum()}/{n} robust, {points} points in {slots} slots, "
-          f"{stats[name]['seconds']:.1f} s")
+          f"{calls} calls, {stats[name]['seconds']:.1f} s")
   return x_adv, robust, stages, stats
