@@ -22,6 +22,7 @@ report digits_table3 table1 table3 --no_figures
 report digits_table7 table7_200 table7
 report digits_table9 table7_200 table9
 [ -d "$runs/fig14" ] && report digits_fig14 fig14 fig14
+[ -d "$runs/table8" ] && report digits_table8 table8 table8
 python - <<'PY'
 import glob
 from PIL import Image
