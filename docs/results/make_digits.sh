@@ -23,6 +23,7 @@ report digits_table7 table7_200 table7
 report digits_table9 table7_200 table9
 [ -d "$runs/fig14" ] && report digits_fig14 fig14 fig14
 [ -d "$runs/table8" ] && report digits_table8 table8 table8
+[ -d "$runs/fig15" ] && report digits_fig15 fig15 fig15
 python - <<'PY'
 import glob
 from PIL import Image
