@@ -53,7 +53,8 @@ flags.DEFINE_enum("attack_pack", "auto", list(PACKS),
                   "auto (slots on a CPU, calls on an accelerator).")
 flags.DEFINE_integer("attack_repeats", 1,
                      "Run each timed attack this many times; > 1 reports the median of all "
-                     "but the first (steady state) and the first apart ('first').")
+                     "but the first (steady state) and the first apart ('first').",
+                     lower_bound=1)
 flags.DEFINE_string("attack_models", "",
                     "Models to time the attacks on, e.g. small_cnn,preact_resnet18 "
                     "(default config.model), on the config's dataset shape.")
@@ -222,6 +223,8 @@ def bench_attack(config, problem: dict, attack: str, batch_size: int, *,
   run pays one-off costs the compile step does not, e.g. loop bodies the
   compile call never entered) and the first as ``first_s_per_1000``.
   """
+  if repeats < 1:
+    raise ValueError(f"repeats must be >= 1, got {repeats}")
   # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp
   from caat_jax import attacks
@@ -285,7 +288,7 @@ def bench_attack(config, problem: dict, attack: str, batch_size: int, *,
       out = [np.asarray(jax.block_until_ready(compiled(*args(idx)))) for idx in chunks]
       return np.concatenate(out)[:n], fixed_slots, len(chunks)
   times = []
-  for _ in range(max(repeats, 1)):
+  for _ in range(repeats):
     t = time.perf_counter()
     robust, slots, calls = run_once()
     times.append(time.perf_counter() - t)

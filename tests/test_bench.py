@@ -119,6 +119,8 @@ def test_attack_bench_rows_on_both_models():
   assert [r["repeats"] for r in rows] == [2, 2, 1]
   assert rows[2]["first_s_per_1000"] == rows[2]["s_per_1000"]
   assert all(r["first_s_per_1000"] > 0 for r in rows)
+  with pytest.raises(ValueError, match="repeats must be >= 1, got 0"):
+    bench.bench_attack(c, {}, "pgd2", 4, repeats=0)  # before anything compiles
   text = bench.format_attack_rows(out)
   assert "apgd-ce" in text and "broken" in text
 
