@@ -25,7 +25,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from caat_jax import cli, config_lib, data, evaluation, methods, pipeline, train
+from caat_jax import cli, config_lib, data, evaluators, methods, pipeline, train
 from caat_jax.attacks.compact import PACKS
 
 FLAGS = flags.FLAGS
@@ -232,11 +232,11 @@ def bench_attack(config, problem: dict, attack: str, batch_size: int, *,
   from caat_jax.attacks import compact as compact_lib
   logits_fn, x, labels, eps = (problem[k] for k in ("logits_fn", "x", "labels", "eps"))
   n = len(labels)
-  keys = np.asarray(evaluation.attacks.aa_keys(np.arange(n)))
+  keys = np.asarray(evaluators.named_attacks.aa_keys(np.arange(n)))
   clean = np.asarray(jnp.argmax(logits_fn(jnp.asarray(x)), -1)) == labels
-  family = attack in evaluation.AA_FAMILY
-  names = evaluation.attacks.ensemble_attacks(attack) if family else ()
-  options = evaluation.attacks.ensemble_options(attack) if family else {}
+  family = attack in evaluators.AA_FAMILY
+  names = evaluators.named_attacks.ensemble_attacks(attack) if family else ()
+  options = evaluators.named_attacks.ensemble_options(attack) if family else {}
   opt_key = compact_lib.options_key(options)
   compile_s = 0.0
   if family and compact:
@@ -265,7 +265,7 @@ def bench_attack(config, problem: dict, attack: str, batch_size: int, *,
       e = jnp.full((x.shape[0],), eps)
       if not family:
         x_adv = attacks.pgd(logits_fn, x, y, eps=e, step_size=e + 2 / 255,
-                            num_steps=evaluation.pgd_steps(attack), keys=k,
+                            num_steps=evaluators.pgd_steps(attack), keys=k,
                             unroll=train.resolve_unroll(config.attack.unroll))
         return active & (jnp.argmax(logits_fn(x_adv), -1) == y)
       if len(names) > 1:  # an ensemble: autoattack, autoattack-rand
@@ -349,7 +349,7 @@ def format_attack_rows(result: dict) -> str:
 def check_attack_args(names, model_names) -> None:
   """Rejects unknown attack or model names before anything compiles."""
   from caat_jax import models  # pylint: disable=g-import-not-at-top
-  evaluation.check_names(names, "--attacks")
+  evaluators.check_names(names, "--attacks")
   for m in model_names:
     if m not in models.MODELS:
       raise config_lib.ConfigError(

@@ -13,7 +13,7 @@ import os
 
 import ml_collections
 
-from caat_jax import data, evaluation, methods, optim
+from caat_jax import data, evaluators, methods, optim
 from caat_jax.checks import ConfigError, check, choice
 from caat_jax.models import MODELS
 from caat_jax.parallel import BACKENDS
@@ -157,7 +157,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   check("eval.step_size", e.step_size > 0, e.step_size, "> 0")
   check("eval.batch_size", e.batch_size >= 1, e.batch_size, ">= 1")
   check("eval.num_examples", e.num_examples >= 0, e.num_examples, ">= 0 (0 = all)")
-  evaluation.check_names(e.attacks, "config.eval.attacks")
+  evaluators.check_names(e.attacks, "config.eval.attacks")
   check("eval_every", config.eval_every >= 0, config.eval_every, ">= 0")
   check("log_every_steps", config.log_every_steps >= 1, config.log_every_steps, ">= 1")
   check("keep_checkpoints", config.keep_checkpoints >= 1, config.keep_checkpoints, ">= 1")

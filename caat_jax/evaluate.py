@@ -5,7 +5,7 @@
 
 Restores the newest readable checkpoint and the run's stored config, runs
 each attack over the test split with the run's parallel wrapper (the
-evaluation library, ``caat_jax.evaluation``: AutoAttack compacted on the
+evaluation library, ``caat_jax.evaluators``: AutoAttack compacted on the
 still-robust points, every example re-classified, the reference's sanity
 warnings), writes ``eval_<attack>.json`` and prints per-class tables;
 ``--sanity`` adds the eps-sweep check and the AutoAttack-vs-PGD-20
@@ -21,10 +21,10 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from caat_jax import checkpoint as ckpt_lib
-from caat_jax import config_lib, evaluation, train
+from caat_jax import checkpointing as ckpt_lib
+from caat_jax import config_lib, evaluators, train
 from caat_jax.attacks.autoattack import VERSIONS
-from caat_jax.evaluation import AUTOATTACK, AUTOATTACK_RAND
+from caat_jax.evaluators import AUTOATTACK, AUTOATTACK_RAND
 
 
 def apply_version(attacks_to_run: Sequence[str], version: str) -> list[str]:
@@ -180,11 +180,11 @@ def evaluate_checkpoint(workdir: str, attacks_to_run: Sequence[str], *,
     overrides["eval.batch_size"] = int(batch_size)
   if eps is not None:
     overrides["eval.eps"] = float(eps)
-  evaluation.check_names(attacks_to_run, "--attacks", allow_autoattack=True)
+  evaluators.check_names(attacks_to_run, "--attacks", allow_autoattack=True)
   run, variables, step = load_run(workdir, checkpoint, overrides=overrides)
   c = run.config
   # Refuses (one line) an attack the number of classes cannot support, before any runs.
-  evaluation.check_num_classes(attacks_to_run, run.dataset.num_classes)
+  evaluators.check_num_classes(attacks_to_run, run.dataset.num_classes)
   names = list(attacks_to_run)
   if sanity and AUTOATTACK in names and "pgd20" not in names:
     names.append("pgd20")
@@ -206,9 +206,9 @@ def evaluate_checkpoint(workdir: str, attacks_to_run: Sequence[str], *,
     out_dir = out_dir or workdir
     os.makedirs(out_dir, exist_ok=True)
     for d in docs:
-      evaluation.write_json(os.path.join(out_dir, f"eval_{d['attack']}.json"), d)
+      evaluators.write_json(os.path.join(out_dir, f"eval_{d['attack']}.json"), d)
     if checks:
-      evaluation.write_json(os.path.join(out_dir, "eval_sanity.json"), checks)
+      evaluators.write_json(os.path.join(out_dir, "eval_sanity.json"), checks)
     _print_results(c, step, docs, checks)
   return docs, checks
 
@@ -216,10 +216,10 @@ def evaluate_checkpoint(workdir: str, attacks_to_run: Sequence[str], *,
 def _print_results(c, step: int, docs: Sequence[dict], checks: Mapping) -> None:
   print(f"\n{c.method} on {c.data.name} ({c.model}), step {step}, eps={c.eval.eps:.4f}, "
         f"{docs[0]['num_examples']} test points (errors in %):")
-  print(evaluation.format_table(docs))
+  print(evaluators.format_table(docs))
   for d in docs:
     print()
-    print(evaluation.format_per_class(d))
+    print(evaluators.format_per_class(d))
     if "stages" in d:
       print("robust error (% of points) after each attack: " + ", ".join(
           f"{k} {v:.2f}" for k, v in d["stages"].items()))

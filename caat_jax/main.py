@@ -14,8 +14,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from caat_jax import checkpoint, cli, config_lib, evaluation, metrics, parallel, train
-from caat_jax import workdir as workdir_lib
+from caat_jax import checkpointing, cli, config_lib, evaluators, metrics, parallel, train
+from caat_jax.checkpointing import workdir as workdir_lib
 from caat_jax.data import DatasetNotFoundError
 from caat_jax.data.transforms import DataConfigError
 
@@ -46,8 +46,8 @@ def run_suite(config, workdir: str, allow_config_change: bool = False) -> list[d
   print("\nSide by side (errors in %, class average and worst class):")
   for attack in config.eval.attacks:
     print(f"\n{attack}, eps={config.eval.eps:.4f}")
-    print(evaluation.format_table([r for r in rows if r["attack"] == attack], label_key="label"))
-  evaluation.write_json(os.path.join(workdir, "comparison.json"), rows)
+    print(evaluators.format_table([r for r in rows if r["attack"] == attack], label_key="label"))
+  evaluators.write_json(os.path.join(workdir, "comparison.json"), rows)
   return rows
 
 
@@ -78,16 +78,16 @@ def main(argv):
       else:
         train.train_and_evaluate(config, FLAGS.workdir,
                                  allow_config_change=FLAGS.allow_config_change)
-  except checkpoint.Preempted as e:
+  except checkpointing.Preempted as e:
     print(f"caat_jax: {e}", file=sys.stderr)
     sys.exit(e.exit_code)
   except KeyboardInterrupt:  # a second Ctrl-C: stops at once, without saving
     print("caat_jax: interrupted (second Ctrl-C): stopped without saving; run the same "
           "command again to resume from the last checkpoint.", file=sys.stderr)
-    sys.exit(checkpoint.EXIT_INTERRUPTED)
+    sys.exit(checkpointing.EXIT_INTERRUPTED)
   except (workdir_lib.WorkdirError, DataConfigError, DatasetNotFoundError,
           config_lib.ConfigError, metrics.NonFiniteLossError,
-          checkpoint.IncompatibleConfigError, checkpoint.CheckpointError) as e:
+          checkpointing.IncompatibleConfigError, checkpointing.CheckpointError) as e:
     sys.exit(f"error: {e}")
 
 if __name__ == "__main__":

@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import ml_collections
 from tqdm import tqdm
 
-from caat_jax import checkpoint as ckpt_lib
-from caat_jax import config_lib, data, evaluation, methods, metrics, models, optim, pipeline
+from caat_jax import checkpointing as ckpt_lib
+from caat_jax import config_lib, data, evaluators, methods, metrics, models, optim, pipeline
 from caat_jax import state as state_lib
 from caat_jax.parallel import REPLICATED, SHARDED, Parallel
 
@@ -71,7 +71,7 @@ class Run:
                              method_step=self.method.make_step(config, self.ctx), ctx=self.ctx)
     self.train_step = self.parallel.wrap(step, (REPLICATED, SHARDED), (REPLICATED, REPLICATED),
                                          donate_argnums=(0,))
-    self.evaluator = evaluation.Evaluator(self.parallel, self.eval_model, self.unroll)
+    self.evaluator = evaluators.Evaluator(self.parallel, self.eval_model, self.unroll)
 
   def init_state(self) -> state_lib.TrainState:
     """A fresh single-copy state (``init_from`` applied)."""
@@ -219,8 +219,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     docs = _final_evaluation(run, rstate, workdir, writer, step, finished_before=start == total)
   if is_main:
     print(f"\n{config.method} on {config.data.name} ({config.model}), step {step}:")
-    print(evaluation.format_table(docs))
-    print(evaluation.format_per_class(docs[-1]))
+    print(evaluators.format_table(docs))
+    print(evaluators.format_per_class(docs[-1]))
   return docs
 
 
@@ -237,7 +237,7 @@ def _final_evaluation(run: Run, rstate, workdir: str, writer, step: int,
     if is_main:
       writer.drop_eval_at(step)  # a finished run evaluated again: replace, not append
       writer.write(step, metrics.eval_record(docs, config.num_epochs - 1))
-      evaluation.write_json(eval_path, docs)
+      evaluators.write_json(eval_path, docs)
   return docs
 
 

@@ -6,7 +6,7 @@ import sys
 import jax
 import numpy as np
 
-from caat_jax import checkpoint as ckpt_lib
+from caat_jax import checkpointing as ckpt_lib
 from caat_jax import config_lib, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,4 +1,4 @@
-"""The final check (verify.py) and the reference's sanity warnings (checks.py).
+"""The final check (verify.py) and the reference's sanity warnings (sanity.py).
 
 Each warning is triggered by a model built to trigger it and stays silent
 on one that is not.
@@ -10,7 +10,7 @@ import pytest
 import jax
 import jax.numpy as jnp
 
-from caat_jax.attacks import checks, verify
+from caat_jax.attacks import sanity, verify
 
 C = 10
 
@@ -115,49 +115,49 @@ def test_partial_summaries_merge_across_batches_and_ignore_padding():
 def test_check_randomized():
   f = _linear()
   x, y = _data(f)
-  assert checks.check_randomized(f, x, y) == []
+  assert sanity.check_randomized(f, x, y) == []
   calls = iter(range(100))
   noisy = lambda v: f(v) + 0.1 * jax.random.normal(jax.random.PRNGKey(next(calls)), (len(v), C))
-  assert "randomised" in checks.check_randomized(noisy, x, y)[0]
+  assert "randomised" in sanity.check_randomized(noisy, x, y)[0]
 
 
 def test_check_output_range():
   f = _linear()
   x, _ = _data(f)
-  assert checks.check_output_range(f(x)) == []
-  assert "probabilities" in checks.check_output_range(jax.nn.softmax(f(x)))[0]
-  assert "bfloat16" in checks.check_output_range(f(x).astype(jnp.bfloat16))[0]
-  assert checks.float32_logits(lambda v: f(v).astype(jnp.bfloat16))(x).dtype == jnp.float32
+  assert sanity.check_output_range(f(x)) == []
+  assert "probabilities" in sanity.check_output_range(jax.nn.softmax(f(x)))[0]
+  assert "bfloat16" in sanity.check_output_range(f(x).astype(jnp.bfloat16))[0]
+  assert sanity.float32_logits(lambda v: f(v).astype(jnp.bfloat16))(x).dtype == jnp.float32
 
 
 def test_check_zero_gradients():
   f = _linear()
   x, y = _data(f)
-  assert int(checks.zero_gradient_count(f, x, y)) == 0
-  assert checks.check_zero_gradients(0, len(y)) == []
+  assert int(sanity.zero_gradient_count(f, x, y)) == 0
+  assert sanity.check_zero_gradients(0, len(y)) == []
   # Gradient masking on half the points: their input is cut from the graph.
   masked = lambda v: f(jnp.where(v[:, :1, :1, :1] > 0.5, jax.lax.stop_gradient(v), v))
-  n = int(checks.zero_gradient_count(masked, x, y))
+  n = int(sanity.zero_gradient_count(masked, x, y))
   assert n == int(jnp.sum(x[:, 0, 0, 0] > 0.5)) > 0
-  assert f"{n} of {len(y)} points" in checks.check_zero_gradients(n, len(y))[0]
+  assert f"{n} of {len(y)} points" in sanity.check_zero_gradients(n, len(y))[0]
 
 
 def test_check_square_sr():
   ok = {"clean": 0.9, "apgd-ce": 0.5, "apgd-t": 0.45, "fab-t": 0.45, "square": 0.449}
-  assert checks.check_square_sr(ok) == []
+  assert sanity.check_square_sr(ok) == []
   bad = dict(ok, square=0.40)
-  assert "Square Attack lowered the robust accuracy by 5.00%" in checks.check_square_sr(bad)[0]
-  assert checks.check_square_sr({"clean": 0.9, "square": 0.1}) == []  # nothing to compare
+  assert "Square Attack lowered the robust accuracy by 5.00%" in sanity.check_square_sr(bad)[0]
+  assert sanity.check_square_sr({"clean": 0.9, "square": 0.1}) == []  # nothing to compare
 
 
 def test_check_num_classes_refuses_dlr_with_too_few_classes():
-  assert checks.check_num_classes(10, ("apgd-ce", "apgd-t", "fab-t", "square")) == []
+  assert sanity.check_num_classes(10, ("apgd-ce", "apgd-t", "fab-t", "square")) == []
   with pytest.raises(ValueError, match="has 3 classes.*at least 4"):
-    checks.check_num_classes(3, ("apgd-ce", "apgd-t"))
+    sanity.check_num_classes(3, ("apgd-ce", "apgd-t"))
   with pytest.raises(ValueError, match="has 2 classes.*at least 3"):
-    checks.check_num_classes(2, ("apgd-dlr",))
-  assert checks.check_num_classes(3, ("apgd-dlr", "fab-t"), fab_targets=2) == []
-  assert "only 4 exist" in checks.check_num_classes(5, ("fab-t",))[0]
+    sanity.check_num_classes(2, ("apgd-dlr",))
+  assert sanity.check_num_classes(3, ("apgd-dlr", "fab-t"), fab_targets=2) == []
+  assert "only 4 exist" in sanity.check_num_classes(5, ("fab-t",))[0]
   # The ensemble refuses before running anything.
   f3 = lambda v: v.reshape(v.shape[0], -1)[:, :3]
   from caat_jax.attacks import autoattack  # pylint: disable=g-import-not-at-top
@@ -168,15 +168,15 @@ def test_check_num_classes_refuses_dlr_with_too_few_classes():
 
 
 def test_check_clean_accuracy():
-  assert checks.check_clean_accuracy(None, 0.8) == []
-  assert checks.check_clean_accuracy(0.8, 0.8) == []
-  assert "dropped from 80.00% to 70.00%" in checks.check_clean_accuracy(0.8, 0.7)[0]
+  assert sanity.check_clean_accuracy(None, 0.8) == []
+  assert sanity.check_clean_accuracy(0.8, 0.8) == []
+  assert "dropped from 80.00% to 70.00%" in sanity.check_clean_accuracy(0.8, 0.7)[0]
 
 
 def test_preflight_on_a_good_and_a_bad_model():
   f = _linear()
   x, y = _data(f)
-  assert checks.preflight(f, x, y, ("apgd-ce", "apgd-t", "fab-t", "square")) == []
+  assert sanity.preflight(f, x, y, ("apgd-ce", "apgd-t", "fab-t", "square")) == []
   probs = lambda v: jax.nn.softmax(f(v))
-  found = checks.preflight(probs, x, y, ("apgd-ce", "apgd-t"))
+  found = sanity.preflight(probs, x, y, ("apgd-ce", "apgd-t"))
   assert any("probabilities" in w for w in found)

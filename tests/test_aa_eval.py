@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 
 from caat_jax import attacks, data
-from caat_jax.evaluation import Evaluator, ensemble
-from caat_jax.evaluation import attacks as eval_attacks
+from caat_jax.evaluators import Evaluator, ensemble
+from caat_jax.evaluators import named_attacks
 from caat_jax.parallel import Parallel
 from tests.test_aa_compact import TINY
 from tests.test_autoattack import linear_problem
@@ -45,7 +45,7 @@ def test_compacted_apgd_t_equals_the_uncompacted_attack():
   over the 8 devices, gives the fixed-batch attack's flags on the same keys."""
   ev, variables, split, f, x, y, dist = _setup(n=12)
   eps = float(np.quantile(dist, 0.6))
-  keys = attacks.autoattack.stage_keys(eval_attacks.aa_keys(np.arange(len(y))), 0)
+  keys = attacks.autoattack.stage_keys(named_attacks.aa_keys(np.arange(len(y))), 0)
   clean = jnp.argmax(f(x), -1) == y
   res = jax.jit(lambda x, y, k: attacks.run_attack(
       "apgd-t", f, x, y, eps=eps, keys=k, active=clean, **TINY["apgd-t"]))(x, y, keys)
@@ -62,7 +62,7 @@ def test_compacted_autoattack_equals_the_uncompacted_ensemble():
   after every attack, whatever the batch size; on pmap and shard_map."""
   ev, variables, split, f, x, y, dist = _setup()
   eps = float(np.quantile(dist, 0.6))
-  keys = eval_attacks.aa_keys(np.arange(len(y)))
+  keys = named_attacks.aa_keys(np.arange(len(y)))
   res, stages = jax.jit(lambda x, y, k: attacks.run_autoattack(
       f, x, y, eps=eps, keys=k, options=TINY))(x, y, keys)
   kw = dict(eps=eps, step_size=eps / 4, aa_options=TINY)
@@ -135,15 +135,15 @@ def test_fewer_than_four_classes_refuses_before_any_attack_runs(monkeypatch):
   with pytest.raises(ValueError, match="3 classes: APGD-T"):
     ev.run(variables, split, ["autoattack"], eps=0.05, step_size=0.01, batch_size=16)
   with pytest.raises(ValueError, match="3 classes"):
-    eval_attacks.check_num_classes(["pgd20", "apgd-t"], 3)
-  assert eval_attacks.check_num_classes(["pgd20", "apgd-ce"], 3) == []
+    named_attacks.check_num_classes(["pgd20", "apgd-t"], 3)
+  assert named_attacks.check_num_classes(["pgd20", "apgd-ce"], 3) == []
 
 
 def test_names_and_their_one_line_error():
-  eval_attacks.check_names(["pgd20", "autoattack", "apgd-ce", "apgd-t", "fab-t", "square"])
+  named_attacks.check_names(["pgd20", "autoattack", "apgd-ce", "apgd-t", "fab-t", "square"])
   for bad in (["apgd"], [], ["pgd0"]):
     with pytest.raises(ValueError) as e:
-      eval_attacks.check_names(bad, "--attacks")
+      named_attacks.check_names(bad, "--attacks")
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith("--attacks")
     for name in ("pgd<k>", "autoattack", "apgd-ce", "apgd-t", "fab-t", "square"):

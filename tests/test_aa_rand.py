@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from caat_jax import attacks, evaluate
 from caat_jax.attacks import apgd
-from caat_jax.evaluation import attacks as eval_attacks
+from caat_jax.evaluators import named_attacks
 from tests.test_aa_eval import _setup
 from tests.test_autoattack import linear_problem
 
@@ -95,13 +95,13 @@ def test_eot_on_a_deterministic_model_changes_nothing():
 
 
 def test_version_options_and_names():
-  assert eval_attacks.ensemble_attacks("autoattack-rand") == ("apgd-ce", "apgd-dlr")
-  opts = eval_attacks.ensemble_options("autoattack-rand", {"apgd-ce": {"num_iters": 6}})
+  assert named_attacks.ensemble_attacks("autoattack-rand") == ("apgd-ce", "apgd-dlr")
+  opts = named_attacks.ensemble_options("autoattack-rand", {"apgd-ce": {"num_iters": 6}})
   assert opts == {"apgd-ce": {"num_restarts": 1, "eot_iter": 20, "num_iters": 6},
                   "apgd-dlr": {"num_restarts": 1, "eot_iter": 20}}
-  assert eval_attacks.ensemble_options("autoattack", {"square": {"num_queries": 3}}) == {
+  assert named_attacks.ensemble_options("autoattack", {"square": {"num_queries": 3}}) == {
       "square": {"num_queries": 3}}
-  eval_attacks.check_names(["autoattack-rand"])
+  named_attacks.check_names(["autoattack-rand"])
   with pytest.raises(ValueError, match="'standard', 'rand'"):
     attacks.autoattack.version_options("random")
   assert evaluate.apply_version(["pgd20", "autoattack"], "rand") == ["pgd20", "autoattack-rand"]
@@ -118,10 +118,10 @@ def test_autoattack_rand_on_the_evaluators_devices():
   ev, variables, split, f, x, y, dist = _setup(n=16)
   eps = float(np.quantile(dist, 0.6))
   tiny = {"apgd-ce": {"num_iters": 6}, "apgd-dlr": {"num_iters": 6}}
-  keys = eval_attacks.aa_keys(np.arange(len(y)))
+  keys = named_attacks.aa_keys(np.arange(len(y)))
   res, stages = jax.jit(lambda x, y, k: attacks.run_autoattack(
       f, x, y, eps=eps, keys=k, attacks=attacks.RAND,
-      options=eval_attacks.ensemble_options("autoattack-rand", tiny)))(x, y, keys)
+      options=named_attacks.ensemble_options("autoattack-rand", tiny)))(x, y, keys)
   docs, out = ev.evaluate(variables, split, ["autoattack-rand"], 10, eps=eps,
                           step_size=eps / 4, batch_size=16, aa_options=tiny)
   np.testing.assert_array_equal(out["autoattack-rand"], np.asarray(res.robust))

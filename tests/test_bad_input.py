@@ -23,8 +23,8 @@ import time
 import numpy as np
 import pytest
 
-from caat_jax import checkpoint as ckpt_lib
-from caat_jax import workdir as workdir_lib
+from caat_jax import checkpointing as ckpt_lib
+from caat_jax.checkpointing import workdir as workdir_lib
 from caat_jax.data import sources, transforms
 from tests.helpers import ROOT
 
@@ -123,7 +123,7 @@ def test_cli_bad_workdir(tmp_path, kind):
 
 _HOLD = textwrap.dedent("""
     import sys, time
-    from caat_jax import workdir
+    from caat_jax.checkpointing import workdir
     with workdir.lock(sys.argv[1]):
       print("held", flush=True)
       time.sleep(120)
@@ -367,9 +367,9 @@ _RESTORE_TRUNCATED = textwrap.dedent("""
     import sys, time
     from absl import logging
     logging.set_verbosity(logging.WARNING)
-    from caat_jax import checkpoint
+    from caat_jax import checkpointing
     from tests.test_bad_input import _tiny_state
-    ckpt = checkpoint.Checkpointer(sys.argv[1], async_save=False)
+    ckpt = checkpointing.Checkpointer(sys.argv[1], async_save=False)
     print(ckpt.restore(_tiny_state(), move_aside=False)[1])
     ckpt.close()
     time.sleep(1)  # the stray read callbacks arrive after the restore

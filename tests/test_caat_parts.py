@@ -4,7 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from caat_jax import attacks, bounds, characteristics, fairness, losses
+from caat_jax import attacks, losses
+from caat_jax.caat import bounds, features, fairness
 
 
 def test_features_by_hand():
@@ -12,7 +13,7 @@ def test_features_by_hand():
   y = jnp.array([0, 1])
   prop = jnp.array([0.5, 0.3, 0.2])
   avg = jnp.array([1.0, 2.0, 3.0])
-  z = np.asarray(characteristics.features(logits, y, prop, avg))
+  z = np.asarray(features.features(logits, y, prop, avg))
   p = np.array([[0.7, 0.2, 0.1], [0.25, 0.25, 0.5]])
   np.testing.assert_allclose(z[:, 0], [-np.log(0.7), -np.log(0.25)], rtol=1e-6)
   np.testing.assert_allclose(z[:, 1], [0.7 - 0.2, 0.25 - 0.5], rtol=1e-6)
@@ -32,16 +33,16 @@ def test_class_average_loss_is_the_previous_epochs_average():
   rng = np.random.default_rng(0)
   c, steps_per_epoch, epochs, b = 3, 4, 3, 6
   cfg = type("Cfg", (), {"feature_momentum": 0.9, "feature_mask": (1,) * 6})
-  stats = characteristics.init_running_stats(c)
+  stats = features.init_running_stats(c)
   seen = []  # (epoch, labels, losses) recorded as the step sees them
   for step in range(steps_per_epoch * epochs):
     logits = jnp.asarray(rng.normal(size=(b, c)), jnp.float32)
     y = jnp.asarray(rng.integers(0, 2, b))  # class 2 never appears
     new_epoch = step > 0 and step % steps_per_epoch == 0
     prev = stats
-    _, stats = characteristics.strategy_inputs(logits, y, (5, 5, 5), stats, cfg, None, new_epoch)
-    feature6 = np.asarray(characteristics.class_average_loss(
-        characteristics.start_epoch(prev, jnp.asarray(new_epoch))))
+    _, stats = features.strategy_inputs(logits, y, (5, 5, 5), stats, cfg, None, new_epoch)
+    feature6 = np.asarray(features.class_average_loss(
+        features.start_epoch(prev, jnp.asarray(new_epoch))))
     epoch = step // steps_per_epoch
     # by hand: the previous epoch's average, or this epoch's so far in epoch 0
     pool = [(l, ll) for e, l, ll in seen if e == max(epoch - 1, 0)]
@@ -55,13 +56,13 @@ def test_class_average_loss_is_the_previous_epochs_average():
 
 
 def test_standardise_uses_bias_corrected_running_moments():
-  stats = characteristics.init_running_stats(2)
+  stats = features.init_running_stats(2)
   zeta = jnp.array(np.random.default_rng(0).normal(3.0, 2.0, (500, 6)), jnp.float32)
-  z, s = characteristics.standardise(stats, zeta, 0.99, None)
+  z, s = features.standardise(stats, zeta, 0.99, None)
   # after one update the bias-corrected moments are the batch's own
   np.testing.assert_allclose(np.asarray(z).mean(0), 0.0, atol=1e-4)
   np.testing.assert_allclose(np.asarray(z).std(0), 1.0, atol=1e-3)
-  z2, _ = characteristics.standardise(s, zeta + 10.0, 0.99, None)
+  z2, _ = features.standardise(s, zeta + 10.0, 0.99, None)
   a = np.asarray(zeta, np.float64)
   m1, m2 = a.mean(0), a.mean(0) + 10
   q1, q2 = (a ** 2).mean(0), ((a + 10) ** 2).mean(0)
@@ -132,7 +133,9 @@ def test_grad_bound_matches_per_sample_gradient_norms():
   g_adv, g_at = np.array(g_adv), np.array(g_at)
   a = np.asarray(alpha)
   want = (a * g_adv / g_adv.max() + (1 - a) * g_at / g_at.max() + 0.9) * 0.1
-  np.testing.assert_allclose(eps, want, rtol=1e-5)
+  # rtol 1e-4: the KL gradient 0.001 from its minimum is a float32 difference
+  # of nearly equal terms (about 2e-5 apart between the batched and the loop).
+  np.testing.assert_allclose(eps, want, rtol=1e-4)
   assert eps.min() < eps.max() - 1e-3  # the bounds really differ per sample
   # the anti-adversary's gradient is taken at its own start, not the adversary's
   g_shared = np.array([float(jnp.linalg.norm(jax.grad(

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from caat_jax import checkpoint as ckpt_lib
+from caat_jax import checkpointing as ckpt_lib
 from caat_jax import methods, metrics, train
 from tests.helpers import ROOT, digits_config, restore_final_state
 

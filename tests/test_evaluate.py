@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from caat_jax import evaluation
+from caat_jax import evaluators
 
 
 def test_per_class_report_with_unequal_class_sizes():
@@ -10,7 +10,7 @@ def test_per_class_report_with_unequal_class_sizes():
   labels = np.array([0, 0, 0, 0, 1, 1, 2])
   natural = np.array([1, 1, 1, 0, 1, 0, 1], bool)
   robust = np.array([1, 0, 0, 0, 0, 0, 1], bool)
-  doc = evaluation.report({"label": labels, "natural": natural, "pgd20": robust}, 3,
+  doc = evaluators.report({"label": labels, "natural": natural, "pgd20": robust}, 3,
                         attack="pgd20", eps=8 / 255, method="m", dataset="d", model="x")
   # natural errors: 1/4, 1/2, 0 ; robust errors: 3/4, 2/2, 0 ; boundary: 1/2, 1/2, 0
   np.testing.assert_allclose(doc["per_class"]["natural"], [25.0, 50.0, 0.0])
@@ -28,7 +28,7 @@ def test_per_class_report_with_unequal_class_sizes():
 def test_table_lists_every_document():
   doc = {"attack": "pgd20", "avg": {"natural": 1.0, "boundary": 2.0, "robust": 3.0},
          "worst": {"natural": 4.0, "boundary": 5.0, "robust": 6.0}}
-  table = evaluation.format_table([doc, dict(doc, attack="pgd100")])
+  table = evaluators.format_table([doc, dict(doc, attack="pgd100")])
   assert "pgd20" in table and "pgd100" in table and "6.00" in table
 
 
@@ -43,7 +43,7 @@ import sys  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from caat_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from caat_jax import checkpointing as ckpt_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from caat_jax import evaluate, train  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tests.helpers import ROOT, digits_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 

@@ -18,7 +18,7 @@ NEW_METHOD = '''
 import jax
 from caat_jax import losses
 from caat_jax.checks import check
-from caat_jax.methods import base, caat
+from caat_jax.methods import base
 
 
 def make_step(config, ctx):

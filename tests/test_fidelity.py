@@ -13,9 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from caat_jax import bench, config_lib, fairness, losses, train
+from caat_jax import bench, config_lib, losses, train
+from caat_jax.caat import fairness, objective
 from caat_jax.data import augment as augment_lib
-from caat_jax.methods import base, caat
+from caat_jax.methods import base, perturb
 from caat_jax.parallel import Parallel
 from tests.helpers import ROOT, digits_config
 
@@ -99,13 +100,13 @@ def test_meta_loss_carries_frl_class_weights():
   Eqs. A.119-A.121), computed here by hand."""
   ctx, state, batch = _ctx_state(**{"attack.num_steps": 2})
   fair, lam = _fair(seed=1), 0.7
-  fn = caat.meta_loss_fn("robust", lam, ctx, adversary_at="current",
+  fn = objective.meta_loss_fn("robust", lam, ctx, perturb.meta_perturbations(ctx), adversary_at="current",
                          factors=fairness.factors_fn("reweight"))
   attack_fn = ctx.eval_logits_fn(state.params, state.batch_stats)
   k = jax.random.PRNGKey(5)
   value = fn(state, attack_fn, batch, k, None, fair)(state.params)
   xm, ym = batch["meta_image"], batch["meta_label"]
-  xm_adv = caat.adversaries(ctx, attack_fn, xm, ym, attack_fn(xm), ctx.full_eps(xm.shape[0]), k)
+  xm_adv = perturb.adversaries(ctx, attack_fn, xm, ym, attack_fn(xm), ctx.full_eps(xm.shape[0]), k)
   lm, bs = ctx.train_logits(state.params, state.batch_stats, xm)
   la, _ = ctx.train_logits(state.params, bs, xm_adv)
   w0 = np.asarray(fairness.class_weights(fair["lambda0"]))[np.asarray(ym)]
@@ -113,7 +114,7 @@ def test_meta_loss_carries_frl_class_weights():
   ce, kl = np.asarray(losses.cross_entropy(lm, ym)), np.asarray(losses.kl_divergence(lm, la))
   want = (w0 * ce).sum() / w0.sum() + lam * (w1 * kl).sum() / w1.sum()
   np.testing.assert_allclose(value, want, rtol=1e-5)
-  unweighted = caat.meta_loss_fn("robust", lam, ctx, adversary_at="current")(
+  unweighted = objective.meta_loss_fn("robust", lam, ctx, perturb.meta_perturbations(ctx), adversary_at="current")(
       state, attack_fn, batch, k, None, fair)(state.params)
   assert abs(float(unweighted) - want) > 1e-4
 
@@ -126,11 +127,11 @@ def test_meta_adversaries_at_the_lookahead_model_are_constants():
   lam, k = 1.0, jax.random.PRNGKey(7)
   attack_fn = ctx.eval_logits_fn(state.params, state.batch_stats)
   w_hat = jax.tree.map(lambda p: p * 1.05 + 0.01, state.params)  # another model
-  fn = caat.meta_loss_fn("robust", lam, ctx, adversary_at="lookahead")(
+  fn = objective.meta_loss_fn("robust", lam, ctx, perturb.meta_perturbations(ctx), adversary_at="lookahead")(
       state, attack_fn, batch, k, None, None)
   xm, ym = batch["meta_image"], batch["meta_label"]
   f_hat = ctx.eval_logits_fn(w_hat, state.batch_stats)
-  fixed_adv = caat.adversaries(ctx, f_hat, xm, ym, f_hat(xm), ctx.full_eps(xm.shape[0]), k)
+  fixed_adv = perturb.adversaries(ctx, f_hat, xm, ym, f_hat(xm), ctx.full_eps(xm.shape[0]), k)
 
   def by_hand(params):
     lm, bs = ctx.train_logits(params, state.batch_stats, xm)
@@ -140,7 +141,7 @@ def test_meta_adversaries_at_the_lookahead_model_are_constants():
   np.testing.assert_allclose(fn(w_hat), by_hand(w_hat), rtol=1e-6)
   _assert_close(jax.grad(fn)(w_hat), jax.grad(by_hand)(w_hat), rtol=1e-4, atol=1e-7)
   # made at W_hat, not at W: the 'current' choice gives another loss
-  current = caat.meta_loss_fn("robust", lam, ctx, adversary_at="current")(
+  current = objective.meta_loss_fn("robust", lam, ctx, perturb.meta_perturbations(ctx), adversary_at="current")(
       state, attack_fn, batch, k, None, None)
   assert abs(float(current(w_hat)) - float(fn(w_hat))) > 1e-6
 

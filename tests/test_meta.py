@@ -14,7 +14,8 @@ import numpy as np
 import optax
 import pytest
 
-from caat_jax import losses, meta, strategy
+from caat_jax import losses, meta
+from caat_jax.caat import nets
 from caat_jax.meta.first_order import first_order
 from caat_jax.meta.jvp import jvp
 from caat_jax.meta.k_step import k_step
@@ -35,7 +36,7 @@ def _problem(lookahead="sgd", tau=1.0, seed=0):
   y = jax.random.randint(ks[6], (B,), 0, C)
   xm, ym = jax.random.normal(ks[7], (M, D), dtype), jax.random.randint(ks[8], (M,), 0, C)
   z = jax.random.normal(ks[9], (B, 6), dtype)
-  net = strategy.WeightingNet(hidden=8, tau=tau)
+  net = nets.WeightingNet(hidden=8, tau=tau)
   omega = jax.tree.map(lambda a: a.astype(dtype),
                        net.init(jax.random.PRNGKey(seed + 1), z)["params"])
 

@@ -7,7 +7,8 @@ import os
 import numpy as np
 
 from caat_jax import train
-from caat_jax.methods import caat
+from caat_jax.methods import strategy_stats
+from caat_jax.caat import bounds
 from tests.helpers import digits_config
 
 
@@ -55,7 +56,7 @@ def test_meta_caat_with_fairness_and_remargin_bounds(tmp_path):
   assert all(0.0 <= a <= 1.0 for a in second_epoch[-1]["train/adv_ratio_per_class"] if a is not None)
   # Fig. 8c's data: each filled bin's mean bound lies in its bin of [0, 2.5 eps]
   rec = second_epoch[-1]
-  width = caat.bound_max("remargin", config.attack.eps) / caat.NUM_BOUND_BINS
+  width = bounds.bound_max("remargin", config.attack.eps) / strategy_stats.NUM_BOUND_BINS
   filled = 0
   for k, (b, mg) in enumerate(zip(rec["train/bound_by_bound_bin"], rec["train/margin_by_bound"])):
     assert (b is None) == (mg is None)

@@ -24,7 +24,7 @@ import pytest
 
 from caat_jax import attacks, config_lib, methods, train
 from caat_jax.data import augment as augment_lib
-from caat_jax.methods import base, caat
+from caat_jax.methods import base, perturb
 from caat_jax.parallel import Parallel
 from tests.helpers import digits_config
 
@@ -71,7 +71,7 @@ def _training_attacks(ctx, f, x, y):
   fused KL adversaries and CE anti-adversaries of TRADES / FRL / CAAT."""
   eps = ctx.full_eps(B)
   pgd_at = ctx.pgd(f, x, y, _keys(jax.random.PRNGKey(2), B), eps=eps, start="uniform")
-  adv, anti = caat.adversaries_and_anti(ctx, f, x, y, f(x), eps, jax.random.PRNGKey(3),
+  adv, anti = perturb.adversaries_and_anti(ctx, f, x, y, f(x), eps, jax.random.PRNGKey(3),
                                         jax.random.PRNGKey(4))
   return {"pgd_at": pgd_at, "adversary": adv, "anti_adversary": anti}
 
@@ -125,7 +125,7 @@ def test_normalized_clip_is_the_official_attack_in_pixels():
   x, y = _data(0.0, 1.0)
   w = jax.random.normal(jax.random.PRNGKey(0), (int(np.prod(SHAPE)), 5))
   f_norm = lambda u: u.reshape(u.shape[0], -1) @ w  # the same classifier on u
-  adv, anti = caat.adversaries_and_anti(ctx, f, x, y, f(x), ctx.full_eps(B),
+  adv, anti = perturb.adversaries_and_anti(ctx, f, x, y, f(x), ctx.full_eps(B),
                                         jax.random.PRNGKey(3), jax.random.PRNGKey(4))
   # adversaries_and_anti keys sample i with fold_in(key, i)
   for got, key, adversary in ((adv, 3, True), (anti, 4, False)):
@@ -296,7 +296,7 @@ def test_meta_caat_anti_bound_grad():
   from the step's weights and keys; the anti-adversaries those times the
   scale, capped at cap * attack.eps, a cap that binds for some samples and
   not for others."""
-  from caat_jax import bounds, characteristics  # pylint: disable=g-import-not-at-top
+  from caat_jax.caat import bounds, features  # pylint: disable=g-import-not-at-top
   from caat_jax.methods import meta_caat  # pylint: disable=g-import-not-at-top
   scale, cap = 1.5, 2.4  # Eq. 26's bounds here are 1.3 to 1.9 attack.eps
   config = _meta_config(**{"caat.bound": "grad", "caat.anti_bound_scale": scale,
@@ -307,7 +307,7 @@ def test_meta_caat_anti_bound_grad():
   f = lambda v: run.eval_model.apply({"params": state.params,
                                       "batch_stats": state.batch_stats}, v, train=False)
   clean = f(x)
-  z, _ = characteristics.strategy_inputs(clean, y, run.ctx.class_counts, state.extra["stats"],
+  z, _ = features.strategy_inputs(clean, y, run.ctx.class_counts, state.extra["stats"],
                                          config.caat, None, False)
   w = meta_caat.weighting_net(config).apply({"params": state.extra["wnet"]}, z)
   k_adv, k_at, _, _ = jax.random.split(key, 4)
@@ -347,7 +347,7 @@ def test_anti_bound_scale_zero_is_the_clean_input():
   anti-adversarial term is CE on x."""
   ctx, f = _ctx("pixel"), _linear()
   x, y = _data()
-  adv, anti = caat.adversaries_and_anti(ctx, f, x, y, f(x), ctx.full_eps(B),
+  adv, anti = perturb.adversaries_and_anti(ctx, f, x, y, f(x), ctx.full_eps(B),
                                         jax.random.PRNGKey(3), jax.random.PRNGKey(4),
                                         jnp.zeros((B,)))
   np.testing.assert_array_equal(anti, x)

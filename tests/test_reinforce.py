@@ -12,8 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from caat_jax import attacks, config_lib, losses, reinforce, strategy
-from caat_jax.methods import base, caat
+from caat_jax import attacks, config_lib, losses
+from caat_jax.caat import reinforce, nets
+from caat_jax.methods import base, perturb
 from tests.helpers import ROOT, digits_config
 from tests.test_parallel import check_devices_agree
 
@@ -29,7 +30,7 @@ def _toy_arrays(seed):
   bound) rewards L0 (as adversary) and L1 (as anti-adversary)."""
   ks = jax.random.split(jax.random.PRNGKey(seed), 5)
   z = jax.random.normal(ks[0], (B, 6))
-  net = strategy.PolicyNet(hidden=H, num_bounds=K)
+  net = nets.PolicyNet(hidden=H, num_bounds=K)
   omega = net.init(ks[1], z)["params"]
   # perturb every leaf: the zero-initialised head would hide the hidden layer
   leaves, tree = jax.tree.flatten(omega)
@@ -45,7 +46,7 @@ def _toy_arrays(seed):
 def _exact_grad(omega, z, l0, l1, entropy_bonus):
   """grad of J+ - J- (+ bonus * mean joint entropy) in closed form, summing
   over all 2 x K strategies instead of sampling; flattened to [P]."""
-  net = strategy.PolicyNet(hidden=H, num_bounds=K)
+  net = nets.PolicyNet(hidden=H, num_bounds=K)
 
   def objective(om):
     logits = net.apply({"params": om}, z)
@@ -66,7 +67,7 @@ def _estimates(omega, z, l0, l1):
   """NUM_DRAWS independent estimates of grad J per variant, each [NUM_DRAWS, P];
   'wrong_sign' maximises J+ + J- instead, 'misaligned' pairs each reward with
   the next sample's action (the bugs the test must be able to see)."""
-  net = strategy.PolicyNet(hidden=H, num_bounds=K)
+  net = nets.PolicyNet(hidden=H, num_bounds=K)
   ema = {"mean": jnp.asarray(0.7), "count": jnp.asarray(3.0)}  # any action-independent value
 
   def one(key):
@@ -140,7 +141,7 @@ def _paper_drift(key):
   rewards L0 ~ U(0.5, 3) (mean 1.75) and L1 ~ U(0, 2) (mean 1) drawn afresh
   each update. Returns the per-update gap of the mean adversary and
   anti-adversary biases and p(adv), both [T]."""
-  net = strategy.PolicyNet(hidden=H, num_bounds=K)
+  net = nets.PolicyNet(hidden=H, num_bounds=K)
   z = jnp.ones((64, 6))
   omega = net.init(jax.random.PRNGKey(0), z)["params"]
   lr = 0.05
@@ -227,7 +228,7 @@ def test_fused_attack_equals_separate_attacks():
   def compute():  # one compilation: eager ops would each compile on their own
     clean = fn(x)
     keys = base.sample_keys(jax.random.PRNGKey(3), b, None)
-    fused = caat.perturb(ctx, fn, x, y, clean, jnp.asarray(eps), keys,
+    fused = perturb.perturb(ctx, fn, x, y, clean, jnp.asarray(eps), keys,
                          jnp.asarray(direction) == reinforce.ADVERSARY)
 
     def separate(idx, kind, sign):

@@ -10,8 +10,9 @@ import numpy as np
 import optax
 import pytest
 
-from caat_jax import characteristics, losses, reinforce, state as state_lib
-from caat_jax.methods import base, caat, reinforce_caat
+from caat_jax import losses, state as state_lib
+from caat_jax.caat import features, objective, reinforce
+from caat_jax.methods import base, perturb, reinforce_caat, strategy_stats
 from tests.helpers import digits_config
 
 B, M, C = 16, 8, 10  # batch, meta batch, classes
@@ -56,12 +57,12 @@ def _strategies(config, ctx, state, batch, key):
   k_policy, k_attack, _ = jax.random.split(key, 3)
   attack_fn = ctx.eval_logits_fn(state.params, state.batch_stats)
   clean = attack_fn(x)
-  z, _ = characteristics.strategy_inputs(clean, y, ctx.class_counts, state.extra["stats"],
+  z, _ = features.strategy_inputs(clean, y, ctx.class_counts, state.extra["stats"],
                                          config.caat, None)
   logits = reinforce_caat.policy_net(config).apply({"params": state.extra["policy"]}, z)
   d, k = reinforce.sample(ctx.sample_keys(k_policy, B), logits)
   eps = reinforce_caat.bound_values(config)[k]
-  x_tilde = caat.perturb(ctx, attack_fn, x, y, clean, eps, ctx.sample_keys(k_attack, B),
+  x_tilde = perturb.perturb(ctx, attack_fn, x, y, clean, eps, ctx.sample_keys(k_attack, B),
                          d == reinforce.ADVERSARY)
   return d, k, eps, x_tilde
 
@@ -149,7 +150,7 @@ def test_lookahead_reward_equals_finite_difference():
     _, info = reward_fn(state, batch, attack_fn, per_sample_fn, d, l0, l1, LR, k_meta)
     r = np.asarray(info["lookahead"])
     # the same meta loss (same meta adversaries) at a shifted W
-    meta_fn = caat.meta_loss_fn("robust", config.reinforce.meta_lam, ctx, adversary_at="current")(
+    meta_fn = objective.meta_loss_fn("robust", config.reinforce.meta_lam, ctx, perturb.meta_perturbations(ctx), adversary_at="current")(
         state, attack_fn, batch, *jax.random.split(k_meta), state.extra["fair"])
     base_loss = meta_fn(state.params)
     for i in [int(np.argmax(is_adv)), int(np.argmin(is_adv)), 3, 7]:
@@ -240,7 +241,7 @@ def test_strategy_stats_bin_samples_by_bound_for_fig_8c():
   eps = jnp.asarray([0.0, 0.012, 0.05, 0.0999, 0.1, 0.3, 0.051], jnp.float32)
   y = jnp.asarray(rng.integers(0, C, len(eps)), jnp.int32)
   logits = jnp.asarray(rng.normal(size=(len(eps), C)), jnp.float32)
-  out = caat.strategy_stats(jnp.ones_like(eps), eps, y, {}, C, None, clean_logits=logits,
+  out = strategy_stats.strategy_stats(jnp.ones_like(eps), eps, y, {}, C, None, clean_logits=logits,
                             eps_max=0.1)
   num, den = np.zeros(10), np.zeros(10)
   bnum = np.zeros(10)
@@ -254,7 +255,7 @@ def test_strategy_stats_bin_samples_by_bound_for_fig_8c():
   assert den[0] == 1 and den[1] == 1 and den[5] == 2 and den[9] == 3
   np.testing.assert_allclose(out["ratio/margin_by_bound/num"], num, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(out["ratio/bound_by_bound_bin/num"], bnum, rtol=1e-6)
-  assert "ratio/margin_by_bound/num" not in caat.strategy_stats(
+  assert "ratio/margin_by_bound/num" not in strategy_stats.strategy_stats(
       jnp.ones_like(eps), eps, y, {}, C, None)  # not asked for: not logged
 
 
@@ -267,7 +268,7 @@ def test_reinforce_step_logs_fig_8c_over_its_bound_range():
   m = jax.tree.map(np.asarray, m)
   den = m["ratio/margin_by_bound/den"]
   assert den.sum() == B
-  width = max(config.reinforce.bound_set) / 255.0 / caat.NUM_BOUND_BINS
+  width = max(config.reinforce.bound_set) / 255.0 / strategy_stats.NUM_BOUND_BINS
   for k in np.flatnonzero(den):
     mean = m["ratio/bound_by_bound_bin/num"][k] / den[k]
     assert k * width - 1e-7 <= mean <= (k + 1) * width + 1e-7

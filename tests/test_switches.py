@@ -20,9 +20,10 @@ import numpy as np
 import optax
 import pytest
 
-from caat_jax import attacks, evaluation, train
+from caat_jax import attacks, evaluators, train
 from caat_jax.data import augment as augment_lib
-from caat_jax.methods import caat, pgd_at, trades
+from caat_jax.caat import objective
+from caat_jax.methods import perturb, pgd_at, trades
 from caat_jax.parallel import Parallel
 from tests.helpers import digits_config
 
@@ -102,8 +103,8 @@ def test_official_meta_objective_at_current_model(setup):
   attack_fn = ctx.eval_logits_fn(state.params, state.batch_stats)
 
   @functools.partial(jax.jit, static_argnums=0)
-  def meta_loss(objective, params):
-    return caat.meta_loss_fn(objective, LAM, ctx, adversary_at="current")(
+  def meta_loss(kind, params):
+    return objective.meta_loss_fn(kind, LAM, ctx, perturb.meta_perturbations(ctx), adversary_at="current")(
         state, attack_fn, batch, k_adv, k_at, None)(params)
 
   x_adv, x_at = jax.jit(lambda: (_attack(ctx, attack_fn, xm, ym, k_adv, adversary=True),
@@ -129,7 +130,7 @@ def test_official_meta_objective_at_lookahead_model(setup):
   k_adv, k_at = jax.random.PRNGKey(21), jax.random.PRNGKey(22)
   bs = state.batch_stats
   w_hat = jax.tree.map(lambda p: 1.1 * p - 0.01, state.params)
-  fn = caat.meta_loss_fn("official", LAM, ctx, adversary_at="lookahead")(
+  fn = objective.meta_loss_fn("official", LAM, ctx, perturb.meta_perturbations(ctx), adversary_at="lookahead")(
       state, ctx.eval_logits_fn(state.params, bs), batch, k_adv, k_at, None)
   f_hat = ctx.eval_logits_fn(w_hat, bs)
   x_adv, x_at = jax.jit(lambda: (_attack(ctx, f_hat, xm, ym, k_adv, adversary=True),
@@ -148,7 +149,7 @@ def test_clean_ce_meta_objective(setup):
   xm, ym = batch["meta_image"], batch["meta_label"]
   bs = state.batch_stats
   w_hat = jax.tree.map(lambda p: 0.9 * p, state.params)
-  make = caat.meta_loss_fn("clean_ce", LAM, ctx)
+  make = objective.meta_loss_fn("clean_ce", LAM, ctx, perturb.meta_perturbations(ctx))
   f = ctx.eval_logits_fn(state.params, bs)
   fn = make(state, f, batch, jax.random.PRNGKey(1), jax.random.PRNGKey(2), None)
   other = make(state, f, batch, jax.random.PRNGKey(3), jax.random.PRNGKey(4), None)
@@ -281,7 +282,7 @@ def test_robust_means_correct_clean_and_attacked():
   variables = model.init(jax.random.PRNGKey(0), jnp.asarray(images))
   batch = {"image": jnp.asarray(images), "label": jnp.asarray(labels),
            "index": jnp.arange(len(points))}
-  out = evaluation.eval_fn(variables, batch, model=model, attack_names=("pgd5",), eps=0.1,
+  out = evaluators.eval_fn(variables, batch, model=model, attack_names=("pgd5",), eps=0.1,
                            step_size=0.05, unroll=True)
   clean_ok = np.array([True, True, False, False, True, True, False])
   attacked_ok = np.array([True, False, True, False, True, False, True])
@@ -289,7 +290,7 @@ def test_robust_means_correct_clean_and_attacked():
   np.testing.assert_array_equal(out["pgd5"], clean_ok & attacked_ok)
   outcomes = {k: np.asarray(v) for k, v in out.items()}
   outcomes["label"] = labels
-  doc = evaluation.report(outcomes, 2, attack="pgd5", eps=0.1)
+  doc = evaluators.report(outcomes, 2, attack="pgd5", eps=0.1)
   # by hand, per class (%): class 0 = D, E, F; class 1 = A, B, C, G
   nat = [100 * 1 / 3, 100 * 2 / 4]  # F; C, G
   rob = [100 * 2 / 3, 100 * 3 / 4]  # E, F; B, C, G

@@ -11,7 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from caat_jax import data, fairness, train
+from caat_jax import data, train
+from caat_jax.caat import fairness
 from caat_jax.parallel import Parallel
 from tests.helpers import digits_config
 

@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from caat_jax import characteristics, metrics, train
+from caat_jax import metrics, train
+from caat_jax.caat import features
 from caat_jax.data import augment as augment_lib
 from caat_jax.methods import meta_caat
 from caat_jax.parallel import Parallel
@@ -69,7 +70,7 @@ def _grad_bound_by_hand(run, state, batch, swap_keys=False):
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   f = lambda v: run.eval_model.apply(variables, v, train=False)
   clean = f(x)
-  z, _ = characteristics.strategy_inputs(clean, y, run.ctx.class_counts, state.extra["stats"],
+  z, _ = features.strategy_inputs(clean, y, run.ctx.class_counts, state.extra["stats"],
                                          config.caat, None, False)
   w = np.asarray(meta_caat.weighting_net(config).apply({"params": state.extra["wnet"]}, z))
 

@@ -4,7 +4,7 @@ AutoAttack's pieces live in their modules (``apgd``, ``fab``, ``square``,
 ``autoattack``); the names most callers need are re-exported here.
 """
 
-from caat_jax.attacks import apgd, autoattack, checks, compact, fab, square, verify
+from caat_jax.attacks import apgd, autoattack, compact, fab, sanity, square, verify
 from caat_jax.attacks.apgd import AttackResult, Randomised, apgd_ce, apgd_run, apgd_targeted
 from caat_jax.attacks.autoattack import ATTACKS, RAND, STANDARD, run_attack
 from caat_jax.attacks.autoattack import autoattack as run_autoattack

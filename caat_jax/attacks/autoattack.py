@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from caat_jax import losses
 from caat_jax.attacks.apgd import AttackResult, LogitsFn, apgd_ce, apgd_targeted, bcast
-from caat_jax.attacks.checks import check_num_classes
+from caat_jax.attacks.sanity import check_num_classes
 from caat_jax.attacks.fab import fab_targeted
 from caat_jax.attacks.square import square
 

@@ -46,7 +46,7 @@ import numpy as np
 
 from caat_jax.attacks.apgd import LogitsFn
 from caat_jax.attacks.autoattack import STANDARD, num_runs, run_attack, stage_keys
-from caat_jax.attacks.checks import check_num_classes
+from caat_jax.attacks.sanity import check_num_classes
 
 Runner = Callable[..., tuple[np.ndarray, np.ndarray]]
 

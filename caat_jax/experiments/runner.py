@@ -92,7 +92,7 @@ def trained_config_differences(run_dir: str, config: ml_collections.ConfigDict,
                                keys: Sequence[str]) -> list:
   """[(key, the run's value, ``config``'s)] for ``keys`` (a row's override
   keys, and what is under them) whose values differ and change training
-  (``checkpoint.config_differences``: evaluation, logging and launch keys
+  (``checkpointing.config_differences``: evaluation, logging and launch keys
   excepted), read from the config stored with the run's newest checkpoint;
   [] when they agree or no checkpoint is readable (then training resumes and
   checks the whole config).
@@ -101,11 +101,11 @@ def trained_config_differences(run_dir: str, config: ml_collections.ConfigDict,
   may belong to another method (a TRADES run ignores ``caat.*``), so a
   config file edited since the run would flag runs it does not change.
   """
-  from caat_jax import checkpoint  # pylint: disable=import-outside-toplevel
-  directory = checkpoint.checkpoint_dir(run_dir)
+  from caat_jax import checkpointing  # pylint: disable=import-outside-toplevel
+  directory = checkpointing.checkpoint_dir(run_dir)
   if not os.path.isdir(directory):
     return []
-  ckpt = checkpoint.Checkpointer(directory, async_save=False)
+  ckpt = checkpointing.Checkpointer(directory, async_save=False)
   try:
     step = ckpt.latest_step()
     if step is None:
@@ -117,7 +117,7 @@ def trained_config_differences(run_dir: str, config: ml_collections.ConfigDict,
   finally:
     ckpt.close()
   under = lambda k: any(k == o or k.startswith(o + ".") for o in keys)
-  return [d for d in checkpoint.config_differences(stored, checkpoint.config_as_json(config))
+  return [d for d in checkpointing.config_differences(stored, checkpointing.config_as_json(config))
           if under(d[0])]
 
 
@@ -133,8 +133,8 @@ def run(exp: Experiment, workdir: str, seeds: int | None = None,
   """
   # Imported here: listing and emitting need neither JAX devices nor the trainer.
   from caat_jax import evaluate, train  # pylint: disable=import-outside-toplevel
-  from caat_jax import checkpoint, metrics  # pylint: disable=import-outside-toplevel
-  from caat_jax import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+  from caat_jax import checkpointing, metrics  # pylint: disable=import-outside-toplevel
+  from caat_jax.checkpointing import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
 
   if exp.unavailable:
     raise config_lib.ConfigError(f"experiment {exp.name!r} cannot run: {exp.unavailable}")
@@ -174,10 +174,10 @@ def run(exp: Experiment, workdir: str, seeds: int | None = None,
           evaluate.evaluate_checkpoint(
               spec.workdir, missing, num_examples=exp.eval_examples or None, progress=False)
       outcomes.append((spec, "ran"))
-    except (checkpoint.Preempted, KeyboardInterrupt):
+    except (checkpointing.Preempted, KeyboardInterrupt):
       raise
-    except (metrics.NonFiniteLossError, checkpoint.CheckpointError,
-            checkpoint.IncompatibleConfigError, workdir_lib.WorkdirError) as e:
+    except (metrics.NonFiniteLossError, checkpointing.CheckpointError,
+            checkpointing.IncompatibleConfigError, workdir_lib.WorkdirError) as e:
       log(f"{where}: FAILED: {e}")
       outcomes.append((spec, f"failed: {e}"))
   return outcomes

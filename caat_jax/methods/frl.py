@@ -1,19 +1,21 @@
-"""FRL (Xu et al., ICML 2021; SPEC 7): TRADES with fairness constraints.
+"""FRL (Xu et al., ICML 2021; docs/method.md §7): TRADES with fairness constraints.
 
 ``fairness.mode``: ``reweight`` (class weights from lambda0 on the natural
 CE and lambda1 on the boundary KL), ``remargin`` (class-wise eps from
 lambda2), ``reweight_remargin`` (both), ``baseline_reweight`` (upweight the
 class with the largest validation robust error). The multipliers are updated
 once per epoch from the validation set's per-class errors
-(``caat.FAIRNESS_HOOK``, shared with Meta-CAAT); FRL always has it on.
+(``caat.fairness.epoch_validation`` / ``epoch_update``, shared with
+Meta-CAAT); FRL always has it on.
 """
 
 import functools
 
 import jax
 
-from caat_jax import fairness, losses
-from caat_jax.methods import base, caat, trades
+from caat_jax import losses
+from caat_jax.caat import bounds, fairness
+from caat_jax.methods import base, perturb, trades
 
 
 def init_extra(config, ctx: base.StepContext, key) -> dict:
@@ -23,23 +25,23 @@ def init_extra(config, ctx: base.StepContext, key) -> dict:
 
 def make_step(config, ctx: base.StepContext):
   mode, beta, axis = config.fairness.mode, float(config.trades.beta), ctx.axis_name
-  bound = caat.bound_fn("remargin" if mode in fairness.MARGIN_MODES else "fixed", ctx)
+  bound = bounds.bound_fn("remargin" if mode in fairness.MARGIN_MODES else "fixed", ctx)
   factors = fairness.factors_fn(mode)
 
   def step(state, batch, key):
     x, y = batch["image"], batch["label"]
-    lam = state.extra["fair"]
+    multipliers = state.extra["fair"]
     attack_fn = ctx.eval_logits_fn(state.params, state.batch_stats)
     clean = attack_fn(x)
-    eps = bound(attack_fn, x, y, clean, None, lam, key, None)
-    x_adv = caat.adversaries(ctx, attack_fn, x, y, clean, eps, key)
-    f0, f1 = factors(lam, y, axis)
+    eps = bound(attack_fn, x, y, clean, fair=multipliers)
+    x_adv = perturb.adversaries(ctx, attack_fn, x, y, clean, eps, key)
+    natural_factor, boundary_factor = factors(multipliers, y, axis)
 
     def loss_fn(params):
       logits, bs = ctx.train_logits(params, state.batch_stats, x)
       logits_adv, bs = ctx.train_logits(params, bs, x_adv)
-      ce = (f0 * losses.cross_entropy(logits, y)).mean()
-      kl = (f1 * losses.kl_divergence(logits, logits_adv)).mean()
+      ce = (natural_factor * losses.cross_entropy(logits, y)).mean()
+      kl = (boundary_factor * losses.kl_divergence(logits, logits_adv)).mean()
       return ce + beta * kl, (logits, logits_adv, bs)
 
     (loss, (logits, logits_adv, bs)), grads = jax.value_and_grad(
@@ -55,11 +57,11 @@ def make_step(config, ctx: base.StepContext):
 
 def validate(config) -> None:
   trades.validate(config)
-  caat.validate_fairness(config)
+  fairness.validate_fairness(config)
 
 
 METHOD = base.Method(
     "frl", make_step, cost=trades.cost, init_extra=init_extra, validate=validate,
-    epoch_hook=base.EpochHook(functools.partial(caat.fairness_validation, always=True),
-                              caat.fairness_update),
+    epoch_hook=base.EpochHook(functools.partial(fairness.epoch_validation, always=True),
+                              fairness.epoch_update),
     needs_meta_set=lambda config: True)

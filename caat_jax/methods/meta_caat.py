@@ -23,9 +23,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from caat_jax import bounds, characteristics, data, fairness, losses, meta, strategy
+from caat_jax import data, losses, meta
+from caat_jax.caat import bounds, fairness, features, nets, objective
 from caat_jax.checks import ConfigError, check, choice
-from caat_jax.methods import base, caat
+from caat_jax.methods import base, perturb, strategy_stats
 
 DIRECTIONS = ("combined", "adversarial_only", "rule", "oracle")
 FIXED_DIRECTIONS = ("rule", "oracle")  # no learned weights: the fixed bound
@@ -33,15 +34,15 @@ LOOKAHEADS = ("sgd", "sgd_momentum_wd")
 WEIGHTS = ("soft", "hard")
 
 
-def weighting_net(config) -> strategy.WeightingNet:
-  return strategy.WeightingNet(hidden=config.caat.hidden, tau=config.caat.tau)
+def weighting_net(config) -> nets.WeightingNet:
+  return nets.WeightingNet(hidden=config.caat.hidden, tau=config.caat.tau)
 
 
 def init_extra(config, ctx: base.StepContext, key) -> dict:
   omega = weighting_net(config).init(
-      key, jnp.zeros((1, characteristics.NUM_FEATURES)))["params"]
+      key, jnp.zeros((1, features.NUM_FEATURES)))["params"]
   return {"wnet": omega, "wnet_opt": optax.adam(config.meta.learning_rate).init(omega),
-          "stats": characteristics.init_running_stats(ctx.num_classes),
+          "stats": features.init_running_stats(ctx.num_classes),
           "fair": fairness.init(ctx.num_classes)}
 
 
@@ -117,13 +118,14 @@ def make_step(config, ctx: base.StepContext):
   learned = c.direction == "combined"
   weights = weights_fn(config, ctx.class_counts)
   bound_kind = "fixed" if c.direction in FIXED_DIRECTIONS else c.bound
-  bound = caat.bound_fn(bound_kind, ctx, c.grad_bound_offset, c.grad_bound_point, anti=anti)
-  eps_max = caat.bound_max(bound_kind, ctx.attack.eps, c.grad_bound_offset)
-  anti_bound = caat.anti_bound_fn(config)
+  bound = bounds.bound_fn(bound_kind, ctx, grad_offset=c.grad_bound_offset,
+                          grad_point=c.grad_bound_point, anti=anti)
+  eps_max = bounds.bound_max(bound_kind, ctx.attack.eps, c.grad_bound_offset)
+  anti_bound = bounds.anti_bound_fn(config)
   factors = fairness.factors_fn(config.fairness.mode if config.fairness.enabled else None)
   lookahead = _lookahead_fn(m.lookahead, config.optimizer)
-  meta_loss = caat.meta_loss_fn(m.objective, lam, ctx, adversary_at=m.adversary_at,
-                                factors=factors)
+  meta_loss = objective.meta_loss_fn(m.objective, lam, ctx, perturb.meta_perturbations(ctx),
+                                     adversary_at=m.adversary_at, factors=factors)
   variant = meta.make(m)
   meta_tx = optax.adam(m.learning_rate)
   interval = int(m.interval)
@@ -140,20 +142,20 @@ def make_step(config, ctx: base.StepContext):
 
     # 1. characteristics and weights.
     clean = attack_fn(x)
-    z, stats = characteristics.strategy_inputs(clean, y, ctx.class_counts, extra["stats"],
+    z, stats = features.strategy_inputs(clean, y, ctx.class_counts, extra["stats"],
                                                feature_cfg, axis, ctx.new_epoch(state.step))
     corrupted = base.corrupted_mask(batch, y)
     weights_fn = lambda om: weights(om, z, y, corrupted)
     w_old = weights_fn(extra["wnet"])
 
     # 2. bounds; 3. adversaries and anti-adversaries: one attack over [x; x].
-    eps = bound(attack_fn, x, y, clean, w_old, extra["fair"], k_adv, k_at)
+    eps = bound(attack_fn, x, y, clean, weights=w_old, fair=extra["fair"], k_adv=k_adv, k_at=k_at)
     if anti:
       eps_at = anti_bound(eps)
-      x_adv, x_at = caat.adversaries_and_anti(ctx, attack_fn, x, y, clean, eps, k_adv, k_at,
+      x_adv, x_at = perturb.adversaries_and_anti(ctx, attack_fn, x, y, clean, eps, k_adv, k_at,
                                               eps_at)
     else:
-      x_adv, x_at = caat.adversaries(ctx, attack_fn, x, y, clean, eps, k_adv), None
+      x_adv, x_at = perturb.adversaries(ctx, attack_fn, x, y, clean, eps, k_adv), None
     f0, f1 = factors(extra["fair"], y, axis)
 
     def per_sample_fn(params):
@@ -214,7 +216,7 @@ def make_step(config, ctx: base.StepContext):
     metrics["ratio/meta_loss/num"] = (m_loss * did)[None]
     metrics["ratio/meta_loss/den"] = did[None]
     metrics["meta_grad_norm"] = m_norm
-    metrics.update(caat.strategy_stats(w_new[:, 0], eps, y, batch, num_classes, axis,
+    metrics.update(strategy_stats.strategy_stats(w_new[:, 0], eps, y, batch, num_classes, axis,
                                        clean_logits=clean, eps_max=eps_max))
     return new_state, metrics
 
@@ -234,9 +236,9 @@ def cost(config) -> float:
     units += 4.0  # two input gradients, each at its attack's start point
   if c.direction != "combined":
     return units
-  objective = {"clean_ce": 3.0, "robust": attack + 1.0 + 6.0,
+  objective_cost = {"clean_ce": 3.0, "robust": attack + 1.0 + 6.0,
                "official": 2 * attack + 1.0 + 9.0}[m.objective]
-  costs = meta.Costs(lookahead=9.0, objective=objective, jvp=6.0, second_order=18.0)
+  costs = meta.Costs(lookahead=9.0, objective=objective_cost, jvp=6.0, second_order=18.0)
   meta_part = meta.cost(m, costs) * m.batch_size / config.batch_size
   return units + meta_part / m.interval
 
@@ -256,17 +258,17 @@ def validate(config) -> None:
   choice("caat.weights", c.weights, WEIGHTS)
   choice("caat.bound", c.bound, bounds.BOUNDS)
   choice("caat.grad_bound_point", c.grad_bound_point, bounds.GRAD_POINTS)
-  caat.validate_features(config)
-  caat.validate_anti_bound(config)
+  features.validate_features(config)
+  bounds.validate_anti_bound(config)
   choice("meta.variant", m.variant, tuple(meta.VARIANTS))
-  choice("meta.objective", m.objective, caat.META_OBJECTIVES)
+  choice("meta.objective", m.objective, objective.META_OBJECTIVES)
   choice("meta.lookahead", m.lookahead, LOOKAHEADS)
-  choice("meta.adversary_at", m.adversary_at, caat.ADVERSARY_AT)
+  choice("meta.adversary_at", m.adversary_at, objective.ADVERSARY_AT)
   check("meta.k", m.k >= 1, m.k, ">= 1")
   check("meta.interval", m.interval >= 1, m.interval, ">= 1")
   check("meta.batch_size", m.batch_size >= 1, m.batch_size, ">= 1")
   check("meta.learning_rate", m.learning_rate > 0, m.learning_rate, "> 0")
-  caat.validate_fairness(config)
+  fairness.validate_fairness(config)
   if c.bound == "remargin" and not config.fairness.enabled:
     raise ConfigError(
         "config.caat.bound='remargin' takes its margins from FRL's multipliers; "
@@ -275,5 +277,5 @@ def validate(config) -> None:
 
 METHOD = base.Method(
     "meta_caat", make_step, cost=cost, init_extra=init_extra, validate=validate,
-    epoch_hook=caat.FAIRNESS_HOOK, meta_batch=lambda config: True,
+    epoch_hook=base.EpochHook(fairness.epoch_validation, fairness.epoch_update), meta_batch=lambda config: True,
     needs_meta_set=lambda config: True)

@@ -18,7 +18,7 @@ One step, per device:
      anti-adversary);
   5. after every K-th classifier step (Algorithm 2, line 6), a REINFORCE
      ascent step on Omega with the rewards of this step's batch
-     (``reinforce.reward``, see ``caat_jax.reinforce``):
+     (``reinforce.reward``, see ``caat_jax.caat.reinforce``):
      * ``paper``: r_i = L0_i (adversary) or -L1_i (anti-adversary), Eq. 34;
      * ``lookahead``: r_i = (eta_1 / n) <grad_W L_meta(W), grad_W l_i(W)>,
        the first-order decrease of the robust meta loss (SPEC 5,
@@ -39,17 +39,18 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from caat_jax import characteristics, fairness, losses, meta, reinforce, strategy
+from caat_jax import losses, meta
+from caat_jax.caat import bounds, fairness, features, nets, objective, reinforce
 from caat_jax.checks import check, choice
 from caat_jax.meta import jvp as meta_jvp
-from caat_jax.methods import base, caat
+from caat_jax.methods import base, perturb, strategy_stats
 
 OPTIMIZERS = ("auto", "adam", "sgd")
 BASELINES = ("auto",) + reinforce.BASELINES
 
 
-def policy_net(config) -> strategy.PolicyNet:
-  return strategy.PolicyNet(hidden=config.reinforce.hidden,
+def policy_net(config) -> nets.PolicyNet:
+  return nets.PolicyNet(hidden=config.reinforce.hidden,
                             num_bounds=len(config.reinforce.bound_set))
 
 
@@ -77,9 +78,9 @@ def bound_values(config) -> jax.Array:
 
 
 def init_extra(config, ctx: base.StepContext, key) -> dict:
-  omega = policy_net(config).init(key, jnp.zeros((1, characteristics.NUM_FEATURES)))["params"]
+  omega = policy_net(config).init(key, jnp.zeros((1, features.NUM_FEATURES)))["params"]
   return {"policy": omega, "policy_opt": policy_optimizer(config).init(omega),
-          "stats": characteristics.init_running_stats(ctx.num_classes),
+          "stats": features.init_running_stats(ctx.num_classes),
           "reward_ema": reinforce.init_ema(), "fair": fairness.init(ctx.num_classes)}
 
 
@@ -116,8 +117,8 @@ def _reward_fn(config, ctx: base.StepContext):
 
   # The meta gradient is taken at W, so the meta adversaries are W's; with
   # fairness on, the meta loss carries FRL's class weights (as Meta-CAAT's).
-  meta_loss = caat.meta_loss_fn(
-      "robust", float(r.meta_lam), ctx, adversary_at="current",
+  meta_loss = objective.meta_loss_fn(
+      "robust", float(r.meta_lam), ctx, perturb.meta_perturbations(ctx), adversary_at="current",
       factors=fairness.factors_fn(config.fairness.mode if config.fairness.enabled else None))
   mix = float(r.reward_mix)
 
@@ -153,7 +154,7 @@ def make_step(config, ctx: base.StepContext):
       fairness.MARGIN_RANGE[1] if _remargin(config) else 1.0)
   factors = fairness.factors_fn(config.fairness.mode if config.fairness.enabled else None)
   margins = _margins_fn(config)
-  anti_bound = caat.anti_bound_fn(config)
+  anti_bound = bounds.anti_bound_fn(config)
   reward_fn = _reward_fn(config, ctx)
 
   def step(state, batch, key):
@@ -165,7 +166,7 @@ def make_step(config, ctx: base.StepContext):
     # 1. characteristics from the clean logits (inference mode).
     attack_fn = ctx.eval_logits_fn(state.params, state.batch_stats)
     clean = attack_fn(x)
-    z, stats = characteristics.strategy_inputs(clean, y, ctx.class_counts, extra["stats"], c,
+    z, stats = features.strategy_inputs(clean, y, ctx.class_counts, extra["stats"], c,
                                                axis, ctx.new_epoch(state.step))
     policy_fn = lambda omega: net.apply({"params": omega}, z)
     logits = policy_fn(extra["policy"])  # [B, 2, K]
@@ -177,7 +178,7 @@ def make_step(config, ctx: base.StepContext):
     eps = jnp.where(is_adv, eps, anti_bound(eps))  # caat.anti_bound_scale / _cap
 
     # 3. adversaries and anti-adversaries in one attack pass.
-    x_tilde = caat.perturb(ctx, attack_fn, x, y, clean, eps, ctx.sample_keys(k_attack, b),
+    x_tilde = perturb.perturb(ctx, attack_fn, x, y, clean, eps, ctx.sample_keys(k_attack, b),
                            is_adv)
     f0, f1 = factors(extra["fair"], y, axis)
 
@@ -259,7 +260,7 @@ def _metrics(logits, direction, eps, y, batch, loss, lc, lt, update_now, info, n
   m["policy_grad_norm"] = info["grad_norm"]
   m["policy_updated"] = update_now.astype(jnp.float32)
   # Fig. 8c: margins of the inference-mode logits the strategy was drawn from
-  m.update(caat.strategy_stats(alpha, eps, y, batch, num_classes, axis, clean_logits=clean,
+  m.update(strategy_stats.strategy_stats(alpha, eps, y, batch, num_classes, axis, clean_logits=clean,
                                eps_max=eps_max))
   ratio = lambda name, v, g, n: m.update(base.ratio_metric(name, v, g, n, axis))
   # per class, clean samples first then corrupted: entry y + C * corrupted
@@ -302,9 +303,9 @@ def validate(config) -> None:
   check("reinforce.entropy_bonus", r.entropy_bonus >= 0, r.entropy_bonus, ">= 0")
   if r.reward == "lookahead":
     check("meta.batch_size", config.meta.batch_size >= 1, config.meta.batch_size, ">= 1")
-  caat.validate_features(config)
-  caat.validate_anti_bound(config)
-  caat.validate_fairness(config)
+  features.validate_features(config)
+  bounds.validate_anti_bound(config)
+  fairness.validate_fairness(config)
 
 
 def cost(config) -> float:
@@ -325,7 +326,7 @@ def cost(config) -> float:
 
 METHOD = base.Method(
     "reinforce_caat", make_step, cost=cost, init_extra=init_extra, validate=validate,
-    epoch_hook=caat.FAIRNESS_HOOK,
+    epoch_hook=base.EpochHook(fairness.epoch_validation, fairness.epoch_update),
     meta_batch=lambda config: config.reinforce.reward == "lookahead",
     needs_meta_set=lambda config: (config.reinforce.reward == "lookahead"
                                    or config.fairness.enabled))

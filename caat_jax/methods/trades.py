@@ -10,7 +10,7 @@ import jax
 
 from caat_jax import losses
 from caat_jax.checks import check
-from caat_jax.methods import base, caat
+from caat_jax.methods import base, perturb
 
 
 def make_step(config, ctx: base.StepContext):
@@ -19,7 +19,7 @@ def make_step(config, ctx: base.StepContext):
   def step(state, batch, key):
     x, y = batch["image"], batch["label"]
     attack_fn = ctx.eval_logits_fn(state.params, state.batch_stats)
-    x_adv = caat.adversaries(ctx, attack_fn, x, y, attack_fn(x), ctx.full_eps(x.shape[0]), key)
+    x_adv = perturb.adversaries(ctx, attack_fn, x, y, attack_fn(x), ctx.full_eps(x.shape[0]), key)
 
     def loss_fn(params):
       logits, bs = ctx.train_logits(params, state.batch_stats, x)

@@ -15,11 +15,8 @@ import functools
 import flax.linen as nn
 import jax.numpy as jnp
 
-from caat_jax.models.resnet import batch_norm
-from caat_jax.models.resnet import classifier_head
-from caat_jax.models.resnet import conv
-from caat_jax.models.resnet import Dtype
-from caat_jax.models.resnet import normalize
+from caat_jax.models.layers import (Dtype, batch_norm, classifier_head, conv, normalize,
+                                    residual_stages)
 
 
 class PreActBlock(nn.Module):
@@ -76,11 +73,10 @@ class PreActResNet(nn.Module):
     """[B, H, W, C] pixels in [0, 1] -> float32 logits [B, num_classes]."""
     x = normalize(x, self.mean, self.std, self.dtype)
     x = conv(64, 3, 1, self.dtype, name='stem_conv')(x)
-    for i, num_blocks in enumerate(self.stage_sizes):
-      for j in range(num_blocks):
-        stride = 2 if i > 0 and j == 0 else 1
-        x = PreActBlock(64 * 2**i, stride, self.dtype, self.axis_name,
-                        name=f'stage{i + 1}_block{j + 1}')(x, train)
+    x = residual_stages(
+        x, PreActBlock, widths=[64 * 2**i for i in range(len(self.stage_sizes))],
+        depths=self.stage_sizes, strides=[1] + [2] * (len(self.stage_sizes) - 1),
+        train=train, dtype=self.dtype, axis_name=self.axis_name)
     x = nn.relu(batch_norm(train, self.axis_name, self.dtype,
                            name='final_bn')(x))
     return classifier_head(x, self.num_classes, self.dtype)

@@ -13,11 +13,7 @@ import functools
 import flax.linen as nn
 import jax.numpy as jnp
 
-from caat_jax.models.resnet import batch_norm
-from caat_jax.models.resnet import classifier_head
-from caat_jax.models.resnet import conv
-from caat_jax.models.resnet import Dtype
-from caat_jax.models.resnet import normalize
+from caat_jax.models.layers import Dtype, batch_norm, classifier_head, conv, normalize
 
 
 class SmallCNN(nn.Module):

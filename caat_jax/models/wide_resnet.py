@@ -16,11 +16,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from caat_jax.models import preact_resnet
-from caat_jax.models.resnet import batch_norm
-from caat_jax.models.resnet import classifier_head
-from caat_jax.models.resnet import conv
-from caat_jax.models.resnet import Dtype
-from caat_jax.models.resnet import normalize
+from caat_jax.models.layers import (Dtype, batch_norm, classifier_head, conv, normalize,
+                                    residual_stages)
 
 
 # The WRN block of the TRADES / Madry code is exactly the pre-activation basic
@@ -56,11 +53,10 @@ class WideResNet(nn.Module):
     blocks_per_stage = (self.depth - 4) // 6
     x = normalize(x, self.mean, self.std, self.dtype)
     x = conv(16, 3, 1, self.dtype, name='stem_conv')(x)
-    for i, stride in enumerate((1, 2, 2)):
-      for j in range(blocks_per_stage):
-        x = WideBlock(16 * 2**i * self.widen_factor, stride if j == 0 else 1,
-                      self.dtype, self.axis_name,
-                      name=f'stage{i + 1}_block{j + 1}')(x, train)
+    x = residual_stages(
+        x, WideBlock, widths=[16 * 2**i * self.widen_factor for i in range(3)],
+        depths=[blocks_per_stage] * 3, strides=(1, 2, 2), train=train,
+        dtype=self.dtype, axis_name=self.axis_name)
     x = nn.relu(batch_norm(train, self.axis_name, self.dtype,
                            name='final_bn')(x))
     return classifier_head(x, self.num_classes, self.dtype)

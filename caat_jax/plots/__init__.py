@@ -30,9 +30,9 @@ import os
 from caat_jax.plots.figures import (FIGURES, Skip, draw_bound_vs_margin,
                                     draw_clean_vs_corrupted, draw_per_class_errors,
                                     draw_strategy_per_class, draw_training_curves)
-from caat_jax.plots.runs import Group, NoRunsError, Run, discover_runs, group_runs
+from caat_jax.plots.runs import Group, NoRunsError, RunRecord, discover_runs, group_runs
 
-__all__ = ["draw_all", "discover_runs", "group_runs", "Run", "Group", "NoRunsError", "Skip",
+__all__ = ["draw_all", "discover_runs", "group_runs", "RunRecord", "Group", "NoRunsError", "Skip",
            "draw_per_class_errors", "draw_training_curves", "draw_strategy_per_class",
            "draw_clean_vs_corrupted", "draw_bound_vs_margin", "FIGURES"]
 

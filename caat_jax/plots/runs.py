@@ -25,7 +25,7 @@ class NoRunsError(FileNotFoundError):
 
 
 @dataclasses.dataclass
-class Run:
+class RunRecord:
   """One run directory's records (``metrics.jsonl``) and evaluation documents."""
   path: str
   row: str  # the row directory, relative to the searched directory
@@ -39,7 +39,7 @@ class Group:
   """The runs of one row (its seeds), drawn as one series."""
   row: str
   label: str
-  runs: list[Run]
+  runs: list[RunRecord]
 
   @property
   def legend(self) -> str:
@@ -107,7 +107,7 @@ def _row_and_seed(root: str, path: str) -> tuple[str, int | None]:
   return "/".join(parts), seed
 
 
-def discover_runs(root: str) -> list[Run]:
+def discover_runs(root: str) -> list[RunRecord]:
   """Every run at any depth under ``root`` (``root`` itself included).
 
   Raises:
@@ -127,17 +127,17 @@ def discover_runs(root: str) -> list[Run]:
     if not records and not docs:
       continue
     row, seed = _row_and_seed(root, d)
-    runs.append(Run(path=d, row=row, seed=seed, records=records, eval_docs=docs))
+    runs.append(RunRecord(path=d, row=row, seed=seed, records=records, eval_docs=docs))
   if not runs:
     raise NoRunsError(f"{root}: no run found (no metrics.jsonl or eval.json at any depth)")
   return runs
 
 
-def group_runs(runs: list[Run], labels: dict[str, str] | None = None) -> list[Group]:
+def group_runs(runs: list[RunRecord], labels: dict[str, str] | None = None) -> list[Group]:
   """Runs grouped by row; ``labels`` maps a row (or its last directory name)
   to a display label and orders the rows it names first, in its order."""
   labels = labels or {}
-  rows: dict[str, list[Run]] = {}
+  rows: dict[str, list[RunRecord]] = {}
   for r in runs:
     rows.setdefault(r.row, []).append(r)
   order = {}
@@ -171,7 +171,7 @@ def has_key(groups: list[Group], key: str) -> bool:
   return any(key in rec for g in groups for r in g.runs for rec in r.records)
 
 
-def run_series(run: Run, key: str, index: int | None = None) -> dict[int, float]:
+def run_series(run: RunRecord, key: str, index: int | None = None) -> dict[int, float]:
   """step -> value (entry ``index`` of a list) for one run; None becomes NaN."""
   return {int(rec["step"]): _entry(rec[key], index) for rec in run.records if key in rec}
 

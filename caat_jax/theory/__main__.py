@@ -130,7 +130,7 @@ def main(argv=None) -> int:
           f"{n}: {v:.6f}" for n, v in zip(names, cf["natural_error"])) +
             f"  threshold {cf['threshold']:.6f}")
   if a.figures:
-    from caat_jax.theory import figures  # matplotlib only when asked for
+    from caat_jax.theory import gaussian_figures as figures  # matplotlib only when asked for
     print(f"figure: {figures.draw(model, a.eps, a.rho, a.figures)}", file=sys.stderr)
   return 0
 

@@ -9,7 +9,8 @@ the clean probability margin: start -0.550 / -0.663 (-0.580 / -0.685); clean
 import importlib.util, sys
 import jax, jax.numpy as jnp, numpy as np
 from scipy import stats
-from caat_jax import bounds, characteristics, train
+from caat_jax import train
+from caat_jax.caat import bounds, features
 from caat_jax.data import augment as augment_lib
 from caat_jax.methods import base, meta_caat
 from tests.helpers import ROOT, restore_final_state
@@ -33,7 +34,7 @@ key = jax.random.PRNGKey(int(sys.argv[2]) if len(sys.argv) > 2 else 123)
 @jax.jit
 def batch_bounds(x, y, k):
   clean = f(x)
-  z, _ = characteristics.strategy_inputs(clean, y, run.ctx.class_counts, state.extra["stats"], config.caat, None, False)
+  z, _ = features.strategy_inputs(clean, y, run.ctx.class_counts, state.extra["stats"], config.caat, None, False)
   w = wnet.apply({"params": state.extra["wnet"]}, z)
   k_adv, k_at = jax.random.split(k)
   ka, kt = base.sample_keys(k_adv, x.shape[0], None), base.sample_keys(k_at, x.shape[0], None)

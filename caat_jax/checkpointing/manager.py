@@ -43,12 +43,12 @@ from etils.epath import Path as _epath
 from jax.experimental import multihost_utils
 
 # The error types live in their own module (with the messages and the orbax
-# noise filters); callers keep using them as ``checkpoint.X``.
-from caat_jax.checkpoint_errors import (  # pylint: disable=unused-import
+# noise filters); the package re-exports them.
+from caat_jax.checkpointing.errors import (  # pylint: disable=unused-import
     EXIT_INTERRUPTED, EXIT_PREEMPTED, CheckpointError, CheckpointSaveError,
     IncompatibleConfigError, Preempted)
-from caat_jax import checkpoint_errors as errors
-from caat_jax.preemption import PreemptionWatcher  # pylint: disable=unused-import
+from caat_jax.checkpointing import errors
+from caat_jax.checkpointing.preemption import PreemptionWatcher  # pylint: disable=unused-import
 
 PyTree = Any
 

@@ -8,10 +8,10 @@ result documents and tables. The command line, which restores a run from its
 checkpoint, lives above the trainer in ``caat_jax.evaluate``.
 """
 
-from caat_jax.evaluation.attacks import (AA_FAMILY, AUTOATTACK, AUTOATTACK_RAND, check_names,
+from caat_jax.evaluators.named_attacks import (AA_FAMILY, AUTOATTACK, AUTOATTACK_RAND, check_names,
                                         check_num_classes, eval_fn, pgd_steps, valid_names)
-from caat_jax.evaluation.evaluator import Evaluator
-from caat_jax.evaluation.report import (format_per_class, format_table, per_class_error,
+from caat_jax.evaluators.evaluator import Evaluator
+from caat_jax.evaluators.per_class import (format_per_class, format_table, per_class_error,
                                         report, write_json)
 
 __all__ = ["AA_FAMILY", "AUTOATTACK", "AUTOATTACK_RAND", "Evaluator", "check_names",

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from caat_jax.checks import check, choice
+
 MODES = ("reweight", "remargin", "reweight_remargin", "baseline_reweight")
 MARGIN_MODES = ("remargin", "reweight_remargin")  # modes with class-wise bounds
 
@@ -114,3 +116,39 @@ def factors_fn(mode: str | None):
   if mode == "baseline_reweight":
     return _baseline_factors
   return _ones_factors
+
+
+def validate_fairness(config) -> None:
+  """The ``fairness`` block (SPEC 7)."""
+  f = config.fairness
+  choice("fairness.mode", f.mode, MODES)
+  check("fairness.attack_steps", f.attack_steps >= 1, f.attack_steps, ">= 1")
+  check("fairness.step_size", f.step_size > 0, f.step_size, "> 0")
+  check("fairness.halve_every", f.halve_every >= 1, f.halve_every, ">= 1")
+  check("fairness.lim", f.lim > 0, f.lim, "> 0")
+
+
+# The epoch hook (methods wrap these two in ``base.EpochHook``).
+
+def epoch_validation(config, always: bool = False):
+  """PGD-``fairness.attack_steps`` (CE, uniform start, eps ``attack.eps``, step
+  ``fairness.step_size``) on the validation set, when fairness is on (or
+  ``always``, for FRL itself)."""
+  f = config.fairness
+  if not (f.enabled or always):
+    return None
+  return f"pgd{f.attack_steps}", float(config.attack.eps), float(f.step_size)
+
+
+def epoch_update(config, extra: dict, errors: dict, epoch: int) -> tuple[dict, dict]:
+  """FRL's Lagrangian step from per-class validation errors (fractions)."""
+  f = config.fairness
+  nat, rob = errors["natural"], errors["robust"]
+  new = update(extra["fair"], nat, rob - nat, epoch=epoch, r1=f.r1, r2=f.r2,
+                        tau1=f.tau1, tau2=f.tau2, lim=f.lim, halve_every=f.halve_every)
+  if f.mode == "baseline_reweight":
+    new["baseline_w"] = baseline_reweight(rob, f.baseline_factor)
+  record = {f"fair/{k}": np.round(v, 6).tolist() for k, v in new.items()}
+  record.update({"fair/val_natural_err": np.round(nat, 6).tolist(),
+                 "fair/val_boundary_err": np.round(rob - nat, 6).tolist()})
+  return dict(extra, fair=new), record

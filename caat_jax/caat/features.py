@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from caat_jax import losses
+from caat_jax.checks import check
 
 NUM_FEATURES = 6
 FEATURE_NAMES = ("loss", "margin", "onehot_distance", "entropy", "class_proportion",
@@ -125,3 +126,12 @@ def strategy_inputs(clean_logits: jax.Array, labels: jax.Array, class_counts, st
   z, stats = standardise(stats, zeta, caat_cfg.feature_momentum, axis_name)
   stats = add_class_loss(stats, zeta[:, 0], labels, len(class_counts), axis_name)
   return z * jnp.asarray(caat_cfg.feature_mask, jnp.float32), stats
+
+
+def validate_features(config) -> None:
+  """The ``caat.feature_*`` keys the strategy nets' inputs use (SPEC 3)."""
+  c = config.caat
+  check("caat.feature_mask",
+        len(c.feature_mask) == 6 and all(v in (0, 1) for v in c.feature_mask),
+        c.feature_mask, "six 0/1 entries")
+  check("caat.feature_momentum", 0 <= c.feature_momentum < 1, c.feature_momentum, "in [0, 1)")

@@ -90,7 +90,7 @@ def check_num_classes(names: Sequence[str], num_classes: int) -> list[str]:
   wanted = tuple(a for n in names if n in AA_FAMILY for a in ensemble_attacks(n))
   if not wanted:
     return []
-  return attacks.checks.check_num_classes(num_classes, wanted)
+  return attacks.sanity.check_num_classes(num_classes, wanted)
 
 
 def aa_keys(index) -> jax.Array:

@@ -18,11 +18,11 @@ import numpy as np
 from absl import logging
 
 from caat_jax import pipeline
-from caat_jax.attacks import checks, compact, verify
+from caat_jax.attacks import compact, sanity, verify
 from caat_jax.data.augment import to_float01
-from caat_jax.evaluation import attacks as eval_attacks
-from caat_jax.evaluation import ensemble
-from caat_jax.evaluation import report as report_lib
+from caat_jax.evaluators import named_attacks
+from caat_jax.evaluators import ensemble
+from caat_jax.evaluators import per_class
 from caat_jax.parallel import REPLICATED, SHARDED, Parallel
 
 
@@ -48,7 +48,7 @@ class Evaluator:
     key = (tuple(attack_names), float(eps), float(step_size),
            None if aa_options is None else repr(sorted(aa_options.items())))
     if key not in self._steps:
-      fn = functools.partial(eval_attacks.eval_fn, model=self.model, attack_names=key[0],
+      fn = functools.partial(named_attacks.eval_fn, model=self.model, attack_names=key[0],
                              eps=key[1], step_size=key[2], unroll=self.unroll,
                              aa_options=aa_options)
       self._steps[key] = self.parallel.wrap(fn, (REPLICATED, SHARDED), SHARDED)
@@ -69,9 +69,9 @@ class Evaluator:
     ``warnings`` (attack -> list of strings).
     """
     names = tuple(attack_names)
-    eval_attacks.check_names(names, "attacks")
-    aa_names = [a for a in names if a in eval_attacks.AA_FAMILY]
-    pgd_names = tuple(a for a in names if a not in eval_attacks.AA_FAMILY)
+    named_attacks.check_names(names, "attacks")
+    aa_names = [a for a in names if a in named_attacks.AA_FAMILY]
+    pgd_names = tuple(a for a in names if a not in named_attacks.AA_FAMILY)
     n = pipeline.num_eval_points(split, num_examples)
     labels = np.asarray(split.labels[:n]).astype(np.int32)
     info = {"verification": {}, "stages": {}, "stats": {}, "warnings": {}}
@@ -79,10 +79,10 @@ class Evaluator:
     if aa_names:  # the reference's checks first: an attack that cannot run refuses here
       x = np.asarray(to_float01(jax.numpy.asarray(split.images[:n])))
       wanted = tuple(dict.fromkeys(
-          a for name in aa_names for a in eval_attacks.ensemble_attacks(name)))
+          a for name in aa_names for a in named_attacks.ensemble_attacks(name)))
       common, randomised = ensemble.preflight(
           self.parallel, self.model, variables, x, labels, wanted, aa_options,
-          randomised_check=any(a != eval_attacks.AUTOATTACK_RAND for a in aa_names))
+          randomised_check=any(a != named_attacks.AUTOATTACK_RAND for a in aa_names))
 
     out, partials = self._batches(variables, split, pgd_names, eps, step_size, batch_size,
                                   num_examples, progress)
@@ -91,14 +91,14 @@ class Evaluator:
       info["warnings"][name] = verify.problems(info["verification"][name], eps)
 
     natural_acc = float(np.mean(out["natural"])) if n else 0.0
-    keys = np.asarray(eval_attacks.aa_keys(np.arange(n)))
+    keys = np.asarray(named_attacks.aa_keys(np.arange(n)))
     for name in aa_names:
-      options = eval_attacks.ensemble_options(name, aa_options)
+      options = named_attacks.ensemble_options(name, aa_options)
       x_adv, robust, stages, stats = compact.autoattack_compact(
           ensemble.make_runner(self.parallel, self.model, variables, options, self._runners),
           x, labels, eps=eps, keys=keys, clean_correct=out["natural"],
           num_classes=self._num_classes(variables, x[:1]),
-          attacks=eval_attacks.ensemble_attacks(name), options=options,
+          attacks=named_attacks.ensemble_attacks(name), options=options,
           batch_size=self._bucket(batch_size),
           min_size=max(ensemble.MIN_BUCKET, self.parallel.num_devices),
           multiple=self.parallel.num_devices,
@@ -107,17 +107,17 @@ class Evaluator:
           self.parallel, self.model, variables, x, labels, x_adv, robust, eps=eps,
           batch_size=batch_size, cache=self._verifiers)
       out[name] = checked
-      if len(eval_attacks.ensemble_attacks(name)) > 1:  # autoattack, autoattack-rand
+      if len(named_attacks.ensemble_attacks(name)) > 1:  # autoattack, autoattack-rand
         out.update({f"{name}/{k}": v for k, v in stages.items() if k != "clean"})
       info["verification"][name] = summary
       info["stages"][name], info["stats"][name] = stages, stats
       found = list(common) + verify.problems(summary, eps)
-      if name != eval_attacks.AUTOATTACK_RAND:
+      if name != named_attacks.AUTOATTACK_RAND:
         found = randomised + found
       # The same model on the same points, called again after the attacks:
       # a lower clean accuracy means it is not one fixed function.
-      found += checks.check_clean_accuracy(natural_acc, float(np.mean(clean)) if n else 0.0)
-      if name == eval_attacks.AUTOATTACK:
+      found += sanity.check_clean_accuracy(natural_acc, float(np.mean(clean)) if n else 0.0)
+      if name == named_attacks.AUTOATTACK:
         found += ensemble.stage_warnings(stages)
       info["warnings"][name] = found
     for name, found in info["warnings"].items():
@@ -150,7 +150,7 @@ class Evaluator:
       batch = dict(batch, valid=pipeline.host_slice({"v": valid})["v"])
       out = self.parallel.gather(step(variables, self.parallel.shard(batch)))
       for name in pgd_names:
-        prefix = f"{eval_attacks.VERIFY_PREFIX}{name}/"
+        prefix = f"{named_attacks.VERIFY_PREFIX}{name}/"
         partials[name].append({f: out.pop(prefix + f) for f in verify.FIELDS})
       for k, v in out.items():
         results.setdefault(k, []).append(np.asarray(v)[valid])
@@ -171,7 +171,7 @@ class Evaluator:
     """``{'natural': [C], 'robust': [C]}`` error fractions under ``attack``."""
     out = self.outcomes(variables, split, (attack,), eps=eps, step_size=step_size,
                         batch_size=batch_size)
-    err = lambda k: report_lib.per_class_error(out[k], out["label"], num_classes) / 100.0
+    err = lambda k: per_class.per_class_error(out[k], out["label"], num_classes) / 100.0
     return {"natural": err("natural"), "robust": err(attack)}
 
   def evaluate(self, variables, split, attack_names: Sequence[str], num_classes: int, *,
@@ -186,7 +186,7 @@ class Evaluator:
                          aa_options=aa_options)
     docs = []
     for a in attack_names:
-      d = report_lib.report(out, num_classes, attack=a, eps=eps, **dict(labels or {}))
+      d = per_class.report(out, num_classes, attack=a, eps=eps, **dict(labels or {}))
       d["verification"] = info["verification"][a]
       d["warnings"] = info["warnings"][a]
       # attacks and re-classification ran the model with this compute dtype,

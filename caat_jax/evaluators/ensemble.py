@@ -23,7 +23,7 @@ import numpy as np
 
 from caat_jax import losses, pipeline
 from caat_jax.attacks import autoattack as aa_lib
-from caat_jax.attacks import checks, compact, verify
+from caat_jax.attacks import compact, sanity, verify
 from caat_jax.parallel import REPLICATED, SHARDED, Parallel
 
 MIN_BUCKET = 8  # smallest bucket (before rounding up to the device count)
@@ -106,7 +106,7 @@ def preflight(parallel: Parallel, model, variables, x, labels, names: Sequence[s
               options: Mapping | None = None, randomised_check: bool = True
               ) -> tuple[list[str], list[str]]:
   """The reference's checks before an evaluation on the first points, on one
-  device: (common, randomised). ``common`` (``attacks.checks.preflight``):
+  device: (common, randomised). ``common`` (``attacks.sanity.preflight``):
   probabilities instead of logits, zero input gradients, too few classes
   (raises ValueError for an attack that cannot run). ``randomised``: the
   randomised-model check, which the version 'standard' runs and 'rand' does
@@ -116,10 +116,10 @@ def preflight(parallel: Parallel, model, variables, x, labels, names: Sequence[s
   logits_fn = lambda z: apply(host_vars, z)
   n = min(len(labels), PREFLIGHT_POINTS)
   x, labels = jnp.asarray(x[:n]), jnp.asarray(labels[:n])
-  common = checks.preflight(logits_fn, x, labels, names, options=options, randomised_ok=True)
-  return common, (checks.check_randomized(logits_fn, x, labels) if randomised_check else [])
+  common = sanity.preflight(logits_fn, x, labels, names, options=options, randomised_ok=True)
+  return common, (sanity.check_randomized(logits_fn, x, labels) if randomised_check else [])
 
 
 def stage_warnings(stages: Mapping[str, np.ndarray]) -> list[str]:
   """Square more successful than the gradient attacks (``check_square_sr``)."""
-  return checks.check_square_sr({k: float(np.mean(v)) for k, v in stages.items()})
+  return sanity.check_square_sr({k: float(np.mean(v)) for k, v in stages.items()})
