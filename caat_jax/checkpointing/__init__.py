@@ -2,6 +2,12 @@
 
 * ``manager``: ``Checkpointer`` (save, restore, resume with config checks),
   ``load_variables`` (a run's parameters for evaluation or a hot start);
+* ``config_compat``: whether a stored config fits the current one
+  (``config_differences``, ``SAFE_TO_CHANGE``, ``ADDED_KEYS``);
+* ``restoring``, ``save_failure``: the parts of ``Checkpointer.restore`` and
+  of its handling of a failed save (one-line error, temporary directory);
+* ``orbax_internals``: the one function that uses orbax's private
+  attributes, checking each one exists;
 * ``errors``: the error types, exit codes and messages, and the filters that
   keep orbax's own logging of an error we handle off the user's screen;
 * ``preemption``: ``PreemptionWatcher`` (SIGTERM / SIGINT and JAX's
@@ -9,6 +15,12 @@
 * ``workdir``: one run per directory (a lock file naming its holder).
 """
 
+from caat_jax.checkpointing.config_compat import (
+    ADDED_KEYS,
+    SAFE_TO_CHANGE,
+    config_as_json,
+    config_differences,
+)
 from caat_jax.checkpointing.errors import (
     EXIT_INTERRUPTED,
     EXIT_PREEMPTED,
@@ -18,12 +30,8 @@ from caat_jax.checkpointing.errors import (
     Preempted,
 )
 from caat_jax.checkpointing.manager import (
-    ADDED_KEYS,
-    SAFE_TO_CHANGE,
     Checkpointer,
     checkpoint_dir,
-    config_as_json,
-    config_differences,
     load_variables,
     resolve_directory,
 )

@@ -1,6 +1,6 @@
 """What can go wrong with checkpoints, said in one line each.
 
-The exception types of ``caat_jax.checkpoint`` (re-exported there), the exit
+The exception types of ``caat_jax.checkpointing`` (re-exported there), the exit
 statuses that go with stopping early, and the two pieces of orbax noise that
 would otherwise bury those one-line messages under tracebacks:
 

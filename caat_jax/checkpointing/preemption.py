@@ -1,6 +1,6 @@
 """Stopping at a step boundary when asked to: preemption notices and Ctrl-C.
 
-Kept apart from ``checkpoint`` (which re-exports ``PreemptionWatcher``) so
+Kept apart from ``manager`` (the package re-exports ``PreemptionWatcher``) so
 each file stays readable; it needs nothing from it.
 """
 
@@ -29,7 +29,7 @@ class PreemptionWatcher:
   """
 
   def __init__(self, checkpointer: Any):
-    """``checkpointer``: a ``checkpoint.Checkpointer`` or an orbax CheckpointManager."""
+    """``checkpointer``: a ``checkpointing.Checkpointer`` or an orbax CheckpointManager."""
     if hasattr(checkpointer, "check_for_errors") and hasattr(checkpointer, "manager"):
       self._checkpointer, self._manager = checkpointer, checkpointer.manager
     else:

@@ -1,0 +1,43 @@
+"""After a checkpoint save fails: its one-line error, and no half-written directory.
+
+orbax writes step S to "S.orbax-checkpoint-tmp..." and renames it when
+complete; a failed save leaves that temporary directory behind. It is
+removed here (older checkpoints are never touched), and the error names the
+step, the path, the free space and the checkpoints that are kept.
+"""
+
+import os
+import shutil
+
+import jax
+import orbax.checkpoint as ocp
+
+from caat_jax.checkpointing import errors, orbax_internals
+from caat_jax.checkpointing.errors import CheckpointSaveError
+
+
+def remove_tmp(manager: ocp.CheckpointManager, directory: str, step: int | None) -> None:
+  """Removes the temporary directory of a failed save of ``step``.
+
+  Writes of that save may still be in flight (the first failure ends orbax's
+  wait), and would recreate files in it, so they are waited for first
+  (``orbax_internals.wait_for_abandoned_writes``).
+  """
+  orbax_internals.wait_for_abandoned_writes(manager)
+  if jax.process_index() == 0 and step is not None and os.path.isdir(directory):
+    for name in os.listdir(directory):
+      if name.startswith(f"{step}.orbax-checkpoint-tmp"):
+        shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+
+
+def save_error(directory: str, step: int | None, err: BaseException) -> CheckpointSaveError:
+  """The one-line error for a failed save of ``step`` into ``directory``."""
+  kept = sorted(int(n) for n in os.listdir(directory)
+                if n.isdigit() and n != str(step)) if os.path.isdir(directory) else []
+  space = errors.disk_space(directory)
+  where = f"step {step}" if step is not None else "a checkpoint"
+  return CheckpointSaveError(
+      f"saving {where} to {directory} failed ({errors.one_line(err)}; "
+      f"{space or 'free space unknown'}). The previous checkpoints "
+      f"{'(steps ' + str(kept) + ') ' if kept else ''}are kept: free some space "
+      "and run the same command again to resume.")
