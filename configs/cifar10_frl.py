@@ -12,7 +12,9 @@ constant over 40 epochs), TRADES beta 1.5, r1 0.05 halved every 40 epochs,
 multipliers updated before every epoch on the 300-per-class validation set.
 """
 
-from configs import cifar10
+from caat_jax import config_files
+
+cifar10 = config_files.sibling(__file__, "cifar10")
 
 
 def get_config(arg: str = "reweight_remargin"):

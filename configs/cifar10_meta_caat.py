@@ -1,4 +1,4 @@
-"""Meta-CAAT on CIFAR-10, PreAct-ResNet-18 (paper settings, SPEC 5).
+"""Meta-CAAT on CIFAR-10, PreAct-ResNet-18 (paper settings, docs/method.md §5).
 
   python -m caat_jax.main --config=configs/cifar10_meta_caat.py --workdir=runs/cifar10_meta_caat
   python -m caat_jax.main --config=configs/cifar10_meta_caat.py:grad ...      # Eq. 26 bound
@@ -14,20 +14,18 @@ iteration with a meta batch as large as the batch; the official code used
 meta.interval=50 (set it for a ~4x cheaper run). Hardware: one GPU, hours.
 """
 
-from configs import cifar10, meta_caat_variants
+from caat_jax import config_files
+
+cifar10 = config_files.sibling(__file__, "cifar10")
+meta_caat_variants = config_files.sibling(__file__, "meta_caat_variants")
 
 
 def get_config(arg: str = ""):
   c = cifar10.get_config()
   c.method = "meta_caat"
-  c.caat.lam = 1.0
-  c.caat.tau = 1.0
-  c.meta.variant = "jvp"
-  c.meta.objective = "robust"
-  c.meta.lookahead = "sgd"
-  c.meta.interval = 1
+  # default.py's: lam = tau = 1, the jvp meta-gradient of the robust meta
+  # objective through an SGD look-ahead, Adam 1e-3, a meta step every step.
   c.meta.batch_size = 128
-  c.meta.learning_rate = 1e-3
   if arg == "grad":
     c.caat.bound = "grad"
   elif arg == "remargin":

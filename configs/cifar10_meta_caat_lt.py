@@ -8,7 +8,9 @@ fairness constraints on, as the paper does for imbalance; the balanced meta
 set is held out before subsampling.
 """
 
-from configs import cifar10_meta_caat
+from caat_jax import config_files
+
+cifar10_meta_caat = config_files.sibling(__file__, "cifar10_meta_caat")
 
 
 def get_config(arg: str = "100"):

@@ -12,7 +12,9 @@ gradient bound (Eq. 26) is the paper's choice for noise. metrics.jsonl logs
 the adversary ratio and bound split by clean / corrupted samples.
 """
 
-from configs import cifar10_meta_caat
+from caat_jax import config_files
+
+cifar10_meta_caat = config_files.sibling(__file__, "cifar10_meta_caat")
 
 
 def get_config(arg: str = "uniform:0.4"):

@@ -8,7 +8,9 @@ one of the strategy net's features; train/adv_ratio_per_class and
 train/eps_per_class show what it does with head and tail classes.
 """
 
-from configs import cifar10_reinforce_caat
+from caat_jax import config_files
+
+cifar10_reinforce_caat = config_files.sibling(__file__, "cifar10_reinforce_caat")
 
 
 def get_config(arg: str = "100"):

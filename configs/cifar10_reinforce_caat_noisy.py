@@ -12,7 +12,9 @@ metrics.jsonl logs the adversary ratio and mean bound split by clean (entry
 train/eps_clean_noisy (the paper's Fig. 13).
 """
 
-from configs import cifar10_reinforce_caat
+from caat_jax import config_files
+
+cifar10_reinforce_caat = config_files.sibling(__file__, "cifar10_reinforce_caat")
 
 
 def get_config(arg: str = "uniform:0.4"):

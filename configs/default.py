@@ -31,7 +31,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Table 5 "20% pair-flip" runs used)
   c.data.noise_type = "none"
   c.data.noise_rate = 0.0  # fraction of training labels corrupted
-  # Oracle (issue 17): drop the training examples whose label the noise
+  # Oracle (from the study of why Meta-CAAT loses to TRADES under label
+  # noise): drop the training examples whose label the noise
   # changed (the rest keep their true labels): an upper bound for any
   # reweighting of the noisy set. Needs noise_rate > 0 and a noise_type.
   c.data.drop_corrupted = False
@@ -53,7 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.optimizer.decay_factor = 0.1
   c.optimizer.warmup_epochs = 0
 
-  # Training-time attack (SPEC section 2).
+  # Training-time attack (docs/method.md §2).
   c.attack = ml_collections.ConfigDict()
   c.attack.eps = 8 / 255  # L-inf bound in pixel units
   c.attack.step_size = 2 / 255
@@ -63,7 +64,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Threat model of the TRAINING attacks (every method's, Meta-CAAT's meta
   # batch and the grad bound's start points included; evaluation, and FRL's
   # validation attack, stay in pixel space with eval.eps):
-  #   pixel: eps, steps and the [0, 1] clip in pixel units (SPEC 1).
+  #   pixel: eps, steps and the [0, 1] clip in pixel units (docs/method.md §1).
   #   normalized: the official code's bound: it attacks (x - mean) / std, so
   #     channel c gets the bound eps * std_c, the step step_size * std_c and
   #     the start noise 0.001 std_c N (about 2/255 for eps = 8/255 on
@@ -78,7 +79,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.trades = ml_collections.ConfigDict()
   c.trades.beta = 6.0  # CE + beta * KL; the paper's 1/lambda (also FRL's beta)
 
-  # CAAT (SPEC sections 3-5): per-sample adversaries and anti-adversaries.
+  # CAAT (docs/method.md §3-5): per-sample adversaries and anti-adversaries.
   c.caat = ml_collections.ConfigDict()
   c.caat.lam = 1.0  # weight of KL(f(x) || f(x_adv)); paper {2/3, 1, 1.5, 6}
   c.caat.tau = 1.0  # weighting-net softmax temperature (0.001 kills meta-grads)
@@ -110,7 +111,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.caat.feature_mask = (1, 1, 1, 1, 1, 1)  # zero a feature out (Fig. 15)
   c.caat.feature_momentum = 0.99  # running standardisation of the features
 
-  # Meta-CAAT's meta step (SPEC 5).
+  # Meta-CAAT's meta step (docs/method.md §5).
   c.meta = ml_collections.ConfigDict()
   c.meta.variant = "jvp"  # nested_grad | jvp | first_order | k_step
   c.meta.k = 1  # k_step: look-ahead steps
@@ -124,7 +125,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.meta.batch_size = 64  # meta batch, from the clean meta set
   c.meta.learning_rate = 1e-3  # Adam on the weighting net
 
-  # FRL fairness constraints (SPEC 7); method frl, or meta_caat with enabled.
+  # FRL fairness constraints (docs/method.md §7); method frl, or meta_caat with enabled.
   c.fairness = ml_collections.ConfigDict()
   c.fairness.enabled = False  # Meta-CAAT: apply FRL class weights / margins
   c.fairness.mode = "reweight_remargin"  # reweight | remargin | reweight_remargin | baseline_reweight
@@ -138,7 +139,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.fairness.step_size = 2 / 255
   c.fairness.baseline_factor = 2.0  # Baseline ReWeight: worst class weight
 
-  # Reinforce-CAAT (SPEC 6): a strategy net trained by REINFORCE samples each
+  # Reinforce-CAAT (docs/method.md §6): a strategy net trained by REINFORCE samples each
   # example's direction and bound. Features use the caat.feature_* keys.
   c.reinforce = ml_collections.ConfigDict()
   c.reinforce.lam = 0.005  # KL weight in Eq. 31; paper: 0.005 CIFAR-10, 0.1 SVHN
@@ -161,7 +162,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.reinforce.baseline_momentum = 0.9  # ema baseline: running-mean momentum
   c.reinforce.entropy_bonus = 0.0  # weight of the policy-entropy bonus (paper: 0)
 
-  # Evaluation (SPEC section 9).
+  # Evaluation (docs/method.md §9).
   c.eval = ml_collections.ConfigDict()
   c.eval.attacks = ("pgd20",)  # any of pgd<k>, e.g. pgd10, pgd20, pgd100
   c.eval.eps = c.attack.get_ref("eps") * 1  # follows attack.eps (one way)

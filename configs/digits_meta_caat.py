@@ -19,7 +19,10 @@ ablations of ``configs/meta_caat_variants.py`` run here in minutes:
 ``:features=110111`` (Fig. 15).
 """
 
-from configs import digits, meta_caat_variants
+from caat_jax import config_files
+
+digits = config_files.sibling(__file__, "digits")
+meta_caat_variants = config_files.sibling(__file__, "meta_caat_variants")
 
 
 def get_config(arg: str = ""):
@@ -27,9 +30,7 @@ def get_config(arg: str = ""):
   c.suite = ()
   c.method = "meta_caat"
   c.caat.lam = 1.0
-  c.meta.variant = "jvp"
   c.meta.batch_size = 64
-  c.data.meta_per_class = 10
   c.caat.bound = "fixed"  # configs/digits.py's main job uses grad; here ':grad' asks for it
   if arg in ("grad", "noisy"):
     c.caat.bound = "grad"

@@ -23,7 +23,9 @@ samples, entry 1 corrupted ones) and train/eps_direction_clean_noisy in
 metrics.jsonl; docs/results/plot_reinforce_noisy.py draws them.
 """
 
-from configs import digits
+from caat_jax import config_files
+
+digits = config_files.sibling(__file__, "digits")
 
 
 def get_config(arg: str = ""):

@@ -5,25 +5,18 @@
 
 SVHN adversarial training needs a smaller learning rate (0.01) than CIFAR-10
 to avoid diverging early; no flip augmentation (digits are not symmetric).
+Otherwise as configs/cifar10.py (model, attack, meta set, evaluation).
 """
 
-from configs import default
+from caat_jax import config_files
+
+cifar10 = config_files.sibling(__file__, "cifar10")
 
 
 def get_config():
-  c = default.get_config()
-  c.method = "pgd_at"
-  c.model = "preact_resnet18"
+  c = cifar10.get_config()
   c.data.name = "svhn"
-  c.data.meta_per_class = 300
   c.num_epochs = 50
-  c.batch_size = 128
   c.optimizer.learning_rate = 0.01
-  c.optimizer.schedule = "piecewise"
   c.optimizer.decay_epochs = (25, 40)
-  c.attack.eps = 8 / 255
-  c.attack.step_size = 2 / 255
-  c.eval.attacks = ("pgd20",)
-  c.eval_every = 10
-  c.log_every_steps = 100
   return c

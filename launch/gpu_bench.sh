@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's accelerator figures in one command: the train-step benchmark
+# The accelerator figures of docs/benchmarks.md in one command: the train-step benchmark
 # of PreAct-ResNet-18 (CIFAR-10 shapes), the attacks' worst case on it on
 # both paths (compacted and fixed batches), and, given a trained digits
 # PGD-AT workdir, the attacks on that model on both paths and both packings.

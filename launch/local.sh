@@ -6,8 +6,9 @@
 #
 #   launch/local.sh configs/cifar10.py runs/cifar10 [--config.key=value ...]
 #
-# Restrict the GPUs with CUDA_VISIBLE_DEVICES=0,1 as usual. Run from the
-# repository root (config files import configs/default.py).
+# Restrict the GPUs with CUDA_VISIBLE_DEVICES=0,1 as usual. The script
+# changes into the repository root, so a relative CONFIG or WORKDIR is taken
+# from there.
 set -euo pipefail
 
 if [ $# -lt 2 ]; then
