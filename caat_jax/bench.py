@@ -7,7 +7,7 @@ the configured dataset's shape, and reports:
 * compile time (lower + compile of the wrapped step),
 * median steady-state step time over ``bench.num_steps`` steps (each step
   waited for with ``block_until_ready``), images per second,
-* the step time as a ratio to PGD-AT's, beside the ratio SPEC section 11's
+* the step time as a ratio to PGD-AT's, beside the ratio docs/method.md §11's
   forward-pass accounting allows (``bound``), and measured / bound,
 * peak device memory where the backend reports it.
 
@@ -65,7 +65,7 @@ flags.mark_flags_as_required(["config"])
 
 def forward_units(config) -> float:
   """Forward-pass units F per training example of one step of
-  ``config.method`` (SPEC 11), as the method itself accounts for it."""
+  ``config.method`` (docs/method.md §11), as the method itself accounts for it."""
   return methods.get(config.method).cost(config)
 
 

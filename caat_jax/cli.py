@@ -40,16 +40,16 @@ def _flatten(tree, prefix=""):
 def load_config(arg: str, root: str | None = None):
   """(config, None) from ``path[:variant]``, or (None, message).
 
-  ``path`` is relative to ``root`` (default the working directory), which is
-  also where the config's own imports (``from configs import default``) are
-  found.
+  ``path`` is relative to ``root`` (default the working directory). The
+  configs under ``configs/`` load the files they build on from their own
+  directory (``caat_jax.config_files.sibling``), so they need no particular
+  root and nothing on ``sys.path``.
   """
   root = root or os.getcwd()
   given, _, variant = arg.partition(":")
   path = os.path.join(root, given)
   if not os.path.isfile(path):
     return None, f"--config={arg}: no such file {given!r} (relative to {root})"
-  sys.path.insert(0, root)
   try:
     spec = importlib.util.spec_from_file_location("_caat_config_check", path)
     module = importlib.util.module_from_spec(spec)
@@ -58,8 +58,6 @@ def load_config(arg: str, root: str | None = None):
     return None, f"--config={arg}: syntax error in {given}, line {e.lineno}: {e.msg}"
   except Exception as e:  # pylint: disable=broad-except
     return None, f"--config={arg}: loading {given} failed: {type(e).__name__}: {e}"
-  finally:
-    sys.path.remove(root)
   get_config = getattr(module, "get_config", None)
   if get_config is None:
     return None, f"--config={arg}: {given} defines no get_config()"

@@ -169,7 +169,7 @@ def evaluate_checkpoint(workdir: str, attacks_to_run: Sequence[str], *,
     aa_options: AutoAttack hyper-parameter overrides (tests only).
     sanity: also run the eps sweep (see ``eps_sweep_check``).
   Returns:
-    (documents, sanity): one SPEC-9 document per attack (``eval_<attack>.json``,
+    (documents, sanity): one docs/method.md §9 document per attack (``eval_<attack>.json``,
     with ``verification`` and ``warnings``) and the sanity-check results
     (``eval_sanity.json``).
   """

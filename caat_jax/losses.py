@@ -1,5 +1,6 @@
 """Per-example losses. Every function returns one value per example, shape [B];
-reduce at the call site (DESIGN convention 6)."""
+reduce at the call site, so each method can weight its samples first
+(CAAT's per-sample weights, FRL's class factors)."""
 
 import jax
 import jax.numpy as jnp

@@ -1,9 +1,9 @@
 """The trainer: ``Run`` wires a config into data, model, method step and
 evaluator (the composition root); ``train_and_evaluate`` is the loop.
 
-The trainer never knows which method runs (DESIGN: data flows one way): the
-method's factory builds the step, its epoch hook asks for validation errors
-and gets them as data.
+The trainer never knows which method runs (data flows one way: a method never
+calls back into the trainer): the method's factory builds the step, its epoch
+hook asks for validation errors and gets them as data.
 """
 
 import contextlib
@@ -87,7 +87,7 @@ class Run:
     return state
 
   def evaluate(self, rstate, split=None, progress=False) -> list[dict]:
-    """Per-class documents (SPEC 9), one per ``config.eval.attacks`` entry."""
+    """Per-class documents (docs/method.md §9), one per ``config.eval.attacks`` entry."""
     c = self.config
     return self.evaluator.documents(
         rstate.variables, split if split is not None else self.dataset.test, c.eval,
@@ -127,7 +127,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """Trains ``config.method``, resuming from ``workdir`` if it holds checkpoints.
 
   Writes ``metrics.jsonl``, TensorBoard events, ``checkpoints/`` and, at the
-  end, ``eval.json`` (a list of SPEC-9 documents, one per attack).
+  end, ``eval.json`` (a list of docs/method.md §9 documents, one per attack).
   Returns the final evaluation documents.
 
   Resuming restores the newest readable checkpoint (an unreadable one is

@@ -4,8 +4,9 @@ AutoAttack's pieces live in their modules (``apgd``, ``fab``, ``square``,
 ``autoattack``); the names most callers need are re-exported here.
 """
 
-from caat_jax.attacks import apgd, autoattack, compact, fab, sanity, square, verify
-from caat_jax.attacks.apgd import AttackResult, Randomised, apgd_ce, apgd_run, apgd_targeted
+from caat_jax.attacks import apgd, autoattack, common, compact, fab, sanity, square, verify
+from caat_jax.attacks.apgd import Randomised, apgd_ce, apgd_run, apgd_targeted
+from caat_jax.attacks.common import AttackResult
 from caat_jax.attacks.autoattack import ATTACKS, RAND, STANDARD, run_attack
 from caat_jax.attacks.autoattack import autoattack as run_autoattack
 from caat_jax.attacks.fab import fab_run, fab_targeted, project_linf
@@ -14,7 +15,7 @@ from caat_jax.attacks.square import square as square_attack
 
 __all__ = [
     "LOSS_CE", "LOSS_KL", "pgd", "project", "random_start",
-    "apgd", "autoattack", "checks", "compact", "fab", "square", "verify",
+    "apgd", "autoattack", "common", "compact", "fab", "sanity", "square", "verify",
     "AttackResult", "Randomised", "apgd_ce", "apgd_run", "apgd_targeted", "fab_run", "fab_targeted",
     "project_linf", "square_attack", "run_autoattack", "run_attack", "STANDARD", "RAND", "ATTACKS",
 ]

@@ -33,32 +33,11 @@ import jax
 import jax.numpy as jnp
 
 from caat_jax import losses
+from caat_jax.attacks.common import (AttackResult, LogitsFn, bcast, fold, initial, linf_norm,
+                                     repeat)
 
-LogitsFn = Callable[[jax.Array], jax.Array]  # [B, H, W, C] -> [B, num_classes]
 LOSSES = ("ce", "dlr", "dlr_targeted")
 _EOT_TAG = 0xE07  # a randomised model's draws at iteration i use fold_in(key, _EOT_TAG + i)
-
-
-class AttackResult(NamedTuple):
-  """Per-sample outcome of an attack.
-
-  x_adv: [B, H, W, C]; the adversarial example where one was found, else the
-    clean input.
-  robust: bool [B]; attacked (correctly classified to begin with) and not
-    broken.
-  """
-  x_adv: jax.Array
-  robust: jax.Array
-
-
-def bcast(v: jax.Array, x: jax.Array) -> jax.Array:
-  """[B] -> [B, 1, 1, 1] to broadcast a per-sample value against images."""
-  return jnp.reshape(v, v.shape + (1,) * (x.ndim - 1))
-
-
-def linf_norm(d: jax.Array) -> jax.Array:
-  """max_i |d_i| per example; [B, ...] -> [B]."""
-  return jnp.max(jnp.abs(d.reshape(d.shape[0], -1)), axis=-1)
 
 
 def checkpoints(num_iters: int) -> tuple[list[int], list[int]]:
@@ -135,10 +114,10 @@ def _loss_and_grad(logits_fn: LogitsFn, loss: str, eot_iter: int = 1):
       return value, logits, grad
 
     def draw(j, carry):
-      (value, logits), grad = vg(x_adv, labels, targets, _fold(keys, j))
+      (value, logits), grad = vg(x_adv, labels, targets, fold(keys, j))
       return value, logits, carry[2] + grad
 
-    (value, logits), grad = vg(x_adv, labels, targets, _fold(keys, 0))
+    (value, logits), grad = vg(x_adv, labels, targets, fold(keys, 0))
     value, logits, grad = jax.lax.fori_loop(1, eot_iter, draw, (value, logits, grad))
     return value, logits, grad / eot_iter
 
@@ -215,7 +194,7 @@ def _apgd_loop(logits_fn, x, labels, *, eps, keys, loss, targets, num_iters, rho
   targets = labels if targets is None else targets
   e = bcast(eps, x)
   loss_grad = _loss_and_grad(logits_fn, loss, eot_iter)
-  draw_keys = lambda i: _fold(keys, _EOT_TAG + i)  # the model's draws at iteration i
+  draw_keys = lambda i: fold(keys, _EOT_TAG + i)  # the model's draws at iteration i
 
   def project(z):
     return jnp.clip(jnp.clip(z, x - e, x + e), 0.0, 1.0)
@@ -288,58 +267,6 @@ def _apgd_loop(logits_fn, x, labels, *, eps, keys, loss, targets, num_iters, rho
   return (x_adv, hist) if trace else (s, None)
 
 
-def _merge(done: AttackResult, new: AttackResult) -> AttackResult:
-  """Takes ``new``'s example only where ``done`` was robust and ``new`` broke it."""
-  broken = done.robust & ~new.robust
-  return AttackResult(jnp.where(bcast(broken, new.x_adv), new.x_adv, done.x_adv),
-                      done.robust & new.robust)
-
-
-def _initial(logits_fn, x, labels, active):
-  clean_logits = logits_fn(x)
-  robust = losses.correct(clean_logits, labels)
-  if active is not None:
-    robust &= active
-  return clean_logits, AttackResult(x, robust)
-
-
-def run_range(num_runs: int, runs) -> tuple[jax.Array, jax.Array]:
-  """(first, stop) int32 scalars: ``runs`` = (first, stop) clipped to
-  [0, num_runs], or all runs when ``runs`` is None. Traced values are fine,
-  so one compilation serves every range."""
-  if runs is None:
-    return jnp.int32(0), jnp.int32(num_runs)
-  first = jnp.clip(jnp.asarray(runs[0], jnp.int32), 0, num_runs)
-  return first, jnp.clip(jnp.asarray(runs[1], jnp.int32), first, num_runs)
-
-
-def _repeat(num_runs: int, run_fn, start: AttackResult, runs=None) -> AttackResult:
-  """Runs ``run_fn(r) -> AttackResult`` for r = 0, 1, ... (or r in the range
-  ``runs``, see :func:`run_range`) while any point is still robust, merging
-  each run into the points it breaks first.
-
-  Stopping once nothing is robust changes no per-sample result: later runs
-  would only touch points already broken, and those are never overwritten.
-  The same holds for splitting the runs into ranges called one after
-  another on the points still robust (what ``compact.py`` does).
-  """
-  first, stop = run_range(num_runs, runs)
-
-  def cond(c):
-    r, res = c
-    return (r < stop) & jnp.any(res.robust)
-
-  def body(c):
-    r, res = c
-    return r + 1, _merge(res, run_fn(r))
-
-  return jax.lax.while_loop(cond, body, (first, start))[1]
-
-
-def _fold(keys: jax.Array, i) -> jax.Array:
-  return jax.vmap(lambda k: jax.random.fold_in(k, i))(keys)
-
-
 def apgd_ce(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *, eps, keys: jax.Array,
             active: jax.Array | None = None, num_iters: int = 100, num_restarts: int = 1,
             rho: float = 0.75, loss: str = "ce", unroll: int = 1, runs=None,
@@ -357,14 +284,14 @@ def apgd_ce(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *, eps, keys: 
   Returns:
     AttackResult: robust = clean-correct & active & not broken by any restart.
   """
-  _, start = _initial(logits_fn, x, labels, active)
+  _, start = initial(logits_fn, x, labels, active)
   eps = jnp.broadcast_to(jnp.asarray(eps, x.dtype), labels.shape)
 
   def run(r):
-    return apgd_run(logits_fn, x, labels, eps=eps, keys=_fold(keys, r), loss=loss,
+    return apgd_run(logits_fn, x, labels, eps=eps, keys=fold(keys, r), loss=loss,
                     num_iters=num_iters, rho=rho, unroll=unroll, eot_iter=eot_iter)[0]
 
-  return _repeat(num_restarts, run, start, runs)
+  return repeat(num_restarts, run, start, runs)
 
 
 def target_classes(clean_logits: jax.Array, rank: jax.Array) -> jax.Array:
@@ -389,15 +316,15 @@ def apgd_targeted(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *, eps,
   ``j % num_restarts`` of target rank ``j // num_restarts + 2``; ``runs`` =
   (first, stop) does only runs first <= j < stop (default all).
   """
-  clean_logits, start = _initial(logits_fn, x, labels, active)
+  clean_logits, start = initial(logits_fn, x, labels, active)
   eps = jnp.broadcast_to(jnp.asarray(eps, x.dtype), labels.shape)
   num_targets = min(num_target_classes, clean_logits.shape[-1] - 1)
 
   def run(j):
     t, r = j // num_restarts, j % num_restarts
     targets = target_classes(clean_logits, t + 2)
-    return apgd_run(logits_fn, x, labels, eps=eps, keys=_fold(_fold(keys, t), r),
+    return apgd_run(logits_fn, x, labels, eps=eps, keys=fold(fold(keys, t), r),
                     loss="dlr_targeted", targets=targets, num_iters=num_iters, rho=rho,
                     unroll=unroll, eot_iter=eot_iter)[0]
 
-  return _repeat(num_targets * num_restarts, run, start, runs)
+  return repeat(num_targets * num_restarts, run, start, runs)

@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from caat_jax.attacks.apgd import LogitsFn
+from caat_jax.attacks.common import LogitsFn
 from caat_jax.attacks.autoattack import STANDARD, num_runs, run_attack, stage_keys
 from caat_jax.attacks.sanity import check_num_classes
 

@@ -30,8 +30,9 @@ import jax
 import jax.numpy as jnp
 
 from caat_jax import losses
-from caat_jax.attacks.apgd import (AttackResult, LogitsFn, _fold, _initial, bcast,
-                                   linf_norm, run_range, target_classes)
+from caat_jax.attacks.apgd import target_classes
+from caat_jax.attacks.common import (AttackResult, LogitsFn, bcast, fold, initial, linf_norm,
+                                     run_range)
 
 
 def project_linf(t: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
@@ -155,7 +156,7 @@ def fab_targeted(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *, eps,
     L-inf norm of any misclassified point found in the runs made (inf if
     none), the attack's minimum-norm estimate.
   """
-  clean_logits, start = _initial(logits_fn, x, labels, active)
+  clean_logits, start = initial(logits_fn, x, labels, active)
   bsz = x.shape[0]
   eps = jnp.broadcast_to(jnp.asarray(eps, x.dtype), (bsz,))
   num_targets = min(num_target_classes, clean_logits.shape[-1] - 1)
@@ -163,7 +164,7 @@ def fab_targeted(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *, eps,
 
   def run(j):
     t, r = j // num_restarts, j % num_restarts
-    k = _fold(_fold(keys, t), r)
+    k = fold(fold(keys, t), r)
     noise = jax.vmap(lambda kk: jax.random.uniform(kk, x.shape[1:], x.dtype, -1.0, 1.0))(k)
     rand = jnp.clip(x + bcast(0.5 * eps, x) * noise / bcast(linf_norm(noise) + 1e-12, x),
                     0.0, 1.0)

@@ -1,6 +1,6 @@
 """Projected gradient descent/ascent with per-sample bound, direction and loss.
 
-One call serves every use of PGD in the library (SPEC section 2):
+One call serves every use of PGD in the library (docs/method.md §2):
 
 * PGD-AT adversaries: ascend CE from a uniform start in the ball.
 * TRADES / CAAT adversaries: ascend KL(f(x) || f(x')) from x + 0.001 N(0, I).
@@ -14,7 +14,7 @@ bounds never recompiles.
 
 The input gradient is taken per example with ``vmap(grad(.))`` rather than
 ``grad(sum(loss))``: both agree when the model is batch-independent
-(inference-mode BatchNorm, as SPEC requires during attacks), but the vmapped
+(inference-mode BatchNorm, as docs/method.md §1 requires during attacks), but the vmapped
 form makes that independence hold by construction.
 """
 
@@ -127,8 +127,8 @@ def pgd(
     scale: a scalar or [C], the per-channel multiplier of every bound, step
       and start noise (default 1: pixel units). The training threat model
       ``normalized`` sets the channels' std: the PGD of an attack run on
-      (x - mean) / std, mapped back to pixels (SPEC 1's note on the official
-      code).
+      (x - mean) / std, mapped back to pixels (docs/method.md §12, "eps in pixel
+      space", on the official code).
     box: (lo, hi), scalars or [C], the range clipped to after each step
       (default [0, 1]; ``normalized_clip``: [mean, mean + std], the official
       code's [0, 1] clip of normalised values).

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from caat_jax import losses
-from caat_jax.attacks.apgd import LogitsFn
+from caat_jax.attacks.common import LogitsFn
 
 DOC = "see fra31/auto-attack flags_doc.md"
 
@@ -61,7 +61,7 @@ def check_logits(logits: jax.Array, alpha: float = 1e-5) -> dict[str, jax.Array]
 def check_output_range(logits, alpha: float = 1e-5) -> list[str]:
   """Warns if the outputs [B, C] look like probabilities rather than logits
   (the DLR and CE losses assume logits), or are not float32 (evaluation
-  runs in float32, SPEC 9)."""
+  runs in float32, docs/method.md §9)."""
   facts = check_logits(jnp.asarray(logits), alpha)
   out = []
   if bool(facts["probabilities"]):
@@ -152,7 +152,7 @@ def check_clean_accuracy(previous: float | None, current: float,
 def float32_logits(logits_fn: LogitsFn) -> LogitsFn:
   """``logits_fn`` fed and returning float32. This does not make a
   bfloat16 model compute in float32: rebuild the model with
-  ``dtype=float32`` for evaluation (SPEC 9); this only guards the attack
+  ``dtype=float32`` for evaluation (docs/method.md §9); this only guards the attack
   code's inputs and outputs."""
   return lambda x: logits_fn(x.astype(jnp.float32)).astype(jnp.float32)
 

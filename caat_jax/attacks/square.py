@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from caat_jax import losses
-from caat_jax.attacks.apgd import AttackResult, LogitsFn, bcast
+from caat_jax.attacks.common import AttackResult, LogitsFn, bcast
 
 # (iteration bound, divisor of p_init): p = p_init / div for it <= bound.
 _P_STEPS = ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64),

@@ -1,4 +1,4 @@
-"""The final check of an attack's output, independent of the attack (SPEC 9).
+"""The final check of an attack's output, independent of the attack (docs/method.md §9).
 
 Every returned adversarial example is re-classified and checked before it
 counts: inside the L-inf ball, inside [0, 1], finite. The reference
@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from caat_jax import losses
-from caat_jax.attacks.apgd import LogitsFn, linf_norm
+from caat_jax.attacks.common import LogitsFn, linf_norm
 
 FIELDS = ("max_linf", "in_box", "finite", "flag_mismatch", "num_points")
 TOLERANCE = 1e-6  # float32 rounding of x + delta, clipped, minus x

@@ -1,4 +1,4 @@
-"""FRL's Lagrangian multipliers (Xu et al., ICML 2021; paper Eq. 19; SPEC 7).
+"""FRL's Lagrangian multipliers (Xu et al., ICML 2021; paper Eq. 19; docs/method.md §7).
 
 Once per epoch, per-class natural error e_c and boundary error b_c on the
 validation set (fractions in [0, 1]) update three multiplier vectors:
@@ -119,7 +119,7 @@ def factors_fn(mode: str | None):
 
 
 def validate_fairness(config) -> None:
-  """The ``fairness`` block (SPEC 7)."""
+  """The ``fairness`` block (docs/method.md §7)."""
   f = config.fairness
   choice("fairness.mode", f.mode, MODES)
   check("fairness.attack_steps", f.attack_steps >= 1, f.attack_steps, ">= 1")

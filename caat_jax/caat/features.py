@@ -1,4 +1,4 @@
-"""The six per-sample training characteristics zeta (paper Section 4.2, SPEC 3).
+"""The six per-sample training characteristics zeta (paper Section 4.2, docs/method.md §3).
 
 All are computed from the *clean* logits in inference mode, so they cost one
 forward pass that the KL target needs anyway. Feature standardisation uses
@@ -129,7 +129,7 @@ def strategy_inputs(clean_logits: jax.Array, labels: jax.Array, class_counts, st
 
 
 def validate_features(config) -> None:
-  """The ``caat.feature_*`` keys the strategy nets' inputs use (SPEC 3)."""
+  """The ``caat.feature_*`` keys the strategy nets' inputs use (docs/method.md §3)."""
   c = config.caat
   check("caat.feature_mask",
         len(c.feature_mask) == 6 and all(v in (0, 1) for v in c.feature_mask),

@@ -1,8 +1,8 @@
 """Strategy networks on the six characteristics (Flax Linen modules).
 
-``WeightingNet`` is Meta-CAAT's f_Omega (SPEC 5): an MLP 6 -> hidden (ReLU)
+``WeightingNet`` is Meta-CAAT's f_Omega (docs/method.md §5): an MLP 6 -> hidden (ReLU)
 -> 2 with output ``softmax(z / tau)`` = [alpha_i, beta_i]. ``PolicyNet`` is
-Reinforce-CAAT's (SPEC 6): the same MLP with one joint head over (direction,
+Reinforce-CAAT's (docs/method.md §6): the same MLP with one joint head over (direction,
 bound).
 """
 
@@ -31,7 +31,7 @@ class WeightingNet(nn.Module):
 
 
 class PolicyNet(nn.Module):
-  """Reinforce-CAAT's strategy net f_Omega (Section 4.4, SPEC 6).
+  """Reinforce-CAAT's strategy net f_Omega (Section 4.4, docs/method.md §6).
 
   [B, 6] standardised features -> joint logits [B, 2, num_bounds] of one
   categorical over the 2 x num_bounds strategies s = (direction, bound):

@@ -1,4 +1,4 @@
-"""REINFORCE for Reinforce-CAAT's strategy net (paper Eqs. 32-35, SPEC 6).
+"""REINFORCE for Reinforce-CAAT's strategy net (paper Eqs. 32-35, docs/method.md §6).
 
 Pure functions, independent of any classifier, so the estimator can be
 checked on a toy problem with a known expected reward.

@@ -10,7 +10,7 @@
 
 Images stay in their stored dtype (uint8 for TFDS, float32 in [0, 1] for
 digits); they are scaled to [0, 1] float32 on device, and mean/std
-normalisation happens inside the model (SPEC section 1).
+normalisation happens inside the model (docs/method.md §1).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class _Spec:
   augment: str
 
 
-_SPECS = {
+_DATASETS = {
     'digits': _Spec(10, (8, 8, 1), None, None, 'none'),
     'cifar10': _Spec(10, (32, 32, 3), (0.4914, 0.4822, 0.4465),
                      (0.2471, 0.2435, 0.2616), 'crop_flip'),
@@ -66,9 +66,9 @@ _SPECS = {
 
 def spec(name: str) -> _Spec:
   """Static facts (classes, image shape, augmentation) of dataset ``name``."""
-  if name not in _SPECS:
+  if name not in _DATASETS:
     raise ValueError(f'data.name={name!r}; valid: {", ".join(DATASETS)}')
-  return _SPECS[name]
+  return _DATASETS[name]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +103,7 @@ class Dataset:
   @property
   def class_counts(self) -> np.ndarray:
     """int64 [C]: training examples per (possibly noisy) label, i.e. the N_y
-    behind the class-proportion feature N_y / N (SPEC section 3)."""
+    behind the class-proportion feature N_y / N (docs/method.md §3)."""
     return np.bincount(self.train.labels, minlength=self.num_classes)
 
 
@@ -218,7 +218,7 @@ def load_dataset(cfg: Any) -> Dataset:
     logging.warning("data.noise_rate=%s is ignored with data.noise_type='none'.",
                     cfg['noise_rate'])
   name = cfg['name']
-  spec = _SPECS[name]
+  spec = _DATASETS[name]
   raw_train, test = _load_raw(cfg)
   if raw_train.images.shape[1:] != spec.image_shape:
     raise ValueError(f'{name}: images have shape {raw_train.images.shape[1:]}, '

@@ -7,7 +7,8 @@ array_record files, which needs no TensorFlow; only *preparing* them does
 
 CIFAR-10 and SVHN fit in host memory (150 MB / 220 MB as uint8), so they are
 loaded whole. ImageNet will need a streaming source behind the same
-`ArraySplit`-like interface; see DESIGN.md.
+`ArraySplit`-like interface (not written yet: ImageNet is named but not
+runnable, docs/experiments.md).
 """
 
 from __future__ import annotations

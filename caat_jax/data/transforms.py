@@ -7,7 +7,7 @@ All transforms are pure numpy functions of their inputs and an explicit
   raw train -> clean balanced meta hold-out -> long-tail subsampling -> noise.
 
 The meta set is drawn first so it stays clean and balanced whatever noise or
-imbalance is applied to the training split afterwards (SPEC section 5).
+imbalance is applied to the training split afterwards (docs/method.md §5).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Per-class robust evaluation (SPEC section 9), a library below the trainer.
+"""Per-class robust evaluation (docs/method.md §9), a library below the trainer.
 
 ``Evaluator`` runs named attacks (``attacks``: pgd<k>, autoattack, its
 version 'rand' and its attacks one by one, the latter compacted on the

@@ -102,7 +102,7 @@ def verify_all(parallel: Parallel, model, variables, x, labels, x_adv, robust, *
           verify.merge_summaries(partials))
 
 
-def preflight(parallel: Parallel, model, variables, x, labels, names: Sequence[str],
+def preflight(parallel: Parallel, model, variables, x, labels, names: Sequence[str], *,
               options: Mapping | None = None, randomised_check: bool = True
               ) -> tuple[list[str], list[str]]:
   """The reference's checks before an evaluation on the first points, on one

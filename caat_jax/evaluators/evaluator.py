@@ -81,11 +81,12 @@ class Evaluator:
       wanted = tuple(dict.fromkeys(
           a for name in aa_names for a in named_attacks.ensemble_attacks(name)))
       common, randomised = ensemble.preflight(
-          self.parallel, self.model, variables, x, labels, wanted, aa_options,
+          self.parallel, self.model, variables, x, labels, wanted, options=aa_options,
           randomised_check=any(a != named_attacks.AUTOATTACK_RAND for a in aa_names))
 
-    out, partials = self._batches(variables, split, pgd_names, eps, step_size, batch_size,
-                                  num_examples, progress)
+    out, partials = self._batches(variables, split, pgd_names=pgd_names, eps=eps,
+                                  step_size=step_size, batch_size=batch_size,
+                                  num_examples=num_examples, progress=progress)
     for name in pgd_names:
       info["verification"][name] = verify.merge_summaries(partials[name])
       info["warnings"][name] = verify.problems(info["verification"][name], eps)
@@ -136,7 +137,7 @@ class Evaluator:
     host = self.parallel.fetch(variables)
     return int(self.model.apply(host, x1, train=False).shape[-1])
 
-  def _batches(self, variables, split, pgd_names, eps, step_size, batch_size, num_examples,
+  def _batches(self, variables, split, *, pgd_names, eps, step_size, batch_size, num_examples,
                progress):
     """Clean and PGD outcomes over the split, and PGD's verification partials."""
     step = self.step(pgd_names, eps, step_size)
@@ -178,7 +179,7 @@ class Evaluator:
                eps: float, step_size: float, batch_size: int, num_examples: int = 0,
                labels: Mapping[str, str] | None = None, progress: bool = False,
                aa_options: Mapping | None = None) -> tuple[list[dict], dict]:
-    """(documents, outcomes): one SPEC 9 document per attack with its
+    """(documents, outcomes): one docs/method.md §9 document per attack with its
     ``verification`` and ``warnings`` (and, for the AutoAttack family,
     ``stages``, robust error % after each attack, and ``compaction``)."""
     out, info = self.run(variables, split, attack_names, eps=eps, step_size=step_size,
@@ -190,7 +191,7 @@ class Evaluator:
       d["verification"] = info["verification"][a]
       d["warnings"] = info["warnings"][a]
       # attacks and re-classification ran the model with this compute dtype,
-      # whatever the run trained with (SPEC 9: always float32)
+      # whatever the run trained with (docs/method.md §9: always float32)
       d["compute_dtype"] = jnp.dtype(getattr(self.model, "dtype", jnp.float32)).name
       if a in info["stages"]:
         d["stages"] = {k: 100.0 * (1.0 - float(np.mean(v)))
@@ -201,7 +202,7 @@ class Evaluator:
 
   def documents(self, variables, split, eval_cfg, num_classes: int, *,
                 labels: Mapping[str, str], progress: bool = False) -> list[dict]:
-    """SPEC 9 documents, one per ``eval_cfg.attacks`` entry; ``labels`` gives
+    """docs/method.md §9 documents, one per ``eval_cfg.attacks`` entry; ``labels`` gives
     their ``method``, ``dataset`` and ``model`` fields."""
     return self.evaluate(variables, split, eval_cfg.attacks, num_classes, eps=eval_cfg.eps,
                          step_size=eval_cfg.step_size, batch_size=eval_cfg.batch_size,

@@ -1,4 +1,4 @@
-"""The evaluation attacks by name (SPEC 9).
+"""The evaluation attacks by name (docs/method.md §9).
 
 Names: ``pgd<k>`` (CE ascent from a uniform start in the ball, k steps of
 ``step_size``), ``autoattack`` (the standard ensemble, the reference's

@@ -1,4 +1,4 @@
-"""Per-class errors and the result documents of SPEC 9 (Eqs. 45-48).
+"""Per-class errors and the result documents of docs/method.md §9 (Eqs. 45-48).
 
 For each class c: natural error, robust error under an attack (a test point
 counts as robust only if it is classified correctly both clean and under the
@@ -27,7 +27,7 @@ def per_class_error(correct: np.ndarray, labels: np.ndarray, num_classes: int) -
 
 def report(outcomes: Mapping[str, np.ndarray], num_classes: int, *, attack: str,
            eps: float, method: str = "", dataset: str = "", model: str = "") -> dict:
-  """SPEC section 9's result document for one attack (Eqs. 45-48).
+  """docs/method.md §9's result document for one attack (Eqs. 45-48).
 
   avg = mean over classes of the per-class error (classes weigh equally, even
   with unequal class sizes); worst = max over classes.

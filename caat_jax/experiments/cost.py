@@ -1,4 +1,4 @@
-"""Estimated cost of an experiment: the pass-count model (SPEC 11) times the
+"""Estimated cost of an experiment: the pass-count model (docs/method.md §11) times the
 model's FLOPs per forward, over an assumed sustained throughput.
 
 An estimate, not a measurement. Training: each method's ``cost(config)``
@@ -73,8 +73,8 @@ def estimate(exp: Experiment, seeds: int | None = None) -> dict[str, float]:
 def listing(experiments: Iterable[Experiment]) -> str:
   """What ``experiments list`` prints."""
   lines = [
-      "Estimated cost: the pass-count model (SPEC 11) x FLOPs per forward, at an assumed "
-      f"{THROUGHPUT['H100'] / 1e12:.0f} TFLOP/s on one H100 and "
+      "Estimated cost: the pass-count model (docs/method.md §11) x FLOPs per forward, at an "
+      f"assumed {THROUGHPUT['H100'] / 1e12:.0f} TFLOP/s on one H100 and "
       f"{THROUGHPUT['v4-32'] / 1e12:.0f} TFLOP/s on a v4-32 slice (estimates: calibrate with "
       "python -m caat_jax.bench).", ""]
   for exp in experiments:

@@ -3,7 +3,7 @@
 Each ``Table`` holds the paper's caption, its columns (our names for them)
 and one tuple per method row, in percent, exactly as printed (bold and
 underline marks dropped). Error columns: ``avg_*`` / ``worst_*`` natural,
-boundary and robust error (SPEC 9, PGD-10 for Tables 1-2 and 5-9);
+boundary and robust error (docs/method.md §9, PGD-10 for Tables 1-2 and 5-9);
 ``autoattack_accuracy``: robust accuracy under AutoAttack (Tables 3-4).
 The supplementary Tables A-1 to A-5 (WRN-28-10, PGD-100, the other noise
 settings) are not in the paper text this library was built from; the

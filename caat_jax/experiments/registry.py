@@ -56,7 +56,7 @@ class Experiment:
 # Row specifications shared by every dataset: (label, kind of base config,
 # overrides starting with the method, paper row). The family gives each kind
 # its config file.
-SPECS: dict[str, tuple[str, str, tuple[str, ...], str | None]] = {
+ROW_DEFINITIONS: dict[str, tuple[str, str, tuple[str, ...], str | None]] = {
     "pgd-at": ("PGD-AT", "base", ("method=pgd_at",), "PGD Adv. Training"),
     "trades-b1": ("TRADES (1/λ = 1)", "base", ("method=trades", "trades.beta=1.0"),
                   "TRADES (1/λ = 1)"),
@@ -123,11 +123,11 @@ LONG_TAIL_DIGITS = {10: ("data.imbalance_factor=10.0", "num_epochs=25"),
 
 def rows(family: str, names: Sequence[str], config_variant: dict[str, str] | None = None
          ) -> tuple[Row, ...]:
-  """Rows ``names`` (keys of ``SPECS``) on the family's base configs;
+  """Rows ``names`` (keys of ``ROW_DEFINITIONS``) on the family's base configs;
   ``config_variant`` maps a row name to a ``:variant`` of its config."""
   out = []
   for name in names:
-    label, kind, overrides, paper_row = SPECS[name]
+    label, kind, overrides, paper_row = ROW_DEFINITIONS[name]
     base = FAMILIES[family]
     config = base.get(kind, base["base"])
     if config_variant and name in config_variant:
@@ -154,7 +154,7 @@ def _features(family: str) -> tuple[Row, ...]:
   for kind, short, label in (("meta", "meta-caat", "Meta-CAAT"),
                              ("reinforce", "reinforce-caat", "Reinforce-CAAT")):
     config = FAMILIES[family][kind]
-    method = SPECS[short + "-grad" if kind == "meta" else short][2][0]
+    method = ROW_DEFINITIONS[short + "-grad" if kind == "meta" else short][2][0]
     out.append(Row(f"{short}-all", f"{label}, all six", config, (method,)))
     for i, feature in enumerate(FEATURES):
       mask = tuple(int(j != i) for j in range(len(FEATURES)))
@@ -269,7 +269,7 @@ def _build() -> dict[str, Experiment]:
                 overrides=("data.noise_type=flip2", "data.noise_rate=0.2"),
                 digits_names=noise + MATCHED_ROWS,
                 note="The paper's '20% pair-flip' is the official code's two-class flip "
-                     "(flip2, SPEC 10).")
+                     "(flip2, docs/method.md §10).")
   exps += _pair("table6", "Table 6: CIFAR-10, 40% uniform noise", "table6", "cifar10", noise,
                 overrides=("data.noise_type=uniform", "data.noise_rate=0.4"),
                 digits_names=noise + MATCHED_ROWS)
@@ -307,7 +307,7 @@ def _build() -> dict[str, Experiment]:
   sweep = []
   for lam in (1.0, 2.0, 6.0):
     tag = f"{lam:g}"
-    trades, meta = SPECS["trades-b6"], SPECS["meta-caat-grad"]
+    trades, meta = ROW_DEFINITIONS["trades-b6"], ROW_DEFINITIONS["meta-caat-grad"]
     sweep.append(Row(f"trades-b{tag}", f"TRADES (β = {tag})", FAMILIES["digits"]["base"],
                      (trades[2][0], f"trades.beta={lam}")))
     sweep.append(Row(f"meta-caat-grad-lam{tag}", f"Meta-CAAT (Grad-based), λ = {tag}",

@@ -1,10 +1,10 @@
-"""Meta-gradient variants behind one interface (SPEC section 5).
+"""Meta-gradient variants behind one interface (docs/method.md §5).
 
 A variant is a module under ``caat_jax/meta/`` exporting
 ``VARIANT = problem.Variant(name, make, cost, options)`` plus one line in
 ``_MODULES`` below; ``make(**options)`` returns
-``fn(problem, omega, params) -> (grad, info)``. See README, "Adding a
-meta-gradient variant".
+``fn(problem, omega, params) -> (grad, info)``. See
+docs/extending.md.
 """
 
 import importlib
@@ -43,7 +43,7 @@ def make(meta_cfg):
 
 
 def cost(meta_cfg, costs: Costs) -> float:
-  """Forward units F per example of the configured variant (SPEC 11)."""
+  """Forward units F per example of the configured variant (docs/method.md §11)."""
   v = get(meta_cfg.variant)
   return v.cost(costs, **options_from(meta_cfg, v))
 

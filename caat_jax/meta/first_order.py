@@ -1,4 +1,4 @@
-"""``first_order``: gradient alignment at W (an approximation, SPEC 5).
+"""``first_order``: gradient alignment at W (an approximation, docs/method.md §5).
 
 The meta gradient is taken at W instead of W_hat, i.e.
 meta(W_hat) ~ meta(W) - lr <g_meta(W), g(w)>, exact to first order in lr.

@@ -1,4 +1,4 @@
-"""``jvp``: exact and cheaper than ``nested_grad`` (SPEC 5).
+"""``jvp``: exact and cheaper than ``nested_grad`` (docs/method.md §5).
 
 The training loss is linear in the weights w, so
 

@@ -1,4 +1,4 @@
-"""``k_step``: a k-step look-ahead differentiated end to end (SPEC 5).
+"""``k_step``: a k-step look-ahead differentiated end to end (docs/method.md §5).
 
 k look-ahead steps (same batch, perturbations and weights each step), the
 look-ahead optimiser's buffer (momentum) updated at each; k = 1 is

@@ -1,4 +1,4 @@
-"""``nested_grad``: the reference meta-gradient (SPEC 5).
+"""``nested_grad``: the reference meta-gradient (docs/method.md §5).
 
 ``jax.grad`` of the meta loss through the look-ahead, whose training gradient
 is itself a ``jax.grad`` (second-order autodiff through the classifier).

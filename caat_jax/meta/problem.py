@@ -1,4 +1,4 @@
-"""What every meta-gradient variant shares (SPEC section 5).
+"""What every meta-gradient variant shares (docs/method.md §5).
 
 The problem every variant solves: per-sample weights ``w = weights_fn(Omega)``
 ([B, K]) weigh per-sample loss terms ``L(W)`` ([B, K]); the classifier takes
@@ -70,7 +70,7 @@ class MetaProblem:
 
 class Costs(NamedTuple):
   """Forward-pass units F per training example of the pieces a variant
-  combines (SPEC 11), already scaled to the meta batch where they run on it.
+  combines (docs/method.md §11), already scaled to the meta batch where they run on it.
 
   Attributes:
     lookahead: the look-ahead's training gradient over the step's inputs.

@@ -2,7 +2,7 @@
 
 Adding a method: a module under ``caat_jax/methods/`` exporting
 ``METHOD = base.Method(name, make_step, cost, ...)`` and one line in
-``_MODULES`` below. See README, "Adding a method".
+``_MODULES`` below. See docs/extending.md.
 """
 
 import importlib

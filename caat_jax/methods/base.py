@@ -38,7 +38,7 @@ THREAT_MODELS = ("pixel", "normalized", "normalized_clip")
 def threat(threat_model: str, mean=(), std=()) -> tuple[Any, tuple[Any, Any]]:
   """``(scale, box)`` of the training attacks' threat model (``attacks.pgd``).
 
-  ``pixel``: bounds and steps in pixel units, box [0, 1] (SPEC 1).
+  ``pixel``: bounds and steps in pixel units, box [0, 1] (docs/method.md §1).
   ``normalized``: the official code's bound: it attacks (x - mean) / std, so
   every bound, step and start noise is multiplied by the channel's std;
   box [0, 1]. ``normalized_clip``: that, and its clip of the normalised
@@ -61,7 +61,7 @@ def threat(threat_model: str, mean=(), std=()) -> tuple[Any, tuple[Any, Any]]:
 
 @dataclasses.dataclass(frozen=True)
 class AttackSettings:
-  """The training-time PGD (SPEC 2), read once from ``config.attack``.
+  """The training-time PGD (docs/method.md §2), read once from ``config.attack``.
 
   Attributes:
     eps: the L-inf bound (pixel units under the ``pixel`` threat model).
@@ -142,7 +142,7 @@ class StepContext:
     return logits, mutated.get("batch_stats", batch_stats)
 
   def eval_logits_fn(self, params, batch_stats) -> Callable[[jax.Array], jax.Array]:
-    """Inference-mode classifier with frozen parameters, for attacks (SPEC 1)."""
+    """Inference-mode classifier with frozen parameters, for attacks (docs/method.md §1)."""
     variables = jax.lax.stop_gradient({"params": params, "batch_stats": batch_stats})
     return lambda x: self.model.apply(variables, x, train=False)
 
@@ -195,7 +195,7 @@ class Method(NamedTuple):
     name: registry name (``config.method``).
     make_step: ``(config, ctx) -> step(state, batch, key) -> (state, metrics)``.
     cost: ``config -> F``, forward-pass units per training example of one
-      step (SPEC 11), the benchmark's bound.
+      step (docs/method.md §11), the benchmark's bound.
     init_extra: ``(config, ctx, key) -> dict``, the initial ``state.extra``.
     validate: ``config -> None``, raises ``checks.ConfigError`` naming the key.
     epoch_hook: optional ``EpochHook``.
@@ -217,7 +217,7 @@ class Method(NamedTuple):
 
 
 def attack_units(config) -> float:
-  """F per example of one training-time attack pass: K steps of ~2F (SPEC 11)."""
+  """F per example of one training-time attack pass: K steps of ~2F (docs/method.md §11)."""
   return 2.0 * config.attack.num_steps
 
 

@@ -1,4 +1,4 @@
-"""Meta-CAAT (paper Algorithm 1, Eqs. 25-29; SPEC section 5).
+"""Meta-CAAT (paper Algorithm 1, Eqs. 25-29; docs/method.md §5).
 
 One step, per device:
   1. clean logits (inference mode) -> the six characteristics zeta, running
@@ -152,22 +152,24 @@ def make_step(config, ctx: base.StepContext):
     eps = bound(attack_fn, x, y, clean, weights=w_old, fair=extra["fair"], k_adv=k_adv, k_at=k_at)
     if anti:
       eps_at = anti_bound(eps)
-      x_adv, x_at = perturb.adversaries_and_anti(ctx, attack_fn, x, y, clean, eps, k_adv, k_at,
-                                              eps_at)
+      x_adv, x_at = perturb.adversaries_and_anti(ctx, attack_fn, x, y, clean, eps=eps,
+                                                 k_adv=k_adv, k_at=k_at, eps_at=eps_at)
     else:
       x_adv, x_at = perturb.adversaries(ctx, attack_fn, x, y, clean, eps, k_adv), None
-    f0, f1 = factors(extra["fair"], y, axis)
+    natural_factor, boundary_factor = factors(extra["fair"], y, axis)
 
     def per_sample_fn(params):
-      lc, bs = ctx.train_logits(params, state.batch_stats, x)
-      la, bs = ctx.train_logits(params, bs, x_adv)
-      ce, kl = losses.cross_entropy(lc, y), losses.kl_divergence(lc, la)
+      logits_clean, bs = ctx.train_logits(params, state.batch_stats, x)
+      logits_adv, bs = ctx.train_logits(params, bs, x_adv)
+      ce = losses.cross_entropy(logits_clean, y)
+      kl = losses.kl_divergence(logits_clean, logits_adv)
+      adversarial_term = natural_factor * ce + lam * boundary_factor * kl
       if not anti:
-        return (f0 * ce + lam * f1 * kl)[:, None], (bs, lc, la, la)
-      lt, bs = ctx.train_logits(params, bs, x_at)
-      ce_at = losses.cross_entropy(lt, y)
-      terms = jnp.stack([f0 * ce + lam * f1 * kl, f0 * ce_at], axis=-1)
-      return terms, (bs, lc, la, lt)
+        return adversarial_term[:, None], (bs, logits_clean, logits_adv, logits_adv)
+      logits_anti, bs = ctx.train_logits(params, bs, x_at)
+      anti_term = natural_factor * losses.cross_entropy(logits_anti, y)
+      terms = jnp.stack([adversarial_term, anti_term], axis=-1)
+      return terms, (bs, logits_clean, logits_adv, logits_anti)
 
     lr = ctx.schedule(state.step)
 
@@ -199,22 +201,22 @@ def make_step(config, ctx: base.StepContext):
     # 5. the real update with the new weights.
     w_new = jax.lax.stop_gradient(weights_fn(omega)) if learned else w_old
     w_used = w_new if anti else w_new[:, :1]
-    (loss, (bs, lc, la, lt)), grads = jax.value_and_grad(
+    (loss, (bs, logits_clean, logits_adv, logits_anti)), grads = jax.value_and_grad(
         lambda p: meta.weighted_loss(per_sample_fn, p, w_used), has_aux=True)(state.params)
     new_extra = dict(extra, wnet=omega, wnet_opt=wnet_opt, stats=stats)
     new_state = base.apply_gradients(state, grads, bs, ctx, extra=new_extra)
 
-    did = meta_now.astype(jnp.float32)
+    took_meta_step = meta_now.astype(jnp.float32)
     metrics = {"loss": loss, "alpha": w_new[:, 0].mean(),
-               "clean_acc": losses.correct(lc, y).mean(),
-               "adv_acc": losses.correct(la, y).mean(), "eps": eps.mean()}
+               "clean_acc": losses.correct(logits_clean, y).mean(),
+               "adv_acc": losses.correct(logits_adv, y).mean(), "eps": eps.mean()}
     if anti:
-      metrics["anti_acc"] = losses.correct(lt, y).mean()
+      metrics["anti_acc"] = losses.correct(logits_anti, y).mean()
       metrics["eps_anti"] = eps_at.mean()
     metrics = base.pmean(metrics, axis)
     # averaged over the steps that took a meta step only
-    metrics["ratio/meta_loss/num"] = (m_loss * did)[None]
-    metrics["ratio/meta_loss/den"] = did[None]
+    metrics["ratio/meta_loss/num"] = (m_loss * took_meta_step)[None]
+    metrics["ratio/meta_loss/den"] = took_meta_step[None]
     metrics["meta_grad_norm"] = m_norm
     metrics.update(strategy_stats.strategy_stats(w_new[:, 0], eps, y, batch, num_classes, axis,
                                        clean_logits=clean, eps_max=eps_max))
@@ -224,7 +226,7 @@ def make_step(config, ctx: base.StepContext):
 
 
 def cost(config) -> float:
-  """F per example (SPEC 11): two attack passes, a clean forward and the real
+  """F per example (docs/method.md §11): two attack passes, a clean forward and the real
   update over three inputs, plus the meta part of the configured variant
   (scaled by meta batch / batch and divided by ``meta.interval``)."""
   c, m = config.caat, config.meta

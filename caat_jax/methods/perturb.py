@@ -16,7 +16,7 @@ from caat_jax.caat import bounds
 from caat_jax.methods import base
 
 
-def perturb(ctx: base.StepContext, logits_fn, x, y, clean, eps, keys,
+def perturb(ctx: base.StepContext, logits_fn, x, y, clean, *, eps, keys,
             adversary: jax.Array) -> jax.Array:
   """Each sample's adversary or anti-adversary, in one PGD pass (docs/method.md §2).
 
@@ -43,11 +43,11 @@ def perturb(ctx: base.StepContext, logits_fn, x, y, clean, eps, keys,
 
 def adversaries(ctx: base.StepContext, logits_fn, x, y, clean, eps, key) -> jax.Array:
   """KL adversaries of every sample (TRADES, FRL, the robust meta objective)."""
-  return perturb(ctx, logits_fn, x, y, clean, eps, ctx.sample_keys(key, x.shape[0]),
-                 jnp.ones((x.shape[0],), bool))
+  return perturb(ctx, logits_fn, x, y, clean, eps=eps, keys=ctx.sample_keys(key, x.shape[0]),
+                 adversary=jnp.ones((x.shape[0],), bool))
 
 
-def adversaries_and_anti(ctx: base.StepContext, logits_fn, x, y, clean, eps, k_adv,
+def adversaries_and_anti(ctx: base.StepContext, logits_fn, x, y, clean, *, eps, k_adv,
                          k_at, eps_at=None) -> tuple[jax.Array, jax.Array]:
   """Adversaries and anti-adversaries of the same inputs: one ``perturb`` over
   the stacked batch [x; x]; ``eps_at`` [B] the anti-adversaries' bounds
@@ -55,9 +55,10 @@ def adversaries_and_anti(ctx: base.StepContext, logits_fn, x, y, clean, eps, k_a
   b = x.shape[0]
   eps_at = eps if eps_at is None else eps_at
   both = lambda a, a2: jnp.concatenate([a, a2], axis=0)
-  out = perturb(ctx, logits_fn, both(x, x), both(y, y), both(clean, clean), both(eps, eps_at),
-                both(ctx.sample_keys(k_adv, b), ctx.sample_keys(k_at, b)),
-                both(jnp.ones((b,), bool), jnp.zeros((b,), bool)))
+  out = perturb(ctx, logits_fn, both(x, x), both(y, y), both(clean, clean),
+                eps=both(eps, eps_at),
+                keys=both(ctx.sample_keys(k_adv, b), ctx.sample_keys(k_at, b)),
+                adversary=both(jnp.ones((b,), bool), jnp.zeros((b,), bool)))
   return out[:b], out[b:]
 
 
@@ -72,6 +73,6 @@ def meta_perturbations(ctx: base.StepContext):
     clean = logits_fn(x)
     eps = bounds.fixed(ctx.attack.eps, x.shape[0])
     if with_anti:
-      return adversaries_and_anti(ctx, logits_fn, x, y, clean, eps, k_adv, k_at)
+      return adversaries_and_anti(ctx, logits_fn, x, y, clean, eps=eps, k_adv=k_adv, k_at=k_at)
     return adversaries(ctx, logits_fn, x, y, clean, eps, k_adv), None
   return fn

@@ -1,4 +1,4 @@
-"""Reinforce-CAAT (paper Section 4.4, Algorithm 2, Eqs. 30-35; SPEC 6).
+"""Reinforce-CAAT (paper Section 4.4, Algorithm 2, Eqs. 30-35; docs/method.md §6).
 
 One step, per device:
   1. clean logits (inference mode) -> the six characteristics zeta, running
@@ -21,7 +21,7 @@ One step, per device:
      (``reinforce.reward``, see ``caat_jax.caat.reinforce``):
      * ``paper``: r_i = L0_i (adversary) or -L1_i (anti-adversary), Eq. 34;
      * ``lookahead``: r_i = (eta_1 / n) <grad_W L_meta(W), grad_W l_i(W)>,
-       the first-order decrease of the robust meta loss (SPEC 5,
+       the first-order decrease of the robust meta loss (docs/method.md §5,
        ``caat.meta_loss_fn('robust')``) on a clean meta batch when W takes a
        step on sample i's loss alone. The n inner products come from one JVP
        of the per-sample losses along grad L_meta (``meta.jvp``); standardised
@@ -104,15 +104,18 @@ def _remargin(config) -> bool:
 
 
 def _reward_fn(config, ctx: base.StepContext):
-  """``fn(state, batch, attack_fn, per_sample_fn, direction, l0, l1, lr, key)
-  -> (r, info)``: the rewards [B] the policy ascends (before the baseline)
-  and the pieces logged, chosen at build time (``reinforce.reward``)."""
+  """``fn(state, batch, *, attack_fn, per_sample_fn, direction, l0, l1, lr,
+  key) -> (rewards, info)``: the rewards [B] the policy ascends (before the
+  baseline) and the pieces logged, chosen at build time
+  (``reinforce.reward``). ``l0`` / ``l1`` [B] are each sample's Eq. 31 loss
+  as an adversary / an anti-adversary."""
   r, axis = config.reinforce, ctx.axis_name
   if r.reward == "paper":
-    def paper(state, batch, attack_fn, per_sample_fn, direction, l0, l1, lr, key):
-      rp = reinforce.paper_rewards(direction, l0, l1)
-      return rp, {"paper": rp, "lookahead": jnp.zeros_like(rp),
-                  "meta_loss": jnp.zeros((), jnp.float32)}
+    def paper(state, batch, *, attack_fn, per_sample_fn, direction, l0, l1, lr, key):
+      del state, batch, attack_fn, per_sample_fn, lr, key
+      paper_reward = reinforce.paper_rewards(direction, l0, l1)
+      return paper_reward, {"paper": paper_reward, "lookahead": jnp.zeros_like(paper_reward),
+                            "meta_loss": jnp.zeros((), jnp.float32)}
     return paper
 
   # The meta gradient is taken at W, so the meta adversaries are W's; with
@@ -122,7 +125,7 @@ def _reward_fn(config, ctx: base.StepContext):
       factors=fairness.factors_fn(config.fairness.mode if config.fairness.enabled else None))
   mix = float(r.reward_mix)
 
-  def lookahead(state, batch, attack_fn, per_sample_fn, direction, l0, l1, lr, key):
+  def lookahead(state, batch, *, attack_fn, per_sample_fn, direction, l0, l1, lr, key):
     k_adv, k_at = jax.random.split(key)
     meta_fn = meta_loss(state, attack_fn, batch, k_adv, k_at, state.extra["fair"])
     m_loss, g_meta = jax.value_and_grad(meta_fn)(state.params)
@@ -130,15 +133,16 @@ def _reward_fn(config, ctx: base.StepContext):
         weights_fn=lambda omega: jnp.ones((direction.shape[0], 1)),
         per_sample_fn=per_sample_fn, lookahead_fn=meta.sgd_lookahead(lr),
         meta_loss_fn=meta_fn, lr=lr, axis_name=axis)
-    # one JVP gives every <grad L_meta, grad l_i> (SPEC 5's jvp machinery)
+    # one JVP gives every <grad L_meta, grad l_i> (docs/method.md §5's jvp machinery)
     dots = meta_jvp.per_sample_dots(problem, state.params, problem.pmean(g_meta))[:, 0]
     n = base.psum(jnp.asarray(direction.shape[0], jnp.float32), axis)
-    rl = reinforce.lookahead_rewards(dots, lr, n)
-    rp = reinforce.paper_rewards(direction, l0, l1)
-    rew = reinforce.standardize(rl, axis)
+    lookahead_reward = reinforce.lookahead_rewards(dots, lr, n)
+    paper_reward = reinforce.paper_rewards(direction, l0, l1)
+    reward = reinforce.standardize(lookahead_reward, axis)
     if mix:
-      rew = rew + mix * rp
-    return rew, {"paper": rp, "lookahead": rl, "meta_loss": base.pmean(m_loss, axis)}
+      reward = reward + mix * paper_reward
+    return reward, {"paper": paper_reward, "lookahead": lookahead_reward,
+                    "meta_loss": base.pmean(m_loss, axis)}
   return lookahead
 
 
@@ -178,21 +182,23 @@ def make_step(config, ctx: base.StepContext):
     eps = jnp.where(is_adv, eps, anti_bound(eps))  # caat.anti_bound_scale / _cap
 
     # 3. adversaries and anti-adversaries in one attack pass.
-    x_tilde = perturb.perturb(ctx, attack_fn, x, y, clean, eps, ctx.sample_keys(k_attack, b),
-                           is_adv)
-    f0, f1 = factors(extra["fair"], y, axis)
+    x_tilde = perturb.perturb(ctx, attack_fn, x, y, clean, eps=eps,
+                              keys=ctx.sample_keys(k_attack, b), adversary=is_adv)
+    natural_factor, boundary_factor = factors(extra["fair"], y, axis)
 
     # 4. Eq. 31 on the classifier.
     def per_sample_fn(params):
       """W -> ([B, 1] each sample's Eq. 31 loss under its strategy, aux)."""
-      lc, bs = ctx.train_logits(params, state.batch_stats, x)
-      lt, bs = ctx.train_logits(params, bs, x_tilde)
-      ce = losses.cross_entropy(lc, y)
-      l0 = f0 * ce + lam * f1 * losses.kl_divergence(lc, lt)  # adversaries: L0
-      l1 = f0 * losses.cross_entropy(lt, y)  # anti-adversaries: L1
-      return jnp.where(is_adv, l0, l1)[:, None], (bs, ce, l0, l1, lc, lt)
+      logits_clean, bs = ctx.train_logits(params, state.batch_stats, x)
+      logits_tilde, bs = ctx.train_logits(params, bs, x_tilde)
+      ce = losses.cross_entropy(logits_clean, y)
+      # adversaries: L0; anti-adversaries: L1 (Eq. 31)
+      l0 = natural_factor * ce + lam * boundary_factor * losses.kl_divergence(logits_clean,
+                                                                            logits_tilde)
+      l1 = natural_factor * losses.cross_entropy(logits_tilde, y)
+      return jnp.where(is_adv, l0, l1)[:, None], (bs, ce, l0, l1, logits_clean, logits_tilde)
 
-    (loss, (bs, ce, l0, l1, lc, lt)), grads = jax.value_and_grad(
+    (loss, (bs, ce, l0, l1, logits_clean, logits_tilde)), grads = jax.value_and_grad(
         lambda p: meta.weighted_loss(per_sample_fn, p, jnp.ones((b, 1))),
         has_aux=True)(state.params)
     l0, l1 = jax.lax.stop_gradient(l0), jax.lax.stop_gradient(l1)
@@ -200,17 +206,18 @@ def make_step(config, ctx: base.StepContext):
     # 5. REINFORCE on Omega after every K-th classifier step (Algorithm 2).
     def update(carry):
       omega, opt, ema = carry
-      rew, info = reward_fn(state, batch, attack_fn, per_sample_fn, direction, l0, l1,
-                            ctx.schedule(state.step), k_meta)
-      adv = reinforce.advantages(rew, baseline, ema=ema, momentum=momentum, axis_name=axis)
+      reward, info = reward_fn(state, batch, attack_fn=attack_fn, per_sample_fn=per_sample_fn,
+                               direction=direction, l0=l0, l1=l1, lr=ctx.schedule(state.step),
+                               key=k_meta)
+      adv = reinforce.advantages(reward, baseline, ema=ema, momentum=momentum, axis_name=axis)
       if lookahead:  # unit-variance advantages: the policy's step ignores the reward scale
         adv = reinforce.standardize(adv, axis)
       pgrad = base.pmean(jax.grad(lambda om: -reinforce.objective(
           policy_fn(om), direction, bound, adv, entropy_bonus))(omega), axis)
       updates, opt = tx.update(pgrad, opt, omega)
-      info = dict(info, reward=rew, grad_norm=optax.tree.norm(pgrad))
+      info = dict(info, reward=reward, grad_norm=optax.tree.norm(pgrad))
       return ((optax.apply_updates(omega, updates), opt,
-               reinforce.ema_update(ema, rew, momentum, axis)), info)
+               reinforce.ema_update(ema, reward, momentum, axis)), info)
 
     def skip(carry):
       zeros = jnp.zeros((b,), jnp.float32)
@@ -232,26 +239,31 @@ def make_step(config, ctx: base.StepContext):
     new_extra = dict(extra, policy=policy, policy_opt=policy_opt, stats=stats, reward_ema=ema)
     new_state = base.apply_gradients(state, grads, bs, ctx, extra=new_extra)
 
-    metrics = _metrics(logits, direction, eps, y, batch, loss, lc, lt, update_now, info,
-                       num_classes, axis, eps_max, clean)
+    metrics = _metrics(
+        policy_logits=logits, direction=direction, eps=eps, labels=y, batch=batch, loss=loss,
+        logits_clean=logits_clean, logits_tilde=logits_tilde, update_now=update_now, info=info,
+        num_classes=num_classes, axis=axis, eps_max=eps_max, clean_eval_logits=clean)
     return new_state, metrics
 
   return step
 
 
-def _metrics(logits, direction, eps, y, batch, loss, lc, lt, update_now, info, num_classes,
-             axis, eps_max, clean) -> dict:
+def _metrics(*, policy_logits, direction, eps, labels, batch, loss, logits_clean, logits_tilde,
+             update_now, info, num_classes, axis, eps_max, clean_eval_logits) -> dict:
   """Scalars and per-group ratio metrics (``base.ratio_metric``): the curves
-  of the paper's Figs. 9, 10, 13."""
+  of the paper's Figs. 9, 10, 13. ``logits_clean`` / ``logits_tilde`` are the
+  training-mode logits of the clean and perturbed inputs, ``clean_eval_logits``
+  the inference-mode ones the strategy was drawn from."""
+  logits, y, clean = policy_logits, labels, clean_eval_logits
   alpha = (direction == reinforce.ADVERSARY).astype(jnp.float32)
   corrupted = base.corrupted_mask(batch, y).astype(jnp.int32)
   p_adv = jax.nn.softmax(reinforce.direction_logits(logits))[:, 0]
   ent = reinforce.entropies(logits)
-  correct_t = losses.correct(lt, y)
+  correct_t = losses.correct(logits_tilde, y)
   n_adv, n_at = base.psum(alpha.sum(), axis), base.psum((1 - alpha).sum(), axis)
   m = base.pmean({
       "loss": loss, "alpha": alpha.mean(), "eps": eps.mean(),
-      "clean_acc": losses.correct(lc, y).mean(), "p_adv": p_adv.mean(),
+      "clean_acc": losses.correct(logits_clean, y).mean(), "p_adv": p_adv.mean(),
       "entropy": ent["joint"].mean(), "entropy_direction": ent["direction"].mean(),
       "entropy_bound": ent["bound"].mean()}, axis)
   # accuracy on each sample's own perturbation, per direction (0 if none drawn)
@@ -309,7 +321,7 @@ def validate(config) -> None:
 
 
 def cost(config) -> float:
-  """F per example (SPEC 11): one fused attack pass, a clean forward, training
+  """F per example (docs/method.md §11): one fused attack pass, a clean forward, training
   on clean and perturbed inputs (as TRADES); for the look-ahead reward, plus
   on every K-th step the meta part: the meta batch's clean forward, attack
   and robust-loss gradient (clean and adversarial inputs), scaled by meta

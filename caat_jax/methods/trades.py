@@ -1,7 +1,7 @@
 """TRADES (Zhang et al. 2019): CE(f(x), y) + beta * KL(f(x) || f(x')).
 
 x' ascends KL(f(x) || f(x')) from x + 0.001 N(0, I) with f in inference mode
-(SPEC 2); in the loss f(x) is not detached, as in the reference code. The clean
+(docs/method.md §2); in the loss f(x) is not detached, as in the reference code. The clean
 and perturbed batches go through the network in two training-mode passes, each
 with its own batch statistics, as the reference's two forward calls do.
 """
@@ -40,7 +40,7 @@ def make_step(config, ctx: base.StepContext):
 
 def cost(config) -> float:
   """One KL attack pass, a clean forward (the KL target), training on clean
-  and perturbed inputs (SPEC 11: 27F at K = 10)."""
+  and perturbed inputs (docs/method.md §11: 27F at K = 10)."""
   return base.attack_units(config) + 1.0 + 6.0
 
 

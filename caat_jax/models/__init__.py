@@ -4,7 +4,7 @@ Every model is a Flax Linen module called as ``model.apply(variables, x,
 train=...)`` with ``x`` a [B, H, W, C] float32 batch of pixels in [0, 1]; it
 returns float32 logits [B, num_classes]. Mean/std normalisation is the first
 thing each model does, so attack budgets (eps = 8/255) are in pixel space
-(SPEC section 1). ``dtype`` is the compute dtype (e.g. bfloat16); parameters,
+(docs/method.md §1). ``dtype`` is the compute dtype (e.g. bfloat16); parameters,
 BatchNorm statistics and logits stay float32. Variables are
 ``{'params': ..., 'batch_stats': ...}``; training applies take
 ``mutable=['batch_stats']``.
