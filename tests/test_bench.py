@@ -1,13 +1,11 @@
-"""The benchmark's cost accounting (SPEC section 11) and a smoke run.
+"""The benchmark's cost accounting (docs/method.md §11) and a smoke run.
 
 Speed itself is not asserted here (speed goals live in the benchmark's
-output); what can be wrong is the accounting and the report's arithmetic.
-"""
+output); what can be wrong is the accounting and the report's arithmetic."""
 
+from tests.helpers import (digits_config)
 import pytest
-
 from caat_jax import bench
-from tests.helpers import digits_config
 
 
 def _cfg(method, **overrides):
@@ -17,7 +15,7 @@ def _cfg(method, **overrides):
 
 
 def test_forward_units_match_spec_section_11():
-  # SPEC 11: PGD-AT with K = 10 is 10 * 2F + 3F; TRADES / Reinforce-CAAT 27F.
+  # docs/method.md §11: PGD-AT with K = 10 is 10 * 2F + 3F; TRADES / Reinforce-CAAT 27F.
   assert bench.forward_units(_cfg("pgd_at")) == 23.0
   assert bench.forward_units(_cfg("trades")) == 27.0
   assert bench.forward_units(_cfg("reinforce_caat", **{"reinforce.reward": "paper"})) == 27.0
@@ -30,7 +28,7 @@ def test_forward_units_match_spec_section_11():
   # Meta-CAAT, meta step every iteration, m = n, robust objective, jvp:
   # two attacks 40 + clean 1 + real update 9 + look-ahead 9 + meta attack 20
   # + meta clean 1 + meta fwd/bwd 6 + JVP 6 = 92F, i.e. 4.0x PGD-AT
-  # (SPEC: "roughly 4-5x").
+  # (docs/method.md §11: "roughly 4-5x").
   mc = _cfg("meta_caat", **{"meta.batch_size": 64, "batch_size": 64})
   assert bench.forward_units(mc) == 92.0
   # the meta part scales with m / n and 1 / interval
@@ -135,3 +133,17 @@ def test_attack_bench_compacted_and_fixed_batches_break_the_same_points():
                                       compact=comp, **kw)["rows"][0] for comp in (True, False)}
   assert got[True]["broken"] == got[False]["broken"] > 0
   assert got[True]["slots"] < got[False]["slots"] * 9  # fixed: every batch, every target
+
+
+@pytest.mark.slow  # APGD-CE and APGD-DLR at the reference's 100 iterations, both paths
+def test_bench_times_autoattack_rand_compacted_and_fixed_alike():
+  """The benchmark runs autoattack-rand with its version's options on both
+  paths: the same points break (APGD-CE then APGD-DLR, one restart each)."""
+  from caat_jax import bench  # pylint: disable=import-outside-toplevel
+  from tests.test_bench import _cfg  # pylint: disable=import-outside-toplevel
+  got = {comp: bench.run_attack_bench(_cfg("pgd_at"), ["autoattack-rand"], ["small_cnn"],
+                                      batch_size=8, compact=comp, eps=0.3,
+                                      num_points=16)["rows"][0] for comp in (True, False)}
+  assert got[True]["broken"] == got[False]["broken"] > 0
+  assert got[False]["slots"] == 2 * 16  # two attacks, one run each, every point
+  assert got[True]["slots"] <= got[False]["slots"]

@@ -1,10 +1,12 @@
-"""README's "Adding a method" and "Adding a meta-gradient variant" recipes,
-proved: each is one new file plus one registry line in a copy of the package,
+"""docs/extending.md's "Adding a method" and "Adding a meta-gradient variant"
+recipes, proved: the method is the recipe's own code, read from the document;
+each is one new file plus one registry line in a copy of the package,
 and the addition trains end to end (validation, checkpoints, the 8-device
 pmap wrapper, final evaluation) and reports its benchmark cost, with no other
 file edited."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -12,37 +14,40 @@ import textwrap
 
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, subprocess_env
 
-NEW_METHOD = '''
-import jax
-from caat_jax import losses
+DOC = os.path.join(ROOT, "docs", "extending.md")
+
+
+def _section(title):
+  """The text of docs/extending.md's section ``## title``."""
+  with open(DOC) as f:
+    text = f.read()
+  body = text.split(f"\n## {title}\n", 1)[1]
+  return body.split("\n## ", 1)[0]
+
+
+def _method_recipe():
+  """(module path, module source, registry name) of "Adding a method"."""
+  section = _section("Adding a method")
+  code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+  path = re.match(r"# (caat_jax/methods/\w+\.py)\n", code).group(1)
+  name = re.search(r'`"(\w+)",` in `_MODULES` of `caat_jax/methods/__init__.py`', section).group(1)
+  assert os.path.basename(path) == name + ".py" and f'base.Method("{name}"' in code, section
+  return path, code, name
+
+
+# Appended to the recipe's module: a ``validate`` the recipe's text promises
+# the trainer picks up (``Method.validate``); still one file.
+VALIDATE = '''
 from caat_jax.checks import check
-from caat_jax.methods import base
-
-
-def make_step(config, ctx):
-  def step(state, batch, key):
-    x, y = batch["image"], batch["label"]
-    f = ctx.eval_logits_fn(state.params, state.batch_stats)
-    x_adv = caat.adversaries(ctx, f, x, y, f(x), ctx.full_eps(x.shape[0]), key)
-
-    def loss_fn(params):
-      logits, bs = ctx.train_logits(params, state.batch_stats, x_adv)
-      return losses.cross_entropy(logits, y).mean(), bs
-
-    (loss, bs), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    return (base.apply_gradients(state, grads, bs, ctx),
-            base.pmean({"loss": loss}, ctx.axis_name))
-  return step
 
 
 def validate(config):
   check("trades.beta", config.trades.beta < 100, config.trades.beta, "< 100")
 
 
-METHOD = base.Method("kl_at", make_step, validate=validate,
-                     cost=lambda config: base.attack_units(config) + 4.0)
+METHOD = METHOD._replace(validate=validate)
 '''
 
 NEW_VARIANT = '''
@@ -73,16 +78,17 @@ from caat_jax import bench, config_lib, train
 from tests.helpers import digits_config
 
 out = {}
-for name, overrides in [("kl_at", {}), ("meta_caat", {"meta.variant": "aligned", "meta.k": 2})]:
+method = sys.argv[3]
+for name, overrides in [(method, {}), ("meta_caat", {"meta.variant": "aligned", "meta.k": 2})]:
   config = digits_config(method=name, batch_size=64, **overrides)
   config.data.test_fraction = 0.5  # fewer training steps
   workdir = os.path.join(sys.argv[2], name)
   docs = train.train_and_evaluate(config, workdir)
-  out[name] = {"robust": docs[0]["avg"]["robust"], "units": bench.forward_units(config),
+  out["kl_at" if name == method else name] = {"robust": docs[0]["avg"]["robust"], "units": bench.forward_units(config),
                "checkpoints": sorted(os.listdir(os.path.join(workdir, "checkpoints")))}
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    out[name]["records"] = [json.loads(line) for line in f]
-bad = digits_config(method="kl_at")
+    out["kl_at" if name == method else name]["records"] = [json.loads(line) for line in f]
+bad = digits_config(method=method)
 bad.trades.beta = 1e3
 try:
   config_lib.validate(bad)
@@ -105,7 +111,7 @@ def _copy_package(dst):
 def _add_registry_line(path, after, line):
   with open(path) as f:
     text = f.read()
-  assert after in text, f"{path} has no {after!r}: the README recipe is out of date"
+  assert after in text, f"{path} has no {after!r}: docs/extending.md is out of date"
   with open(path, "w") as f:
     f.write(text.replace(after, after + line, 1))
 
@@ -114,17 +120,21 @@ def _add_registry_line(path, after, line):
 def test_new_method_and_meta_variant_are_one_file_and_one_line(tmp_path):
   pkg = str(tmp_path / "pkg")
   _copy_package(pkg)
-  with open(os.path.join(pkg, "caat_jax", "methods", "kl_at.py"), "w") as f:
-    f.write(textwrap.dedent(NEW_METHOD))
+  path, code, name = _method_recipe()
+  with open(os.path.join(pkg, path), "w") as f:
+    f.write(code + VALIDATE)
   _add_registry_line(os.path.join(pkg, "caat_jax", "methods", "__init__.py"),
-                     "_MODULES = (\n", '    "kl_at",\n')
+                     "_MODULES = (\n", f'    "{name}",\n')
+  variant = _section("Adding a meta-gradient variant")
+  for promise in ("`VARIANT = Variant(name, make, cost, options)`",
+                  "`_MODULES` in `caat_jax/meta/__init__.py`", "`config.meta.variant=<name>`"):
+    assert promise in variant, f"docs/extending.md no longer says {promise}"
   with open(os.path.join(pkg, "caat_jax", "meta", "aligned.py"), "w") as f:
     f.write(textwrap.dedent(NEW_VARIANT))
   _add_registry_line(os.path.join(pkg, "caat_jax", "meta", "__init__.py"),
                      "_MODULES = (\n", '    "aligned",\n')
-  env = dict(os.environ, PYTHONPATH=pkg, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=8")
-  proc = subprocess.run([sys.executable, "-c", SCRIPT, pkg, str(tmp_path / "runs")], cwd=pkg,
+  env = dict(subprocess_env(8), PYTHONPATH=pkg)
+  proc = subprocess.run([sys.executable, "-c", SCRIPT, pkg, str(tmp_path / "runs"), name], cwd=pkg,
                         env=env, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
   import json  # pylint: disable=g-import-not-at-top

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.helpers import ROOT, digits_config, restore_final_state
+from tests.helpers import ROOT, digits_config, records, restore_final_state, subprocess_env
 
 _ARGS = ["--config=tests/small_config.py", "--config.num_epochs=1",
          "--config.checkpoint_every_steps=10", "--config.log_every_steps=5"]
@@ -30,9 +30,7 @@ def _free_port() -> int:
 
 
 def _start(workdir, backend, devices, *extra):
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+  env = subprocess_env(devices)
   return subprocess.Popen(
       [sys.executable, "-m", "caat_jax.main", f"--workdir={workdir}", *_ARGS,
        f"--config.parallel.backend={backend}", *extra],
@@ -49,11 +47,6 @@ def _finish(proc):
   return out
 
 
-def _records(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["pmap", "shard_map"])
 def test_two_processes_equal_one(backend, tmp_path):
@@ -67,7 +60,7 @@ def test_two_processes_equal_one(backend, tmp_path):
 
   # Only process 0 reports.
   assert "pgd_at on digits" in outs[0] and "pgd_at on digits" not in outs[1]
-  ref, got = _records(one), _records(two)
+  ref, got = records(one), records(two)
   assert [r["step"] for r in got] == [r["step"] for r in ref]  # one writer, no duplicates
   for r, g in zip(ref, got):
     assert set(r) == set(g)

@@ -113,7 +113,7 @@ def test_each_step_is_traced_once_for_the_whole_run(method, monkeypatch, tmp_pat
     return traced
 
   monkeypatch.setattr(methods, "train_step", counting("train", methods.train_step))
-  monkeypatch.setattr(eval_attacks, "eval_fn", counting("eval", named_attacks.eval_fn))
+  monkeypatch.setattr(named_attacks, "eval_fn", counting("eval", named_attacks.eval_fn))
   config = digits_config(method=method, num_epochs=2, eval_every=1, checkpoint_every_steps=7)
   train.train_and_evaluate(config, str(tmp_path))
   assert traces["train"] == 1

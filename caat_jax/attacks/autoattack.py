@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from caat_jax import losses
-from caat_jax.attacks.apgd import apgd_ce, apgd_targeted
+from caat_jax.attacks.apgd_attacks import apgd_ce, apgd_targeted
 from caat_jax.attacks.common import AttackResult, LogitsFn, bcast
 from caat_jax.attacks.sanity import check_num_classes
 from caat_jax.attacks.fab import fab_targeted

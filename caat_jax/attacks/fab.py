@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from caat_jax import losses
-from caat_jax.attacks.apgd import target_classes
+from caat_jax.attacks.apgd_attacks import target_classes
 from caat_jax.attacks.common import (AttackResult, LogitsFn, bcast, fold, initial, linf_norm,
                                      run_range)
 

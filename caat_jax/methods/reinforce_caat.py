@@ -239,62 +239,13 @@ def make_step(config, ctx: base.StepContext):
     new_extra = dict(extra, policy=policy, policy_opt=policy_opt, stats=stats, reward_ema=ema)
     new_state = base.apply_gradients(state, grads, bs, ctx, extra=new_extra)
 
-    metrics = _metrics(
+    metrics = strategy_stats.reinforce_metrics(
         policy_logits=logits, direction=direction, eps=eps, labels=y, batch=batch, loss=loss,
         logits_clean=logits_clean, logits_tilde=logits_tilde, update_now=update_now, info=info,
         num_classes=num_classes, axis=axis, eps_max=eps_max, clean_eval_logits=clean)
     return new_state, metrics
 
   return step
-
-
-def _metrics(*, policy_logits, direction, eps, labels, batch, loss, logits_clean, logits_tilde,
-             update_now, info, num_classes, axis, eps_max, clean_eval_logits) -> dict:
-  """Scalars and per-group ratio metrics (``base.ratio_metric``): the curves
-  of the paper's Figs. 9, 10, 13. ``logits_clean`` / ``logits_tilde`` are the
-  training-mode logits of the clean and perturbed inputs, ``clean_eval_logits``
-  the inference-mode ones the strategy was drawn from."""
-  logits, y, clean = policy_logits, labels, clean_eval_logits
-  alpha = (direction == reinforce.ADVERSARY).astype(jnp.float32)
-  corrupted = base.corrupted_mask(batch, y).astype(jnp.int32)
-  p_adv = jax.nn.softmax(reinforce.direction_logits(logits))[:, 0]
-  ent = reinforce.entropies(logits)
-  correct_t = losses.correct(logits_tilde, y)
-  n_adv, n_at = base.psum(alpha.sum(), axis), base.psum((1 - alpha).sum(), axis)
-  m = base.pmean({
-      "loss": loss, "alpha": alpha.mean(), "eps": eps.mean(),
-      "clean_acc": losses.correct(logits_clean, y).mean(), "p_adv": p_adv.mean(),
-      "entropy": ent["joint"].mean(), "entropy_direction": ent["direction"].mean(),
-      "entropy_bound": ent["bound"].mean()}, axis)
-  # accuracy on each sample's own perturbation, per direction (0 if none drawn)
-  m["adv_acc"] = base.psum((correct_t * alpha).sum(), axis) / jnp.maximum(n_adv, 1.0)
-  m["anti_acc"] = base.psum((correct_t * (1 - alpha)).sum(), axis) / jnp.maximum(n_at, 1.0)
-  m["policy_grad_norm"] = info["grad_norm"]
-  m["policy_updated"] = update_now.astype(jnp.float32)
-  # Fig. 8c: margins of the inference-mode logits the strategy was drawn from
-  m.update(strategy_stats.strategy_stats(alpha, eps, y, batch, num_classes, axis, clean_logits=clean,
-                               eps_max=eps_max))
-  ratio = lambda name, v, g, n: m.update(base.ratio_metric(name, v, g, n, axis))
-  # per class, clean samples first then corrupted: entry y + C * corrupted
-  cls_cn = y + num_classes * corrupted
-  ratio("adv_ratio_class_clean_noisy", alpha, cls_cn, 2 * num_classes)
-  ratio("eps_class_clean_noisy", eps, cls_cn, 2 * num_classes)
-  ratio("p_adv_clean_noisy", p_adv, corrupted, 2)
-  # bounds of adversaries (0) and anti-adversaries (1); then split by clean /
-  # corrupted: entry 2 * corrupted + direction
-  ratio("eps_per_direction", eps, direction, 2)
-  ratio("eps_direction_clean_noisy", eps, 2 * corrupted + direction, 4)
-  # rewards, on update steps only: per direction, and per clean / corrupted
-  upd = update_now.astype(jnp.float32)
-  gated = lambda name, v, g, n: m.update(
-      {key: val * upd for key, val in base.ratio_metric(name, v, g, n, axis).items()})
-  gated("reward_per_direction", info["reward"], direction, 2)
-  gated("paper_reward_per_direction", info["paper"], direction, 2)
-  gated("lookahead_reward_per_direction", info["lookahead"], direction, 2)
-  gated("lookahead_reward_clean_noisy", info["lookahead"], corrupted, 2)
-  m["ratio/meta_loss/num"] = (info["meta_loss"] * upd)[None]
-  m["ratio/meta_loss/den"] = upd[None]
-  return m
 
 
 def validate(config) -> None:

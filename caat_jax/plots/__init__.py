@@ -27,9 +27,10 @@ A figure no run has data for is skipped with one printed line.
 
 import os
 
-from caat_jax.plots.figures import (FIGURES, Skip, draw_bound_vs_margin,
-                                    draw_clean_vs_corrupted, draw_per_class_errors,
+from caat_jax.plots.class_errors import draw_per_class_errors
+from caat_jax.plots.figures import (FIGURES, draw_bound_vs_margin, draw_clean_vs_corrupted,
                                     draw_strategy_per_class, draw_training_curves)
+from caat_jax.plots.style import Skip
 from caat_jax.plots.runs import Group, NoRunsError, RunRecord, discover_runs, group_runs
 
 __all__ = ["draw_all", "discover_runs", "group_runs", "RunRecord", "Group", "NoRunsError", "Skip",

@@ -12,15 +12,20 @@ iterate, step size and best loss is compared.
 The model is a tanh MLP with 10 classes and a large eps, so the gradient's
 sign changes between iterations and the box [0, 1] binds; the test asserts
 that these happen and that both halving conditions fire.
-"""
 
+
+Also: APGD-CE / APGD-T reach the exact robust accuracy of linear classifiers,
+the step-size checkpoints, and EOT (the gradient averaged over draws of a
+randomised model, AutoAttack's version 'rand')."""
+
+from tests.helpers import (eps_and_subset, keys_for, linear_problem)
 import numpy as np
 import pytest
-
 import jax
 import jax.numpy as jnp
+from caat_jax.attacks import apgd, apgd_attacks
+from caat_jax import attacks
 
-from caat_jax.attacks import apgd
 
 B, D, H, C = 48, 16, 12, 10
 
@@ -148,3 +153,136 @@ def test_apgd_matches_the_reference_step_by_step(seed):
   # Reset to the best point at a halving: that iterate equals the best so far.
   i, b = np.argwhere(ref["reduce"])[0]
   assert ref["loss_best"][i, b] >= ref["loss"][: i + 1, b].max()
+
+
+def test_step_size_checkpoints_match_the_reference():
+  after, window = apgd.checkpoints(100)
+  # p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06).
+  assert after == [22, 41, 57, 70, 80, 87, 93, 99]
+  assert window == [22, 19, 16, 13, 10, 7, 6, 6]
+  # The reference's counter logic, independently: counter3 counts up to k.
+  for n in (10, 37, 100, 250):
+    k, k_min, decr = max(int(0.22 * n), 1), max(int(0.06 * n), 1), max(int(0.03 * n), 1)
+    expect, counter = [], 0
+    for i in range(n):
+      counter += 1
+      if counter == k:
+        expect.append(i + 1)
+        k, counter = max(k - decr, k_min), 0
+    assert apgd.checkpoints(n)[0] == expect, n
+
+
+@pytest.mark.parametrize("num_classes,disjoint", [(2, False), (10, True)])
+def test_apgd_ce_reaches_the_exact_robust_accuracy(num_classes, disjoint):
+  f, x, y, dist = linear_problem(num_classes, disjoint=disjoint)
+  eps, x, y, dist = eps_and_subset(dist, x, y)
+  res = jax.jit(lambda x, y, k: apgd_attacks.apgd_ce(f, x, y, eps=eps, keys=k))(x, y, keys_for(len(y)))
+  np.testing.assert_array_equal(np.asarray(res.robust), dist > eps)
+  assert float(jnp.max(jnp.abs(res.x_adv - x))) <= eps * (1 + 1e-5)
+  broken = ~np.asarray(res.robust)
+  assert np.all(np.argmax(np.asarray(f(res.x_adv)), -1)[broken] != np.asarray(y)[broken])
+
+
+@pytest.mark.parametrize("num_classes,disjoint", [(2, False), (10, False)])
+def test_apgd_t_reaches_the_exact_robust_accuracy(num_classes, disjoint):
+  f, x, y, dist = linear_problem(num_classes, disjoint=disjoint, seed=1)
+  eps, x, y, dist = eps_and_subset(dist, x, y)
+  res = jax.jit(lambda x, y, k: apgd_attacks.apgd_targeted(f, x, y, eps=eps, keys=k))(
+      x, y, keys_for(len(y)))
+  np.testing.assert_array_equal(np.asarray(res.robust), dist > eps)
+  assert float(jnp.max(jnp.abs(res.x_adv - x))) <= eps * (1 + 1e-5)
+
+
+def test_apgd_is_per_sample_and_deterministic():
+  f, x, y, dist = linear_problem(10, n=32, seed=2)
+  eps = float(np.quantile(dist, 0.5))
+  keys = keys_for(32, seed=3)
+  run = jax.jit(lambda x, y, k: apgd_attacks.apgd_ce(f, x, y, eps=eps, keys=k, num_iters=20))
+  full, again, half = run(x, y, keys), run(x, y, keys), run(x[:16], y[:16], keys[:16])
+  np.testing.assert_array_equal(full.x_adv, again.x_adv)
+  np.testing.assert_array_equal(full.x_adv[:16], half.x_adv)
+  np.testing.assert_array_equal(full.robust[:16], half.robust)
+
+
+# --- EOT ---------------------------------------------------------------------
+
+
+C = 5
+
+
+def _noisy_tanh_model(seed=0):
+  """A randomised 2-layer tanh classifier on 8x8x1 inputs: the hidden units
+  are multiplied by a fresh Bernoulli(0.7) mask per draw (dropout at test
+  time), so gradients differ from draw to draw."""
+  rng = np.random.default_rng(seed)
+  w1 = jnp.asarray(rng.normal(size=(64, 16)) / 4, jnp.float32)
+  w2 = jnp.asarray(rng.normal(size=(16, C)), jnp.float32)
+
+  def fn(x, key):
+    h = jnp.tanh(x.reshape(x.shape[0], -1) @ w1)
+    mask = jax.random.bernoulli(key, 0.7, h.shape).astype(h.dtype)
+    return (h * mask) @ w2
+
+  return fn
+
+
+def _inputs(n=4, seed=1):
+  rng = np.random.default_rng(seed)
+  x = jnp.asarray(rng.uniform(0.2, 0.8, size=(n, 8, 8, 1)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, C, size=n), jnp.int32)
+  keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(n) + 100)
+  return x, y, keys
+
+
+def _ce(logits, y):
+  return -jax.nn.log_softmax(logits)[y]
+
+
+def test_eot_gradient_is_the_mean_over_draws_and_logits_the_last_draw():
+  fn = _noisy_tanh_model()
+  x, y, keys = _inputs()
+  eot = 7
+  value, logits, grad = apgd._loss_and_grad(apgd.Randomised(fn), "ce", eot)(x, y, y, keys)
+  for b in range(len(y)):  # a slow loop over points and draws, one draw at a time
+    draw_keys = [jax.random.fold_in(keys[b], j) for j in range(eot)]
+    per_draw = [jax.grad(lambda xi, k=k: _ce(fn(xi[None], k)[0], y[b]))(x[b])
+                for k in draw_keys]
+    np.testing.assert_allclose(grad[b], np.mean(per_draw, axis=0), rtol=1e-5, atol=1e-6)
+    last = fn(x[b][None], draw_keys[-1])[0]
+    np.testing.assert_allclose(logits[b], last, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(value[b], _ce(last, y[b]), rtol=1e-5, atol=1e-6)
+  # the draws really differ: one draw's gradient is not the mean
+  one = apgd._loss_and_grad(apgd.Randomised(fn), "ce", 1)(x, y, y, keys)[2]
+  assert float(jnp.max(jnp.abs(one - grad))) > 1e-3
+
+
+def test_apgd_first_step_follows_the_eot_gradient_of_its_iteration_keys():
+  """The start point's gradient is averaged over the draws keyed by the
+  start (fold_in(key, tag + num_iters), then the draw); the first iterate is
+  the projected sign step of 2 eps along it."""
+  fn = _noisy_tanh_model(seed=3)
+  x, y, keys = _inputs(seed=4)
+  eps, iters, eot = 0.05, 4, 5
+  noise = jnp.asarray(np.random.default_rng(5).uniform(-1, 1, x.shape), jnp.float32)
+  traj = apgd.apgd_trajectory(apgd.Randomised(fn), x, y, eps=eps, keys=keys, num_iters=iters,
+                              noise=noise, eot_iter=eot)
+  x0 = np.asarray(traj["x_start"])
+  for b in range(len(y)):
+    k = jax.random.fold_in(keys[b], apgd._EOT_TAG + iters)
+    g = np.mean([jax.grad(lambda xi, j=j: _ce(fn(xi[None], jax.random.fold_in(k, j))[0],
+                                              y[b]))(x0[b]) for j in range(eot)], axis=0)
+    want = np.clip(np.clip(x0[b] + 2 * eps * np.sign(g), x[b] - eps, x[b] + eps), 0, 1)
+    np.testing.assert_allclose(traj["x_adv"][0, b], want, atol=1e-6)
+
+
+def test_eot_on_a_deterministic_model_changes_nothing():
+  f, x, y, dist = linear_problem(10, n=24, seed=2)
+  eps = float(np.quantile(dist, 0.5))
+  keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(len(y)))
+  run = lambda e: attacks.apgd_ce(f, x, y, eps=eps, keys=keys, num_iters=10, eot_iter=e)
+  a, b = run(1), run(20)
+  np.testing.assert_array_equal(a.robust, b.robust)
+  np.testing.assert_array_equal(a.x_adv, b.x_adv)
+  assert 0 < int(a.robust.sum()) < len(y)
+  with pytest.raises(ValueError, match="eot_iter=0; valid"):
+    apgd._loss_and_grad(f, "ce", 0)

@@ -39,25 +39,30 @@ Group B used to be APGD-CE-blind by scaling its logits by 10^4 (a saturated
 softmax); under ``jit`` XLA's fusion of the scaled log-softmax can leave
 ``p_y - 1`` a rounding error (about 1e-8) instead of zero, whose sign still points
 APGD-CE at the answer (adding group C's gate to the graph made APGD-CE
-break 13 of those points), so the gate replaces it.
-"""
+break 13 of those points), so the gate replaces it."""
 
+from tests.helpers import (keys_for)
 import functools
-
 import numpy as np
 import pytest
-
 import jax
 import jax.numpy as jnp
-
 from caat_jax import losses
 from caat_jax.attacks import autoattack, verify
-from tests.test_autoattack import keys_for
+
 
 N_NEAR, N_FAR, D, K = 20, 4, 64, 10
+
+
 N_PER = N_NEAR + N_FAR
+
+
 MARKS = (0.125, 0.375, 0.625, 0.875)
+
+
 EPS = 0.01
+
+
 NEAR, FAR = (0.5, 0.85), 1.5  # minimal perturbations, in units of eps
 
 
@@ -79,7 +84,6 @@ def _gate_fwd(z, max_touched):
 def _gate_bwd(max_touched, _, ct):
   touched = jnp.sum(ct != 0, axis=-1, keepdims=True)
   return (jnp.where(touched <= max_touched, ct, jnp.zeros_like(ct)),)
-
 
 _gradient_gate.defvjp(_gate_fwd, _gate_bwd)
 

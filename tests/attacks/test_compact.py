@@ -1,15 +1,10 @@
 """The compacting driver: buckets, and the same results as autoattack()."""
 
+from tests.helpers import (TINY_AA, keys_for, linear_problem)
 import numpy as np
 import pytest
-
 import jax
-
 from caat_jax.attacks import autoattack, compact
-from tests.test_autoattack import keys_for, linear_problem
-
-TINY = {"apgd-ce": {"num_iters": 6}, "apgd-t": {"num_iters": 6, "num_target_classes": 3},
-        "fab-t": {"num_iters": 6, "num_target_classes": 3}, "square": {"num_queries": 30}}
 
 
 def test_bucket_sizes_and_plan():
@@ -59,12 +54,12 @@ def test_compaction_gives_autoattacks_results_exactly_two_attacks():
   keys = keys_for(len(y), seed=3)
   attacks = ("apgd-t", "square")
   res, stages = jax.jit(lambda x, y, k: autoattack.autoattack(
-      f, x, y, eps=eps, keys=k, options=TINY, attacks=attacks))(x, y, keys)
+      f, x, y, eps=eps, keys=k, options=TINY_AA, attacks=attacks))(x, y, keys)
   stats = {}
   for pack in ("slots", "calls"):
     x_adv, robust, got, stats[pack] = compact.autoattack_compact(
-        compact.local_runner(f, TINY), np.asarray(x), np.asarray(y), eps=eps, keys=keys,
-        clean_correct=np.asarray(stages["clean"]), num_classes=10, options=TINY,
+        compact.local_runner(f, TINY_AA), np.asarray(x), np.asarray(y), eps=eps, keys=keys,
+        clean_correct=np.asarray(stages["clean"]), num_classes=10, options=TINY_AA,
         attacks=attacks, batch_size=8, min_size=4, pack=pack)
     for name in got:
       np.testing.assert_array_equal(got[name], np.asarray(stages[name]), err_msg=name)
@@ -91,10 +86,10 @@ def test_compaction_gives_autoattacks_results_exactly():
   y = y.at[0].set((y[0] + 1) % 10)  # one point misclassified clean
   keys = keys_for(len(y), seed=3)
   res, stages = jax.jit(lambda x, y, k: autoattack.autoattack(
-      f, x, y, eps=eps, keys=k, options=TINY))(x, y, keys)
+      f, x, y, eps=eps, keys=k, options=TINY_AA))(x, y, keys)
   x_adv, robust, got, stats = compact.autoattack_compact(
-      compact.local_runner(f, TINY), np.asarray(x), np.asarray(y), eps=eps, keys=keys,
-      clean_correct=np.asarray(stages["clean"]), num_classes=10, options=TINY, batch_size=8,
+      compact.local_runner(f, TINY_AA), np.asarray(x), np.asarray(y), eps=eps, keys=keys,
+      clean_correct=np.asarray(stages["clean"]), num_classes=10, options=TINY_AA, batch_size=8,
       min_size=4)
   assert list(got) == ["clean", *autoattack.STANDARD]
   for name in got:
@@ -129,11 +124,11 @@ def test_pmap_runner_matches_the_local_runner():
   eps = float(np.quantile(dist, 0.7))
   keys = keys_for(len(y), seed=5)
   clean = np.ones(len(y), bool)
-  kw = dict(eps=eps, keys=keys, clean_correct=clean, num_classes=10, options=TINY,
+  kw = dict(eps=eps, keys=keys, clean_correct=clean, num_classes=10, options=TINY_AA,
             batch_size=16, attacks=("apgd-ce", "square"))
-  local = compact.autoattack_compact(compact.local_runner(f, TINY), np.asarray(x),
+  local = compact.autoattack_compact(compact.local_runner(f, TINY_AA), np.asarray(x),
                                      np.asarray(y), min_size=8, **kw)
-  sharded = compact.autoattack_compact(compact.pmap_runner(f, TINY), np.asarray(x),
+  sharded = compact.autoattack_compact(compact.pmap_runner(f, TINY_AA), np.asarray(x),
                                        np.asarray(y), min_size=8, multiple=8, **kw)
   np.testing.assert_array_equal(local[1], sharded[1])
   np.testing.assert_array_equal(local[0], sharded[0])

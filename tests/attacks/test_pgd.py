@@ -1,11 +1,11 @@
-"""PGD with per-sample eps / sign / loss (SPEC section 2)."""
+"""PGD with per-sample eps / sign / loss (docs/method.md §2)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from caat_jax import attacks, losses
+
 
 B, D, C = 12, 6, 3
 

@@ -1,16 +1,14 @@
 """The final check (verify.py) and the reference's sanity warnings (sanity.py).
 
 Each warning is triggered by a model built to trigger it and stays silent
-on one that is not.
-"""
+on one that is not."""
 
 import numpy as np
 import pytest
-
 import jax
 import jax.numpy as jnp
-
 from caat_jax.attacks import sanity, verify
+
 
 C = 10
 
@@ -25,9 +23,6 @@ def _linear(seed=0, scale=1.0):
 def _data(f, n=12, seed=1):
   x = jnp.asarray(np.random.default_rng(seed).uniform(0.3, 0.7, (n, 4, 4, 1)), jnp.float32)
   return x, jnp.argmax(f(x), -1)  # every point correct clean
-
-
-# --- the final check ---------------------------------------------------------
 
 
 def _honest_attack(f, x, y):
@@ -107,9 +102,6 @@ def test_partial_summaries_merge_across_batches_and_ignore_padding():
   # Per-device partials (a leading device axis) merge the same way.
   stacked = jax.tree.map(lambda *v: jnp.stack(v), *parts)
   assert verify.merge_summaries([stacked]) == whole
-
-
-# --- the sanity warnings -----------------------------------------------------
 
 
 def test_check_randomized():

@@ -1,26 +1,19 @@
-"""Reinforce-CAAT (SPEC 6): the REINFORCE estimator and the joint policy on
-toy problems, the paper reward's drift, the fused attack, configs, and N
-devices = 1 with the policy actually updating. The train step itself:
-tests/test_reinforce_step.py."""
-
-import importlib
-import sys
+"""Reinforce-CAAT's policy (docs/method.md §6): the REINFORCE estimator and the
+joint policy on toy problems, the paper reward's drift, the look-ahead reward's
+standardisation, the leave-one-out baseline. The train step itself:
+tests/methods/test_reinforce_caat.py."""
 
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from caat_jax import attacks, config_lib, losses
 from caat_jax.caat import reinforce, nets
-from caat_jax.methods import base, perturb
-from tests.helpers import ROOT, digits_config
-from tests.test_parallel import check_devices_agree
 
-# -- the estimator on a toy problem ------------------------------------------
 
 B, K, H = 6, 5, 8  # samples, bound choices, hidden width
+
+
 NUM_DRAWS = 20000
 
 
@@ -197,101 +190,3 @@ def test_leave_one_out_baseline_and_ema():
   ema = reinforce.ema_update(ema, r + 1.0, 0.9, None)
   np.testing.assert_allclose(reinforce.ema_value(ema, 0.9), (0.9 * 0.1 * 3 + 0.1 * 4) / 0.19,
                              rtol=1e-6)
-
-
-# -- the fused attack ---------------------------------------------------------
-
-
-def test_fused_attack_equals_separate_attacks():
-  """One PGD pass with per-sample sign, bound and loss gives each sample what
-  the adversarial (KL ascent) and anti-adversarial (CE descent) attacks give
-  when run on their own samples."""
-  config = digits_config(method="reinforce_caat", **{"attack.num_steps": 5})
-  ctx = base.StepContext(model=None, tx=None, num_classes=10, axis_name=None,
-                         attack=base.AttackSettings.from_config(config.attack, unroll=True))
-  b = 64
-  rng = np.random.default_rng(0)
-  x = np.round(rng.uniform(size=(b, 8, 8, 1)) * 16).astype(np.float32) / 16
-  y = rng.integers(0, 10, b).astype(np.int32)
-  direction = rng.integers(0, 2, b).astype(np.int32)
-  eps = np.asarray(config.reinforce.bound_set, np.float32)[rng.integers(0, 13, b)] / 255
-  corner = np.clip(x + eps[:, None, None, None] * rng.choice([-1, 1], x.shape), 0, 1)
-  adv = np.flatnonzero(direction == reinforce.ADVERSARY)
-  anti = np.flatnonzero(direction == reinforce.ANTI_ADVERSARY)
-  assert len(adv) > 5 and len(anti) > 5
-  # a small classifier that treats examples independently, as attacks need
-  w1 = rng.normal(size=(64, 32)).astype(np.float32) / 4
-  w2 = rng.normal(size=(32, 10)).astype(np.float32)
-  fn = lambda v: jnp.tanh(v.reshape(v.shape[0], -1) @ w1) @ w2
-
-  @jax.jit
-  def compute():  # one compilation: eager ops would each compile on their own
-    clean = fn(x)
-    keys = base.sample_keys(jax.random.PRNGKey(3), b, None)
-    fused = perturb.perturb(ctx, fn, x, y, clean, jnp.asarray(eps), keys,
-                         jnp.asarray(direction) == reinforce.ADVERSARY)
-
-    def separate(idx, kind, sign):
-      e = eps[idx]
-      return attacks.pgd(fn, x[idx], y[idx], eps=e, step_size=ctx.attack.step_sizes(e),
-                         num_steps=5, keys=keys[idx], sign=jnp.full(idx.shape, sign),
-                         loss_kind=jnp.full(idx.shape, kind), clean_logits=clean[idx],
-                         start="gaussian", unroll=True)
-
-    kl = lambda v: losses.kl_divergence(clean, fn(v))
-    ce = lambda v: losses.cross_entropy(fn(v), y)
-    return dict(fused=fused, adv=separate(adv, attacks.LOSS_KL, 1.0),
-                anti=separate(anti, attacks.LOSS_CE, -1.0), kl=kl(fused), kl_corner=kl(corner),
-                ce=ce(fused), ce_corner=ce(corner), ce_clean=ce(x))
-
-  out = jax.tree.map(np.asarray, compute())
-  np.testing.assert_allclose(out["fused"][adv], out["adv"], atol=1e-6)
-  np.testing.assert_allclose(out["fused"][anti], out["anti"], atol=1e-6)
-  # ... and what they give is a real attack of the right kind and size
-  linf = np.abs(out["fused"] - x).reshape(b, -1).max(1)
-  assert np.all(linf <= eps + 1e-6) and np.mean(linf > 0.5 * eps) > 0.5
-  # against a random corner of the same ball: the adversaries raise the KL
-  # more, the anti-adversaries lower the CE more
-  assert out["kl"][adv].mean() > 2 * out["kl_corner"][adv].mean()
-  assert out["ce"][anti].mean() < min(out["ce_corner"][anti].mean(), out["ce_clean"][anti].mean())
-
-
-# -- the train step -----------------------------------------------------------
-
-
-def _config_module(name):
-  sys.path.insert(0, ROOT)
-  try:
-    return importlib.import_module(f"configs.{name}")
-  finally:
-    sys.path.remove(ROOT)
-
-
-def test_configs_load_and_validate():
-  variants = {"cifar10_reinforce_caat": [()], "svhn_reinforce_caat": [()],
-              "cifar10_reinforce_caat_noisy": [(), ("pairflip:0.2",)],
-              "cifar10_reinforce_caat_lt": [(), ("10",)],
-              "digits_reinforce_caat": [(), ("noisy",), ("lt",)]}
-  for name, args in variants.items():
-    for arg in args:
-      c = _config_module(name).get_config(*arg)
-      assert c.method == "reinforce_caat" and len(c.reinforce.bound_set) == 13
-      assert c.reinforce.reward == "lookahead" and c.data.meta_per_class >= 1
-      config_lib.validate(c, num_devices=1)
-  assert _config_module("cifar10_reinforce_caat").get_config().reinforce.lam == 0.005
-  assert _config_module("svhn_reinforce_caat").get_config().reinforce.lam == 0.1
-  for key, value in [("reinforce.baseline", "mean"), ("reinforce.k", 0),
-                     ("reinforce.reward", "lookahed"), ("reinforce.reward_mix", -1.0),
-                     ("reinforce.optimizer", "rmsprop"), ("reinforce.bound_set", ())]:
-    with pytest.raises(config_lib.ConfigError, match=key.replace(".", r"\.")):
-      config_lib.validate(digits_config(method="reinforce_caat", **{key: value}))
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("reward", ["lookahead", "paper"])
-def test_eight_devices_equal_one_with_policy_updates(reward):
-  """tests/test_parallel.py covers the default k = 20 (no policy update in its
-  two steps); here Omega updates every step: the look-ahead reward's meta
-  batch, JVP and cross-device standardisation, or the paper's reward."""
-  check_devices_agree("reinforce_caat", **{"reinforce.k": 1, "reinforce.reward": reward,
-                                           "reinforce.entropy_bonus": 0.01})

@@ -1,6 +1,7 @@
 """Surviving interruptions and bad state: exact resume after SIGKILL, a save
 on SIGTERM, unreadable checkpoints, changed configs, NaN losses."""
 
+from tests.helpers import (ROOT, digits_config, records, restore_final_state, subprocess_env)
 import glob
 import json
 import os
@@ -8,17 +9,12 @@ import signal
 import subprocess
 import sys
 import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from caat_jax import checkpointing as ckpt_lib
 from caat_jax import methods, metrics, train
-from tests.helpers import ROOT, digits_config, restore_final_state
-
-# -- helpers -------------------------------------------------------------------
 
 
 def _assert_bitwise_equal(a, b):
@@ -26,12 +22,6 @@ def _assert_bitwise_equal(a, b):
   assert len(la) == len(lb)
   for (path, x), y in zip(la, lb):
     assert x.dtype == y.dtype and np.array_equal(x, y), jax.tree_util.keystr(path)
-
-
-def _records(workdir, drop=("steps_per_sec",)):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    recs = [json.loads(line) for line in f]
-  return [{k: v for k, v in r.items() if k not in drop} for r in recs]
 
 
 def _committed_steps(workdir):
@@ -49,27 +39,22 @@ def _committed_steps(workdir):
 # CPU devices.
 _MAIN_ARGS = ["--config=tests/small_config.py", "--config.num_epochs=2",
               "--config.checkpoint_every_steps=4", "--config.log_every_steps=2"]
+
+
 _KILL_AFTER = 12  # signal once a checkpoint at this step or later is committed
-
-
-def _env():
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=2")
-  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-  return env
 
 
 def _main(workdir, *extra):
   return subprocess.run(
       [sys.executable, "-m", "caat_jax.main", f"--workdir={workdir}", *_MAIN_ARGS, *extra],
-      cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+      cwd=ROOT, env=subprocess_env(2), capture_output=True, text=True, timeout=600)
 
 
 def _run_and_signal(workdir, sig):
   """Starts a run, sends ``sig`` once a checkpoint >= _KILL_AFTER is committed."""
   proc = subprocess.Popen(
       [sys.executable, "-m", "caat_jax.main", f"--workdir={workdir}", *_MAIN_ARGS],
-      cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      cwd=ROOT, env=subprocess_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 300
   while not any(s >= _KILL_AFTER for s in _committed_steps(workdir)):
     assert proc.poll() is None, "the run ended before it could be signalled:\n" + proc.stderr.read()
@@ -86,9 +71,6 @@ def straight_run(tmp_path_factory):
   res = _main(workdir)
   assert res.returncode == 0, res.stderr
   return workdir
-
-
-# -- exact resume ---------------------------------------------------------------
 
 
 @pytest.mark.slow
@@ -109,7 +91,7 @@ def test_sigkill_then_resume_is_bitwise_identical(straight_run, tmp_path):
   # Everything: parameters, BatchNorm statistics, optimiser state, RNG, step.
   _assert_bitwise_equal(state, ref)
   # metrics.jsonl line for line (timing aside), evaluation identical.
-  assert _records(workdir) == _records(straight_run)
+  assert records(workdir, drop=("steps_per_sec",)) == records(straight_run, drop=("steps_per_sec",))
   with open(os.path.join(workdir, "eval.json")) as f, \
        open(os.path.join(straight_run, "eval.json")) as g:
     assert json.load(f) == json.load(g)
@@ -131,13 +113,10 @@ def test_sigterm_saves_exits_143_and_resumes_identically(straight_run, tmp_path)
                         restore_final_state(straight_run, config)[0])
   # The preemption save closes a logging window early; the per-step losses
   # are the same, so records at shared steps keep their lr and epoch.
-  ref = {r["step"]: r for r in _records(straight_run) if "train/loss" in r}
-  got = {r["step"]: r for r in _records(workdir) if "train/loss" in r}
+  ref = {r["step"]: r for r in records(straight_run, drop=("steps_per_sec",)) if "train/loss" in r}
+  got = {r["step"]: r for r in records(workdir, drop=("steps_per_sec",)) if "train/loss" in r}
   assert set(ref) <= set(got)
   assert all(got[s]["lr"] == ref[s]["lr"] for s in ref)
-
-
-# -- bad state ---------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -228,7 +207,7 @@ def test_incompatible_config_makes_main_exit_with_the_message(tmp_path):
   args = ["--config=tests/small_config.py", "--config.method=natural", "--config.num_epochs=1"]
   run = lambda *extra: subprocess.run(
       [sys.executable, "-m", "caat_jax.main", f"--workdir={workdir}", *args, *extra],
-      cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+      cwd=ROOT, env=subprocess_env(2), capture_output=True, text=True, timeout=600)
   assert run().returncode == 0
   res = run("--config.model_width=16")
   assert res.returncode == 1
@@ -288,9 +267,6 @@ def test_nan_before_any_checkpoint_says_none_is_kept(monkeypatch, tmp_path):
   assert not _committed_steps(str(tmp_path))
 
 
-# -- pieces -----------------------------------------------------------------------
-
-
 def test_metric_writer_drops_records_after_the_restored_step(tmp_path):
   w = metrics.MetricWriter(str(tmp_path))
   for s in (5, 10, 15):
@@ -300,7 +276,7 @@ def test_metric_writer_drops_records_after_the_restored_step(tmp_path):
   w.drop_after(10)
   w.write(15, {"train/loss": 0.0})
   w.close()
-  assert [(r["step"], r["train/loss"]) for r in _records(str(tmp_path))] == [
+  assert [(r["step"], r["train/loss"]) for r in records(str(tmp_path), drop=("steps_per_sec",))] == [
       (5, 5.0), (10, 10.0), (15, 0.0)]
 
 

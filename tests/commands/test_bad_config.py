@@ -1,4 +1,4 @@
-"""Bad configs and flags through the real command lines (issue 14): each ends
+"""Bad configs and flags through the real command lines each ends
 in exit status 1 with one short ``error:`` message on stderr that names the
 key, file or value, no traceback, before anything is compiled, and an
 existing workdir is left exactly as it was.
@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, subprocess_env
 
 _DIGITS = "--config=configs/digits.py"
 
@@ -73,9 +73,7 @@ def _run(case, tmp):
   extra = [] if module == "bench" else [f"--workdir={workdir}"]
   if module == "bench":
     extra = [f"--out={os.path.join(workdir, 'bench.json')}"]
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=8")
-  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+  env = subprocess_env(8)
   before = _tree_digest(workdir)
   proc = subprocess.run([sys.executable, "-m", f"caat_jax.{module}", *args, *extra], cwd=ROOT,
                         env=env, capture_output=True, text=True, timeout=600,

@@ -1,11 +1,11 @@
-"""Bad input ends in one clear line (issue #14): no traceback, the message
+"""Bad input ends in one clear line: no traceback, the message
 names the key, file or value and what would be valid, and an existing
 workdir is left as it was.
 
 Each case runs through the real CLI where it is reachable there, and the
-pieces are tested directly so that they stand on their own.
-"""
+pieces are tested directly so that they stand on their own."""
 
+from tests.helpers import (ROOT, subprocess_env)
 import errno
 import glob
 import hashlib
@@ -19,30 +19,21 @@ import subprocess
 import sys
 import textwrap
 import time
-
 import numpy as np
 import pytest
-
 from caat_jax import checkpointing as ckpt_lib
 from caat_jax.checkpointing import workdir as workdir_lib
 from caat_jax.data import sources, transforms
-from tests.helpers import ROOT
+
 
 _FAST = ["--config=configs/digits.py", "--config.num_epochs=1", "--config.suite=()",
          "--config.method=natural"]
 
 
-def _env():
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-  return env
-
-
 def _cli(workdir, *extra, timeout=300):
   return subprocess.run(
       [sys.executable, "-m", "caat_jax.main", f"--workdir={workdir}", *_FAST, *extra],
-      cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
+      cwd=ROOT, env=subprocess_env(1), capture_output=True, text=True, timeout=timeout)
 
 
 def _snapshot(path):
@@ -75,9 +66,6 @@ def _unwritable_dir(tmp_path):
   d.mkdir()
   d.chmod(0o500)
   return str(d)
-
-
-# -- workdir: a file, not writable --------------------------------------------
 
 
 @pytest.mark.parametrize("kind", ["file", "unwritable"])
@@ -118,9 +106,6 @@ def test_cli_bad_workdir(tmp_path, kind):
       assert f.read() == "not a directory"
 
 
-# -- one run per workdir --------------------------------------------------------
-
-
 _HOLD = textwrap.dedent("""
     import sys, time
     from caat_jax.checkpointing import workdir
@@ -134,7 +119,7 @@ _HOLD = textwrap.dedent("""
 def held_workdir(tmp_path):
   """A workdir locked by another live process; yields (path, its pid)."""
   path = str(tmp_path / "run")
-  proc = subprocess.Popen([sys.executable, "-c", _HOLD, path], cwd=ROOT, env=_env(),
+  proc = subprocess.Popen([sys.executable, "-c", _HOLD, path], cwd=ROOT, env=subprocess_env(1),
                           stdout=subprocess.PIPE, text=True)
   try:
     assert proc.stdout.readline().strip() == "held"
@@ -205,9 +190,6 @@ def test_cli_refuses_a_held_workdir(held_workdir):
   res = _cli(path)
   _assert_clear_failure(res, path, f"pid {pid}")
   assert _snapshot(path) == before
-
-
-# -- data: meta set larger than a class, corrupt TFDS ---------------------------
 
 
 def test_meta_per_class_names_the_smallest_class():
@@ -300,9 +282,6 @@ def test_cli_corrupt_tfds_dataset_info(tmp_path):
   assert (vdir / "dataset_info.json").read_text() == "{not json"
 
 
-# -- checkpoints (tiny states: no model, no compile) --------------------------
-
-
 def _tiny_state(width=4, n=30, dtype=np.float32):
   return {"params": {f"layer_{i:02d}": np.full((3, width), i, dtype) for i in range(n)},
           "step": np.int32(7)}
@@ -381,7 +360,7 @@ def test_truncated_checkpoint_fallback_warns_in_one_line(tmp_path):
   _saved(directory, [1, 2])
   _truncate_step(directory, 2)
   res = subprocess.run([sys.executable, "-c", _RESTORE_TRUNCATED, directory], cwd=ROOT,
-                       env=_env(), capture_output=True, text=True, timeout=120)
+                       env=subprocess_env(1), capture_output=True, text=True, timeout=120)
   assert res.returncode == 0 and res.stdout.strip() == "1", res.stderr
   lines = [l for l in res.stderr.splitlines() if l.strip()]
   assert len(lines) == 1, res.stderr
@@ -396,7 +375,7 @@ def test_failed_restore_noise_is_dropped_under_load(tmp_path):
   _saved(directory, [1, 2])
   _truncate_step(directory, 2)
   script = _RESTORE_TRUNCATED.replace("time.sleep(1)", "time.sleep(0)")
-  procs = [subprocess.Popen([sys.executable, "-c", script, directory], cwd=ROOT, env=_env(),
+  procs = [subprocess.Popen([sys.executable, "-c", script, directory], cwd=ROOT, env=subprocess_env(1),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
            for _ in range(4)]
   for proc in procs:
@@ -443,9 +422,6 @@ def test_check_for_errors_is_silent_while_saves_succeed(tmp_path):
   assert ckpt.all_steps() == [3, 4]
 
 
-# -- Ctrl-C and SIGTERM ---------------------------------------------------------
-
-
 class _NoPreemption:
   def reached_preemption(self, step):
     return False
@@ -476,9 +452,6 @@ def test_second_ctrl_c_stops_at_once():
     with pytest.raises(KeyboardInterrupt):
       os.kill(os.getpid(), signal.SIGINT)
       time.sleep(0.5)
-
-
-# -- through the CLI on a trained workdir (slow: one short training run) ---------
 
 
 @pytest.fixture(scope="module")
@@ -528,7 +501,7 @@ def test_cli_ctrl_c_saves_and_exits_130(tmp_path):
   proc = subprocess.Popen(
       [sys.executable, "-m", "caat_jax.main", f"--workdir={workdir}", *_FAST,
        "--config.num_epochs=3", "--config.checkpoint_every_steps=2"],
-      cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      cwd=ROOT, env=subprocess_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   _wait_for_checkpoint(proc, workdir)
   proc.send_signal(signal.SIGINT)
   _, err = proc.communicate(timeout=300)
@@ -557,7 +530,7 @@ def test_cli_failed_save_keeps_older_checkpoints_and_no_tmp_dir(tmp_path):
   res = subprocess.run(
       [sys.executable, "-c", _DISK_FULL_AT_15, f"--workdir={workdir}", *_FAST,
        "--config.checkpoint_every_steps=5"],
-      cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+      cwd=ROOT, env=subprocess_env(1), capture_output=True, text=True, timeout=600)
   ckdir = ckpt_lib.checkpoint_dir(workdir)
   _assert_clear_failure(res, f"saving step 15 to {ckdir} failed", "No space left on device",
                         "GiB free of", "(steps [5, 10]) are kept")

@@ -1,21 +1,23 @@
-"""Tests for caat_jax.data: transforms, sources (digits, mocked TFDS), augment."""
+"""Tests for caat_jax.data: transforms, sources (digits, mocked TFDS), augment.
+Also ``data.drop_corrupted``: the oracle that trains on the clean-label
+examples only."""
 
 from __future__ import annotations
-
+from tests.helpers import (digits_config)
 import itertools
 import time
-
 import jax
 import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from tensorflow_datasets.testing import mocking as tfds_mocking
-
 from caat_jax import data
 from caat_jax.data import augment
 from caat_jax.data import sources
 from caat_jax.data import transforms
+from caat_jax import config_lib
+
 
 C = 10
 
@@ -38,11 +40,6 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
 
 def balanced_labels(per_class: int, num_classes: int = C) -> np.ndarray:
   return np.repeat(np.arange(num_classes, dtype=np.int32), per_class)
-
-
-# ----------------------------------------------------------------------------
-# Label noise.
-# ----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize('noise_type', transforms.NOISE_TYPES)
@@ -128,11 +125,6 @@ def test_flip2_targets_depend_on_rng():
   assert not np.array_equal(t0, t1)
 
 
-# ----------------------------------------------------------------------------
-# Long tail.
-# ----------------------------------------------------------------------------
-
-
 def test_long_tail_counts_match_cifar10_lt():
   # The CIFAR-10-LT sizes of Cui et al. (2019), n_max = 5000.
   np.testing.assert_array_equal(
@@ -157,11 +149,6 @@ def test_long_tail_subsampling_counts(imbalance_factor):
   np.testing.assert_array_equal(counts, expected)
   assert counts.argmax() == 0  # Class 0 is the head.
   assert len(np.unique(keep)) == len(keep)
-
-
-# ----------------------------------------------------------------------------
-# Whole pipeline on the digits.
-# ----------------------------------------------------------------------------
 
 
 def test_digits_shapes_and_range():
@@ -243,11 +230,6 @@ def test_same_seed_same_data_different_seed_different_noise():
           not np.array_equal(a.train.corrupted, c.train.corrupted))
 
 
-# ----------------------------------------------------------------------------
-# Config validation.
-# ----------------------------------------------------------------------------
-
-
 @pytest.mark.parametrize('key,value', [
     ('name', 'mnist'),
     ('data_dir', 3),
@@ -275,11 +257,6 @@ def test_imagenet_is_reserved():
 def test_meta_per_class_too_large():
   with pytest.raises(ValueError, match='data.meta_per_class'):
     data.load_dataset(data_config(meta_per_class=1000))
-
-
-# ----------------------------------------------------------------------------
-# TFDS sources (mocked; no TensorFlow, no downloads).
-# ----------------------------------------------------------------------------
 
 
 def _mock_getitems(*args, generator, serialized=False):
@@ -412,11 +389,6 @@ def test_missing_tfds_dataset_says_how_to_prepare(tmp_path):
   assert not list(tmp_path.iterdir())
 
 
-# ----------------------------------------------------------------------------
-# On-device augmentation.
-# ----------------------------------------------------------------------------
-
-
 def _reference_matches(image, out, pad):
   """All (dy, dx, flipped) with out == crop of the zero-padded image."""
   h, w, _ = image.shape
@@ -493,3 +465,33 @@ def test_augmentation_is_per_sample():
 def test_unknown_augmentation():
   with pytest.raises(ValueError, match='crop_flip'):
     augment.augment_fn('mixup')
+
+
+def test_drop_corrupted_keeps_the_clean_labels_only():
+  """Digits, 40% uniform noise: no corrupted example is left, the kept ones
+  are exactly the noisy split's uncorrupted ones (about 60% of it), and the
+  meta and test splits are untouched."""
+  from caat_jax import data  # pylint: disable=g-import-not-at-top
+  cfg = digits_config(**{"data.noise_type": "uniform", "data.noise_rate": 0.4}).data
+  noisy = data.load_dataset(cfg)
+  cfg.drop_corrupted = True
+  oracle = data.load_dataset(cfg)
+  assert noisy.train.corrupted.any() and not oracle.train.corrupted.any()
+  keep = ~noisy.train.corrupted
+  np.testing.assert_array_equal(oracle.train.source_index, noisy.train.source_index[keep])
+  np.testing.assert_array_equal(oracle.train.labels, noisy.train.clean_labels[keep])
+  assert abs(len(oracle.train) / len(noisy.train) - 0.6) < 0.05
+  for split in ("meta", "test"):
+    np.testing.assert_array_equal(getattr(oracle, split).source_index,
+                                  getattr(noisy, split).source_index)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"data.noise_rate": 0.4},
+                                       {"data.noise_type": "uniform"}])
+def test_drop_corrupted_needs_noise(overrides):
+  config = digits_config(**{"data.drop_corrupted": True, **overrides})
+  with pytest.raises(config_lib.ConfigError) as err:
+    config_lib.validate(config)
+  message = str(err.value)
+  assert "config.data.drop_corrupted=True" in message and "config.data.noise_rate=" in message
+  assert "\n" not in message

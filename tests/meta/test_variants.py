@@ -1,19 +1,16 @@
-"""Meta-gradient variants against independent computations (SPEC section 5).
+"""Meta-gradient variants against independent computations (docs/method.md §5).
 
 A tiny problem: an MLP classifier, per-sample terms [CE + lam KL, CE_at] on
 fixed perturbed inputs, the WeightingNet on random features, a CE meta loss.
 The reference is the meta objective J(Omega) = meta(lookahead(W, g(w(Omega))))
-differentiated by central finite differences in float64.
-"""
+differentiated by central finite differences in float64."""
 
 import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
 from caat_jax import losses, meta
 from caat_jax.caat import nets
 from caat_jax.meta.first_order import first_order
@@ -21,7 +18,10 @@ from caat_jax.meta.jvp import jvp
 from caat_jax.meta.k_step import k_step
 from caat_jax.meta.nested_grad import nested_grad
 
+
 B, M, D, C, H = 6, 5, 7, 3, 9
+
+
 LR = 0.3
 
 

@@ -1,21 +1,26 @@
-"""Reinforce-CAAT's step on a tiny BatchNorm-free classifier (SPEC 6): Eq. 31
+"""Reinforce-CAAT's step on a tiny BatchNorm-free classifier (docs/method.md §6): Eq. 31
 against a hand-written loss, the policy step's sign and pairing of rewards
 with actions, the look-ahead reward against a finite difference in float64,
-and the strategy update exactly every K steps."""
+and the strategy update exactly every K steps.
+Also: the anti-adversaries' bounds, and N devices = 1 with the policy
+actually updating."""
 
+from tests.helpers import (check_devices_agree, digits_config, first_training_attack)
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
 from caat_jax import losses, state as state_lib
 from caat_jax.caat import features, objective, reinforce
 from caat_jax.methods import base, perturb, reinforce_caat, strategy_stats
-from tests.helpers import digits_config
+import jax.flatten_util
+
 
 B, M, C = 16, 8, 10  # batch, meta batch, classes
+
+
 LR = 0.1  # the classifier's (constant) learning rate eta_1
 
 
@@ -62,8 +67,8 @@ def _strategies(config, ctx, state, batch, key):
   logits = reinforce_caat.policy_net(config).apply({"params": state.extra["policy"]}, z)
   d, k = reinforce.sample(ctx.sample_keys(k_policy, B), logits)
   eps = reinforce_caat.bound_values(config)[k]
-  x_tilde = perturb.perturb(ctx, attack_fn, x, y, clean, eps, ctx.sample_keys(k_attack, B),
-                         d == reinforce.ADVERSARY)
+  x_tilde = perturb.perturb(ctx, attack_fn, x, y, clean, eps=eps,
+                            keys=ctx.sample_keys(k_attack, B), adversary=d == reinforce.ADVERSARY)
   return d, k, eps, x_tilde
 
 
@@ -147,7 +152,8 @@ def test_lookahead_reward_equals_finite_difference():
     l0 = l1 = jnp.zeros(B)
     k_meta = jax.random.PRNGKey(9)
     reward_fn = reinforce_caat._reward_fn(config, ctx)  # pylint: disable=protected-access
-    _, info = reward_fn(state, batch, attack_fn, per_sample_fn, d, l0, l1, LR, k_meta)
+    _, info = reward_fn(state, batch, attack_fn=attack_fn, per_sample_fn=per_sample_fn,
+                        direction=d, l0=l0, l1=l1, lr=LR, key=k_meta)
     r = np.asarray(info["lookahead"])
     # the same meta loss (same meta adversaries) at a shifted W
     meta_fn = objective.meta_loss_fn("robust", config.reinforce.meta_lam, ctx, perturb.meta_perturbations(ctx), adversary_at="current")(
@@ -278,3 +284,29 @@ def test_reinforce_step_logs_fig_8c_over_its_bound_range():
   np.testing.assert_allclose(m["ratio/margin_by_bound/num"].sum(),
                              float(losses.probability_margin(clean, batch["label"]).sum()),
                              rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("scale,cap", [(0.5, 0.0), (0.5, 0.1)])
+def test_reinforce_caat_anti_bound(scale, cap):
+  """Reinforce-CAAT: the drawn bound (one choice, 12/255) for adversaries;
+  min(scale * 12/255, cap * attack.eps) for anti-adversaries (0.1 * 0.1
+  binds)."""
+  config = digits_config(method="reinforce_caat", batch_size=16, **{
+      "attack.num_steps": 1, "reinforce.reward": "paper", "reinforce.bound_set": (12,),
+      "caat.anti_bound_scale": scale, "caat.anti_bound_cap": cap})
+  *_, eps, sign = first_training_attack(config)
+  drawn = 12 / 255
+  want_at = scale * drawn if cap == 0 else min(scale * drawn, cap * config.attack.eps)
+  assert 0 < np.sum(sign > 0) < 16  # both directions drawn
+  np.testing.assert_allclose(eps[sign > 0], drawn, rtol=1e-6)
+  np.testing.assert_allclose(eps[sign < 0], want_at, rtol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("reward", ["lookahead", "paper"])
+def test_eight_devices_equal_one_with_policy_updates(reward):
+  """tests/test_parallel.py covers the default k = 20 (no policy update in its
+  two steps); here Omega updates every step: the look-ahead reward's meta
+  batch, JVP and cross-device standardisation, or the paper's reward."""
+  check_devices_agree("reinforce_caat", **{"reinforce.k": 1, "reinforce.reward": reward,
+                                           "reinforce.entropy_bonus": 0.01})

@@ -13,7 +13,7 @@ import pytest
 from matplotlib.container import BarContainer
 
 from caat_jax import plots
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT
 
 STEPS = (10, 20, 30)
 C = 3  # classes

@@ -1,161 +1,19 @@
-"""Step-time benchmark: ``python -m caat_jax.bench --config=configs/digits.py``.
+"""Evaluation-attack timings (``python -m caat_jax.bench --attacks=...``).
 
-For each method in ``config.bench.methods`` it builds the real train step
-(same model, batch, attack settings, parallel wrapper), on synthetic data of
-the configured dataset's shape, and reports:
-
-* compile time (lower + compile of the wrapped step),
-* median steady-state step time over ``bench.num_steps`` steps (each step
-  waited for with ``block_until_ready``), images per second,
-* the step time as a ratio to PGD-AT's, beside the ratio docs/method.md §11's
-  forward-pass accounting allows (``bound``), and measured / bound,
-* peak device memory where the backend reports it.
-
-Output: a table on stdout and ``--out`` (JSON). Speed goals live here, not in
-tests.
+Compile time and seconds per 1000 examples of each evaluation attack, on a
+random-initialised model at eps 0 (the worst case: nothing breaks, every
+attack spends its whole budget) or on a trained run's model
+(``--attack_model_from``), compacted as the evaluation runs it or in fixed
+batches (``--no_compact``).
 """
 
-import json
 import statistics
-import sys
 import time
 
 import jax
 import numpy as np
-from absl import app, flags
-from ml_collections import config_flags
 
-from caat_jax import cli, config_lib, data, evaluators, methods, pipeline, train
-from caat_jax.attacks.compact import PACKS
-
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
-flags.DEFINE_string("out", "bench.json", "Where to write the JSON results.")
-flags.DEFINE_string(
-    "attacks", "",
-    "Also time evaluation attacks, seconds per 1000 examples: comma-separated from "
-    "pgd<k>, apgd-ce, apgd-dlr, apgd-t, fab-t, square, autoattack, autoattack-rand. "
-    "Default worst case: "
-    "eps = 0 and labels = predictions, so no point is ever broken and every attack "
-    "spends its whole budget (what a fully robust model costs). Empty: train steps only.")
-flags.DEFINE_string("attack_model_from", "",
-                    "Time the attacks on a trained run's model (its workdir) and its test "
-                    "points with their labels, at its config.eval.eps, instead of the worst "
-                    "case.")
-flags.DEFINE_float("attack_eps", None, "L-inf bound for the timed attacks (default 0, or "
-                   "the trained run's config.eval.eps).")
-flags.DEFINE_integer("attack_points", 0, "Points to attack (default --attack_batch).")
-flags.DEFINE_bool("no_compact", False,
-                  "Time the AutoAttack family on fixed batches (every point through every "
-                  "attack) instead of compacted on the points still robust.")
-flags.DEFINE_enum("attack_pack", "auto", list(PACKS),
-                  "How compaction fills its buckets: fewest padded slots, fewest calls, or "
-                  "auto (slots on a CPU, calls on an accelerator).")
-flags.DEFINE_integer("attack_repeats", 1,
-                     "Run each timed attack this many times; > 1 reports the median of all "
-                     "but the first (steady state) and the first apart ('first').",
-                     lower_bound=1)
-flags.DEFINE_string("attack_models", "",
-                    "Models to time the attacks on, e.g. small_cnn,preact_resnet18 "
-                    "(default config.model), on the config's dataset shape.")
-flags.DEFINE_integer("attack_batch", 0, "Examples per timed attack call (default "
-                     "config.bench.batch_size).")
-flags.DEFINE_bool("skip_train_bench", False, "Only time the attacks.")
-flags.mark_flags_as_required(["config"])
-
-def forward_units(config) -> float:
-  """Forward-pass units F per training example of one step of
-  ``config.method`` (docs/method.md §11), as the method itself accounts for it."""
-  return methods.get(config.method).cost(config)
-
-
-def _peak_memory_bytes() -> int | None:
-  stats = jax.local_devices()[0].memory_stats() or {}
-  return stats.get("peak_bytes_in_use")
-
-
-def bench_config(config, entry: str):
-  """The config one ``config.bench.methods`` entry benches.
-
-  ``entry`` is a method name, optionally followed by overrides spelled as on
-  the command line: ``'meta_caat --config.meta.variant=nested_grad'``,
-  ``'pgd_at --config.attack.unroll=false'``. Raises ``ConfigError`` naming the
-  entry for an unknown method or key or a bad value.
-  """
-  method, *overrides = entry.split()
-  try:
-    cfg = config_lib.apply_overrides(config, [f"method={method}", "suite=()",
-                                              f"batch_size={config.bench.batch_size}",
-                                              *overrides])
-    config_lib.validate(cfg)
-  except config_lib.ConfigError as e:
-    raise config_lib.ConfigError(f"bench entry {entry!r}: {e}") from None
-  return cfg
-
-
-def bench_method(config, name: str) -> dict:
-  """Compile time, median step time and images/s of one method's train step.
-
-  ``name``: a ``config.bench.methods`` entry, see ``bench_config``.
-  """
-  cfg = bench_config(config, name)
-  run = train.Run(cfg, dataset=pipeline.synthetic_dataset(cfg.data.name, 4 * cfg.batch_size))
-  state = run.parallel.replicate(run.init_state())
-  batches = [run.parallel.shard(b) for b in run.input.batches(epoch=0)]
-  t = time.perf_counter()
-  compiled = run.train_step.lower(state, batches[0]).compile()
-  compile_s = time.perf_counter() - t
-  times = []
-  for i in range(config.bench.num_steps + 2):  # 2 warm-up steps
-    t = time.perf_counter()
-    state, metrics = compiled(state, batches[i % len(batches)])
-    jax.block_until_ready((state, metrics))
-    if i >= 2:
-      times.append(time.perf_counter() - t)
-  step_s = statistics.median(times)
-  return {"method": name, "compile_s": compile_s, "step_s": step_s,
-          "images_per_s": cfg.batch_size / step_s, "units_F": forward_units(cfg),
-          "peak_memory_bytes": _peak_memory_bytes()}
-
-
-def run_bench(config, on_row=None) -> dict:
-  """``bench_method`` for every ``config.bench.methods`` entry, ratios to
-  ``config.bench.reference``; ``on_row(row)`` as each ends."""
-  for name in config.bench.methods:  # every entry checked before any compiles
-    bench_config(config, name)
-  rows = []
-  for m in config.bench.methods:
-    rows.append(bench_method(config, m))
-    if on_row is not None:
-      on_row(rows[-1])
-  ref = next((r for r in rows if r["method"] == config.bench.reference), None)
-  for r in rows:
-    if ref is not None:
-      r["ratio_to_pgd_at"] = r["step_s"] / ref["step_s"]
-      r["bound_ratio"] = r["units_F"] / ref["units_F"]
-      r["measured_over_bound"] = r["ratio_to_pgd_at"] / r["bound_ratio"]
-  return {
-      "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
-      "num_devices": jax.device_count(), "model": config.model,
-      "dataset": config.data.name, "batch_size": config.bench.batch_size,
-      "attack_steps": config.attack.num_steps, "unroll": train.resolve_unroll(config.attack.unroll),
-      "parallel": config.parallel.backend, "rows": rows,
-  }
-
-
-def format_rows(result: dict) -> str:
-  head = (f"{'method':<16} {'compile s':>9} {'step ms':>9} {'img/s':>9} "
-          f"{'x pgd_at':>8} {'bound':>6} {'meas/bnd':>8}")
-  lines = [f"{result['model']} on {result['dataset']}-shaped data, batch "
-           f"{result['batch_size']}, {result['num_devices']} x {result['device']} "
-           f"({result['parallel']}, unroll={result['unroll']})", head, "-" * len(head)]
-  for r in result["rows"]:
-    lines.append(
-        f"{r['method']:<16} {r['compile_s']:9.2f} {1e3 * r['step_s']:9.1f} "
-        f"{r['images_per_s']:9.1f} {r.get('ratio_to_pgd_at', float('nan')):8.2f} "
-        f"{r.get('bound_ratio', float('nan')):6.2f} "
-        f"{r.get('measured_over_bound', float('nan')):8.2f}")
-  return "\n".join(lines)
+from caat_jax import config_lib, data, evaluators, train
 
 
 def attack_problem(config, model_name: str, num_points: int, *, source: str = "",
@@ -354,37 +212,3 @@ def check_attack_args(names, model_names) -> None:
     if m not in models.MODELS:
       raise config_lib.ConfigError(
           f"--attack_models: unknown model {m!r}; valid: {', '.join(models.MODELS)}")
-
-
-def main(argv):
-  del argv
-  config = cli.config_flag()
-  names = [a.strip() for a in FLAGS.attacks.split(",") if a.strip()]
-  model_names = [m.strip() for m in FLAGS.attack_models.split(",") if m.strip()]
-  try:
-    if FLAGS.attacks:
-      check_attack_args(names, model_names)
-    result = {} if FLAGS.skip_train_bench else run_bench(
-        config, on_row=lambda r: print(  # rows as they end: a killed run keeps them
-            f"{r['method']}: compile {r['compile_s']:.2f} s, step "
-            f"{1e3 * r['step_s']:.1f} ms", flush=True))
-  except config_lib.ConfigError as e:
-    sys.exit(f"error: {e}")
-  if result:
-    print(format_rows(result))
-  if names:  # rows print as they finish: a PreAct-ResNet-18 on a CPU takes hours
-    print(attack_table_head(config.data.name, FLAGS.attack_model_from), flush=True)
-    result["attacks"] = run_attack_bench(
-        config, names, model_names or [config.model],
-        FLAGS.attack_batch or config.bench.batch_size,
-        on_row=lambda r: print(format_attack_row(r), flush=True),
-        source=FLAGS.attack_model_from, eps=FLAGS.attack_eps,
-        num_points=FLAGS.attack_points, compact=not FLAGS.no_compact,
-        repeats=FLAGS.attack_repeats, pack=FLAGS.attack_pack)
-  with open(FLAGS.out, "w") as f:
-    json.dump(result, f, indent=1)
-  print(f"wrote {FLAGS.out}")
-
-
-if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
