@@ -14,12 +14,11 @@ def choice(key: str, value, valid) -> None:
   """Raises unless ``value`` is one of ``valid``."""
   if value not in valid:
     raise ConfigError(
-        f"config.{key}={value!r} is not valid; choose one of: "
-        + ", ".join(repr(v) for v in valid))
+      f"config.{key}={value!r} is not valid; choose one of: " + ", ".join(repr(v) for v in valid)
+    )
 
 
 def check(key: str, ok: bool, value, want: str) -> None:
   """Raises ``ConfigError`` for ``config.<key>=value`` unless ``ok``."""
   if not ok:
     raise ConfigError(f"config.{key}={value!r} is not valid: must be {want}.")
-

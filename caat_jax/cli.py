@@ -81,7 +81,7 @@ def diagnose(argv, error: Exception) -> str:
     for a in argv:
       if not a.startswith("--config."):
         continue
-      key, _, value = a[len("--config."):].partition("=")
+      key, _, value = a[len("--config.") :].partition("=")
       if key not in valid:
         close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join('config.' + c for c in close)}?" if close else ""

@@ -25,15 +25,16 @@ def sibling(file: str, name: str) -> types.ModuleType:
   Loaded once per process: it is kept in ``sys.modules`` under a name unique
   to its absolute path, so two loads return the same module.
   """
-  path = os.path.realpath(os.path.join(os.path.dirname(os.path.abspath(file)),
-                                       name + ".py"))
+  path = os.path.realpath(os.path.join(os.path.dirname(os.path.abspath(file)), name + ".py"))
   key = f"_caat_config_file_{name}_{hashlib.sha1(path.encode()).hexdigest()[:12]}"
   module = sys.modules.get(key)
   if module is not None:
     return module
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"config file {os.path.basename(file)!r} builds on "
-                            f"{name + '.py'!r}, which is not beside it ({path})")
+    raise FileNotFoundError(
+      f"config file {os.path.basename(file)!r} builds on "
+      f"{name + '.py'!r}, which is not beside it ({path})"
+    )
   spec = importlib.util.spec_from_file_location(key, path)
   module = importlib.util.module_from_spec(spec)
   sys.modules[key] = module

@@ -74,7 +74,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collecti
     text = item.strip()
     for prefix in ("--config.", "config."):
       if text.startswith(prefix):
-        text = text[len(prefix):]
+        text = text[len(prefix) :]
     key, eq, value = text.partition("=")
     if not eq or not key:
       raise ConfigError(f"override {item!r}: expected --config.KEY=VALUE")
@@ -87,8 +87,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collecti
   return cfg
 
 
-_EPS_RANGE = ("in [0, 1]: pixels are in [0, 1], so a bound of 8 levels is 8/255 = 0.0314, "
-              "not 8")
+_EPS_RANGE = "in [0, 1]: pixels are in [0, 1], so a bound of 8 levels is 8/255 = 0.0314, not 8"
 
 
 def _flat(tree, prefix=""):
@@ -141,16 +140,21 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     method.validate(config)
     if method.needs_meta_set(config) and config.data.meta_per_class < 1:
       raise ConfigError(
-          f"config.data.meta_per_class={config.data.meta_per_class} leaves no meta / "
-          f"validation set, which method {name!r} needs; use >= 1.")
-    if num_devices is not None and method.meta_batch(config) and config.meta.batch_size % num_devices:
+        f"config.data.meta_per_class={config.data.meta_per_class} leaves no meta / "
+        f"validation set, which method {name!r} needs; use >= 1."
+      )
+    if (
+      num_devices is not None and method.meta_batch(config) and config.meta.batch_size % num_devices
+    ):
       raise ConfigError(
-          f"config.meta.batch_size={config.meta.batch_size} is not divisible by the "
-          f"number of devices ({num_devices}); use a multiple of {num_devices}.")
+        f"config.meta.batch_size={config.meta.batch_size} is not divisible by the "
+        f"number of devices ({num_devices}); use a multiple of {num_devices}."
+      )
   if num_devices is not None and config.batch_size % num_devices:
     raise ConfigError(
-        f"config.batch_size={config.batch_size} is not divisible by the number "
-        f"of devices ({num_devices}); use a multiple of {num_devices}.")
+      f"config.batch_size={config.batch_size} is not divisible by the number "
+      f"of devices ({num_devices}); use a multiple of {num_devices}."
+    )
 
   e = config.eval
   check("eval.eps", 0 <= e.eps <= 1, e.eps, _EPS_RANGE)
@@ -161,11 +165,17 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   check("eval_every", config.eval_every >= 0, config.eval_every, ">= 0")
   check("log_every_steps", config.log_every_steps >= 1, config.log_every_steps, ">= 1")
   check("keep_checkpoints", config.keep_checkpoints >= 1, config.keep_checkpoints, ">= 1")
-  check("checkpoint_every_steps", config.checkpoint_every_steps >= 0,
-        config.checkpoint_every_steps, ">= 0 (0 = at the end of every epoch only)")
+  check(
+    "checkpoint_every_steps",
+    config.checkpoint_every_steps >= 0,
+    config.checkpoint_every_steps,
+    ">= 0 (0 = at the end of every epoch only)",
+  )
   check("bench.num_steps", config.bench.num_steps >= 1, config.bench.num_steps, ">= 1")
   check("bench.batch_size", config.bench.batch_size >= 1, config.bench.batch_size, ">= 1")
   if config.init_from and not os.path.isdir(config.init_from):
-    raise ConfigError(f"config.init_from={config.init_from!r}: no such directory; give a "
-                      "run's workdir or its checkpoints/ directory (or '' to start fresh).")
+    raise ConfigError(
+      f"config.init_from={config.init_from!r}: no such directory; give a "
+      "run's workdir or its checkpoints/ directory (or '' to start fresh)."
+    )
   choice("parallel.backend", config.parallel.backend, BACKENDS)

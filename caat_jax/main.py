@@ -21,12 +21,15 @@ from caat_jax.data.transforms import DataConfigError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
-    "config", None, "Path to a config file, e.g. configs/digits.py.", lock_config=True)
+  "config", None, "Path to a config file, e.g. configs/digits.py.", lock_config=True
+)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
 flags.DEFINE_bool(
-    "allow_config_change", False,
-    "Resume even if the checkpoint's config differs from --config in keys that "
-    "change the training trajectory (they are listed as a warning instead).")
+  "allow_config_change",
+  False,
+  "Resume even if the checkpoint's config differs from --config in keys that "
+  "change the training trajectory (they are listed as a warning instead).",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -38,8 +41,9 @@ def run_suite(config, workdir: str, allow_config_change: bool = False) -> list[d
     with cfg.unlocked():
       cfg.method = name
       cfg.suite = ()
-    docs = train.train_and_evaluate(cfg, os.path.join(workdir, name),
-                                    allow_config_change=allow_config_change)
+    docs = train.train_and_evaluate(
+      cfg, os.path.join(workdir, name), allow_config_change=allow_config_change
+    )
     rows.extend(dict(d, label=name) for d in docs)
   if jax.process_index() != 0:  # every process has the rows; one reports them
     return rows
@@ -76,19 +80,30 @@ def main(argv):
       if config.suite:
         run_suite(config, FLAGS.workdir, FLAGS.allow_config_change)
       else:
-        train.train_and_evaluate(config, FLAGS.workdir,
-                                 allow_config_change=FLAGS.allow_config_change)
+        train.train_and_evaluate(
+          config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change
+        )
   except checkpointing.Preempted as e:
     print(f"caat_jax: {e}", file=sys.stderr)
     sys.exit(e.exit_code)
   except KeyboardInterrupt:  # a second Ctrl-C: stops at once, without saving
-    print("caat_jax: interrupted (second Ctrl-C): stopped without saving; run the same "
-          "command again to resume from the last checkpoint.", file=sys.stderr)
+    print(
+      "caat_jax: interrupted (second Ctrl-C): stopped without saving; run the same "
+      "command again to resume from the last checkpoint.",
+      file=sys.stderr,
+    )
     sys.exit(checkpointing.EXIT_INTERRUPTED)
-  except (workdir_lib.WorkdirError, DataConfigError, DatasetNotFoundError,
-          config_lib.ConfigError, metrics.NonFiniteLossError,
-          checkpointing.IncompatibleConfigError, checkpointing.CheckpointError) as e:
+  except (
+    workdir_lib.WorkdirError,
+    DataConfigError,
+    DatasetNotFoundError,
+    config_lib.ConfigError,
+    metrics.NonFiniteLossError,
+    checkpointing.IncompatibleConfigError,
+    checkpointing.CheckpointError,
+  ) as e:
     sys.exit(f"error: {e}")
+
 
 if __name__ == "__main__":
   app.run(main, flags_parser=cli.parse_flags)

@@ -39,8 +39,8 @@ class MetricWriter:
     # the older files' events from that step on, as metrics.jsonl drops them.
     if self._tb is None:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(os.path.join(self._workdir, "tb"),
-                               purge_step=self._purge_step)
+
+      self._tb = SummaryWriter(os.path.join(self._workdir, "tb"), purge_step=self._purge_step)
     return self._tb
 
   def write(self, step: int, record: dict) -> None:
@@ -68,14 +68,18 @@ class MetricWriter:
     self._purge_step = int(step) + 1
     n = self._rewrite(lambda rec: int(rec.get("step", 0)) <= step)
     if n:
-      logging.warning("metrics.jsonl: dropped %d records after step %d (resumed run "
-                      "writes them again)", n, step)
+      logging.warning(
+        "metrics.jsonl: dropped %d records after step %d (resumed run writes them again)", n, step
+      )
 
   def drop_eval_at(self, step: int) -> None:
     """Removes the evaluation records of ``step`` (before one replaces them)."""
     if self.enabled:
-      self._rewrite(lambda rec: not (int(rec.get("step", -1)) == step
-                                     and any(k.startswith("eval/") for k in rec)))
+      self._rewrite(
+        lambda rec: (
+          not (int(rec.get("step", -1)) == step and any(k.startswith("eval/") for k in rec))
+        )
+      )
 
   def _rewrite(self, keep_record) -> int:
     """Keeps the parseable records ``keep_record`` accepts; returns how many went.
@@ -121,8 +125,9 @@ class Window:
   def add(self, step_metrics) -> None:
     self._pending.append(step_metrics)
 
-  def flush(self, fetch, step: int, steps_per_epoch: int, schedule, *,
-            on_bad_state=None, note=lambda: "") -> dict | None:
+  def flush(
+    self, fetch, step: int, steps_per_epoch: int, schedule, *, on_bad_state=None, note=lambda: ""
+  ) -> dict | None:
     """The window's record (None if empty); starts a new one.
 
     ``fetch`` brings replicated device values to the host (one sync per
@@ -141,12 +146,17 @@ class Window:
         on_bad_state(s)
       for k, v in m.items():
         if np.ndim(v) == 0 and not np.isfinite(v):
-          raise NonFiniteLossError(f"metric 'train/{k}' is {float(v)} at step {s}; stopping. "
-                                   f"{note()}(lower the learning rate or check the data)")
+          raise NonFiniteLossError(
+            f"metric 'train/{k}' is {float(v)} at step {s}; stopping. "
+            f"{note()}(lower the learning rate or check the data)"
+          )
     fetched = [{k: v for k, v in m.items() if k != NONFINITE_STATE} for m in fetched]
     record = mean_metrics(fetched)
-    record.update(epoch=(step - 1) // steps_per_epoch, lr=float(schedule(step - 1)),
-                  steps_per_sec=len(self._pending) / max(time.time() - self._t0, 1e-9))
+    record.update(
+      epoch=(step - 1) // steps_per_epoch,
+      lr=float(schedule(step - 1)),
+      steps_per_sec=len(self._pending) / max(time.time() - self._t0, 1e-9),
+    )
     self._pending, self._t0 = [], time.time()
     return record
 
@@ -162,13 +172,14 @@ def mean_metrics(fetched: list[dict]) -> dict:
   for k in fetched[0]:
     if k.startswith("ratio/"):
       if k.endswith("/num"):
-        name = k[len("ratio/"):-len("/num")]
+        name = k[len("ratio/") : -len("/num")]
         num = np.sum([m[k] for m in fetched], axis=0)
         den = np.sum([m[f"ratio/{name}/den"] for m in fetched], axis=0)
         with np.errstate(invalid="ignore", divide="ignore"):
           v = np.where(den > 0, num / np.maximum(den, 1e-12), np.nan)
-        record[f"train/{name}"] = [None if np.isnan(e) else round(float(e), 6)
-                                   for e in np.atleast_1d(v)]
+        record[f"train/{name}"] = [
+          None if np.isnan(e) else round(float(e), 6) for e in np.atleast_1d(v)
+        ]
       continue
     v = np.mean([m[k] for m in fetched], axis=0)
     record[f"train/{k}"] = float(v) if np.ndim(v) == 0 else np.round(v, 6).tolist()
@@ -186,8 +197,9 @@ def check_finite_state(step: int, state, note: str = "") -> None:
     a = np.asarray(leaf)
     if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
       raise NonFiniteLossError(
-          f"state{jax.tree_util.keystr(path)} holds NaN/Inf after step {step}; stopping "
-          f"without saving it. {note}".strip())
+        f"state{jax.tree_util.keystr(path)} holds NaN/Inf after step {step}; stopping "
+        f"without saving it. {note}".strip()
+      )
 
 
 def eval_record(docs: list[dict], epoch: int) -> dict:

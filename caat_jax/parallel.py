@@ -32,8 +32,12 @@ SHARDED = "s"
 class Parallel:
   """Wraps per-device functions and moves data for one backend."""
 
-  def __init__(self, backend: str = "pmap", axis_name: str = "batch",
-               devices: Sequence[jax.Device] | None = None):
+  def __init__(
+    self,
+    backend: str = "pmap",
+    axis_name: str = "batch",
+    devices: Sequence[jax.Device] | None = None,
+  ):
     if backend not in BACKENDS:
       raise ValueError(f"config.parallel.backend={backend!r}; valid: {', '.join(BACKENDS)}")
     self.backend = backend
@@ -42,8 +46,8 @@ class Parallel:
     self.num_devices = len(self.devices)
     self.local_devices = [d for d in self.devices if d.process_index == jax.process_index()]
     self.mesh = jax.make_mesh(
-        (self.num_devices,), (axis_name,), axis_types=(AxisType.Auto,),
-        devices=self.devices)
+      (self.num_devices,), (axis_name,), axis_types=(AxisType.Auto,), devices=self.devices
+    )
     self._sharded = NamedSharding(self.mesh, P(axis_name))
     self._replicated = NamedSharding(self.mesh, P())
 
@@ -53,12 +57,14 @@ class Parallel:
     if self.backend == "pmap":
       n = len(self.local_devices)
       return jax.tree.map(
-          lambda x: jax.make_array_from_process_local_data(
-              self._sharded, np.broadcast_to(np.asarray(x), (n,) + np.shape(x))),
-          tree)
+        lambda x: jax.make_array_from_process_local_data(
+          self._sharded, np.broadcast_to(np.asarray(x), (n,) + np.shape(x))
+        ),
+        tree,
+      )
     return jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(self._replicated, np.asarray(x)),
-        tree)
+      lambda x: jax.make_array_from_process_local_data(self._replicated, np.asarray(x)), tree
+    )
 
   def shard(self, batch: Any) -> Any:
     """Host-local batch [b_host, ...] -> the backend's sharded layout."""
@@ -70,17 +76,21 @@ class Parallel:
         if x.shape[0] % n:
           raise ValueError(f"host batch of {x.shape[0]} is not divisible by {n} local devices")
         return jax.make_array_from_process_local_data(
-            self._sharded, x.reshape((n, x.shape[0] // n) + x.shape[1:]))
+          self._sharded, x.reshape((n, x.shape[0] // n) + x.shape[1:])
+        )
 
       return jax.tree.map(put, batch)
     return jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(self._sharded, np.asarray(x)), batch)
+      lambda x: jax.make_array_from_process_local_data(self._sharded, np.asarray(x)), batch
+    )
 
   def fetch(self, tree: Any) -> Any:
     """Replicated layout -> host numpy (one copy, from a local device)."""
+
     def one(x):
       x = x.addressable_data(0)
       return np.asarray(x[0] if self.backend == "pmap" else x)
+
     return jax.tree.map(one, tree)
 
   def unreplicate(self, tree: Any) -> Any:
@@ -89,16 +99,19 @@ class Parallel:
 
   def gather(self, tree: Any) -> Any:
     """Sharded layout -> host numpy with the full global batch on every host."""
+
     def one(x):
       if jax.process_count() > 1:
         x = multihost_utils.process_allgather(x, tiled=True)
       x = np.asarray(x)
       return x.reshape((-1,) + x.shape[2:]) if self.backend == "pmap" else x
+
     return jax.tree.map(one, tree)
 
   # -- wrapping ---------------------------------------------------------------
-  def wrap(self, fn: Callable, in_specs: tuple, out_specs: Any,
-           donate_argnums: tuple[int, ...] = ()) -> Callable:
+  def wrap(
+    self, fn: Callable, in_specs: tuple, out_specs: Any, donate_argnums: tuple[int, ...] = ()
+  ) -> Callable:
     """Wraps per-device ``fn`` for this backend.
 
     Args:
@@ -109,8 +122,9 @@ class Parallel:
       donate_argnums: arguments whose buffers may be reused (the train state).
     """
     if self.backend == "pmap":
-      return jax.pmap(fn, axis_name=self.axis_name, devices=self.devices,
-                      donate_argnums=donate_argnums)
+      return jax.pmap(
+        fn, axis_name=self.axis_name, devices=self.devices, donate_argnums=donate_argnums
+      )
     to_spec = lambda s: P() if s == REPLICATED else P(self.axis_name)
     is_leaf = lambda s: isinstance(s, str)
     # check_vma=False gives the per-device function pmap's semantics. With
@@ -118,10 +132,12 @@ class Parallel:
     # is psum'd over the axis automatically, and the step's explicit pmean
     # would then scale it by the device count.
     mapped = jax.shard_map(
-        fn, mesh=self.mesh,
-        in_specs=jax.tree.map(to_spec, in_specs, is_leaf=is_leaf),
-        out_specs=jax.tree.map(to_spec, out_specs, is_leaf=is_leaf),
-        check_vma=False)
+      fn,
+      mesh=self.mesh,
+      in_specs=jax.tree.map(to_spec, in_specs, is_leaf=is_leaf),
+      out_specs=jax.tree.map(to_spec, out_specs, is_leaf=is_leaf),
+      check_vma=False,
+    )
     return jax.jit(mapped, donate_argnums=donate_argnums)
 
 
@@ -145,15 +161,18 @@ def distributed_requested(cfg, environ=None) -> bool:
   """
   environ = os.environ if environ is None else environ
   if cfg.distributed not in DISTRIBUTED_MODES:
-    raise ValueError(f"config.parallel.distributed={cfg.distributed!r} is not valid; "
-                     f"choose one of: {', '.join(map(repr, DISTRIBUTED_MODES))}")
+    raise ValueError(
+      f"config.parallel.distributed={cfg.distributed!r} is not valid; "
+      f"choose one of: {', '.join(map(repr, DISTRIBUTED_MODES))}"
+    )
   if cfg.distributed != "auto":
     return cfg.distributed == "on"
   return bool(
-      cfg.coordinator_address
-      or environ.get("JAX_COORDINATOR_ADDRESS")
-      or int(environ.get("SLURM_STEP_NUM_TASKS", "1") or 1) > 1
-      or "," in environ.get("TPU_WORKER_HOSTNAMES", ""))
+    cfg.coordinator_address
+    or environ.get("JAX_COORDINATOR_ADDRESS")
+    or int(environ.get("SLURM_STEP_NUM_TASKS", "1") or 1) > 1
+    or "," in environ.get("TPU_WORKER_HOSTNAMES", "")
+  )
 
 
 def initialize_distributed(cfg) -> bool:
@@ -172,9 +191,10 @@ def initialize_distributed(cfg) -> bool:
     return False
   if cfg.coordinator_address:
     jax.distributed.initialize(
-        cfg.coordinator_address,
-        num_processes=cfg.num_processes if cfg.num_processes > 0 else None,
-        process_id=cfg.process_id if cfg.process_id >= 0 else None)
+      cfg.coordinator_address,
+      num_processes=cfg.num_processes if cfg.num_processes > 0 else None,
+      process_id=cfg.process_id if cfg.process_id >= 0 else None,
+    )
   else:
     jax.distributed.initialize()
   return True

@@ -32,9 +32,16 @@ def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch, 0xDA7A]).permutation(num_examples)
 
 
-def train_batches(split: data.ArraySplit, *, batch_size: int, seed: int, epoch: int,
-                  start: int = 0, meta: data.ArraySplit | None = None,
-                  meta_batch_size: int = 0) -> Iterator[Batch]:
+def train_batches(
+  split: data.ArraySplit,
+  *,
+  batch_size: int,
+  seed: int,
+  epoch: int,
+  start: int = 0,
+  meta: data.ArraySplit | None = None,
+  meta_batch_size: int = 0,
+) -> Iterator[Batch]:
   """This process's slices of the global batches ``start, start+1, ...`` of
   ``epoch`` (the incomplete last batch is dropped).
 
@@ -44,12 +51,12 @@ def train_batches(split: data.ArraySplit, *, batch_size: int, seed: int, epoch: 
   """
   perm = epoch_permutation(len(split), seed, epoch)
   for i in range(start, len(split) // batch_size):
-    idx = perm[i * batch_size:(i + 1) * batch_size]
+    idx = perm[i * batch_size : (i + 1) * batch_size]
     batch = {
-        "image": split.images[idx],
-        "label": split.labels[idx].astype(np.int32),
-        "index": idx.astype(np.int32),
-        "corrupted": split.corrupted[idx],
+      "image": split.images[idx],
+      "label": split.labels[idx].astype(np.int32),
+      "index": idx.astype(np.int32),
+      "corrupted": split.corrupted[idx],
     }
     if meta is not None:
       rng = np.random.default_rng([seed, epoch, i, 0x3E7A])
@@ -65,21 +72,35 @@ class TrainInput:
   In-memory splits here; a streaming source provides the same two members.
   """
 
-  def __init__(self, train: data.ArraySplit, *, batch_size: int, seed: int,
-               meta: data.ArraySplit | None = None, meta_batch_size: int = 0):
+  def __init__(
+    self,
+    train: data.ArraySplit,
+    *,
+    batch_size: int,
+    seed: int,
+    meta: data.ArraySplit | None = None,
+    meta_batch_size: int = 0,
+  ):
     self._train, self._meta = train, meta
     self._batch_size, self._seed, self._meta_batch_size = batch_size, seed, meta_batch_size
     self.steps_per_epoch = len(train) // batch_size
 
   def batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
     """This process's training batches of ``epoch`` from batch ``start`` on."""
-    return train_batches(self._train, batch_size=self._batch_size, seed=self._seed,
-                         epoch=epoch, start=start, meta=self._meta,
-                         meta_batch_size=self._meta_batch_size)
+    return train_batches(
+      self._train,
+      batch_size=self._batch_size,
+      seed=self._seed,
+      epoch=epoch,
+      start=start,
+      meta=self._meta,
+      meta_batch_size=self._meta_batch_size,
+    )
 
 
-def eval_batches(split: data.ArraySplit, *, batch_size: int, num_examples: int = 0,
-                 multiple_of: int = 1) -> Iterator[tuple[Batch, np.ndarray]]:
+def eval_batches(
+  split: data.ArraySplit, *, batch_size: int, num_examples: int = 0, multiple_of: int = 1
+) -> Iterator[tuple[Batch, np.ndarray]]:
   """(host-local batch, valid [global batch] bool) over the first
   ``num_examples`` points of ``split`` (0: all).
 
@@ -95,8 +116,11 @@ def eval_batches(split: data.ArraySplit, *, batch_size: int, num_examples: int =
     idx = np.arange(s, s + batch_size)
     valid = idx < n
     idx = np.where(valid, idx, 0)
-    batch = {"image": split.images[idx], "label": split.labels[idx].astype(np.int32),
-             "index": idx.astype(np.int32)}
+    batch = {
+      "image": split.images[idx],
+      "label": split.labels[idx].astype(np.int32),
+      "index": idx.astype(np.int32),
+    }
     yield host_slice(batch), valid
 
 
@@ -111,8 +135,17 @@ def synthetic_dataset(name: str, num_examples: int) -> data.Dataset:
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (num_examples,) + shape, dtype=np.uint8)
   labels = rng.integers(0, num_classes, num_examples).astype(np.int32)
-  split = data.ArraySplit(images=images, labels=labels, clean_labels=labels,
-                          source_index=np.arange(num_examples))
+  split = data.ArraySplit(
+    images=images, labels=labels, clean_labels=labels, source_index=np.arange(num_examples)
+  )
   return data.Dataset(
-      name=name, num_classes=num_classes, image_shape=shape, train=split, meta=split,
-      test=split, mean=(0.5,) * shape[-1], std=(0.25,) * shape[-1], augment=spec.augment)
+    name=name,
+    num_classes=num_classes,
+    image_shape=shape,
+    train=split,
+    meta=split,
+    test=split,
+    mean=(0.5,) * shape[-1],
+    std=(0.25,) * shape[-1],
+    augment=spec.augment,
+  )

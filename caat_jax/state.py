@@ -43,19 +43,19 @@ class TrainState:
 
 
 def create(
-    variables: dict[str, PyTree],
-    tx: optax.GradientTransformation,
-    rng: jax.Array,
-    extra: dict[str, PyTree] | None = None,
+  variables: dict[str, PyTree],
+  tx: optax.GradientTransformation,
+  rng: jax.Array,
+  extra: dict[str, PyTree] | None = None,
 ) -> TrainState:
   """A fresh state at step 0 from initialised model variables."""
   return TrainState(
-      step=jnp.zeros((), jnp.int32),
-      params=variables["params"],
-      batch_stats=variables.get("batch_stats", {}),
-      opt_state=tx.init(variables["params"]),
-      rng=rng,
-      extra=extra or {},
+    step=jnp.zeros((), jnp.int32),
+    params=variables["params"],
+    batch_stats=variables.get("batch_stats", {}),
+    opt_state=tx.init(variables["params"]),
+    rng=rng,
+    extra=extra or {},
   )
 
 
@@ -66,6 +66,7 @@ def nonfinite_flag(state: TrainState) -> jax.Array:
   """Float 0/1: does any floating leaf of the classifier or method state
   hold NaN or Inf? (Cheap next to a step; reported per step.)"""
   leaves = jax.tree.leaves((state.params, state.batch_stats, state.extra))
-  flags = [~jnp.all(jnp.isfinite(leaf)) for leaf in leaves
-           if jnp.issubdtype(leaf.dtype, jnp.floating)]
+  flags = [
+    ~jnp.all(jnp.isfinite(leaf)) for leaf in leaves if jnp.issubdtype(leaf.dtype, jnp.floating)
+  ]
   return jnp.any(jnp.stack(flags)).astype(jnp.float32)

@@ -31,22 +31,30 @@ def resolve_unroll(setting) -> bool:
 class Run:
   """Everything built from a config: data, model, method step, evaluator."""
 
-  def __init__(self, config: ml_collections.ConfigDict, parallel: Parallel | None = None,
-               dataset: data.Dataset | None = None):
+  def __init__(
+    self,
+    config: ml_collections.ConfigDict,
+    parallel: Parallel | None = None,
+    dataset: data.Dataset | None = None,
+  ):
     self.parallel = parallel or Parallel(config.parallel.backend)
     config_lib.validate(config, self.parallel.num_devices)
     self.config = config
     self.dataset = ds = dataset if dataset is not None else data.load_dataset(config.data)
     self.method = methods.get(config.method)
     self.input = pipeline.TrainInput(
-        ds.train, batch_size=config.batch_size, seed=config.seed,
-        meta=ds.meta if self.method.meta_batch(config) else None,
-        meta_batch_size=config.meta.batch_size)
+      ds.train,
+      batch_size=config.batch_size,
+      seed=config.seed,
+      meta=ds.meta if self.method.meta_batch(config) else None,
+      meta_batch_size=config.meta.batch_size,
+    )
     self.steps_per_epoch = self.input.steps_per_epoch
     if self.steps_per_epoch == 0:
       raise config_lib.ConfigError(
-          f"config.batch_size={config.batch_size} is larger than the training set "
-          f"({len(ds.train)} examples); use at most {len(ds.train)}.")
+        f"config.batch_size={config.batch_size} is larger than the training set "
+        f"({len(ds.train)} examples); use at most {len(ds.train)}."
+      )
     self.total_steps = self.steps_per_epoch * config.num_epochs
     axis = self.parallel.axis_name
     model_kwargs = dict(num_classes=ds.num_classes, mean=ds.mean, std=ds.std)
@@ -55,22 +63,32 @@ class Run:
     dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
     self.model = models.get_model(config.model, axis_name=axis, dtype=dtype, **model_kwargs)
     # Evaluation (and attacks on the final model) always computes in float32.
-    self.eval_model = models.get_model(config.model, axis_name=None, dtype=jnp.float32,
-                                       **model_kwargs)
+    self.eval_model = models.get_model(
+      config.model, axis_name=None, dtype=jnp.float32, **model_kwargs
+    )
     self.tx, self.schedule = optim.make_optimizer(
-        config.optimizer, self.steps_per_epoch, config.num_epochs)
+      config.optimizer, self.steps_per_epoch, config.num_epochs
+    )
     self.unroll = resolve_unroll(config.attack.unroll)
     self.ctx = methods.StepContext(
-        model=self.model, tx=self.tx,
-        attack=methods.base.AttackSettings.from_config(config.attack, self.unroll,
-                                                       mean=ds.mean, std=ds.std),
-        num_classes=ds.num_classes, class_counts=tuple(int(c) for c in ds.class_counts),
-        augment=ds.augment, axis_name=axis, schedule=self.schedule,
-        steps_per_epoch=self.steps_per_epoch)
-    step = functools.partial(methods.train_step,
-                             method_step=self.method.make_step(config, self.ctx), ctx=self.ctx)
-    self.train_step = self.parallel.wrap(step, (REPLICATED, SHARDED), (REPLICATED, REPLICATED),
-                                         donate_argnums=(0,))
+      model=self.model,
+      tx=self.tx,
+      attack=methods.base.AttackSettings.from_config(
+        config.attack, self.unroll, mean=ds.mean, std=ds.std
+      ),
+      num_classes=ds.num_classes,
+      class_counts=tuple(int(c) for c in ds.class_counts),
+      augment=ds.augment,
+      axis_name=axis,
+      schedule=self.schedule,
+      steps_per_epoch=self.steps_per_epoch,
+    )
+    step = functools.partial(
+      methods.train_step, method_step=self.method.make_step(config, self.ctx), ctx=self.ctx
+    )
+    self.train_step = self.parallel.wrap(
+      step, (REPLICATED, SHARDED), (REPLICATED, REPLICATED), donate_argnums=(0,)
+    )
     self.evaluator = evaluators.Evaluator(self.parallel, self.eval_model, self.unroll)
 
   def init_state(self) -> state_lib.TrainState:
@@ -79,8 +97,9 @@ class Run:
     init_key, extra_key = jax.random.split(jax.random.fold_in(key, 0x1417))
     dummy = jnp.zeros((1,) + self.dataset.image_shape, jnp.float32)
     variables = self.eval_model.init(init_key, dummy, train=False)
-    state = state_lib.create(variables, self.tx, key,
-                             self.method.init_extra(self.config, self.ctx, extra_key))
+    state = state_lib.create(
+      variables, self.tx, key, self.method.init_extra(self.config, self.ctx, extra_key)
+    )
     if self.config.init_from:
       loaded = ckpt_lib.load_variables(self.config.init_from, state)
       state = state.replace(params=loaded["params"], batch_stats=loaded["batch_stats"])
@@ -90,9 +109,13 @@ class Run:
     """Per-class documents (docs/method.md §9), one per ``config.eval.attacks`` entry."""
     c = self.config
     return self.evaluator.documents(
-        rstate.variables, split if split is not None else self.dataset.test, c.eval,
-        self.dataset.num_classes, progress=progress,
-        labels={"method": c.method, "dataset": c.data.name, "model": c.model})
+      rstate.variables,
+      split if split is not None else self.dataset.test,
+      c.eval,
+      self.dataset.num_classes,
+      progress=progress,
+      labels={"method": c.method, "dataset": c.data.name, "model": c.model},
+    )
 
   def epoch_start(self, rstate, epoch: int):
     """The method's epoch hook before ``epoch`` (the first included, as FRL's
@@ -103,8 +126,14 @@ class Run:
       return rstate, {}
     attack, eps, step_size = request
     errors = self.evaluator.per_class_errors(
-        rstate.variables, self.dataset.meta, attack, eps=eps, step_size=step_size,
-        batch_size=self.config.eval.batch_size, num_classes=self.dataset.num_classes)
+      rstate.variables,
+      self.dataset.meta,
+      attack,
+      eps=eps,
+      step_size=step_size,
+      batch_size=self.config.eval.batch_size,
+      num_classes=self.dataset.num_classes,
+    )
     extra, record = hook.update(self.config, self.parallel.fetch(rstate.extra), errors, epoch)
     return rstate.replace(extra=self.parallel.replicate(extra)), record
 
@@ -122,8 +151,9 @@ def itstime(step: int, every: int) -> bool:
   return every > 0 and step % every == 0
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       allow_config_change: bool = False) -> list[dict]:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False
+) -> list[dict]:
   """Trains ``config.method``, resuming from ``workdir`` if it holds checkpoints.
 
   Writes ``metrics.jsonl``, TensorBoard events, ``checkpoints/`` and, at the
@@ -150,8 +180,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   with contextlib.ExitStack() as stack:
     writer = metrics.MetricWriter(workdir, enabled=is_main)
     stack.callback(writer.close)
-    ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir),
-                                 keep=config.keep_checkpoints)
+    ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir), keep=config.keep_checkpoints)
     stack.callback(ckpt.close)  # waits until the last good checkpoint is committed
     state = run.init_state()
     restored = ckpt.restore(state, config=config, allow_config_change=allow_config_change)
@@ -163,8 +192,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     rstate = run.parallel.replicate(state)
     del state
     watcher = stack.enter_context(ckpt_lib.PreemptionWatcher(ckpt))
-    bar = stack.enter_context(tqdm(total=total, initial=start, disable=not is_main,
-                                   desc=config.method, dynamic_ncols=True, unit="step"))
+    bar = stack.enter_context(
+      tqdm(
+        total=total,
+        initial=start,
+        disable=not is_main,
+        desc=config.method,
+        dynamic_ncols=True,
+        unit="step",
+      )
+    )
     window = metrics.Window()
     if start == 0:
       rstate, record = run.epoch_start(rstate, 0)
@@ -173,17 +210,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
     def kept() -> str:
       steps = ckpt.all_steps()
-      return (f"The last good checkpoint (step {max(steps)}) is kept in {ckpt.directory}. "
-              if steps else "No checkpoint was saved yet. ")
+      return (
+        f"The last good checkpoint (step {max(steps)}) is kept in {ckpt.directory}. "
+        if steps
+        else "No checkpoint was saved yet. "
+      )
 
     def bad_state(step: int) -> None:
       metrics.check_finite_state(step, run.parallel.fetch(rstate), kept())
       raise metrics.NonFiniteLossError(  # the state is finite again: say so all the same
-          f"the train state held NaN/Inf after step {step}; stopping. {kept()}".strip())
+        f"the train state held NaN/Inf after step {step}; stopping. {kept()}".strip()
+      )
 
     def log(step: int) -> None:
-      record = window.flush(run.parallel.fetch, step, spe, run.schedule,
-                            on_bad_state=bad_state, note=kept)
+      record = window.flush(
+        run.parallel.fetch, step, spe, run.schedule, on_bad_state=bad_state, note=kept
+      )
       if record is not None:
         writer.write(step, record)
         bar.set_postfix(loss=f"{record['train/loss']:.3f}")
@@ -224,16 +266,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   return docs
 
 
-def _final_evaluation(run: Run, rstate, workdir: str, writer, step: int,
-                      finished_before: bool) -> list[dict]:
+def _final_evaluation(
+  run: Run, rstate, workdir: str, writer, step: int, finished_before: bool
+) -> list[dict]:
   """The final evaluation documents, written to ``eval.json`` and metrics."""
   config = run.config
   eval_path = os.path.join(workdir, "eval.json")
   docs = _saved_final_eval(eval_path, run, step) if finished_before else None
   if docs is None:
     is_main = jax.process_index() == 0
-    docs = [dict(d, step=step, step_size=config.eval.step_size)
-            for d in run.evaluate(rstate, progress=is_main)]
+    docs = [
+      dict(d, step=step, step_size=config.eval.step_size)
+      for d in run.evaluate(rstate, progress=is_main)
+    ]
     if is_main:
       writer.drop_eval_at(step)  # a finished run evaluated again: replace, not append
       writer.write(step, metrics.eval_record(docs, config.num_epochs - 1))
@@ -259,11 +304,12 @@ def _saved_final_eval(path: str, run: Run, step: int) -> list[dict] | None:
     return None
   c = run.config.eval
   num = pipeline.num_eval_points(run.dataset.test, c.num_examples)
-  want = [(a, float(c.eps), float(c.step_size), num, step, run.config.method)
-          for a in c.attacks]
+  want = [(a, float(c.eps), float(c.step_size), num, step, run.config.method) for a in c.attacks]
   try:
-    have = [(d["attack"], d["eps"], d["step_size"], d["num_examples"], d["step"], d["method"])
-            for d in docs]
+    have = [
+      (d["attack"], d["eps"], d["step_size"], d["num_examples"], d["step"], d["method"])
+      for d in docs
+    ]
   except (KeyError, TypeError):
     return None
   return docs if have == want else None

@@ -2,7 +2,7 @@
 
   python -m caat_jax.main --config=configs/cifar10_meta_caat.py --workdir=runs/cifar10_meta_caat
   python -m caat_jax.main --config=configs/cifar10_meta_caat.py:grad ...      # Eq. 26 bound
-  python -m caat_jax.main --config=configs/cifar10_meta_caat.py:remargin ...  # FRL ReMargin + fairness
+  python -m caat_jax.main --config=configs/cifar10_meta_caat.py:remargin ...  # FRL ReMargin
 
 Config argument: '' (fixed bound), 'grad' (sample-wise gradient bound, for
 noisy labels), 'remargin' (class-wise bounds from FRL's multipliers with the
@@ -32,6 +32,8 @@ def get_config(arg: str = ""):
     c.caat.bound = "remargin"
     c.fairness.enabled = True
   elif arg and not meta_caat_variants.apply(c, arg):
-    raise ValueError(f"config argument {arg!r}; valid: '', 'grad', 'remargin', "
-                     + ", ".join(meta_caat_variants.NAMES))
+    raise ValueError(
+      f"config argument {arg!r}; valid: '', 'grad', 'remargin', "
+      + ", ".join(meta_caat_variants.NAMES)
+    )
   return c

@@ -128,7 +128,9 @@ def get_config() -> ml_collections.ConfigDict:
   # FRL fairness constraints (docs/method.md §7); method frl, or meta_caat with enabled.
   c.fairness = ml_collections.ConfigDict()
   c.fairness.enabled = False  # Meta-CAAT: apply FRL class weights / margins
-  c.fairness.mode = "reweight_remargin"  # reweight | remargin | reweight_remargin | baseline_reweight
+  c.fairness.mode = (
+    "reweight_remargin"  # reweight | remargin | reweight_remargin | baseline_reweight
+  )
   c.fairness.r1 = 0.05  # multiplier step, halved every halve_every epochs
   c.fairness.r2 = 0.2  # ReMargin step
   c.fairness.tau1 = 0.07  # natural-error tolerance
@@ -195,13 +197,20 @@ def get_config() -> ml_collections.ConfigDict:
   # "method [--config.KEY=VALUE ...]": each entry benches one method with the
   # overrides spelled as on the command line; the two unroll rows measure the
   # attack loop rolled and unrolled on this platform.
-  c.bench.methods = ("natural", "pgd_at", "pgd_at --config.attack.unroll=true",
-                     "pgd_at --config.attack.unroll=false", "trades", "frl",
-                     "meta_caat --config.meta.variant=jvp",
-                     "meta_caat --config.meta.variant=nested_grad",
-                     "meta_caat --config.meta.variant=first_order",
-                     "meta_caat --config.meta.variant=k_step",
-                     "meta_caat --config.caat.direction=adversarial_only", "reinforce_caat")
+  c.bench.methods = (
+    "natural",
+    "pgd_at",
+    "pgd_at --config.attack.unroll=true",
+    "pgd_at --config.attack.unroll=false",
+    "trades",
+    "frl",
+    "meta_caat --config.meta.variant=jvp",
+    "meta_caat --config.meta.variant=nested_grad",
+    "meta_caat --config.meta.variant=first_order",
+    "meta_caat --config.meta.variant=k_step",
+    "meta_caat --config.caat.direction=adversarial_only",
+    "reinforce_caat",
+  )
   c.bench.reference = "pgd_at"  # the entry step-time ratios are taken against
   c.bench.num_steps = 10
   c.bench.batch_size = 128

@@ -38,6 +38,7 @@ def get_config(arg: str = ""):
     c.data.noise_type = "uniform"
     c.data.noise_rate = 0.4
   elif arg not in ("", "grad") and not meta_caat_variants.apply(c, arg):
-    raise ValueError(f"config argument {arg!r}; valid: '', 'grad', 'noisy', "
-                     + ", ".join(meta_caat_variants.NAMES))
+    raise ValueError(
+      f"config argument {arg!r}; valid: '', 'grad', 'noisy', " + ", ".join(meta_caat_variants.NAMES)
+    )
   return c

@@ -20,18 +20,22 @@ def setup():
   small Meta-CAAT Run: the hand computations of the objective and baseline
   tests start from it."""
   import dataclasses  # pylint: disable=g-import-not-at-top
+
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   from caat_jax import train  # pylint: disable=g-import-not-at-top
   from caat_jax.data import augment as augment_lib  # pylint: disable=g-import-not-at-top
   from caat_jax.parallel import Parallel  # pylint: disable=g-import-not-at-top
   from tests.helpers import digits_config  # pylint: disable=g-import-not-at-top
 
-  config = digits_config(method="meta_caat", batch_size=32,
-                         **{"attack.num_steps": 1, "meta.batch_size": 16})
+  config = digits_config(
+    method="meta_caat", batch_size=32, **{"attack.num_steps": 1, "meta.batch_size": 16}
+  )
   run = train.Run(config, Parallel("pmap", devices=jax.devices()[:1]))
   ctx = dataclasses.replace(run.ctx, model=run.eval_model, axis_name=None)
   batch = next(iter(run.input.batches(0)))
-  batch = {k: jnp.asarray(augment_lib.to_float01(v) if "image" in k else v)
-           for k, v in batch.items()}
+  batch = {
+    k: jnp.asarray(augment_lib.to_float01(v) if "image" in k else v) for k, v in batch.items()
+  }
   return ctx, jax.jit(run.init_state)(), batch  # one compile, not one per op

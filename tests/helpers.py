@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from caat_jax import checkpointing as ckpt_lib
 from caat_jax import attacks, config_lib, train
+from caat_jax import checkpointing as ckpt_lib
 from caat_jax.data import augment as augment_lib
 from caat_jax.parallel import Parallel
 
@@ -76,10 +76,12 @@ def records(workdir, drop=()):
 def subprocess_env(num_devices):
   """os.environ for a child Python on ``num_devices`` CPU devices that imports
   this checkout; other XLA flags of the parent are kept."""
-  flags = re.sub(r"--xla_force_host_platform_device_count=\S*", "",
-                 os.environ.get("XLA_FLAGS", ""))
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"{flags.strip()} --xla_force_host_platform_device_count={num_devices}".strip())
+  flags = re.sub(r"--xla_force_host_platform_device_count=\S*", "", os.environ.get("XLA_FLAGS", ""))
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    XLA_FLAGS=f"{flags.strip()} --xla_force_host_platform_device_count={num_devices}".strip(),
+  )
   env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
   return env
 
@@ -89,8 +91,14 @@ def subprocess_env(num_devices):
 
 def tree_dist(a, b):
   """Euclidean distance between two pytrees of the same structure, in float64."""
-  return float(np.sqrt(sum(np.sum((np.asarray(u, np.float64) - np.asarray(v)) ** 2)
-                           for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))))
+  return float(
+    np.sqrt(
+      sum(
+        np.sum((np.asarray(u, np.float64) - np.asarray(v)) ** 2)
+        for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+      )
+    )
+  )
 
 
 def assert_tree_close(a, b, rtol=1e-5, atol=1e-6):
@@ -134,9 +142,11 @@ def check_devices_agree(method, **overrides):
     assert int(state.step) == 2
     assert tree_dist(state.params, ref.params) < 1e-2 * update, backend
     assert tree_dist(state.batch_stats, ref.batch_stats) < 1e-2 * (
-        tree_dist(ref.batch_stats, init.batch_stats) + 1e-6), backend
-    assert tree_dist(state.extra, ref.extra) <= 1e-2 * (
-        tree_dist(ref.extra, init.extra) + 1e-6), backend
+      tree_dist(ref.batch_stats, init.batch_stats) + 1e-6
+    ), backend
+    assert tree_dist(state.extra, ref.extra) <= 1e-2 * (tree_dist(ref.extra, init.extra) + 1e-6), (
+      backend
+    )
     for m, r in zip(metrics, ref_metrics):
       np.testing.assert_allclose(m["loss"], r["loss"], rtol=1e-3)
       for k in r:
@@ -147,8 +157,12 @@ def check_devices_agree(method, **overrides):
 # --- attack problems ---------------------------------------------------------
 
 # Small AutoAttack budgets: enough iterations to break points, seconds to run.
-TINY_AA = {"apgd-ce": {"num_iters": 6}, "apgd-t": {"num_iters": 6, "num_target_classes": 3},
-           "fab-t": {"num_iters": 6, "num_target_classes": 3}, "square": {"num_queries": 30}}
+TINY_AA = {
+  "apgd-ce": {"num_iters": 6},
+  "apgd-t": {"num_iters": 6, "num_target_classes": 3},
+  "fab-t": {"num_iters": 6, "num_target_classes": 3},
+  "square": {"num_queries": 30},
+}
 
 
 EPS_MARGIN = 0.05  # points whose distance is within 5% of eps are left out
@@ -170,7 +184,7 @@ def linear_problem(num_classes: int, *, n: int = 128, seed: int = 0, disjoint: b
     block = d // num_classes
     mask = np.zeros((d, num_classes))
     for c in range(num_classes):
-      mask[c * block:(c + 1) * block, c] = 1.0
+      mask[c * block : (c + 1) * block, c] = 1.0
     w = w * mask
   b = 0.5 * rng.normal(size=num_classes)
   x = rng.uniform(0.3, 0.7, size=(n, d))
@@ -213,8 +227,9 @@ def first_training_attack(config):
   run = train.Run(config, Parallel("pmap", devices=jax.devices()[:1]))
   ctx = dataclasses.replace(run.ctx, model=run.eval_model, axis_name=None)
   batch = next(iter(run.input.batches(0)))
-  batch = {k: jnp.asarray(augment_lib.to_float01(v) if "image" in k else v)
-           for k, v in batch.items()}
+  batch = {
+    k: jnp.asarray(augment_lib.to_float01(v) if "image" in k else v) for k, v in batch.items()
+  }
   key = jax.random.PRNGKey(5)
   if config.method not in _STATES:  # the knobs do not change the initial state
     _STATES[config.method] = jax.jit(run.init_state)()
@@ -246,16 +261,25 @@ def first_training_attack(config):
 
 
 def hand_attack(ctx, logits_fn, x, y, key, adversary: bool):
-  """The training attacks of docs/method.md §2 by hand: adversaries ascend KL(f(x) || f(x')), anti-adversaries
-  descend CE(f(x'), y), from x + 0.001 N with sample i's key fold_in(key, i)."""
+  """The training attacks of docs/method.md §2 by hand: adversaries ascend
+  KL(f(x) || f(x')), anti-adversaries descend CE(f(x'), y), from x + 0.001 N
+  with sample i's key fold_in(key, i)."""
   b = x.shape[0]
   ones = jnp.ones((b,), jnp.float32)
   kind = attacks.LOSS_KL if adversary else attacks.LOSS_CE
-  return attacks.pgd(logits_fn, x, y, eps=ctx.attack.eps * ones,
-                     step_size=ctx.attack.step_size * ones, num_steps=ctx.attack.num_steps,
-                     keys=sample_keys(key, b), sign=ones if adversary else -ones,
-                     loss_kind=jnp.full((b,), kind, jnp.int32), clean_logits=logits_fn(x),
-                     start="gaussian")
+  return attacks.pgd(
+    logits_fn,
+    x,
+    y,
+    eps=ctx.attack.eps * ones,
+    step_size=ctx.attack.step_size * ones,
+    num_steps=ctx.attack.num_steps,
+    keys=sample_keys(key, b),
+    sign=ones if adversary else -ones,
+    loss_kind=jnp.full((b,), kind, jnp.int32),
+    clean_logits=logits_fn(x),
+    start="gaussian",
+  )
 
 
 def hand_ce(logits, y):

@@ -3,9 +3,10 @@
 Speed itself is not asserted here (speed goals live in the benchmark's
 output); what can be wrong is the accounting and the report's arithmetic."""
 
-from tests.helpers import (digits_config)
 import pytest
+
 from caat_jax import bench
+from tests.helpers import digits_config
 
 
 def _cfg(method, **overrides):
@@ -22,8 +23,10 @@ def test_forward_units_match_spec_section_11():
   # the look-ahead reward adds, every reinforce.k steps, the meta batch's
   # robust objective (attack 20 + clean 1 + fwd/bwd 6, scaled by m / n) and
   # the JVP (4)
-  la = _cfg("reinforce_caat", **{"reinforce.reward": "lookahead", "reinforce.k": 20,
-                                 "meta.batch_size": 32, "batch_size": 64})
+  la = _cfg(
+    "reinforce_caat",
+    **{"reinforce.reward": "lookahead", "reinforce.k": 20, "meta.batch_size": 32, "batch_size": 64},
+  )
   assert bench.forward_units(la) == 27.0 + (27.0 * 32 / 64 + 4.0) / 20
   # Meta-CAAT, meta step every iteration, m = n, robust objective, jvp:
   # two attacks 40 + clean 1 + real update 9 + look-ahead 9 + meta attack 20
@@ -82,8 +85,10 @@ def test_bench_entries_apply_overrides_and_name_bad_ones():
     bench.bench_config(c, "pgd_at --config.attack.unrol=false")
   with pytest.raises(bench.config_lib.ConfigError, match="meta.batch_size='x': expected a int"):
     bench.bench_config(c, "pgd_at --config.meta.batch_size=x")
-  with pytest.raises(bench.config_lib.ConfigError,
-                     match="bench entry 'meta_caat --config.meta.variant=fast'.*meta.variant"):
+  with pytest.raises(
+    bench.config_lib.ConfigError,
+    match="bench entry 'meta_caat --config.meta.variant=fast'.*meta.variant",
+  ):
     bench.bench_config(c, "meta_caat --config.meta.variant=fast")
   # a bad entry anywhere in the list stops the run before anything compiles
   c.bench.methods = ("pgd_at", "pgd_at --config.attack.unroll=maybe")
@@ -100,12 +105,16 @@ def test_attack_bench_rows_on_both_models():
   # (its timing on CIFAR-10 shapes is the benchmark's business).
   c = _cfg("pgd_at")
   seen = []
-  out = bench.run_attack_bench(c, ["pgd2", "apgd-ce"], ["small_cnn"], batch_size=4,
-                               on_row=seen.append, repeats=2)
+  out = bench.run_attack_bench(
+    c, ["pgd2", "apgd-ce"], ["small_cnn"], batch_size=4, on_row=seen.append, repeats=2
+  )
   out_p = bench.run_attack_bench(c, ["pgd1"], ["preact_resnet18"], batch_size=2)
   rows = out["rows"] + out_p["rows"]
   assert [(r["model"], r["attack"]) for r in rows] == [
-      ("small_cnn", "pgd2"), ("small_cnn", "apgd-ce"), ("preact_resnet18", "pgd1")]
+    ("small_cnn", "pgd2"),
+    ("small_cnn", "apgd-ce"),
+    ("preact_resnet18", "pgd1"),
+  ]
   assert seen == out["rows"]
   for r in rows:
     assert r["broken"] == 0  # eps = 0: nothing may break
@@ -129,8 +138,12 @@ def test_attack_bench_compacted_and_fixed_batches_break_the_same_points():
   fewer slots for the same count."""
   c = _cfg("pgd_at")
   kw = dict(eps=0.3, num_points=16)
-  got = {comp: bench.run_attack_bench(c, ["apgd-t"], ["small_cnn"], batch_size=8,
-                                      compact=comp, **kw)["rows"][0] for comp in (True, False)}
+  got = {
+    comp: bench.run_attack_bench(c, ["apgd-t"], ["small_cnn"], batch_size=8, compact=comp, **kw)[
+      "rows"
+    ][0]
+    for comp in (True, False)
+  }
   assert got[True]["broken"] == got[False]["broken"] > 0
   assert got[True]["slots"] < got[False]["slots"] * 9  # fixed: every batch, every target
 
@@ -141,9 +154,19 @@ def test_bench_times_autoattack_rand_compacted_and_fixed_alike():
   paths: the same points break (APGD-CE then APGD-DLR, one restart each)."""
   from caat_jax import bench  # pylint: disable=import-outside-toplevel
   from tests.test_bench import _cfg  # pylint: disable=import-outside-toplevel
-  got = {comp: bench.run_attack_bench(_cfg("pgd_at"), ["autoattack-rand"], ["small_cnn"],
-                                      batch_size=8, compact=comp, eps=0.3,
-                                      num_points=16)["rows"][0] for comp in (True, False)}
+
+  got = {
+    comp: bench.run_attack_bench(
+      _cfg("pgd_at"),
+      ["autoattack-rand"],
+      ["small_cnn"],
+      batch_size=8,
+      compact=comp,
+      eps=0.3,
+      num_points=16,
+    )["rows"][0]
+    for comp in (True, False)
+  }
   assert got[True]["broken"] == got[False]["broken"] > 0
   assert got[False]["slots"] == 2 * 16  # two attacks, one run each, every point
   assert got[True]["slots"] <= got[False]["slots"]

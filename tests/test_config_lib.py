@@ -1,19 +1,21 @@
 """Every config file loads and validates; bad values fail with the promised
 message; the ablation and Table 5 configs hold what the paper states."""
 
-from tests.helpers import ROOT, config_module, digits_config
 import glob
+import importlib
 import importlib.util
 import os
 import subprocess
 import sys
+
 import pytest
+
 from caat_jax import config_lib
-import importlib
+from tests.helpers import ROOT, config_module, digits_config
 
-
-CONFIG_FILES = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
-                      if "def get_config" in open(p).read())  # not helper modules
+CONFIG_FILES = sorted(
+  p for p in glob.glob(os.path.join(ROOT, "configs", "*.py")) if "def get_config" in open(p).read()
+)  # not helper modules
 
 
 def load(path):
@@ -32,14 +34,19 @@ def test_config_file_loads_and_validates(path):
 
 def test_every_variant_only_overrides_default_keys():
   default = load(os.path.join(ROOT, "configs", "default.py"))
-  flat = lambda d, p="": {k2: v2 for k, v in d.items() for k2, v2 in (
-      flat(v, f"{p}{k}.").items() if isinstance(v, dict) else [(f"{p}{k}", v)])}
+  flat = lambda d, p="": {
+    k2: v2
+    for k, v in d.items()
+    for k2, v2 in (flat(v, f"{p}{k}.").items() if isinstance(v, dict) else [(f"{p}{k}", v)])
+  }
   keys = set(flat(default.to_dict()))
   for path in CONFIG_FILES:
     assert set(flat(load(path).to_dict())) == keys, path
 
 
-@pytest.mark.parametrize("key,value,message", [
+@pytest.mark.parametrize(
+  "key,value,message",
+  [
     ("method", "magic", "config.method='magic' is not valid; choose one of: 'natural'"),
     ("model", "vgg", "config.model='vgg' is not valid; choose one of: 'small_cnn'"),
     ("data.name", "mnist", "config.data.name='mnist' is not valid; choose one of: 'digits'"),
@@ -49,7 +56,8 @@ def test_every_variant_only_overrides_default_keys():
     ("optimizer.schedule", "step", "config.optimizer.schedule='step'"),
     ("parallel.backend", "pjit", "config.parallel.backend='pjit'"),
     ("eval.attacks", ("pgd20", "apgd"), "config.eval.attacks contains 'apgd'"),
-])
+  ],
+)
 def test_invalid_values_name_the_key(key, value, message):
   config = load(os.path.join(ROOT, "configs", "digits.py"))
   config_lib.set_dotted(config, key, value)
@@ -61,16 +69,29 @@ def test_invalid_values_name_the_key(key, value, message):
 def test_batch_not_divisible_by_devices():
   config = load(os.path.join(ROOT, "configs", "digits.py"))
   config.batch_size = 100
-  with pytest.raises(config_lib.ConfigError, match=r"config.batch_size=100 is not divisible "
-                     r"by the number of devices \(8\)"):
+  with pytest.raises(
+    config_lib.ConfigError,
+    match=r"config.batch_size=100 is not divisible "
+    r"by the number of devices \(8\)",
+  ):
     config_lib.validate(config, num_devices=8)
 
 
 def test_cli_rejects_bad_value_before_any_work(tmp_path):
   proc = subprocess.run(
-      [sys.executable, "-m", "caat_jax.main", "--config=configs/digits.py",
-       f"--workdir={tmp_path}", "--config.method=pgd_ta"],
-      cwd=ROOT, capture_output=True, text=True, timeout=120)
+    [
+      sys.executable,
+      "-m",
+      "caat_jax.main",
+      "--config=configs/digits.py",
+      f"--workdir={tmp_path}",
+      "--config.method=pgd_ta",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert proc.returncode != 0
   assert "config.method='pgd_ta' is not valid" in proc.stderr
   assert not os.listdir(tmp_path)  # nothing written
@@ -80,9 +101,19 @@ def test_cli_missing_tfds_dataset_fails_fast_with_prepare_command(tmp_path):
   data_dir = tmp_path / "tfds"
   data_dir.mkdir()
   proc = subprocess.run(
-      [sys.executable, "-m", "caat_jax.main", "--config=configs/cifar10.py",
-       f"--workdir={tmp_path / 'run'}", f"--config.data.data_dir={data_dir}"],
-      cwd=ROOT, capture_output=True, text=True, timeout=120)
+    [
+      sys.executable,
+      "-m",
+      "caat_jax.main",
+      "--config=configs/cifar10.py",
+      f"--workdir={tmp_path / 'run'}",
+      f"--config.data.data_dir={data_dir}",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert proc.returncode != 0
   assert f"python -m caat_jax.data.prepare --dataset=cifar10 --data_dir={data_dir}" in proc.stderr
 
@@ -96,8 +127,9 @@ def test_derived_keys_follow_one_way():
   assert (c.eval.eps, c.data.seed) == (0.2, 7)
   c.eval.eps, c.data.seed = 0.05, 3
   assert (c.attack.eps, c.seed) == (0.2, 7)
-  cfg = config_lib.apply_overrides(load(os.path.join(ROOT, "configs", "digits.py")),
-                                   ["--config.eval.eps=0.05"])
+  cfg = config_lib.apply_overrides(
+    load(os.path.join(ROOT, "configs", "digits.py")), ["--config.eval.eps=0.05"]
+  )
   assert (cfg.attack.eps, cfg.eval.eps) == (0.1, 0.05)
 
 
@@ -113,9 +145,13 @@ def _load(spec):
 @pytest.mark.parametrize("name", ["cifar10_meta_caat", "digits_meta_caat"])
 def test_ablation_variants_build_valid_configs(name):
   path = os.path.join(ROOT, "configs", f"{name}.py")
-  want = {"setting1": ("adversarial_only", "fixed"), "setting2": ("adversarial_only", "grad"),
-          "setting3": ("combined", "fixed"), "setting4": ("combined", "grad"),
-          "without": ("rule", "fixed")}
+  want = {
+    "setting1": ("adversarial_only", "fixed"),
+    "setting2": ("adversarial_only", "grad"),
+    "setting3": ("combined", "fixed"),
+    "setting4": ("combined", "grad"),
+    "without": ("rule", "fixed"),
+  }
   for arg, (direction, bound) in want.items():
     c = _load(f"{path}:{arg}")
     assert (c.caat.direction, c.caat.bound) == (direction, bound), arg
@@ -139,10 +175,13 @@ def test_table5_noise_is_flip2_and_frl_uses_the_reference_numbers():
 
 
 def test_configs_load_and_validate():
-  variants = {"cifar10_reinforce_caat": [()], "svhn_reinforce_caat": [()],
-              "cifar10_reinforce_caat_noisy": [(), ("pairflip:0.2",)],
-              "cifar10_reinforce_caat_lt": [(), ("10",)],
-              "digits_reinforce_caat": [(), ("noisy",), ("lt",)]}
+  variants = {
+    "cifar10_reinforce_caat": [()],
+    "svhn_reinforce_caat": [()],
+    "cifar10_reinforce_caat_noisy": [(), ("pairflip:0.2",)],
+    "cifar10_reinforce_caat_lt": [(), ("10",)],
+    "digits_reinforce_caat": [(), ("noisy",), ("lt",)],
+  }
   for name, args in variants.items():
     for arg in args:
       c = config_module(name).get_config(*arg)
@@ -151,23 +190,36 @@ def test_configs_load_and_validate():
       config_lib.validate(c, num_devices=1)
   assert config_module("cifar10_reinforce_caat").get_config().reinforce.lam == 0.005
   assert config_module("svhn_reinforce_caat").get_config().reinforce.lam == 0.1
-  for key, value in [("reinforce.baseline", "mean"), ("reinforce.k", 0),
-                     ("reinforce.reward", "lookahed"), ("reinforce.reward_mix", -1.0),
-                     ("reinforce.optimizer", "rmsprop"), ("reinforce.bound_set", ())]:
+  for key, value in [
+    ("reinforce.baseline", "mean"),
+    ("reinforce.k", 0),
+    ("reinforce.reward", "lookahed"),
+    ("reinforce.reward_mix", -1.0),
+    ("reinforce.optimizer", "rmsprop"),
+    ("reinforce.bound_set", ()),
+  ]:
     with pytest.raises(config_lib.ConfigError, match=key.replace(".", r"\.")):
       config_lib.validate(digits_config(method="reinforce_caat", **{key: value}))
 
 
-@pytest.mark.parametrize("key,value,message", [
-    ("attack.threat_model", "normalised",
-     "config.attack.threat_model='normalised' is not valid; choose one of: 'pixel', "
-     "'normalized', 'normalized_clip'"),
-    ("caat.anti_bound_scale", -0.5, "config.caat.anti_bound_scale=-0.5 is not valid: must "
-     "be >= 0"),
+@pytest.mark.parametrize(
+  "key,value,message",
+  [
+    (
+      "attack.threat_model",
+      "normalised",
+      "config.attack.threat_model='normalised' is not valid; choose one of: 'pixel', "
+      "'normalized', 'normalized_clip'",
+    ),
+    ("caat.anti_bound_scale", -0.5, "config.caat.anti_bound_scale=-0.5 is not valid: must be >= 0"),
     ("caat.anti_bound_cap", -1.0, "config.caat.anti_bound_cap=-1.0 is not valid: must be >= 0"),
-    ("caat.weights", "binary",
-     "config.caat.weights='binary' is not valid; choose one of: 'soft', 'hard'"),
-])
+    (
+      "caat.weights",
+      "binary",
+      "config.caat.weights='binary' is not valid; choose one of: 'soft', 'hard'",
+    ),
+  ],
+)
 def test_bad_values_name_the_key(key, value, message):
   config = digits_config(method="meta_caat", **{key: value})
   with pytest.raises(config_lib.ConfigError) as err:

@@ -2,18 +2,19 @@
 one document per attack, bad attack names from the command line, old
 checkpoints."""
 
-from tests.helpers import (ROOT, digits_config)
-import numpy as np
 import glob  # pylint: disable=g-import-not-at-top,wrong-import-position
 import json  # pylint: disable=g-import-not-at-top,wrong-import-position
 import os  # pylint: disable=g-import-not-at-top,wrong-import-position
 import shutil  # pylint: disable=g-import-not-at-top,wrong-import-position
 import subprocess  # pylint: disable=g-import-not-at-top,wrong-import-position
 import sys  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+import numpy as np
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 from caat_jax import checkpointing as ckpt_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from caat_jax import evaluate, train  # pylint: disable=g-import-not-at-top,wrong-import-position
-
+from tests.helpers import ROOT, digits_config
 
 TINY = {"apgd-ce": {"num_iters": 5}}
 
@@ -22,15 +23,18 @@ TINY = {"apgd-ce": {"num_iters": 5}}
 def short_run(tmp_path_factory):
   """One epoch (20 steps) of natural training, checkpoints at 10, 15, 20."""
   workdir = str(tmp_path_factory.mktemp("short"))
-  train.train_and_evaluate(digits_config(method="natural", checkpoint_every_steps=5,
-                                         keep_checkpoints=3), workdir)
+  train.train_and_evaluate(
+    digits_config(method="natural", checkpoint_every_steps=5, keep_checkpoints=3), workdir
+  )
   return workdir
 
 
 def _truncate(workdir, step):
   """Cuts every array data file of ``step`` in half (a half-written save)."""
-  files = glob.glob(os.path.join(ckpt_lib.checkpoint_dir(workdir), str(step), "state",
-                                 "**", "d", "*"), recursive=True)
+  files = glob.glob(
+    os.path.join(ckpt_lib.checkpoint_dir(workdir), str(step), "state", "**", "d", "*"),
+    recursive=True,
+  )
   assert files
   for f in files:
     os.truncate(f, os.path.getsize(f) // 2)
@@ -54,8 +58,9 @@ def test_load_run_falls_back_past_an_unreadable_checkpoint(short_run, tmp_path, 
 @pytest.mark.slow  # about 40 s on 2 busy cores
 def test_an_individual_attack_gets_its_own_document(short_run, tmp_path):
   out = str(tmp_path / "out")
-  docs, _ = evaluate.evaluate_checkpoint(short_run, ["apgd-ce"], num_examples=16,
-                                         aa_options=TINY, out_dir=out, progress=False)
+  docs, _ = evaluate.evaluate_checkpoint(
+    short_run, ["apgd-ce"], num_examples=16, aa_options=TINY, out_dir=out, progress=False
+  )
   with open(os.path.join(out, "eval_apgd-ce.json")) as f:
     doc = json.load(f)
   assert doc == json.loads(json.dumps(docs[0]))
@@ -68,9 +73,14 @@ def test_an_individual_attack_gets_its_own_document(short_run, tmp_path):
 def test_bad_attack_names_are_one_line_from_the_command_line(attacks, tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-  res = subprocess.run([sys.executable, "-m", "caat_jax.evaluate", f"--workdir={tmp_path}",
-                        f"--attacks={attacks}"], cwd=ROOT, env=env, capture_output=True,
-                       text=True, timeout=300)
+  res = subprocess.run(
+    [sys.executable, "-m", "caat_jax.evaluate", f"--workdir={tmp_path}", f"--attacks={attacks}"],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert res.returncode == 1
   err = res.stderr.strip().splitlines()
   assert len(err) == 1 and err[0].startswith("error: --attacks"), res.stderr

@@ -39,7 +39,7 @@ def _method_recipe():
 
 # Appended to the recipe's module: a ``validate`` the recipe's text promises
 # the trainer picks up (``Method.validate``); still one file.
-VALIDATE = '''
+VALIDATE = """
 from caat_jax.checks import check
 
 
@@ -48,7 +48,7 @@ def validate(config):
 
 
 METHOD = METHOD._replace(validate=validate)
-'''
+"""
 
 NEW_VARIANT = '''
 import jax
@@ -70,7 +70,7 @@ VARIANT = Variant("aligned", make=lambda k=1: (
     cost=lambda c, k=1: c.objective + c.jvp + 0.5, options=("k",))
 '''
 
-SCRIPT = '''
+SCRIPT = """
 import json, os, sys
 import caat_jax
 assert caat_jax.__file__.startswith(sys.argv[1]), caat_jax.__file__
@@ -84,8 +84,9 @@ for name, overrides in [(method, {}), ("meta_caat", {"meta.variant": "aligned", 
   config.data.test_fraction = 0.5  # fewer training steps
   workdir = os.path.join(sys.argv[2], name)
   docs = train.train_and_evaluate(config, workdir)
-  out["kl_at" if name == method else name] = {"robust": docs[0]["avg"]["robust"], "units": bench.forward_units(config),
-               "checkpoints": sorted(os.listdir(os.path.join(workdir, "checkpoints")))}
+  out["kl_at" if name == method else name] = {
+      "robust": docs[0]["avg"]["robust"], "units": bench.forward_units(config),
+      "checkpoints": sorted(os.listdir(os.path.join(workdir, "checkpoints")))}
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     out["kl_at" if name == method else name]["records"] = [json.loads(line) for line in f]
 bad = digits_config(method=method)
@@ -95,14 +96,20 @@ try:
 except config_lib.ConfigError as e:
   out["bad"] = str(e)
 print("RESULT" + json.dumps(out))
-'''
+"""
 
 
 def _copy_package(dst):
-  shutil.copytree(os.path.join(ROOT, "caat_jax"), os.path.join(dst, "caat_jax"),
-                  ignore=shutil.ignore_patterns("__pycache__"))
-  shutil.copytree(os.path.join(ROOT, "configs"), os.path.join(dst, "configs"),
-                  ignore=shutil.ignore_patterns("__pycache__"))
+  shutil.copytree(
+    os.path.join(ROOT, "caat_jax"),
+    os.path.join(dst, "caat_jax"),
+    ignore=shutil.ignore_patterns("__pycache__"),
+  )
+  shutil.copytree(
+    os.path.join(ROOT, "configs"),
+    os.path.join(dst, "configs"),
+    ignore=shutil.ignore_patterns("__pycache__"),
+  )
   os.makedirs(os.path.join(dst, "tests"))
   for f in ("__init__.py", "helpers.py"):
     shutil.copy(os.path.join(ROOT, "tests", f), os.path.join(dst, "tests", f))
@@ -123,21 +130,33 @@ def test_new_method_and_meta_variant_are_one_file_and_one_line(tmp_path):
   path, code, name = _method_recipe()
   with open(os.path.join(pkg, path), "w") as f:
     f.write(code + VALIDATE)
-  _add_registry_line(os.path.join(pkg, "caat_jax", "methods", "__init__.py"),
-                     "_MODULES = (\n", f'    "{name}",\n')
+  _add_registry_line(
+    os.path.join(pkg, "caat_jax", "methods", "__init__.py"), "_MODULES = (\n", f'    "{name}",\n'
+  )
   variant = _section("Adding a meta-gradient variant")
-  for promise in ("`VARIANT = Variant(name, make, cost, options)`",
-                  "`_MODULES` in `caat_jax/meta/__init__.py`", "`config.meta.variant=<name>`"):
+  for promise in (
+    "`VARIANT = Variant(name, make, cost, options)`",
+    "`_MODULES` in `caat_jax/meta/__init__.py`",
+    "`config.meta.variant=<name>`",
+  ):
     assert promise in variant, f"docs/extending.md no longer says {promise}"
   with open(os.path.join(pkg, "caat_jax", "meta", "aligned.py"), "w") as f:
     f.write(textwrap.dedent(NEW_VARIANT))
-  _add_registry_line(os.path.join(pkg, "caat_jax", "meta", "__init__.py"),
-                     "_MODULES = (\n", '    "aligned",\n')
+  _add_registry_line(
+    os.path.join(pkg, "caat_jax", "meta", "__init__.py"), "_MODULES = (\n", '    "aligned",\n'
+  )
   env = dict(subprocess_env(8), PYTHONPATH=pkg)
-  proc = subprocess.run([sys.executable, "-c", SCRIPT, pkg, str(tmp_path / "runs"), name], cwd=pkg,
-                        env=env, capture_output=True, text=True, timeout=900)
+  proc = subprocess.run(
+    [sys.executable, "-c", SCRIPT, pkg, str(tmp_path / "runs"), name],
+    cwd=pkg,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   import json  # pylint: disable=g-import-not-at-top
+
   out = json.loads(proc.stdout.split("RESULT", 1)[1])
   kl, mc = out["kl_at"], out["meta_caat"]
   # trained on 8 devices, checkpointed at the epoch's end, evaluated

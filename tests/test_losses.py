@@ -1,8 +1,9 @@
 """The DLR loss against hand-computed values and its invariances."""
 
-import numpy as np
 import jax
 import jax.numpy as jnp
+import numpy as np
+
 from caat_jax import losses
 
 
@@ -21,5 +22,6 @@ def test_dlr_is_shift_and_scale_invariant():
   z = jax.random.normal(jax.random.PRNGKey(0), (5, 10))
   y, t = jnp.arange(5), jnp.arange(5) + 3
   np.testing.assert_allclose(losses.dlr(3.0 * z + 7.0, y), losses.dlr(z, y), rtol=1e-5)
-  np.testing.assert_allclose(losses.targeted_dlr(3.0 * z - 2.0, y, t),
-                             losses.targeted_dlr(z, y, t), rtol=1e-5)
+  np.testing.assert_allclose(
+    losses.targeted_dlr(3.0 * z - 2.0, y, t), losses.targeted_dlr(z, y, t), rtol=1e-5
+  )

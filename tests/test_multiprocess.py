@@ -19,8 +19,12 @@ import pytest
 
 from tests.helpers import ROOT, digits_config, records, restore_final_state, subprocess_env
 
-_ARGS = ["--config=tests/small_config.py", "--config.num_epochs=1",
-         "--config.checkpoint_every_steps=10", "--config.log_every_steps=5"]
+_ARGS = [
+  "--config=tests/small_config.py",
+  "--config.num_epochs=1",
+  "--config.checkpoint_every_steps=10",
+  "--config.log_every_steps=5",
+]
 
 
 def _free_port() -> int:
@@ -32,9 +36,21 @@ def _free_port() -> int:
 def _start(workdir, backend, devices, *extra):
   env = subprocess_env(devices)
   return subprocess.Popen(
-      [sys.executable, "-m", "caat_jax.main", f"--workdir={workdir}", *_ARGS,
-       f"--config.parallel.backend={backend}", *extra],
-      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    [
+      sys.executable,
+      "-m",
+      "caat_jax.main",
+      f"--workdir={workdir}",
+      *_ARGS,
+      f"--config.parallel.backend={backend}",
+      *extra,
+    ],
+    cwd=ROOT,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
 
 
 def _finish(proc):
@@ -52,9 +68,17 @@ def _finish(proc):
 def test_two_processes_equal_one(backend, tmp_path):
   one, two = str(tmp_path / "one"), str(tmp_path / "two")
   port = _free_port()
-  procs = [_start(two, backend, 4, f"--config.parallel.coordinator_address=127.0.0.1:{port}",
-                  "--config.parallel.num_processes=2", f"--config.parallel.process_id={i}")
-           for i in range(2)]
+  procs = [
+    _start(
+      two,
+      backend,
+      4,
+      f"--config.parallel.coordinator_address=127.0.0.1:{port}",
+      "--config.parallel.num_processes=2",
+      f"--config.parallel.process_id={i}",
+    )
+    for i in range(2)
+  ]
   outs = [_finish(p) for p in procs]
   _finish(_start(one, backend, 8))
 
@@ -71,8 +95,9 @@ def test_two_processes_equal_one(backend, tmp_path):
   config = digits_config()
   (s1, step1), (s2, step2) = restore_final_state(one, config), restore_final_state(two, config)
   assert step1 == step2 == 20
-  for a, b in zip(jax.tree.leaves((s1.params, s1.batch_stats)),
-                  jax.tree.leaves((s2.params, s2.batch_stats))):
+  for a, b in zip(
+    jax.tree.leaves((s1.params, s1.batch_stats)), jax.tree.leaves((s2.params, s2.batch_stats))
+  ):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-5)
 
   # The evaluation saw every test point once: per-class errors agree (up to
@@ -86,7 +111,9 @@ def test_two_processes_equal_one(backend, tmp_path):
 
 def test_distributed_requested_from_config_and_environment():
   from ml_collections import ConfigDict  # pylint: disable=g-import-not-at-top
+
   from caat_jax.parallel import distributed_requested  # pylint: disable=g-import-not-at-top
+
   cfg = lambda mode="auto", addr="": ConfigDict({"distributed": mode, "coordinator_address": addr})
   assert not distributed_requested(cfg(), environ={})
   assert distributed_requested(cfg(addr="10.0.0.1:1234"), environ={})

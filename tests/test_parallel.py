@@ -9,12 +9,13 @@ input-gradient entry into a different step. So the test compares the
 real bug (a missing pmean, device-local BatchNorm statistics, per-device
 random keys) makes them the same order; rounding keeps the ratio below 1%."""
 
-from tests.helpers import (check_devices_agree)
 import os
 
 import jax
 import pytest
+
 from caat_jax import methods
+from tests.helpers import check_devices_agree
 
 
 @pytest.mark.parametrize("method", methods.METHODS)

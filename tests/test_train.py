@@ -101,6 +101,7 @@ def test_each_step_is_traced_once_for_the_whole_run(method, monkeypatch, tmp_pat
   (a retrace would recompile every epoch: minutes on a large model)."""
   from caat_jax import methods  # pylint: disable=g-import-not-at-top
   from caat_jax.evaluators import named_attacks  # pylint: disable=g-import-not-at-top
+
   traces = {"train": 0, "eval": []}
 
   def counting(name, fn):
@@ -110,6 +111,7 @@ def test_each_step_is_traced_once_for_the_whole_run(method, monkeypatch, tmp_pat
       else:  # one trace per distinct evaluation setting is expected
         traces["eval"].append((kwargs["eps"], tuple(kwargs["attack_names"])))
       return fn(*args, **kwargs)
+
     return traced
 
   monkeypatch.setattr(methods, "train_step", counting("train", methods.train_step))

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from caat_jax import losses
-from caat_jax.attacks.common import (AttackResult, LogitsFn, bcast, fold, linf_norm)
+from caat_jax.attacks.common import AttackResult, LogitsFn, bcast, fold, linf_norm
 
 LOSSES = ("ce", "dlr", "dlr_targeted")
 _EOT_TAG = 0xE07  # a randomised model's draws at iteration i use fold_in(key, _EOT_TAG + i)
@@ -73,6 +73,7 @@ class Randomised(NamedTuple):
   transformation). Called without a key (clean accuracy, the other
   attacks) it uses one fixed draw.
   """
+
   fn: Callable[[jax.Array, jax.Array], jax.Array]
 
   def __call__(self, x: jax.Array, key: jax.Array | None = None) -> jax.Array:
@@ -124,19 +125,19 @@ def _loss_and_grad(logits_fn: LogitsFn, loss: str, eot_iter: int = 1):
 
 
 def apgd_run(
-    logits_fn: LogitsFn,
-    x: jax.Array,
-    labels: jax.Array,
-    *,
-    eps: jax.Array,
-    keys: jax.Array,
-    loss: str = "ce",
-    targets: jax.Array | None = None,
-    num_iters: int = 100,
-    rho: float = 0.75,
-    unroll: int = 1,
-    noise: jax.Array | None = None,
-    eot_iter: int = 1,
+  logits_fn: LogitsFn,
+  x: jax.Array,
+  labels: jax.Array,
+  *,
+  eps: jax.Array,
+  keys: jax.Array,
+  loss: str = "ce",
+  targets: jax.Array | None = None,
+  num_iters: int = 100,
+  rho: float = 0.75,
+  unroll: int = 1,
+  noise: jax.Array | None = None,
+  eot_iter: int = 1,
 ) -> tuple[AttackResult, jax.Array]:
   """One APGD run from a random start (the reference's ``attack_single_run``).
 
@@ -158,16 +159,39 @@ def apgd_run(
     the start was classified correctly; ``best_loss`` [B] the highest loss
     reached.
   """
-  s, _ = _apgd_loop(logits_fn, x, labels, eps=eps, keys=keys, loss=loss, targets=targets,
-                    num_iters=num_iters, rho=rho, unroll=unroll, noise=noise, trace=False,
-                    eot_iter=eot_iter)
+  s, _ = _apgd_loop(
+    logits_fn,
+    x,
+    labels,
+    eps=eps,
+    keys=keys,
+    loss=loss,
+    targets=targets,
+    num_iters=num_iters,
+    rho=rho,
+    unroll=unroll,
+    noise=noise,
+    trace=False,
+    eot_iter=eot_iter,
+  )
   result = AttackResult(jax.lax.stop_gradient(s["x_best_adv"]), s["correct"])
   return result, s["loss_best"]
 
 
-def apgd_trajectory(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *, eps, keys,
-                    loss: str = "ce", targets=None, num_iters: int = 100, rho: float = 0.75,
-                    noise: jax.Array | None = None, eot_iter: int = 1) -> dict[str, jax.Array]:
+def apgd_trajectory(
+  logits_fn: LogitsFn,
+  x: jax.Array,
+  labels: jax.Array,
+  *,
+  eps,
+  keys,
+  loss: str = "ce",
+  targets=None,
+  num_iters: int = 100,
+  rho: float = 0.75,
+  noise: jax.Array | None = None,
+  eot_iter: int = 1,
+) -> dict[str, jax.Array]:
   """:func:`apgd_run`'s state after every iteration, for step-by-step checks.
 
   Returns:
@@ -177,14 +201,40 @@ def apgd_trajectory(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *, eps
     loss at the new point), ``loss_best`` [.., B], ``reduce`` bool [.., B]
     (the step was halved at this iteration); plus ``x_start`` [B, H, W, C].
   """
-  s0, hist = _apgd_loop(logits_fn, x, labels, eps=eps, keys=keys, loss=loss,
-                        targets=targets, num_iters=num_iters, rho=rho, unroll=1,
-                        noise=noise, trace=True, eot_iter=eot_iter)
+  s0, hist = _apgd_loop(
+    logits_fn,
+    x,
+    labels,
+    eps=eps,
+    keys=keys,
+    loss=loss,
+    targets=targets,
+    num_iters=num_iters,
+    rho=rho,
+    unroll=1,
+    noise=noise,
+    trace=True,
+    eot_iter=eot_iter,
+  )
   return dict(hist, x_start=s0)
 
 
-def _apgd_loop(logits_fn, x, labels, *, eps, keys, loss, targets, num_iters, rho, unroll,
-               noise, trace, eot_iter=1):
+def _apgd_loop(
+  logits_fn,
+  x,
+  labels,
+  *,
+  eps,
+  keys,
+  loss,
+  targets,
+  num_iters,
+  rho,
+  unroll,
+  noise,
+  trace,
+  eot_iter=1,
+):
   """The APGD iteration as a scan; ``trace`` also returns the per-step states
   (and then the start point in place of the final state)."""
   x = jax.lax.stop_gradient(x)
@@ -207,15 +257,27 @@ def _apgd_loop(logits_fn, x, labels, *, eps, keys, loss, targets, num_iters, rho
 
   after, window = checkpoints(num_iters)
   is_check = jnp.zeros((num_iters,), bool).at[jnp.array(after, jnp.int32) - 1].set(True)
-  win = jnp.zeros((num_iters,), jnp.int32).at[jnp.array(after, jnp.int32) - 1].set(
-      jnp.array(window, jnp.int32))
+  win = (
+    jnp.zeros((num_iters,), jnp.int32)
+    .at[jnp.array(after, jnp.int32) - 1]
+    .set(jnp.array(window, jnp.int32))
+  )
   rows = jnp.arange(num_iters)[:, None]
 
   init = dict(
-      x_adv=x_adv, x_prev=x_adv, grad=grad0, grad_best=grad0, x_best=x_adv,
-      x_best_adv=x_adv, loss_best=loss0, correct=losses.correct(logits0, labels),
-      step=2.0 * eps, loss_steps=jnp.zeros((num_iters, batch), loss0.dtype),
-      loss_best_last=loss0, reduced_last=jnp.ones((batch,), bool))
+    x_adv=x_adv,
+    x_prev=x_adv,
+    grad=grad0,
+    grad_best=grad0,
+    x_best=x_adv,
+    x_best_adv=x_adv,
+    loss_best=loss0,
+    correct=losses.correct(logits0, labels),
+    step=2.0 * eps,
+    loss_steps=jnp.zeros((num_iters, batch), loss0.dtype),
+    loss_best_last=loss0,
+    reduced_last=jnp.ones((batch,), bool),
+  )
 
   def body(i, s):
     x_cur = s["x_adv"]
@@ -243,23 +305,32 @@ def _apgd_loop(logits_fn, x, labels, *, eps, keys, loss, targets, num_iters, rho
     stalled = ~s["reduced_last"] & (s["loss_best_last"] >= loss_best)
     check = is_check[i]
     reduce = check & (oscillating | stalled)
-    return reduce, value, dict(
+    return (
+      reduce,
+      value,
+      dict(
         x_adv=jnp.where(bcast(reduce, x), x_best, x_new),
         x_prev=x_cur,
         grad=jnp.where(bcast(reduce, x), grad_best, grad),
-        grad_best=grad_best, x_best=x_best, x_best_adv=x_best_adv,
-        loss_best=loss_best, correct=s["correct"] & pred_ok,
+        grad_best=grad_best,
+        x_best=x_best,
+        x_best_adv=x_best_adv,
+        loss_best=loss_best,
+        correct=s["correct"] & pred_ok,
         step=jnp.where(reduce, 0.5 * s["step"], s["step"]),
         loss_steps=loss_steps,
         loss_best_last=jnp.where(check, loss_best, s["loss_best_last"]),
-        reduced_last=jnp.where(check, reduce, s["reduced_last"]))
+        reduced_last=jnp.where(check, reduce, s["reduced_last"]),
+      ),
+    )
 
   def scan_body(s, i):
     reduce, value, s = body(i, s)
     rec = None
     if trace:
-      rec = dict(x_adv=s["x_adv"], step=s["step"], loss=value, loss_best=s["loss_best"],
-                 reduce=reduce)
+      rec = dict(
+        x_adv=s["x_adv"], step=s["step"], loss=value, loss_best=s["loss_best"], reduce=reduce
+      )
     return s, rec
 
   s, hist = jax.lax.scan(scan_body, init, jnp.arange(num_iters), unroll=unroll)

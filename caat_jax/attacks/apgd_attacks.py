@@ -16,10 +16,22 @@ from caat_jax.attacks.apgd import apgd_run
 from caat_jax.attacks.common import AttackResult, LogitsFn, fold, initial, repeat
 
 
-def apgd_ce(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *, eps, keys: jax.Array,
-            active: jax.Array | None = None, num_iters: int = 100, num_restarts: int = 1,
-            rho: float = 0.75, loss: str = "ce", unroll: int = 1, runs=None,
-            eot_iter: int = 1) -> AttackResult:
+def apgd_ce(
+  logits_fn: LogitsFn,
+  x: jax.Array,
+  labels: jax.Array,
+  *,
+  eps,
+  keys: jax.Array,
+  active: jax.Array | None = None,
+  num_iters: int = 100,
+  num_restarts: int = 1,
+  rho: float = 0.75,
+  loss: str = "ce",
+  unroll: int = 1,
+  runs=None,
+  eot_iter: int = 1,
+) -> AttackResult:
   """APGD-CE, untargeted (AutoAttack's first attack; ``loss='dlr'`` gives APGD-DLR).
 
   Args:
@@ -37,8 +49,18 @@ def apgd_ce(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *, eps, keys: 
   eps = jnp.broadcast_to(jnp.asarray(eps, x.dtype), labels.shape)
 
   def run(r):
-    return apgd_run(logits_fn, x, labels, eps=eps, keys=fold(keys, r), loss=loss,
-                    num_iters=num_iters, rho=rho, unroll=unroll, eot_iter=eot_iter)[0]
+    return apgd_run(
+      logits_fn,
+      x,
+      labels,
+      eps=eps,
+      keys=fold(keys, r),
+      loss=loss,
+      num_iters=num_iters,
+      rho=rho,
+      unroll=unroll,
+      eot_iter=eot_iter,
+    )[0]
 
   return repeat(num_restarts, run, start, runs)
 
@@ -52,11 +74,22 @@ def target_classes(clean_logits: jax.Array, rank: jax.Array) -> jax.Array:
   return jnp.take(order, clean_logits.shape[-1] - rank, axis=-1)
 
 
-def apgd_targeted(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *, eps,
-                  keys: jax.Array, active: jax.Array | None = None,
-                  num_target_classes: int = 9, num_restarts: int = 1, num_iters: int = 100,
-                  rho: float = 0.75, unroll: int = 1, runs=None,
-                  eot_iter: int = 1) -> AttackResult:
+def apgd_targeted(
+  logits_fn: LogitsFn,
+  x: jax.Array,
+  labels: jax.Array,
+  *,
+  eps,
+  keys: jax.Array,
+  active: jax.Array | None = None,
+  num_target_classes: int = 9,
+  num_restarts: int = 1,
+  num_iters: int = 100,
+  rho: float = 0.75,
+  unroll: int = 1,
+  runs=None,
+  eot_iter: int = 1,
+) -> AttackResult:
   """APGD-T: APGD on the targeted DLR loss, one target class after another.
 
   The targets are the classes with the 2nd, 3rd, ..., (num_target_classes+1)-th
@@ -72,8 +105,18 @@ def apgd_targeted(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *, eps,
   def run(j):
     t, r = j // num_restarts, j % num_restarts
     targets = target_classes(clean_logits, t + 2)
-    return apgd_run(logits_fn, x, labels, eps=eps, keys=fold(fold(keys, t), r),
-                    loss="dlr_targeted", targets=targets, num_iters=num_iters, rho=rho,
-                    unroll=unroll, eot_iter=eot_iter)[0]
+    return apgd_run(
+      logits_fn,
+      x,
+      labels,
+      eps=eps,
+      keys=fold(fold(keys, t), r),
+      loss="dlr_targeted",
+      targets=targets,
+      num_iters=num_iters,
+      rho=rho,
+      unroll=unroll,
+      eot_iter=eot_iter,
+    )[0]
 
   return repeat(num_targets * num_restarts, run, start, runs)

@@ -20,8 +20,8 @@ import jax.numpy as jnp
 from caat_jax import losses
 from caat_jax.attacks.apgd_attacks import apgd_ce, apgd_targeted
 from caat_jax.attacks.common import AttackResult, LogitsFn, bcast
-from caat_jax.attacks.sanity import check_num_classes
 from caat_jax.attacks.fab import fab_targeted
+from caat_jax.attacks.sanity import check_num_classes
 from caat_jax.attacks.square import square
 
 STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
@@ -30,19 +30,21 @@ ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square")
 # APGD-DLR, one restart each, the gradient averaged over 20 draws of the
 # model (EOT; see ``apgd.Randomised``).
 RAND = ("apgd-ce", "apgd-dlr")
-RAND_OPTIONS = {"apgd-ce": {"num_restarts": 1, "eot_iter": 20},
-                "apgd-dlr": {"num_restarts": 1, "eot_iter": 20}}
+RAND_OPTIONS = {
+  "apgd-ce": {"num_restarts": 1, "eot_iter": 20},
+  "apgd-dlr": {"num_restarts": 1, "eot_iter": 20},
+}
 VERSIONS = ("standard", "rand")  # the reference's set_version choices
 _KEY_TAG = 1000  # attack i of the ensemble draws from fold_in(key, 1000 + i)
 
 
-def version_options(version: str, options: Mapping[str, Mapping] | None = None
-                    ) -> dict[str, dict]:
+def version_options(version: str, options: Mapping[str, Mapping] | None = None) -> dict[str, dict]:
   """Per-attack options of a version (``VERSIONS``): the version's
   settings, then ``options`` on top."""
   if version not in VERSIONS:
-    raise ValueError(f"AutoAttack version {version!r}; valid: "
-                     f"{', '.join(repr(v) for v in VERSIONS)}")
+    raise ValueError(
+      f"AutoAttack version {version!r}; valid: {', '.join(repr(v) for v in VERSIONS)}"
+    )
   base, options = (RAND_OPTIONS if version == "rand" else {}), dict(options or {})
   return {n: {**base.get(n, {}), **dict(options.get(n, {}))} for n in set(base) | set(options)}
 
@@ -67,9 +69,19 @@ def num_runs(name: str, num_classes: int, options: Mapping | None = None) -> int
   raise ValueError(f"attack {name!r}; valid: {', '.join(ATTACKS)}")
 
 
-def run_attack(name: str, logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *,
-               eps, keys: jax.Array, active: jax.Array | None = None,
-               unroll: int = 1, runs=None, **options) -> AttackResult:
+def run_attack(
+  name: str,
+  logits_fn: LogitsFn,
+  x: jax.Array,
+  labels: jax.Array,
+  *,
+  eps,
+  keys: jax.Array,
+  active: jax.Array | None = None,
+  unroll: int = 1,
+  runs=None,
+  **options,
+) -> AttackResult:
   """One of AutoAttack's attacks by name, with the reference's defaults.
 
   ``options`` override hyper-parameters (e.g. ``num_iters`` for quick tests).
@@ -93,10 +105,17 @@ def run_attack(name: str, logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, 
   raise ValueError(f"attack {name!r}; valid: {', '.join(ATTACKS)}")
 
 
-def autoattack(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *, eps,
-               keys: jax.Array, attacks: Sequence[str] = STANDARD,
-               options: Mapping[str, Mapping] | None = None,
-               unroll: int = 1) -> tuple[AttackResult, dict[str, jax.Array]]:
+def autoattack(
+  logits_fn: LogitsFn,
+  x: jax.Array,
+  labels: jax.Array,
+  *,
+  eps,
+  keys: jax.Array,
+  attacks: Sequence[str] = STANDARD,
+  options: Mapping[str, Mapping] | None = None,
+  unroll: int = 1,
+) -> tuple[AttackResult, dict[str, jax.Array]]:
   """Runs the ensemble on a batch.
 
   Args:
@@ -123,11 +142,18 @@ def autoattack(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *, eps,
   res = AttackResult(x, robust)
   stages = {"clean": robust}
   for i, name in enumerate(attacks):
-    new = run_attack(name, logits_fn, x, labels, eps=eps, keys=stage_keys(keys, i),
-                     active=res.robust,
-                     unroll=unroll, **dict(options.get(name, {})))
+    new = run_attack(
+      name,
+      logits_fn,
+      x,
+      labels,
+      eps=eps,
+      keys=stage_keys(keys, i),
+      active=res.robust,
+      unroll=unroll,
+      **dict(options.get(name, {})),
+    )
     broken = res.robust & ~new.robust
-    res = AttackResult(jnp.where(bcast(broken, x), new.x_adv, res.x_adv),
-                       res.robust & new.robust)
+    res = AttackResult(jnp.where(bcast(broken, x), new.x_adv, res.x_adv), res.robust & new.robust)
     stages[name] = res.robust
   return res, stages

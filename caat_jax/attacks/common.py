@@ -26,6 +26,7 @@ class AttackResult(NamedTuple):
   robust: bool [B]; attacked (correctly classified to begin with) and not
     broken.
   """
+
   x_adv: jax.Array
   robust: jax.Array
 
@@ -43,8 +44,9 @@ def linf_norm(d: jax.Array) -> jax.Array:
 def merge(done: AttackResult, new: AttackResult) -> AttackResult:
   """Takes ``new``'s example only where ``done`` was robust and ``new`` broke it."""
   broken = done.robust & ~new.robust
-  return AttackResult(jnp.where(bcast(broken, new.x_adv), new.x_adv, done.x_adv),
-                      done.robust & new.robust)
+  return AttackResult(
+    jnp.where(bcast(broken, new.x_adv), new.x_adv, done.x_adv), done.robust & new.robust
+  )
 
 
 def initial(logits_fn, x, labels, active):

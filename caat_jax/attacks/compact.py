@@ -44,8 +44,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from caat_jax.attacks.common import LogitsFn
 from caat_jax.attacks.autoattack import STANDARD, num_runs, run_attack, stage_keys
+from caat_jax.attacks.common import LogitsFn
 from caat_jax.attacks.sanity import check_num_classes
 
 Runner = Callable[..., tuple[np.ndarray, np.ndarray]]
@@ -108,8 +108,9 @@ def plan(n: int, sizes: Sequence[int], pack: str = "slots") -> list[int]:
   return out
 
 
-def local_runner(logits_fn: LogitsFn, options: Mapping[str, Mapping] | None = None,
-                 unroll: int = 1) -> Runner:
+def local_runner(
+  logits_fn: LogitsFn, options: Mapping[str, Mapping] | None = None, unroll: int = 1
+) -> Runner:
   """A runner on one device: ``run_attack`` under ``jit``, one compilation
   per (attack, bucket size); ``runs`` is traced."""
   options = {k: dict(v) for k, v in (options or {}).items()}
@@ -117,17 +118,29 @@ def local_runner(logits_fn: LogitsFn, options: Mapping[str, Mapping] | None = No
 
   def runner(name, x, labels, eps, keys, active, runs):
     if name not in cache:
-      cache[name] = jax.jit(lambda x, y, e, k, a, r, name=name: run_attack(
-          name, logits_fn, x, y, eps=e, keys=k, active=a, runs=(r[0], r[1]), unroll=unroll,
-          **options.get(name, {})))
+      cache[name] = jax.jit(
+        lambda x, y, e, k, a, r, name=name: run_attack(
+          name,
+          logits_fn,
+          x,
+          y,
+          eps=e,
+          keys=k,
+          active=a,
+          runs=(r[0], r[1]),
+          unroll=unroll,
+          **options.get(name, {}),
+        )
+      )
     res = cache[name](x, labels, eps, keys, active, runs)
     return np.asarray(res.x_adv), np.asarray(res.robust)
 
   return runner
 
 
-def pmap_runner(logits_fn: LogitsFn, options: Mapping[str, Mapping] | None = None,
-                unroll: int = 1, devices=None) -> Runner:
+def pmap_runner(
+  logits_fn: LogitsFn, options: Mapping[str, Mapping] | None = None, unroll: int = 1, devices=None
+) -> Runner:
   """A runner over the local devices with ``pmap``: bucket sizes must be
   multiples of the device count (``bucket_sizes(..., multiple=n)``)."""
   devices = devices or jax.local_devices()
@@ -137,9 +150,24 @@ def pmap_runner(logits_fn: LogitsFn, options: Mapping[str, Mapping] | None = Non
 
   def runner(name, x, labels, eps, keys, active, runs):
     if name not in cache:
-      cache[name] = jax.pmap(lambda x, y, e, k, a, r, name=name: tuple(run_attack(
-          name, logits_fn, x, y, eps=e, keys=k, active=a, runs=(r[0], r[1]), unroll=unroll,
-          **options.get(name, {}))), in_axes=(0, 0, 0, 0, 0, None), devices=devices)
+      cache[name] = jax.pmap(
+        lambda x, y, e, k, a, r, name=name: tuple(
+          run_attack(
+            name,
+            logits_fn,
+            x,
+            y,
+            eps=e,
+            keys=k,
+            active=a,
+            runs=(r[0], r[1]),
+            unroll=unroll,
+            **options.get(name, {}),
+          )
+        ),
+        in_axes=(0, 0, 0, 0, 0, None),
+        devices=devices,
+      )
     split = lambda v: v.reshape((nd, v.shape[0] // nd) + v.shape[1:])
     x_adv, robust = cache[name](*map(split, (x, labels, eps, keys, active)), runs)
     return (np.asarray(x_adv).reshape(x.shape), np.asarray(robust).reshape(-1))
@@ -155,11 +183,24 @@ def _pad(v: np.ndarray, size: int) -> np.ndarray:
   return np.concatenate([v, np.repeat(v[:1], size - len(v), axis=0)])
 
 
-def autoattack_compact(runner: Runner, x, labels, *, eps, keys, clean_correct,
-                       num_classes: int, attacks: Sequence[str] = STANDARD,
-                       options: Mapping[str, Mapping] | None = None, batch_size: int = 256,
-                       min_size: int = 8, multiple: int = 1, split_runs: bool = True,
-                       pack: str = "auto", log: Callable[[str], None] | None = None):
+def autoattack_compact(
+  runner: Runner,
+  x,
+  labels,
+  *,
+  eps,
+  keys,
+  clean_correct,
+  num_classes: int,
+  attacks: Sequence[str] = STANDARD,
+  options: Mapping[str, Mapping] | None = None,
+  batch_size: int = 256,
+  min_size: int = 8,
+  multiple: int = 1,
+  split_runs: bool = True,
+  pack: str = "auto",
+  log: Callable[[str], None] | None = None,
+):
   """The AutoAttack ensemble over ``N`` host points, attacking only the
   still-robust ones in re-packed buckets.
 
@@ -202,9 +243,11 @@ def autoattack_compact(runner: Runner, x, labels, *, eps, keys, clean_correct,
   robust = np.asarray(clean_correct, bool).copy()
   stages, stats = {"clean": robust.copy()}, {}
   for i, name in enumerate(attacks):
-    keys_i = np.asarray(jax.random.key_data(stage_keys(keys, i))
-                        if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key)
-                        else stage_keys(keys, i))
+    keys_i = np.asarray(
+      jax.random.key_data(stage_keys(keys, i))
+      if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key)
+      else stage_keys(keys, i)
+    )
     total = num_runs(name, num_classes, options.get(name))
     ranges = [(j, j + 1) for j in range(total)] if split_runs else [(0, total)]
     points = slots = calls = 0
@@ -215,23 +258,30 @@ def autoattack_compact(runner: Runner, x, labels, *, eps, keys, clean_correct,
         break
       offset = 0
       for size in plan(len(idx), sizes, pack):
-        chunk = idx[offset:offset + size]
+        chunk = idx[offset : offset + size]
         offset += size
         active = _pad(np.ones(len(chunk), bool), size)
-        active[len(chunk):] = False
-        out_x, out_r = runner(name, _pad(x[chunk], size), _pad(labels[chunk], size),
-                              _pad(eps[chunk], size), _pad(keys_i[chunk], size), active,
-                              np.array([first, stop], np.int32))
-        broken = ~out_r[:len(chunk)]
-        x_adv[chunk[broken]] = out_x[:len(chunk)][broken]
+        active[len(chunk) :] = False
+        out_x, out_r = runner(
+          name,
+          _pad(x[chunk], size),
+          _pad(labels[chunk], size),
+          _pad(eps[chunk], size),
+          _pad(keys_i[chunk], size),
+          active,
+          np.array([first, stop], np.int32),
+        )
+        broken = ~out_r[: len(chunk)]
+        x_adv[chunk[broken]] = out_x[: len(chunk)][broken]
         robust[chunk[broken]] = False
         points += len(chunk)
         slots += size
         calls += 1
-    stats[name] = dict(points=points, slots=slots, calls=calls,
-                       seconds=time.perf_counter() - start)
+    stats[name] = dict(points=points, slots=slots, calls=calls, seconds=time.perf_counter() - start)
     stages[name] = robust.copy()
     if log:
-      log(f"{name}: {robust.sum()}/{n} robust, {points} points in {slots} slots, "
-          f"{calls} calls, {stats[name]['seconds']:.1f} s")
+      log(
+        f"{name}: {robust.sum()}/{n} robust, {points} points in {slots} slots, "
+        f"{calls} calls, {stats[name]['seconds']:.1f} s"
+      )
   return x_adv, robust, stages, stats

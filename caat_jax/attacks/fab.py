@@ -31,8 +31,15 @@ import jax.numpy as jnp
 
 from caat_jax import losses
 from caat_jax.attacks.apgd_attacks import target_classes
-from caat_jax.attacks.common import (AttackResult, LogitsFn, bcast, fold, initial, linf_norm,
-                                     run_range)
+from caat_jax.attacks.common import (
+  AttackResult,
+  LogitsFn,
+  bcast,
+  fold,
+  initial,
+  linf_norm,
+  run_range,
+)
 
 
 def project_linf(t: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
@@ -80,10 +87,19 @@ def project_linf(t: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
   return jnp.where(w != 0, direction * reach, 0.0)
 
 
-def fab_run(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, targets: jax.Array, *,
-            num_iters: int = 100, alpha_max: float = 0.1, eta: float = 1.05,
-            beta: float = 0.9, start: jax.Array | None = None,
-            unroll: int = 1) -> tuple[jax.Array, jax.Array]:
+def fab_run(
+  logits_fn: LogitsFn,
+  x: jax.Array,
+  labels: jax.Array,
+  targets: jax.Array,
+  *,
+  num_iters: int = 100,
+  alpha_max: float = 0.1,
+  eta: float = 1.05,
+  beta: float = 0.9,
+  start: jax.Array | None = None,
+  unroll: int = 1,
+) -> tuple[jax.Array, jax.Array]:
   """One targeted FAB run (the reference's ``attack_single_run``).
 
   Args:
@@ -111,8 +127,9 @@ def fab_run(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, targets: jax.A
     f, g = diff_grad(x1, labels, targets)
     w = g.reshape(bsz, -1)
     b = jnp.sum(w * x1.reshape(bsz, -1), axis=-1) - f  # {x': w.x' = b} is f's zero set
-    d = project_linf(jnp.concatenate([x1.reshape(bsz, -1), x0]),
-                     jnp.concatenate([w, w]), jnp.concatenate([b, b]))
+    d = project_linf(
+      jnp.concatenate([x1.reshape(bsz, -1), x0]), jnp.concatenate([w, w]), jnp.concatenate([b, b])
+    )
     a = jnp.maximum(linf_norm(d), 1e-8)
     a1, a2 = a[:bsz], a[bsz:]
     alpha = bcast(jnp.clip(a1 / (a1 + a2), 0.0, alpha_max), x)
@@ -132,11 +149,23 @@ def fab_run(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, targets: jax.A
   return jax.lax.stop_gradient(adv), best
 
 
-def fab_targeted(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *, eps,
-                 keys: jax.Array, active: jax.Array | None = None,
-                 num_target_classes: int = 9, num_restarts: int = 1, num_iters: int = 100,
-                 alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9,
-                 unroll: int = 1, runs=None) -> tuple[AttackResult, jax.Array]:
+def fab_targeted(
+  logits_fn: LogitsFn,
+  x: jax.Array,
+  labels: jax.Array,
+  *,
+  eps,
+  keys: jax.Array,
+  active: jax.Array | None = None,
+  num_target_classes: int = 9,
+  num_restarts: int = 1,
+  num_iters: int = 100,
+  alpha_max: float = 0.1,
+  eta: float = 1.05,
+  beta: float = 0.9,
+  unroll: int = 1,
+  runs=None,
+) -> tuple[AttackResult, jax.Array]:
   """FAB-T as AutoAttack runs it: targets one after another, on the points
   not yet broken within ``eps``.
 
@@ -166,12 +195,20 @@ def fab_targeted(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *, eps,
     t, r = j // num_restarts, j % num_restarts
     k = fold(fold(keys, t), r)
     noise = jax.vmap(lambda kk: jax.random.uniform(kk, x.shape[1:], x.dtype, -1.0, 1.0))(k)
-    rand = jnp.clip(x + bcast(0.5 * eps, x) * noise / bcast(linf_norm(noise) + 1e-12, x),
-                    0.0, 1.0)
+    rand = jnp.clip(x + bcast(0.5 * eps, x) * noise / bcast(linf_norm(noise) + 1e-12, x), 0.0, 1.0)
     x1 = jnp.where(r > 0, rand, x)
-    adv, norm = fab_run(logits_fn, x, labels, target_classes(clean_logits, t + 2),
-                        num_iters=num_iters, alpha_max=alpha_max, eta=eta, beta=beta,
-                        start=x1, unroll=unroll)
+    adv, norm = fab_run(
+      logits_fn,
+      x,
+      labels,
+      target_classes(clean_logits, t + 2),
+      num_iters=num_iters,
+      alpha_max=alpha_max,
+      eta=eta,
+      beta=beta,
+      start=x1,
+      unroll=unroll,
+    )
     found = jnp.isfinite(norm)
     fooled = found & ~losses.correct(logits_fn(adv), labels) & (norm <= eps)
     return AttackResult(adv, ~fooled), norm
@@ -184,8 +221,7 @@ def fab_targeted(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *, eps,
     j, res, best = c
     new, norm = run(j)
     broken = res.robust & ~new.robust
-    res = AttackResult(jnp.where(bcast(broken, x), new.x_adv, res.x_adv),
-                       res.robust & new.robust)
+    res = AttackResult(jnp.where(bcast(broken, x), new.x_adv, res.x_adv), res.robust & new.robust)
     best = jnp.where(start.robust, jnp.minimum(best, norm), best)
     return j + 1, res, best
 

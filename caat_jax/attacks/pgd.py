@@ -36,8 +36,7 @@ def _bcast(v: jax.Array, x: jax.Array) -> jax.Array:
   return jnp.reshape(v, v.shape + (1,) * (x.ndim - 1))
 
 
-def project(x_adv: jax.Array, x: jax.Array, eps: jax.Array, scale=1.0,
-            box=(0.0, 1.0)) -> jax.Array:
+def project(x_adv: jax.Array, x: jax.Array, eps: jax.Array, scale=1.0, box=(0.0, 1.0)) -> jax.Array:
   """Projection onto B_inf(x_i, eps_i * scale), then clipping to ``box``.
 
   Args:
@@ -55,8 +54,7 @@ def project(x_adv: jax.Array, x: jax.Array, eps: jax.Array, scale=1.0,
 
 
 def random_start(
-    x: jax.Array, eps: jax.Array, keys: jax.Array, kind: str, scale=1.0,
-    box=(0.0, 1.0)
+  x: jax.Array, eps: jax.Array, keys: jax.Array, kind: str, scale=1.0, box=(0.0, 1.0)
 ) -> jax.Array:
   """Attack start point, per sample from its own key (device-count invariant).
 
@@ -85,21 +83,21 @@ def random_start(
 
 
 def pgd(
-    logits_fn: LogitsFn,
-    x: jax.Array,
-    labels: jax.Array,
-    *,
-    eps: jax.Array,
-    step_size: jax.Array,
-    num_steps: int,
-    keys: jax.Array,
-    sign: jax.Array | None = None,
-    loss_kind: jax.Array | None = None,
-    clean_logits: jax.Array | None = None,
-    start: str = "uniform",
-    unroll: bool = True,
-    scale=1.0,
-    box=(0.0, 1.0),
+  logits_fn: LogitsFn,
+  x: jax.Array,
+  labels: jax.Array,
+  *,
+  eps: jax.Array,
+  step_size: jax.Array,
+  num_steps: int,
+  keys: jax.Array,
+  sign: jax.Array | None = None,
+  loss_kind: jax.Array | None = None,
+  clean_logits: jax.Array | None = None,
+  start: str = "uniform",
+  unroll: bool = True,
+  scale=1.0,
+  box=(0.0, 1.0),
 ) -> jax.Array:
   """L-inf PGD, Algorithm 1 lines 5-10, with per-sample everything.
 

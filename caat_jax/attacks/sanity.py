@@ -26,8 +26,9 @@ from caat_jax.attacks.common import LogitsFn
 DOC = "see fra31/auto-attack flags_doc.md"
 
 
-def check_randomized(logits_fn: LogitsFn, x, labels, *, n: int = 5,
-                     alpha: float = 1e-4) -> list[str]:
+def check_randomized(
+  logits_fn: LogitsFn, x, labels, *, n: int = 5, alpha: float = 1e-4
+) -> list[str]:
   """Calls ``logits_fn`` ``n`` times on the same batch (host side, so that a
   function drawing fresh randomness per call shows it) and warns if the
   L2-normalised outputs differ by more than ``alpha`` or the number of
@@ -39,12 +40,20 @@ def check_randomized(logits_fn: LogitsFn, x, labels, *, n: int = 5,
   labels = np.asarray(labels)
   correct = {int(np.sum(np.argmax(o, -1) == labels)) for o in outs}
   normed = [o / (np.linalg.norm(o, axis=-1, keepdims=True) + 1e-10) for o in outs]
-  diff = max((float(np.max(np.linalg.norm(a - b, axis=-1)))
-              for i, a in enumerate(normed) for b in normed[i + 1:]), default=0.0)
+  diff = max(
+    (
+      float(np.max(np.linalg.norm(a - b, axis=-1)))
+      for i, a in enumerate(normed)
+      for b in normed[i + 1 :]
+    ),
+    default=0.0,
+  )
   if len(correct) > 1 or diff > alpha:
-    return [f"the model seems randomised (outputs differ by {diff:.2e} between calls on "
-            f"the same input); evaluate such models with version 'rand' (--version=rand, "
-            f"autoattack-rand: EOT over 20 draws, the model wrapped as attacks.apgd.Randomised); {DOC}"]
+    return [
+      f"the model seems randomised (outputs differ by {diff:.2e} between calls on "
+      f"the same input); evaluate such models with version 'rand' (--version=rand, "
+      f"autoattack-rand: EOT over 20 draws, the model wrapped as attacks.apgd.Randomised); {DOC}"
+    ]
   return []
 
 
@@ -53,8 +62,11 @@ def check_logits(logits: jax.Array, alpha: float = 1e-5) -> dict[str, jax.Array]
   ``all``): ``probabilities`` (every row in [0, 1] summing to 1, within
   ``alpha``) and ``float32`` (the outputs' dtype is float32, a static fact)."""
   z = logits.astype(jnp.float32)
-  probs = ((jnp.max(z) < 1.0 + alpha) & (jnp.min(z) > -alpha)
-           & jnp.all(jnp.abs(jnp.sum(z, -1) - 1.0) < alpha))
+  probs = (
+    (jnp.max(z) < 1.0 + alpha)
+    & (jnp.min(z) > -alpha)
+    & jnp.all(jnp.abs(jnp.sum(z, -1) - 1.0) < alpha)
+  )
   return dict(probabilities=probs, float32=jnp.asarray(logits.dtype == jnp.float32))
 
 
@@ -65,16 +77,21 @@ def check_output_range(logits, alpha: float = 1e-5) -> list[str]:
   facts = check_logits(jnp.asarray(logits), alpha)
   out = []
   if bool(facts["probabilities"]):
-    out.append("the outputs seem to be probabilities (rows in [0, 1] summing to 1); "
-               f"the attacks need logits; {DOC}")
+    out.append(
+      "the outputs seem to be probabilities (rows in [0, 1] summing to 1); "
+      f"the attacks need logits; {DOC}"
+    )
   if not bool(facts["float32"]):
-    out.append(f"the logits are {jnp.asarray(logits).dtype}, not float32: rebuild the model "
-               "with dtype float32 for evaluation")
+    out.append(
+      f"the logits are {jnp.asarray(logits).dtype}, not float32: rebuild the model "
+      "with dtype float32 for evaluation"
+    )
   return out
 
 
-def zero_gradient_count(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
-                        loss: str = "dlr") -> jax.Array:
+def zero_gradient_count(
+  logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, loss: str = "dlr"
+) -> jax.Array:
   """Number of points [B] whose input gradient of ``loss`` ('dlr' as the
   reference checks, or 'ce') is exactly zero; an int32 scalar (pure)."""
   loss_fn = losses.dlr if loss == "dlr" else losses.cross_entropy
@@ -91,8 +108,10 @@ def check_zero_gradients(num_zero: int, num_points: int | None = None) -> list[s
   one); ``num_zero`` summed over batches of :func:`zero_gradient_count`."""
   if int(num_zero) > 0:
     of = f" of {num_points}" if num_points is not None else ""
-    return [f"there are {int(num_zero)}{of} points with zero input gradient; "
-            f"gradient-based attacks may be unreliable on them; {DOC}"]
+    return [
+      f"there are {int(num_zero)}{of} points with zero input gradient; "
+      f"gradient-based attacks may be unreliable on them; {DOC}"
+    ]
   return []
 
 
@@ -108,14 +127,17 @@ def check_square_sr(stage_accuracy: Mapping[str, float], alpha: float = 0.002) -
     return []
   best = min(v for k, v in stage_accuracy.items() if k != "square")
   if stage_accuracy["square"] < best - alpha:
-    return [f"Square Attack lowered the robust accuracy by {best - stage_accuracy['square']:.2%} "
-            "after the gradient attacks: the evaluation may be unreliable (gradient "
-            f"masking); consider more Square queries and restarts or an adaptive attack; {DOC}"]
+    return [
+      f"Square Attack lowered the robust accuracy by {best - stage_accuracy['square']:.2%} "
+      "after the gradient attacks: the evaluation may be unreliable (gradient "
+      f"masking); consider more Square queries and restarts or an adaptive attack; {DOC}"
+    ]
   return []
 
 
-def check_num_classes(num_classes: int, attacks: Sequence[str], apgd_targets: int = 9,
-                      fab_targets: int = 9) -> list[str]:
+def check_num_classes(
+  num_classes: int, attacks: Sequence[str], apgd_targets: int = 9, fab_targets: int = 9
+) -> list[str]:
   """Refuses what cannot run and warns about targets that do not exist.
 
   The DLR loss needs 3 classes (``z_pi3``), the targeted DLR loss 4
@@ -125,27 +147,34 @@ def check_num_classes(num_classes: int, attacks: Sequence[str], apgd_targets: in
   are).
   """
   if "apgd-t" in attacks and num_classes < 4:
-    raise ValueError(f"the model has {num_classes} classes: APGD-T's targeted DLR loss needs "
-                     "at least 4; leave 'apgd-t' out of the attacks")
+    raise ValueError(
+      f"the model has {num_classes} classes: APGD-T's targeted DLR loss needs "
+      "at least 4; leave 'apgd-t' out of the attacks"
+    )
   if "apgd-dlr" in attacks and num_classes < 3:
-    raise ValueError(f"the model has {num_classes} classes: APGD-DLR's DLR loss needs at "
-                     "least 3; leave 'apgd-dlr' out of the attacks")
+    raise ValueError(
+      f"the model has {num_classes} classes: APGD-DLR's DLR loss needs at "
+      "least 3; leave 'apgd-dlr' out of the attacks"
+    )
   out = []
   for name, n in (("apgd-t", apgd_targets), ("fab-t", fab_targets)):
     if name in attacks and n + 1 > num_classes:
-      out.append(f"{name.upper()} asks for {n} target classes but only {num_classes - 1} "
-                 "exist; those are used")
+      out.append(
+        f"{name.upper()} asks for {n} target classes but only {num_classes - 1} "
+        "exist; those are used"
+      )
   return out
 
 
-def check_clean_accuracy(previous: float | None, current: float,
-                         alpha: float = 1e-3) -> list[str]:
+def check_clean_accuracy(previous: float | None, current: float, alpha: float = 1e-3) -> list[str]:
   """Warns if a model's clean accuracy fell from ``previous`` to ``current``
   (e.g. the same model and data evaluated in two calls: the model changed,
   or it is randomised, or the data differ)."""
   if previous is not None and current < previous - alpha:
-    return [f"clean accuracy dropped from {previous:.2%} to {current:.2%} between calls "
-            "on the same data: the model is not the same function"]
+    return [
+      f"clean accuracy dropped from {previous:.2%} to {current:.2%} between calls "
+      "on the same data: the model is not the same function"
+    ]
   return []
 
 
@@ -157,8 +186,15 @@ def float32_logits(logits_fn: LogitsFn) -> LogitsFn:
   return lambda x: logits_fn(x.astype(jnp.float32)).astype(jnp.float32)
 
 
-def preflight(logits_fn: LogitsFn, x, labels, attacks: Sequence[str], *,
-              randomised_ok: bool = False, options: Mapping | None = None) -> list[str]:
+def preflight(
+  logits_fn: LogitsFn,
+  x,
+  labels,
+  attacks: Sequence[str],
+  *,
+  randomised_ok: bool = False,
+  options: Mapping | None = None,
+) -> list[str]:
   """The reference's checks before an evaluation, on one host batch: the
   randomised-model check (skipped for ``randomised_ok``, version 'rand'),
   the output range and dtype, zero gradients, the number of classes
@@ -166,9 +202,11 @@ def preflight(logits_fn: LogitsFn, x, labels, attacks: Sequence[str], *,
   options = dict(options or {})
   logits = np.asarray(logits_fn(x))
   out = check_num_classes(
-      logits.shape[-1], attacks,
-      dict(options.get("apgd-t", {})).get("num_target_classes", 9),
-      dict(options.get("fab-t", {})).get("num_target_classes", 9))
+    logits.shape[-1],
+    attacks,
+    dict(options.get("apgd-t", {})).get("num_target_classes", 9),
+    dict(options.get("fab-t", {})).get("num_target_classes", 9),
+  )
   if not randomised_ok:
     out += check_randomized(logits_fn, x, labels)
   out += check_output_range(logits_fn(x))

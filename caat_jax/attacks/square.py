@@ -35,12 +35,22 @@ from caat_jax import losses
 from caat_jax.attacks.common import AttackResult, LogitsFn, bcast
 
 # (iteration bound, divisor of p_init): p = p_init / div for it <= bound.
-_P_STEPS = ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64),
-            (6000, 128), (8000, 256))
+_P_STEPS = (
+  (10, 1),
+  (50, 2),
+  (200, 4),
+  (500, 8),
+  (1000, 16),
+  (2000, 32),
+  (4000, 64),
+  (6000, 128),
+  (8000, 256),
+)
 
 
-def p_schedule(it: int, p_init: float = 0.8, num_queries: int = 5000,
-               rescale: bool = False) -> float:
+def p_schedule(
+  it: int, p_init: float = 0.8, num_queries: int = 5000, rescale: bool = False
+) -> float:
   """The reference's fraction of pixels changed at query ``it`` (``p_selection``).
 
   p_init for it <= 10, halving at 10, 50, 200, 500, 1000, 2000, 4000, 6000
@@ -62,8 +72,10 @@ def window_sizes(image_hw: tuple[int, int], p_init: float = 0.8) -> list[int]:
   Python exactly as the reference does.
   """
   h, w = image_hw
-  return [min(max(int(round(math.sqrt(p_init / div * h * w))), 1), min(h, w))
-          for div in [d for _, d in _P_STEPS] + [512]]
+  return [
+    min(max(int(round(math.sqrt(p_init / div * h * w))), 1), min(h, w))
+    for div in [d for _, d in _P_STEPS] + [512]
+  ]
 
 
 def margin(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -87,8 +99,13 @@ def _rand_sign(key, shape, dtype):
   return jnp.where(jax.random.bernoulli(key, 0.5, shape), 1.0, -1.0).astype(dtype)
 
 
-def window_size(i: jax.Array, image_hw: tuple[int, int], p_init: float = 0.8,
-                num_queries: int = 5000, rescale: bool = False) -> jax.Array:
+def window_size(
+  i: jax.Array,
+  image_hw: tuple[int, int],
+  p_init: float = 0.8,
+  num_queries: int = 5000,
+  rescale: bool = False,
+) -> jax.Array:
   """The square's side at query ``i`` (traced int), from :func:`p_schedule`."""
   sizes = jnp.array(window_sizes(image_hw, p_init), jnp.int32)
   bounds = jnp.array([bd for bd, _ in _P_STEPS], jnp.int32)
@@ -96,8 +113,9 @@ def window_size(i: jax.Array, image_hw: tuple[int, int], p_init: float = 0.8,
   return sizes[jnp.sum(it > bounds)]
 
 
-def proposal(x_best: jax.Array, x: jax.Array, eps: jax.Array, keys: jax.Array, i: jax.Array,
-             size: jax.Array) -> jax.Array:
+def proposal(
+  x_best: jax.Array, x: jax.Array, eps: jax.Array, keys: jax.Array, i: jax.Array, size: jax.Array
+) -> jax.Array:
   """Query ``i``'s candidate: ``x_best`` plus ``2 eps * colour`` on one
   ``size x size`` window, one random sign per channel, projected onto the
   ball and [0, 1]. The window's corner is ``floor(U * (h - size))`` per axis.
@@ -116,8 +134,9 @@ def proposal(x_best: jax.Array, x: jax.Array, eps: jax.Array, keys: jax.Array, i
   return jnp.clip(jnp.clip(z, x - e, x + e), 0.0, 1.0)
 
 
-def accept(m_new: jax.Array, m_min: jax.Array, loss_min: jax.Array,
-           attacked: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+def accept(
+  m_new: jax.Array, m_min: jax.Array, loss_min: jax.Array, attacked: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """The reference's accept rule on [B] margins: an attacked point takes the
   candidate if its margin loss went down, or if the candidate is
   misclassified (margin <= 0). Returns (improved, m_min, loss_min)."""
@@ -128,9 +147,18 @@ def accept(m_new: jax.Array, m_min: jax.Array, loss_min: jax.Array,
   return improved, m_min, loss_min
 
 
-def square(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, *, eps,
-           keys: jax.Array, active: jax.Array | None = None, num_queries: int = 5000,
-           p_init: float = 0.8, rescale_schedule: bool = False) -> AttackResult:
+def square(
+  logits_fn: LogitsFn,
+  x: jax.Array,
+  labels: jax.Array,
+  *,
+  eps,
+  keys: jax.Array,
+  active: jax.Array | None = None,
+  num_queries: int = 5000,
+  p_init: float = 0.8,
+  rescale_schedule: bool = False,
+) -> AttackResult:
   """Square Attack on the margin loss, L-inf, untargeted.
 
   Args:

@@ -35,9 +35,16 @@ FIELDS = ("max_linf", "in_box", "finite", "flag_mismatch", "num_points")
 TOLERANCE = 1e-6  # float32 rounding of x + delta, clipped, minus x
 
 
-def verify_batch(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, x_adv: jax.Array,
-                 eps, robust: jax.Array, valid: jax.Array | None = None,
-                 tol: float = TOLERANCE) -> tuple[jax.Array, dict[str, jax.Array]]:
+def verify_batch(
+  logits_fn: LogitsFn,
+  x: jax.Array,
+  labels: jax.Array,
+  x_adv: jax.Array,
+  eps,
+  robust: jax.Array,
+  valid: jax.Array | None = None,
+  tol: float = TOLERANCE,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Re-classifies one batch of attack outputs (pure; per device under pmap).
 
   Args:
@@ -68,15 +75,17 @@ def verify_batch(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array, x_adv: ja
   in_box = finite & jnp.all((flat >= 0.0) & (flat <= 1.0), axis=-1)
   ok_example = finite & in_box & (dist <= eps + tol)
   clean_ok = losses.correct(logits_fn(x).astype(jnp.float32), labels)
-  adv_ok = losses.correct(logits_fn(jnp.where(jnp.isfinite(x_adv), x_adv, 0.0))
-                          .astype(jnp.float32), labels)
+  adv_ok = losses.correct(
+    logits_fn(jnp.where(jnp.isfinite(x_adv), x_adv, 0.0)).astype(jnp.float32), labels
+  )
   robust_checked = valid & clean_ok & (adv_ok | ~ok_example)
   partial = dict(
-      max_linf=jnp.max(jnp.where(valid, dist, 0.0)),
-      in_box=jnp.all(in_box | ~valid),
-      finite=jnp.all(finite | ~valid),
-      flag_mismatch=jnp.sum(valid & (robust_checked != robust.astype(bool)), dtype=jnp.int32),
-      num_points=jnp.sum(valid, dtype=jnp.int32))
+    max_linf=jnp.max(jnp.where(valid, dist, 0.0)),
+    in_box=jnp.all(in_box | ~valid),
+    finite=jnp.all(finite | ~valid),
+    flag_mismatch=jnp.sum(valid & (robust_checked != robust.astype(bool)), dtype=jnp.int32),
+    num_points=jnp.sum(valid, dtype=jnp.int32),
+  )
   return robust_checked, partial
 
 
@@ -101,14 +110,18 @@ def problems(summary: Mapping, eps: float, tol: float = TOLERANCE) -> list[str]:
   if not summary["finite"]:
     out.append("some adversarial examples are not finite (NaN or inf)")
   if summary["max_linf"] > eps + tol:
-    out.append(f"an adversarial example is outside the L-inf ball: max |x_adv - x| = "
-               f"{summary['max_linf']:.8f} > eps = {eps:.8f}")
+    out.append(
+      f"an adversarial example is outside the L-inf ball: max |x_adv - x| = "
+      f"{summary['max_linf']:.8f} > eps = {eps:.8f}"
+    )
   if not summary["in_box"]:
     out.append("some adversarial examples are outside [0, 1]")
   if summary["flag_mismatch"]:
-    out.append(f"{summary['flag_mismatch']} of {summary['num_points']} points: the attack's "
-               "robust flag disagrees with re-classifying its example (the re-classified "
-               "flag is used)")
+    out.append(
+      f"{summary['flag_mismatch']} of {summary['num_points']} points: the attack's "
+      "robust flag disagrees with re-classifying its example (the re-classified "
+      "flag is used)"
+    )
   return out
 
 
@@ -123,9 +136,11 @@ def assert_valid(summary: Mapping, eps: float, tol: float = TOLERANCE) -> None:
     raise VerificationError("; ".join(found))
 
 
-def verify(logits_fn: LogitsFn, x, labels, x_adv, eps, robust,
-           tol: float = TOLERANCE) -> tuple[jax.Array, dict]:
+def verify(
+  logits_fn: LogitsFn, x, labels, x_adv, eps, robust, tol: float = TOLERANCE
+) -> tuple[jax.Array, dict]:
   """:func:`verify_batch` on one batch and its merged summary (one device)."""
   checked, partial = jax.jit(lambda *a: verify_batch(logits_fn, *a, tol=tol))(
-      x, labels, x_adv, eps, robust)
+    x, labels, x_adv, eps, robust
+  )
   return checked, merge_summaries([partial])

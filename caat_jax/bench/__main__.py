@@ -13,42 +13,68 @@ from ml_collections import config_flags
 
 from caat_jax import cli, config_lib
 from caat_jax.attacks.compact import PACKS
-from caat_jax.bench.attacks import (attack_table_head, check_attack_args, format_attack_row,
-                                    run_attack_bench)
+from caat_jax.bench.attacks import (
+  attack_table_head,
+  check_attack_args,
+  format_attack_row,
+  run_attack_bench,
+)
 from caat_jax.bench.steps import format_rows, run_bench
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 flags.DEFINE_string("out", "bench.json", "Where to write the JSON results.")
 flags.DEFINE_string(
-    "attacks", "",
-    "Also time evaluation attacks, seconds per 1000 examples: comma-separated from "
-    "pgd<k>, apgd-ce, apgd-dlr, apgd-t, fab-t, square, autoattack, autoattack-rand. "
-    "Default worst case: "
-    "eps = 0 and labels = predictions, so no point is ever broken and every attack "
-    "spends its whole budget (what a fully robust model costs). Empty: train steps only.")
-flags.DEFINE_string("attack_model_from", "",
-                    "Time the attacks on a trained run's model (its workdir) and its test "
-                    "points with their labels, at its config.eval.eps, instead of the worst "
-                    "case.")
-flags.DEFINE_float("attack_eps", None, "L-inf bound for the timed attacks (default 0, or "
-                   "the trained run's config.eval.eps).")
+  "attacks",
+  "",
+  "Also time evaluation attacks, seconds per 1000 examples: comma-separated from "
+  "pgd<k>, apgd-ce, apgd-dlr, apgd-t, fab-t, square, autoattack, autoattack-rand. "
+  "Default worst case: "
+  "eps = 0 and labels = predictions, so no point is ever broken and every attack "
+  "spends its whole budget (what a fully robust model costs). Empty: train steps only.",
+)
+flags.DEFINE_string(
+  "attack_model_from",
+  "",
+  "Time the attacks on a trained run's model (its workdir) and its test "
+  "points with their labels, at its config.eval.eps, instead of the worst "
+  "case.",
+)
+flags.DEFINE_float(
+  "attack_eps",
+  None,
+  "L-inf bound for the timed attacks (default 0, or the trained run's config.eval.eps).",
+)
 flags.DEFINE_integer("attack_points", 0, "Points to attack (default --attack_batch).")
-flags.DEFINE_bool("no_compact", False,
-                  "Time the AutoAttack family on fixed batches (every point through every "
-                  "attack) instead of compacted on the points still robust.")
-flags.DEFINE_enum("attack_pack", "auto", list(PACKS),
-                  "How compaction fills its buckets: fewest padded slots, fewest calls, or "
-                  "auto (slots on a CPU, calls on an accelerator).")
-flags.DEFINE_integer("attack_repeats", 1,
-                     "Run each timed attack this many times; > 1 reports the median of all "
-                     "but the first (steady state) and the first apart ('first').",
-                     lower_bound=1)
-flags.DEFINE_string("attack_models", "",
-                    "Models to time the attacks on, e.g. small_cnn,preact_resnet18 "
-                    "(default config.model), on the config's dataset shape.")
-flags.DEFINE_integer("attack_batch", 0, "Examples per timed attack call (default "
-                     "config.bench.batch_size).")
+flags.DEFINE_bool(
+  "no_compact",
+  False,
+  "Time the AutoAttack family on fixed batches (every point through every "
+  "attack) instead of compacted on the points still robust.",
+)
+flags.DEFINE_enum(
+  "attack_pack",
+  "auto",
+  list(PACKS),
+  "How compaction fills its buckets: fewest padded slots, fewest calls, or "
+  "auto (slots on a CPU, calls on an accelerator).",
+)
+flags.DEFINE_integer(
+  "attack_repeats",
+  1,
+  "Run each timed attack this many times; > 1 reports the median of all "
+  "but the first (steady state) and the first apart ('first').",
+  lower_bound=1,
+)
+flags.DEFINE_string(
+  "attack_models",
+  "",
+  "Models to time the attacks on, e.g. small_cnn,preact_resnet18 "
+  "(default config.model), on the config's dataset shape.",
+)
+flags.DEFINE_integer(
+  "attack_batch", 0, "Examples per timed attack call (default config.bench.batch_size)."
+)
 flags.DEFINE_bool("skip_train_bench", False, "Only time the attacks.")
 flags.mark_flags_as_required(["config"])
 
@@ -61,10 +87,17 @@ def main(argv):
   try:
     if FLAGS.attacks:
       check_attack_args(names, model_names)
-    result = {} if FLAGS.skip_train_bench else run_bench(
-        config, on_row=lambda r: print(  # rows as they end: a killed run keeps them
-            f"{r['method']}: compile {r['compile_s']:.2f} s, step "
-            f"{1e3 * r['step_s']:.1f} ms", flush=True))
+    result = (
+      {}
+      if FLAGS.skip_train_bench
+      else run_bench(
+        config,
+        on_row=lambda r: print(  # rows as they end: a killed run keeps them
+          f"{r['method']}: compile {r['compile_s']:.2f} s, step {1e3 * r['step_s']:.1f} ms",
+          flush=True,
+        ),
+      )
+    )
   except config_lib.ConfigError as e:
     sys.exit(f"error: {e}")
   if result:
@@ -72,12 +105,18 @@ def main(argv):
   if names:  # rows print as they finish: a PreAct-ResNet-18 on a CPU takes hours
     print(attack_table_head(config.data.name, FLAGS.attack_model_from), flush=True)
     result["attacks"] = run_attack_bench(
-        config, names, model_names or [config.model],
-        FLAGS.attack_batch or config.bench.batch_size,
-        on_row=lambda r: print(format_attack_row(r), flush=True),
-        source=FLAGS.attack_model_from, eps=FLAGS.attack_eps,
-        num_points=FLAGS.attack_points, compact=not FLAGS.no_compact,
-        repeats=FLAGS.attack_repeats, pack=FLAGS.attack_pack)
+      config,
+      names,
+      model_names or [config.model],
+      FLAGS.attack_batch or config.bench.batch_size,
+      on_row=lambda r: print(format_attack_row(r), flush=True),
+      source=FLAGS.attack_model_from,
+      eps=FLAGS.attack_eps,
+      num_points=FLAGS.attack_points,
+      compact=not FLAGS.no_compact,
+      repeats=FLAGS.attack_repeats,
+      pack=FLAGS.attack_pack,
+    )
   with open(FLAGS.out, "w") as f:
     json.dump(result, f, indent=1)
   print(f"wrote {FLAGS.out}")

@@ -44,9 +44,9 @@ def bench_config(config, entry: str):
   """
   method, *overrides = entry.split()
   try:
-    cfg = config_lib.apply_overrides(config, [f"method={method}", "suite=()",
-                                              f"batch_size={config.bench.batch_size}",
-                                              *overrides])
+    cfg = config_lib.apply_overrides(
+      config, [f"method={method}", "suite=()", f"batch_size={config.bench.batch_size}", *overrides]
+    )
     config_lib.validate(cfg)
   except config_lib.ConfigError as e:
     raise config_lib.ConfigError(f"bench entry {entry!r}: {e}") from None
@@ -73,9 +73,14 @@ def bench_method(config, name: str) -> dict:
     if i >= 2:
       times.append(time.perf_counter() - t)
   step_s = statistics.median(times)
-  return {"method": name, "compile_s": compile_s, "step_s": step_s,
-          "images_per_s": cfg.batch_size / step_s, "units_F": forward_units(cfg),
-          "peak_memory_bytes": _peak_memory_bytes()}
+  return {
+    "method": name,
+    "compile_s": compile_s,
+    "step_s": step_s,
+    "images_per_s": cfg.batch_size / step_s,
+    "units_F": forward_units(cfg),
+    "peak_memory_bytes": _peak_memory_bytes(),
+  }
 
 
 def run_bench(config, on_row=None) -> dict:
@@ -95,24 +100,36 @@ def run_bench(config, on_row=None) -> dict:
       r["bound_ratio"] = r["units_F"] / ref["units_F"]
       r["measured_over_bound"] = r["ratio_to_pgd_at"] / r["bound_ratio"]
   return {
-      "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
-      "num_devices": jax.device_count(), "model": config.model,
-      "dataset": config.data.name, "batch_size": config.bench.batch_size,
-      "attack_steps": config.attack.num_steps, "unroll": train.resolve_unroll(config.attack.unroll),
-      "parallel": config.parallel.backend, "rows": rows,
+    "backend": jax.default_backend(),
+    "device": str(jax.devices()[0].device_kind),
+    "num_devices": jax.device_count(),
+    "model": config.model,
+    "dataset": config.data.name,
+    "batch_size": config.bench.batch_size,
+    "attack_steps": config.attack.num_steps,
+    "unroll": train.resolve_unroll(config.attack.unroll),
+    "parallel": config.parallel.backend,
+    "rows": rows,
   }
 
 
 def format_rows(result: dict) -> str:
-  head = (f"{'method':<16} {'compile s':>9} {'step ms':>9} {'img/s':>9} "
-          f"{'x pgd_at':>8} {'bound':>6} {'meas/bnd':>8}")
-  lines = [f"{result['model']} on {result['dataset']}-shaped data, batch "
-           f"{result['batch_size']}, {result['num_devices']} x {result['device']} "
-           f"({result['parallel']}, unroll={result['unroll']})", head, "-" * len(head)]
+  head = (
+    f"{'method':<16} {'compile s':>9} {'step ms':>9} {'img/s':>9} "
+    f"{'x pgd_at':>8} {'bound':>6} {'meas/bnd':>8}"
+  )
+  lines = [
+    f"{result['model']} on {result['dataset']}-shaped data, batch "
+    f"{result['batch_size']}, {result['num_devices']} x {result['device']} "
+    f"({result['parallel']}, unroll={result['unroll']})",
+    head,
+    "-" * len(head),
+  ]
   for r in result["rows"]:
     lines.append(
-        f"{r['method']:<16} {r['compile_s']:9.2f} {1e3 * r['step_s']:9.1f} "
-        f"{r['images_per_s']:9.1f} {r.get('ratio_to_pgd_at', float('nan')):8.2f} "
-        f"{r.get('bound_ratio', float('nan')):6.2f} "
-        f"{r.get('measured_over_bound', float('nan')):8.2f}")
+      f"{r['method']:<16} {r['compile_s']:9.2f} {1e3 * r['step_s']:9.1f} "
+      f"{r['images_per_s']:9.1f} {r.get('ratio_to_pgd_at', float('nan')):8.2f} "
+      f"{r.get('bound_ratio', float('nan')):6.2f} "
+      f"{r.get('measured_over_bound', float('nan')):8.2f}"
+    )
   return "\n".join(lines)

@@ -35,21 +35,39 @@ def _norms(g: jax.Array) -> jax.Array:
 
 def kl_grad_norms(logits_fn, clean_logits, at: jax.Array) -> jax.Array:
   """[B] L2 norms of grad_x' KL(f(x) || f(x')) at x' = ``at`` (the adversary's loss)."""
+
   def kl(xi, ci):
     return losses.kl_divergence(ci[None], logits_fn(xi[None]))[0]
+
   return _norms(jax.vmap(jax.grad(kl))(at, jax.lax.stop_gradient(clean_logits)))
 
 
 def ce_grad_norms(logits_fn, y, at: jax.Array) -> jax.Array:
   """[B] L2 norms of grad_x' CE(f(x'), y) at x' = ``at`` (the anti-adversary's loss)."""
+
   def ce(xi, yi):
     return losses.cross_entropy(logits_fn(xi[None]), yi[None])[0]
+
   return _norms(jax.vmap(jax.grad(ce))(at, y))
 
 
-def grad_based(logits_fn, x, y, clean_logits, alpha, beta, *, eps: float, adv_keys,
-               at_keys=None, point: str = "start", offset: float = 0.9,
-               axis_name: str | None = None, scale=1.0, box=(0.0, 1.0)) -> jax.Array:
+def grad_based(
+  logits_fn,
+  x,
+  y,
+  clean_logits,
+  alpha,
+  beta,
+  *,
+  eps: float,
+  adv_keys,
+  at_keys=None,
+  point: str = "start",
+  offset: float = 0.9,
+  axis_name: str | None = None,
+  scale=1.0,
+  box=(0.0, 1.0),
+) -> jax.Array:
   """Eq. 26: eps_i = (alpha_i g_adv_i + beta_i g_at_i + offset) * eps.
 
   ``point='start'``: ``g_adv`` is the norm of the adversarial (KL) loss's
@@ -66,13 +84,13 @@ def grad_based(logits_fn, x, y, clean_logits, alpha, beta, *, eps: float, adv_ke
   """
   b = x.shape[0]
   gmax = lambda g: jnp.maximum(
-      g.max() if axis_name is None else jax.lax.pmax(g.max(), axis_name), 1e-12)
+    g.max() if axis_name is None else jax.lax.pmax(g.max(), axis_name), 1e-12
+  )
   if point == "clean":
     g = ce_grad_norms(logits_fn, y, x)
     g_adv = g_at = g / gmax(g)
   else:
-    start = lambda keys: attacks.random_start(x, jnp.full((b,), eps), keys, "gaussian",
-                                              scale, box)
+    start = lambda keys: attacks.random_start(x, jnp.full((b,), eps), keys, "gaussian", scale, box)
     g_adv = kl_grad_norms(logits_fn, clean_logits, start(adv_keys))
     g_adv = g_adv / gmax(g_adv)
     if at_keys is None:
@@ -90,8 +108,9 @@ def bound_max(kind: str, eps: float, grad_offset: float = 0.9) -> float:
   return float(top[kind] * eps)
 
 
-def bound_fn(kind: str, ctx, *, grad_offset: float = 0.9, grad_point: str = "start",
-             anti: bool = True):
+def bound_fn(
+  kind: str, ctx, *, grad_offset: float = 0.9, grad_point: str = "start", anti: bool = True
+):
   """The per-sample bound of ``kind``, chosen when a step is built.
 
   ``ctx`` is the step context (``methods.base.StepContext``: the training
@@ -106,25 +125,41 @@ def bound_fn(kind: str, ctx, *, grad_offset: float = 0.9, grad_point: str = "sta
   """
   eps = ctx.attack.eps
   if kind == "fixed":
+
     def fixed_bound(logits_fn, x, y, clean, *, weights=None, fair=None, k_adv=None, k_at=None):
       del logits_fn, y, clean, weights, fair, k_adv, k_at
       return fixed(eps, x.shape[0])
+
     return fixed_bound
   if kind == "remargin":
+
     def remargin_bound(logits_fn, x, y, clean, *, weights=None, fair, k_adv=None, k_at=None):
       del logits_fn, x, clean, weights, k_adv, k_at
       return remargin(eps, y, fair["lambda2"])
+
     return remargin_bound
   if kind == "grad":
+
     def grad_bound(logits_fn, x, y, clean, *, weights, fair=None, k_adv, k_at):
       del fair
       b = x.shape[0]
       return grad_based(
-          logits_fn, x, y, clean, weights[:, 0], weights[:, 1], eps=eps,
-          adv_keys=ctx.sample_keys(k_adv, b),
-          at_keys=ctx.sample_keys(k_at, b) if anti else None, point=grad_point,
-          offset=grad_offset, axis_name=ctx.axis_name, scale=ctx.attack.scale,
-          box=ctx.attack.box)
+        logits_fn,
+        x,
+        y,
+        clean,
+        weights[:, 0],
+        weights[:, 1],
+        eps=eps,
+        adv_keys=ctx.sample_keys(k_adv, b),
+        at_keys=ctx.sample_keys(k_at, b) if anti else None,
+        point=grad_point,
+        offset=grad_offset,
+        axis_name=ctx.axis_name,
+        scale=ctx.attack.scale,
+        box=ctx.attack.box,
+      )
+
     return grad_bound
   raise ValueError(f"bound {kind!r}; valid: {', '.join(BOUNDS)}")
 
@@ -143,7 +178,15 @@ def anti_bound_fn(config):
 def validate_anti_bound(config) -> None:
   """``caat.anti_bound_scale`` / ``caat.anti_bound_cap`` (Meta- and Reinforce-CAAT)."""
   c = config.caat
-  check("caat.anti_bound_scale", c.anti_bound_scale >= 0, c.anti_bound_scale,
-        ">= 0 (1 = the bound as computed, 0 = anti-adversary is the clean input)")
-  check("caat.anti_bound_cap", c.anti_bound_cap >= 0, c.anti_bound_cap,
-        ">= 0 (a multiple of attack.eps; 0 = no cap)")
+  check(
+    "caat.anti_bound_scale",
+    c.anti_bound_scale >= 0,
+    c.anti_bound_scale,
+    ">= 0 (1 = the bound as computed, 0 = anti-adversary is the clean input)",
+  )
+  check(
+    "caat.anti_bound_cap",
+    c.anti_bound_cap >= 0,
+    c.anti_bound_cap,
+    ">= 0 (a multiple of attack.eps; 0 = no cap)",
+  )

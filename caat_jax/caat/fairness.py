@@ -25,8 +25,12 @@ MARGIN_MODES = ("remargin", "reweight_remargin")  # modes with class-wise bounds
 def init(num_classes: int) -> dict[str, jax.Array]:
   """Zero multipliers, and uniform Baseline-ReWeight class weights."""
   z = jnp.zeros((num_classes,), jnp.float32)
-  return {"lambda0": z, "lambda1": z, "lambda2": z,
-          "baseline_w": jnp.full((num_classes,), 1.0 / num_classes, jnp.float32)}
+  return {
+    "lambda0": z,
+    "lambda1": z,
+    "lambda2": z,
+    "baseline_w": jnp.full((num_classes,), 1.0 / num_classes, jnp.float32),
+  }
 
 
 def _project(lam: np.ndarray, lim: float) -> np.ndarray:
@@ -35,9 +39,19 @@ def _project(lam: np.ndarray, lim: float) -> np.ndarray:
   return lam * (lim / s) if s > lim else lam
 
 
-def update(lams: dict, natural_err: np.ndarray, boundary_err: np.ndarray, *, epoch: int,
-           r1: float = 0.05, r2: float = 0.2, tau1: float = 0.07, tau2: float = 0.07,
-           lim: float = 0.5, halve_every: int = 40) -> dict[str, np.ndarray]:
+def update(
+  lams: dict,
+  natural_err: np.ndarray,
+  boundary_err: np.ndarray,
+  *,
+  epoch: int,
+  r1: float = 0.05,
+  r2: float = 0.2,
+  tau1: float = 0.07,
+  tau2: float = 0.07,
+  lim: float = 0.5,
+  halve_every: int = 40,
+) -> dict[str, np.ndarray]:
   """One Lagrangian step (host side, numpy) before training ``epoch`` (0-based).
   Errors are fractions, [C] each."""
   e, b = np.asarray(natural_err, np.float64), np.asarray(boundary_err, np.float64)
@@ -49,8 +63,10 @@ def update(lams: dict, natural_err: np.ndarray, boundary_err: np.ndarray, *, epo
   l0 = _project(np.asarray(lams["lambda0"], np.float64) + lr * g0, lim)
   l1 = _project(np.asarray(lams["lambda1"], np.float64) + 2 * lr * g1, lim)
   l2 = np.asarray(lams["lambda2"], np.float64) + r2 * g1
-  return dict(lams, **{k: v.astype(np.float32) for k, v in
-                      (("lambda0", l0), ("lambda1", l1), ("lambda2", l2))})
+  return dict(
+    lams,
+    **{k: v.astype(np.float32) for k, v in (("lambda0", l0), ("lambda1", l1), ("lambda2", l2))},
+  )
 
 
 def class_weights(lam: jax.Array) -> jax.Array:
@@ -94,8 +110,10 @@ def _ones_factors(lams, labels, axis_name):
 
 
 def _reweight_factors(lams, labels, axis_name):
-  return (sample_factors(class_weights(lams["lambda0"]), labels, axis_name),
-          sample_factors(class_weights(lams["lambda1"]), labels, axis_name))
+  return (
+    sample_factors(class_weights(lams["lambda0"]), labels, axis_name),
+    sample_factors(class_weights(lams["lambda1"]), labels, axis_name),
+  )
 
 
 def _baseline_factors(lams, labels, axis_name):
@@ -130,6 +148,7 @@ def validate_fairness(config) -> None:
 
 # The epoch hook (methods wrap these two in ``base.EpochHook``).
 
+
 def epoch_validation(config, always: bool = False):
   """PGD-``fairness.attack_steps`` (CE, uniform start, eps ``attack.eps``, step
   ``fairness.step_size``) on the validation set, when fairness is on (or
@@ -144,11 +163,25 @@ def epoch_update(config, extra: dict, errors: dict, epoch: int) -> tuple[dict, d
   """FRL's Lagrangian step from per-class validation errors (fractions)."""
   f = config.fairness
   nat, rob = errors["natural"], errors["robust"]
-  new = update(extra["fair"], nat, rob - nat, epoch=epoch, r1=f.r1, r2=f.r2,
-                        tau1=f.tau1, tau2=f.tau2, lim=f.lim, halve_every=f.halve_every)
+  new = update(
+    extra["fair"],
+    nat,
+    rob - nat,
+    epoch=epoch,
+    r1=f.r1,
+    r2=f.r2,
+    tau1=f.tau1,
+    tau2=f.tau2,
+    lim=f.lim,
+    halve_every=f.halve_every,
+  )
   if f.mode == "baseline_reweight":
     new["baseline_w"] = baseline_reweight(rob, f.baseline_factor)
   record = {f"fair/{k}": np.round(v, 6).tolist() for k, v in new.items()}
-  record.update({"fair/val_natural_err": np.round(nat, 6).tolist(),
-                 "fair/val_boundary_err": np.round(rob - nat, 6).tolist()})
+  record.update(
+    {
+      "fair/val_natural_err": np.round(nat, 6).tolist(),
+      "fair/val_boundary_err": np.round(rob - nat, 6).tolist(),
+    }
+  )
   return dict(extra, fair=new), record

@@ -15,12 +15,19 @@ from caat_jax import losses
 from caat_jax.checks import check
 
 NUM_FEATURES = 6
-FEATURE_NAMES = ("loss", "margin", "onehot_distance", "entropy", "class_proportion",
-                 "class_avg_loss")
+FEATURE_NAMES = (
+  "loss",
+  "margin",
+  "onehot_distance",
+  "entropy",
+  "class_proportion",
+  "class_avg_loss",
+)
 
 
-def features(clean_logits: jax.Array, labels: jax.Array, class_proportion: jax.Array,
-             class_avg_loss: jax.Array) -> jax.Array:
+def features(
+  clean_logits: jax.Array, labels: jax.Array, class_proportion: jax.Array, class_avg_loss: jax.Array
+) -> jax.Array:
   """zeta for a batch (Eqs. 18-24).
 
   Args:
@@ -40,8 +47,9 @@ def features(clean_logits: jax.Array, labels: jax.Array, class_proportion: jax.A
   dist = jnp.linalg.norm(onehot - p, axis=-1)
   logp2 = jax.nn.log_softmax(logits) / jnp.log(2.0)
   entropy = -jnp.sum(p * logp2, axis=-1)
-  return jnp.stack([ce, margin, dist, entropy, class_proportion[labels],
-                    class_avg_loss[labels]], axis=-1)
+  return jnp.stack(
+    [ce, margin, dist, entropy, class_proportion[labels], class_avg_loss[labels]], axis=-1
+  )
 
 
 def init_running_stats(num_classes: int) -> dict[str, jax.Array]:
@@ -49,12 +57,13 @@ def init_running_stats(num_classes: int) -> dict[str, jax.Array]:
   the feature moments."""
   z = jnp.zeros((num_classes,), jnp.float32)
   return {
-      "class_loss_sum": z, "class_loss_count": z,  # the current epoch so far
-      "class_loss_prev": z,  # each class's average over the previous epoch
-      "has_prev": jnp.zeros((), jnp.float32),  # 1 once an epoch has ended
-      "feat_mean": jnp.zeros((NUM_FEATURES,), jnp.float32),
-      "feat_sq": jnp.zeros((NUM_FEATURES,), jnp.float32),
-      "feat_count": jnp.zeros((), jnp.float32),
+    "class_loss_sum": z,
+    "class_loss_count": z,  # the current epoch so far
+    "class_loss_prev": z,  # each class's average over the previous epoch
+    "has_prev": jnp.zeros((), jnp.float32),  # 1 once an epoch has ended
+    "feat_mean": jnp.zeros((NUM_FEATURES,), jnp.float32),
+    "feat_sq": jnp.zeros((NUM_FEATURES,), jnp.float32),
+    "feat_count": jnp.zeros((), jnp.float32),
   }
 
 
@@ -67,9 +76,13 @@ def start_epoch(stats: dict, new_epoch: jax.Array) -> dict:
   feature 6 and the sums restart. A class unseen last epoch keeps its value."""
   seen = stats["class_loss_count"] > 0
   avg = stats["class_loss_sum"] / jnp.maximum(stats["class_loss_count"], 1.0)
-  rolled = dict(stats, class_loss_prev=jnp.where(seen, avg, stats["class_loss_prev"]),
-                class_loss_sum=jnp.zeros_like(avg), class_loss_count=jnp.zeros_like(avg),
-                has_prev=jnp.ones_like(stats["has_prev"]))
+  rolled = dict(
+    stats,
+    class_loss_prev=jnp.where(seen, avg, stats["class_loss_prev"]),
+    class_loss_sum=jnp.zeros_like(avg),
+    class_loss_count=jnp.zeros_like(avg),
+    has_prev=jnp.ones_like(stats["has_prev"]),
+  )
   return jax.tree.map(lambda a, b: jnp.where(new_epoch, a, b), rolled, stats)
 
 
@@ -80,17 +93,21 @@ def class_average_loss(stats: dict) -> jax.Array:
   return jnp.where(stats["has_prev"] > 0, stats["class_loss_prev"], running)
 
 
-def add_class_loss(stats: dict, loss: jax.Array, labels: jax.Array, num_classes: int,
-                   axis_name: str | None) -> dict:
+def add_class_loss(
+  stats: dict, loss: jax.Array, labels: jax.Array, num_classes: int, axis_name: str | None
+) -> dict:
   """Adds the global batch's per-sample losses to this epoch's class sums."""
   onehot = jax.nn.one_hot(labels, num_classes)
-  return dict(stats,
-              class_loss_sum=stats["class_loss_sum"] + _gsum(onehot.T @ loss, axis_name),
-              class_loss_count=stats["class_loss_count"] + _gsum(onehot.sum(0), axis_name))
+  return dict(
+    stats,
+    class_loss_sum=stats["class_loss_sum"] + _gsum(onehot.T @ loss, axis_name),
+    class_loss_count=stats["class_loss_count"] + _gsum(onehot.sum(0), axis_name),
+  )
 
 
-def standardise(stats: dict, zeta: jax.Array, momentum: float,
-                axis_name: str | None) -> tuple[jax.Array, dict]:
+def standardise(
+  stats: dict, zeta: jax.Array, momentum: float, axis_name: str | None
+) -> tuple[jax.Array, dict]:
   """Updates the running moments with the global batch, then standardises.
 
   Bias-corrected EMA (as Adam's moments): after t updates the estimate is
@@ -99,19 +116,25 @@ def standardise(stats: dict, zeta: jax.Array, momentum: float,
   """
   n = _gsum(jnp.asarray(zeta.shape[0], jnp.float32), axis_name)
   mean = _gsum(zeta.sum(0), axis_name) / n
-  sq = _gsum((zeta ** 2).sum(0), axis_name) / n
+  sq = _gsum((zeta**2).sum(0), axis_name) / n
   m = momentum * stats["feat_mean"] + (1 - momentum) * mean
   s = momentum * stats["feat_sq"] + (1 - momentum) * sq
   t = stats["feat_count"] + 1
-  corr = 1 - momentum ** t
+  corr = 1 - momentum**t
   mu, var = m / corr, jnp.maximum(s / corr - (m / corr) ** 2, 0.0)
   z = (zeta - mu) / jnp.sqrt(var + 1e-6)
   return z, dict(stats, feat_mean=m, feat_sq=s, feat_count=t)
 
 
-def strategy_inputs(clean_logits: jax.Array, labels: jax.Array, class_counts, stats: dict,
-                    caat_cfg, axis_name: str | None,
-                    new_epoch: jax.Array | bool = False) -> tuple[jax.Array, dict]:
+def strategy_inputs(
+  clean_logits: jax.Array,
+  labels: jax.Array,
+  class_counts,
+  stats: dict,
+  caat_cfg,
+  axis_name: str | None,
+  new_epoch: jax.Array | bool = False,
+) -> tuple[jax.Array, dict]:
   """What Meta-CAAT's and Reinforce-CAAT's strategy nets see.
 
   zeta from the clean logits (feature 6 from the class-loss statistics,
@@ -131,7 +154,10 @@ def strategy_inputs(clean_logits: jax.Array, labels: jax.Array, class_counts, st
 def validate_features(config) -> None:
   """The ``caat.feature_*`` keys the strategy nets' inputs use (docs/method.md §3)."""
   c = config.caat
-  check("caat.feature_mask",
-        len(c.feature_mask) == 6 and all(v in (0, 1) for v in c.feature_mask),
-        c.feature_mask, "six 0/1 entries")
+  check(
+    "caat.feature_mask",
+    len(c.feature_mask) == 6 and all(v in (0, 1) for v in c.feature_mask),
+    c.feature_mask,
+    "six 0/1 entries",
+  )
   check("caat.feature_momentum", 0 <= c.feature_momentum < 1, c.feature_momentum, "in [0, 1)")

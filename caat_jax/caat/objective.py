@@ -13,8 +13,9 @@ META_OBJECTIVES = ("robust", "clean_ce", "official")
 ADVERSARY_AT = ("lookahead", "current")
 
 
-def meta_loss_fn(objective: str, lam: float, ctx, perturbations, *,
-                 adversary_at: str = "lookahead", factors=None):
+def meta_loss_fn(
+  objective: str, lam: float, ctx, perturbations, *, adversary_at: str = "lookahead", factors=None
+):
   """The meta objective on the clean meta batch, chosen at build time.
 
   ``ctx`` is the step context (``methods.base.StepContext``: the training and
@@ -46,6 +47,7 @@ def meta_loss_fn(objective: str, lam: float, ctx, perturbations, *,
     def fn(params):
       logits, _ = ctx.train_logits(params, state.batch_stats, xm)
       return (natural_factor * losses.cross_entropy(logits, ym)).mean()
+
     return fn
 
   def robust(state, attack_fn, batch, k_adv, k_at, fair):
@@ -58,16 +60,18 @@ def meta_loss_fn(objective: str, lam: float, ctx, perturbations, *,
       if adversary_at == "current":
         xm_adv, xm_at = fixed
       else:  # at W_hat = params, a constant for the meta-gradient
-        xm_adv, xm_at = perturb(ctx.eval_logits_fn(params, state.batch_stats), xm, ym,
-                                k_adv, k_at)
+        xm_adv, xm_at = perturb(ctx.eval_logits_fn(params, state.batch_stats), xm, ym, k_adv, k_at)
       logits_clean, bs = ctx.train_logits(params, state.batch_stats, xm)
       logits_adv, bs = ctx.train_logits(params, bs, xm_adv)
-      value = (natural_factor * losses.cross_entropy(logits_clean, ym)
-               + lam * boundary_factor * losses.kl_divergence(logits_clean, logits_adv)).mean()
+      value = (
+        natural_factor * losses.cross_entropy(logits_clean, ym)
+        + lam * boundary_factor * losses.kl_divergence(logits_clean, logits_adv)
+      ).mean()
       if official:
         logits_anti, _ = ctx.train_logits(params, bs, xm_at)
         value = value + (natural_factor * losses.cross_entropy(logits_anti, ym)).mean()
       return value
+
     return fn
 
   return clean_ce if objective == "clean_ce" else robust

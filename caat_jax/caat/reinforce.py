@@ -127,12 +127,20 @@ def ema_update(ema: dict, r: jax.Array, momentum: float, axis_name: str | None) 
   """Adds the global batch's mean reward to the running mean."""
   n = _gsum(jnp.asarray(r.shape[0], jnp.float32), axis_name)
   batch_mean = _gsum(r.sum(), axis_name) / n
-  return {"mean": momentum * ema["mean"] + (1.0 - momentum) * batch_mean,
-          "count": ema["count"] + 1.0}
+  return {
+    "mean": momentum * ema["mean"] + (1.0 - momentum) * batch_mean,
+    "count": ema["count"] + 1.0,
+  }
 
 
-def advantages(r: jax.Array, kind: str, *, ema: dict | None = None,
-               momentum: float = 0.9, axis_name: str | None = None) -> jax.Array:
+def advantages(
+  r: jax.Array,
+  kind: str,
+  *,
+  ema: dict | None = None,
+  momentum: float = 0.9,
+  axis_name: str | None = None,
+) -> jax.Array:
   """r_i minus a baseline that does not depend on sample i's action. [B].
 
   kind: 'none' (the paper), 'batch_mean' (leave-one-out mean of the global
@@ -158,8 +166,13 @@ def standardize(r: jax.Array, axis_name: str | None, eps: float = 1e-12) -> jax.
   return r / jnp.sqrt(var + eps)
 
 
-def objective(logits: jax.Array, direction: jax.Array, bound: jax.Array, adv: jax.Array,
-              entropy_bonus: float = 0.0) -> jax.Array:
+def objective(
+  logits: jax.Array,
+  direction: jax.Array,
+  bound: jax.Array,
+  adv: jax.Array,
+  entropy_bonus: float = 0.0,
+) -> jax.Array:
   """The surrogate whose gradient is Eq. 34's estimate (to be *ascended*).
 
   ``mean_i stop_gradient(adv_i) log p(s_i | zeta_i)

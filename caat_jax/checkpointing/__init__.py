@@ -16,30 +16,41 @@
 """
 
 from caat_jax.checkpointing.config_compat import (
-    ADDED_KEYS,
-    SAFE_TO_CHANGE,
-    config_as_json,
-    config_differences,
+  ADDED_KEYS,
+  SAFE_TO_CHANGE,
+  config_as_json,
+  config_differences,
 )
 from caat_jax.checkpointing.errors import (
-    EXIT_INTERRUPTED,
-    EXIT_PREEMPTED,
-    CheckpointError,
-    CheckpointSaveError,
-    IncompatibleConfigError,
-    Preempted,
+  EXIT_INTERRUPTED,
+  EXIT_PREEMPTED,
+  CheckpointError,
+  CheckpointSaveError,
+  IncompatibleConfigError,
+  Preempted,
 )
 from caat_jax.checkpointing.manager import (
-    Checkpointer,
-    checkpoint_dir,
-    load_variables,
-    resolve_directory,
+  Checkpointer,
+  checkpoint_dir,
+  load_variables,
+  resolve_directory,
 )
 from caat_jax.checkpointing.preemption import PreemptionWatcher
 
 __all__ = [
-    "ADDED_KEYS", "EXIT_INTERRUPTED", "EXIT_PREEMPTED", "SAFE_TO_CHANGE", "CheckpointError",
-    "CheckpointSaveError", "Checkpointer", "IncompatibleConfigError", "Preempted",
-    "PreemptionWatcher", "checkpoint_dir", "config_as_json", "config_differences",
-    "load_variables", "resolve_directory",
+  "ADDED_KEYS",
+  "EXIT_INTERRUPTED",
+  "EXIT_PREEMPTED",
+  "SAFE_TO_CHANGE",
+  "CheckpointError",
+  "CheckpointSaveError",
+  "Checkpointer",
+  "IncompatibleConfigError",
+  "Preempted",
+  "PreemptionWatcher",
+  "checkpoint_dir",
+  "config_as_json",
+  "config_differences",
+  "load_variables",
+  "resolve_directory",
 ]

@@ -24,9 +24,16 @@ from caat_jax.checkpointing.errors import IncompatibleConfigError
 # A key matches an entry if it equals it or lies below it ("eval" covers
 # "eval.attacks").
 SAFE_TO_CHANGE = (
-    "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
-    "eval", "eval_every", "bench", "parallel", "suite", "init_from",
-    "data.data_dir",
+  "log_every_steps",
+  "checkpoint_every_steps",
+  "keep_checkpoints",
+  "eval",
+  "eval_every",
+  "bench",
+  "parallel",
+  "suite",
+  "init_from",
+  "data.data_dir",
 )
 
 
@@ -51,11 +58,11 @@ def config_as_json(config: ml_collections.ConfigDict) -> dict:
 # evaluate and resume: a key that changed behaviour when it arrived does not
 # belong here.
 ADDED_KEYS = {
-    "data.drop_corrupted": False,
-    "attack.threat_model": "pixel",
-    "caat.anti_bound_scale": 1.0,
-    "caat.anti_bound_cap": 0.0,
-    "caat.weights": "soft",
+  "data.drop_corrupted": False,
+  "attack.threat_model": "pixel",
+  "caat.anti_bound_scale": 1.0,
+  "caat.anti_bound_cap": 0.0,
+  "caat.weights": "soft",
 }
 
 
@@ -71,8 +78,9 @@ def upgrade_config(stored: dict) -> dict:
   return out
 
 
-def config_differences(stored: dict, current: dict,
-                       safe: Iterable[str] = SAFE_TO_CHANGE) -> list[tuple[str, Any, Any]]:
+def config_differences(
+  stored: dict, current: dict, safe: Iterable[str] = SAFE_TO_CHANGE
+) -> list[tuple[str, Any, Any]]:
   """Keys whose values differ and matter: [(key, stored value, current value)].
 
   A key present in only one of the configs counts as differing (None on the
@@ -89,20 +97,22 @@ def config_differences(stored: dict, current: dict,
   return diffs
 
 
-def check_config_compatible(stored: dict, config: ml_collections.ConfigDict, step: int,
-                            directory: str, allow_change: bool) -> None:
+def check_config_compatible(
+  stored: dict, config: ml_collections.ConfigDict, step: int, directory: str, allow_change: bool
+) -> None:
   """Raises ``IncompatibleConfigError`` listing differing keys (unless allowed)."""
   diffs = config_differences(stored, config_as_json(config))
   if not diffs:
     return
   lines = "\n".join(f"  {k}: checkpoint {o!r} -> now {n!r}" for k, o, n in diffs)
   if allow_change:
-    logging.warning("resuming from step %d with a changed config "
-                    "(--allow_config_change):\n%s", step, lines)
+    logging.warning(
+      "resuming from step %d with a changed config (--allow_config_change):\n%s", step, lines
+    )
     return
   raise IncompatibleConfigError(
-      f"the checkpoint at step {step} in {directory} was written with a different "
-      f"config; these keys differ:\n{lines}\n"
-      "Use the original values, another --workdir, or pass --allow_config_change "
-      "to resume anyway.")
-
+    f"the checkpoint at step {step} in {directory} was written with a different "
+    f"config; these keys differ:\n{lines}\n"
+    "Use the original values, another --workdir, or pass --allow_config_change "
+    "to resume anyway."
+  )

@@ -57,8 +57,9 @@ class Preempted(Exception):
     interrupted = reason == "SIGINT"
     what = "interrupted" if interrupted else "preempted"
     super().__init__(
-        f"{what} ({reason}): saved a checkpoint at step {step} and stopped; "
-        "run the same command again to resume.")
+      f"{what} ({reason}): saved a checkpoint at step {step} and stopped; "
+      "run the same command again to resume."
+    )
     self.step = step
     self.reason = reason
     self.exit_code = EXIT_INTERRUPTED if interrupted else EXIT_PREEMPTED
@@ -79,7 +80,7 @@ def disk_space(path: str) -> str:
     usage = shutil.disk_usage(path)
   except OSError:
     return ""
-  gib = 1024 ** 3
+  gib = 1024**3
   return f"{usage.free / gib:.1f} GiB free of {usage.total / gib:.1f} GiB"
 
 
@@ -93,8 +94,10 @@ def _flat(tree: Any) -> dict[str, tuple[tuple[int, ...], Any]]:
     name = ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
     shape = getattr(leaf, "shape", None)
     dtype = getattr(leaf, "dtype", None)
-    out[name] = (None if shape is None else tuple(shape),
-                 None if dtype is None else np.dtype(dtype))
+    out[name] = (
+      None if shape is None else tuple(shape),
+      None if dtype is None else np.dtype(dtype),
+    )
   return out
 
 
@@ -115,20 +118,23 @@ def layout_differences(stored: Any, target: Any) -> list[tuple[str, str, str]]:
       diffs.append((key, fmt(a), fmt(b)))
       continue
     if (a[0] is not None and b[0] is not None and a[0] != b[0]) or (
-        a[1] is not None and b[1] is not None and a[1] != b[1]):
+      a[1] is not None and b[1] is not None and a[1] != b[1]
+    ):
       diffs.append((key, fmt(a), fmt(b)))
   return diffs
 
 
-def layout_error(diffs: list[tuple[str, str, str]], step: int,
-                 directory: str, show: int = 3) -> IncompatibleConfigError:
+def layout_error(
+  diffs: list[tuple[str, str, str]], step: int, directory: str, show: int = 3
+) -> IncompatibleConfigError:
   lines = "\n".join(f"  {k}: checkpoint {o} -> now {n}" for k, o, n in diffs[:show])
   more = f"\n  ... and {len(diffs) - show} more" if len(diffs) > show else ""
   return IncompatibleConfigError(
-      f"the checkpoint at step {step} in {directory} holds {len(diffs)} parameter(s) "
-      f"of another shape or dtype than this config builds:\n{lines}{more}\n"
-      "--allow_config_change never allows that: use the original model settings "
-      "or another --workdir.")
+    f"the checkpoint at step {step} in {directory} holds {len(diffs)} parameter(s) "
+    f"of another shape or dtype than this config builds:\n{lines}{more}\n"
+    "--allow_config_change never allows that: use the original model settings "
+    "or another --workdir."
+  )
 
 
 # -- noise --------------------------------------------------------------------
@@ -137,13 +143,14 @@ def layout_error(diffs: list[tuple[str, str, str]], step: int,
 # fails; the same error is raised to the caller as CheckpointSaveError. The
 # last one comes from writes still in flight when the save is abandoned.
 _ORBAX_SAVE_FAILURE_LOGS = (
-    "in background save thread", "Save Finalize thread", "Checkpointer failed",
-    "_SignalingThread.run() raised an exception",
+  "in background save thread",
+  "Save Finalize thread",
+  "Checkpointer failed",
+  "_SignalingThread.run() raised an exception",
 )
 
 
 class _DropOrbaxSaveFailures(logging.Filter):
-
   def filter(self, record: logging.LogRecord) -> bool:
     if "orbax" not in record.pathname or record.levelno < logging.ERROR:
       return True
@@ -168,8 +175,12 @@ _previous_unraisablehook = None
 def _drop_closed_loop_callbacks(unraisable) -> None:
   exc = unraisable.exc_value
   tb = unraisable.exc_traceback
-  if (isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
-      and tb is not None and tb.tb_frame.f_code.co_name == "call_soon_threadsafe"):
+  if (
+    isinstance(exc, RuntimeError)
+    and str(exc) == "Event loop is closed"
+    and tb is not None
+    and tb.tb_frame.f_code.co_name == "call_soon_threadsafe"
+  ):
     return
   _previous_unraisablehook(unraisable)
 
@@ -179,8 +190,11 @@ class _DropUnretrievedReadErrors(logging.Filter):
 
   def filter(self, record: logging.LogRecord) -> bool:
     exc = record.exc_info[1] if record.exc_info else None
-    return not (str(record.msg).startswith("Future exception was never retrieved")
-                and exc is not None and "tensorstore_spec" in str(exc))
+    return not (
+      str(record.msg).startswith("Future exception was never retrieved")
+      and exc is not None
+      and "tensorstore_spec" in str(exc)
+    )
 
 
 _READ_FILTER = _DropUnretrievedReadErrors()

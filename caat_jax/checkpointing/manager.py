@@ -65,10 +65,12 @@ class Checkpointer:
     self.directory = os.path.abspath(directory)
     errors.quiet_orbax_save_errors()
     self.manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, enable_async_checkpointing=async_save),
-        item_names=("state", "config"))
+      self.directory,
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, enable_async_checkpointing=async_save
+      ),
+      item_names=("state", "config"),
+    )
     self._pending: int | None = None  # step of the save in flight
     self._failed: int | None | bool = False  # step of a failed save, reported
 
@@ -78,8 +80,9 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
 
-  def save(self, step: int, state: PyTree, config: ml_collections.ConfigDict,
-           *, force: bool = False) -> bool:
+  def save(
+    self, step: int, state: PyTree, config: ml_collections.ConfigDict, *, force: bool = False
+  ) -> bool:
     """Saves the (single-copy, unreplicated) ``state`` as step ``step``.
 
     Leaves are written as host numpy arrays: every process holds the same
@@ -100,11 +103,12 @@ class Checkpointer:
     state_dict = jax.tree.map(np.asarray, flax.serialization.to_state_dict(state))
     try:
       started = self.manager.save(
-          step,
-          args=ocp.args.Composite(
-              state=ocp.args.StandardSave(state_dict),
-              config=ocp.args.JsonSave(config_as_json(config))),
-          force=force)
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state_dict), config=ocp.args.JsonSave(config_as_json(config))
+        ),
+        force=force,
+      )
     except Exception as e:  # pylint: disable=broad-except
       raise self._save_error(step, e) from e
     if started:
@@ -149,11 +153,16 @@ class Checkpointer:
     save_failure.remove_tmp(self.manager, self.directory, step)
     return save_failure.save_error(self.directory, step, err)
 
-  def restore(self, template: PyTree, step: int | None = None, *,
-              max_step: int | None = None,
-              config: ml_collections.ConfigDict | None = None,
-              allow_config_change: bool = False,
-              move_aside: bool = True) -> tuple[PyTree, int] | None:
+  def restore(
+    self,
+    template: PyTree,
+    step: int | None = None,
+    *,
+    max_step: int | None = None,
+    config: ml_collections.ConfigDict | None = None,
+    allow_config_change: bool = False,
+    move_aside: bool = True,
+  ) -> tuple[PyTree, int] | None:
     """The newest readable checkpoint (or ``step``), as a pytree like ``template``.
 
     An unreadable checkpoint (truncated, half-written) is skipped with a
@@ -186,14 +195,20 @@ class Checkpointer:
       steps = [s for s in self.all_steps()[::-1] if max_step is None or s <= max_step]
     if not steps:
       return None
-    return restoring.restore_newest(self, template, steps, config=config,
-                                    allow_config_change=allow_config_change,
-                                    move_unreadable=move_aside)
+    return restoring.restore_newest(
+      self,
+      template,
+      steps,
+      config=config,
+      allow_config_change=allow_config_change,
+      move_unreadable=move_aside,
+    )
 
   def restore_config(self, step: int) -> dict:
     """The config stored with ``step``, as a JSON dict (``upgrade_config``d)."""
-    return upgrade_config(self.manager.restore(
-        step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
+    return upgrade_config(
+      self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+    )
 
 
 def checkpoint_dir(workdir: str) -> str:

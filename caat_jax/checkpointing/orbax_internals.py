@@ -30,19 +30,21 @@ def _require(obj: Any, path: str, purpose: str) -> Any:
   for name in path.split("."):
     if not hasattr(value, name):
       raise OrbaxInternalsError(
-          f"orbax {getattr(ocp, '__version__', '(unknown version)')}: "
-          f"{walked} has no attribute {name!r}: an orbax upgrade removed or renamed "
-          f"this private orbax attribute, which caat_jax uses to {purpose}. Update "
-          "caat_jax/checkpointing/orbax_internals.py for this orbax version "
-          "(tests/test_checkpointing_orbax.py checks it), or install the orbax "
-          "version caat_jax was tested with.")
+        f"orbax {getattr(ocp, '__version__', '(unknown version)')}: "
+        f"{walked} has no attribute {name!r}: an orbax upgrade removed or renamed "
+        f"this private orbax attribute, which caat_jax uses to {purpose}. Update "
+        "caat_jax/checkpointing/orbax_internals.py for this orbax version "
+        "(tests/test_checkpointing_orbax.py checks it), or install the orbax "
+        "version caat_jax was tested with."
+      )
     value = getattr(value, name)
     walked = f"{walked}.{name}"
   return value
 
 
-_WAIT_PURPOSE = ("wait for the writes of a failed checkpoint save before removing "
-                 "its temporary directory")
+_WAIT_PURPOSE = (
+  "wait for the writes of a failed checkpoint save before removing its temporary directory"
+)
 
 
 def wait_for_abandoned_writes(manager: ocp.CheckpointManager, timeout: float = 60) -> None:
@@ -71,8 +73,7 @@ def wait_for_abandoned_writes(manager: ocp.CheckpointManager, timeout: float = 6
   futures = None
   if isinstance(checkpointer, ocp.AsyncCheckpointer):
     futures = _require(checkpointer, "_async_manager._commit_futures", _WAIT_PURPOSE)
-  wait_for_metadata = _require(
-      checkpointer, "_metadata_store.wait_until_finished", _WAIT_PURPOSE)
+  wait_for_metadata = _require(checkpointer, "_metadata_store.wait_until_finished", _WAIT_PURPOSE)
   for f in futures or ():
     try:
       f.result(timeout=timeout)

@@ -58,8 +58,12 @@ class PreemptionWatcher:
       if self._signal == "SIGINT":  # asked twice: stop now, without saving
         signal.signal(signal.SIGINT, self._previous.pop(signal.SIGINT, signal.default_int_handler))
         raise KeyboardInterrupt
-      print("caat_jax: Ctrl-C: saving a checkpoint at the next step, then stopping "
-            "(Ctrl-C again to stop at once, without saving).", file=sys.stderr, flush=True)
+      print(
+        "caat_jax: Ctrl-C: saving a checkpoint at the next step, then stopping "
+        "(Ctrl-C again to stop at once, without saving).",
+        file=sys.stderr,
+        flush=True,
+      )
     if self._signal is None or signum == signal.SIGINT:
       self._signal = signal.Signals(signum).name
 

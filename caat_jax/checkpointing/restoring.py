@@ -56,18 +56,24 @@ def move_aside(manager: ocp.CheckpointManager, directory: str, steps: list[int])
   manager.reload()
 
 
-def restore_newest(ckpt: Any, template: PyTree, steps: list[int], *,
-                   config: ml_collections.ConfigDict | None,
-                   allow_config_change: bool,
-                   move_unreadable: bool) -> tuple[PyTree, int]:
+def restore_newest(
+  ckpt: Any,
+  template: PyTree,
+  steps: list[int],
+  *,
+  config: ml_collections.ConfigDict | None,
+  allow_config_change: bool,
+  move_unreadable: bool,
+) -> tuple[PyTree, int]:
   """The first readable checkpoint of ``steps`` (newest first) of ``ckpt``.
 
   ``ckpt`` is the ``Checkpointer`` (its ``manager``, ``directory`` and
   ``restore_config``); the other arguments are those of its ``restore``.
   """
   target = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype),
-      flax.serialization.to_state_dict(template))
+    lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype),
+    flax.serialization.to_state_dict(template),
+  )
   # A checkpoint that fails to read echoes its failure once per array.
   errors.quiet_failed_restore_noise()
   errs, unreadable = [], []
@@ -85,13 +91,18 @@ def restore_newest(ckpt: Any, template: PyTree, steps: list[int], *,
       if diffs:
         raise errors.layout_error(diffs, s, ckpt.directory)
       restored = ckpt.manager.restore(
-          s, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+        s, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+      )
       state = flax.serialization.from_state_dict(template, restored["state"])
     except IncompatibleConfigError:
       raise
     except Exception as e:  # pylint: disable=broad-except
-      logging.warning("checkpoint step %d in %s is unreadable (%s); trying an older one",
-                      s, ckpt.directory, errors.one_line(e, limit=160))
+      logging.warning(
+        "checkpoint step %d in %s is unreadable (%s); trying an older one",
+        s,
+        ckpt.directory,
+        errors.one_line(e, limit=160),
+      )
       errs.append(f"step {s}: {errors.one_line(e, limit=160)}")
       unreadable.append(s)
       continue
@@ -99,6 +110,7 @@ def restore_newest(ckpt: Any, template: PyTree, steps: list[int], *,
       move_aside(ckpt.manager, ckpt.directory, unreadable)
     return state, s
   raise CheckpointError(
-      f"no readable checkpoint in {ckpt.directory} (tried steps {steps}); "
-      "refusing to start afresh over existing checkpoints. Move the directory "
-      "away to start a new run. Errors: " + "; ".join(errs))
+    f"no readable checkpoint in {ckpt.directory} (tried steps {steps}); "
+    "refusing to start afresh over existing checkpoints. Move the directory "
+    "away to start a new run. Errors: " + "; ".join(errs)
+  )

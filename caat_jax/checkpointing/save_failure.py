@@ -32,12 +32,16 @@ def remove_tmp(manager: ocp.CheckpointManager, directory: str, step: int | None)
 
 def save_error(directory: str, step: int | None, err: BaseException) -> CheckpointSaveError:
   """The one-line error for a failed save of ``step`` into ``directory``."""
-  kept = sorted(int(n) for n in os.listdir(directory)
-                if n.isdigit() and n != str(step)) if os.path.isdir(directory) else []
+  kept = (
+    sorted(int(n) for n in os.listdir(directory) if n.isdigit() and n != str(step))
+    if os.path.isdir(directory)
+    else []
+  )
   space = errors.disk_space(directory)
   where = f"step {step}" if step is not None else "a checkpoint"
   return CheckpointSaveError(
-      f"saving {where} to {directory} failed ({errors.one_line(err)}; "
-      f"{space or 'free space unknown'}). The previous checkpoints "
-      f"{'(steps ' + str(kept) + ') ' if kept else ''}are kept: free some space "
-      "and run the same command again to resume.")
+    f"saving {where} to {directory} failed ({errors.one_line(err)}; "
+    f"{space or 'free space unknown'}). The previous checkpoints "
+    f"{'(steps ' + str(kept) + ') ' if kept else ''}are kept: free some space "
+    "and run the same command again to resume."
+  )

@@ -45,20 +45,24 @@ def check(path: str) -> str:
   """
   path = os.path.abspath(path)
   if os.path.exists(path) and not os.path.isdir(path):
-    raise WorkdirError(f"--workdir={path} is a file, not a directory; pass a directory "
-                       "(it is created if missing).")
+    raise WorkdirError(
+      f"--workdir={path} is a file, not a directory; pass a directory (it is created if missing)."
+    )
   try:
     os.makedirs(path, exist_ok=True)
   except OSError as e:
-    raise WorkdirError(f"cannot create --workdir={path}: {e.strerror or e} "
-                       f"({e.filename or path}); pass a directory you can write to.") from e
+    raise WorkdirError(
+      f"cannot create --workdir={path}: {e.strerror or e} "
+      f"({e.filename or path}); pass a directory you can write to."
+    ) from e
   try:
     fd, probe = tempfile.mkstemp(prefix=".write_probe_", dir=path)
     os.close(fd)
     os.remove(probe)
   except OSError as e:
-    raise WorkdirError(f"--workdir={path} is not writable ({e.strerror or e}); "
-                       "pass a directory you can write to.") from e
+    raise WorkdirError(
+      f"--workdir={path} is not writable ({e.strerror or e}); pass a directory you can write to."
+    ) from e
   return path
 
 
@@ -76,8 +80,10 @@ def _read_holder(fd: int) -> dict:
 def _describe(holder: dict) -> str:
   if not holder:
     return "another run (it recorded no details)"
-  text = (f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, "
-          f"running since {holder.get('since', '?')}")
+  text = (
+    f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, "
+    f"running since {holder.get('since', '?')}"
+  )
   if holder.get("command"):
     text += f": {holder['command']}"
   return text
@@ -95,8 +101,9 @@ def _alive(pid: int) -> bool:
 
 def _in_use(path: str, holder: dict) -> WorkdirError:
   return WorkdirError(
-      f"--workdir={path} is in use by {_describe(holder)}. One run per workdir: "
-      "wait for it to finish, stop it, or pass another --workdir.")
+    f"--workdir={path} is in use by {_describe(holder)}. One run per workdir: "
+    "wait for it to finish, stop it, or pass another --workdir."
+  )
 
 
 @contextlib.contextmanager
@@ -124,11 +131,17 @@ def lock(path: str, enabled: bool = True) -> Iterator[None]:
   try:
     holder = _take(fd, path)
     if holder:
-      logging.warning("--workdir=%s: taking over the lock left by %s (that run has ended)",
-                      path, _describe(holder))
-    record = {"host": socket.gethostname(), "pid": os.getpid(),
-              "since": datetime.datetime.now().isoformat(timespec="seconds"),
-              "command": " ".join(sys.argv)}
+      logging.warning(
+        "--workdir=%s: taking over the lock left by %s (that run has ended)",
+        path,
+        _describe(holder),
+      )
+    record = {
+      "host": socket.gethostname(),
+      "pid": os.getpid(),
+      "since": datetime.datetime.now().isoformat(timespec="seconds"),
+      "command": " ".join(sys.argv),
+    }
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(record).encode(), 0)
     os.fsync(fd)
@@ -154,8 +167,7 @@ def _take(fd: int, path: str) -> dict:
     raise _in_use(path, _read_holder(fd)) from None
   except OSError as e:
     if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
-      raise WorkdirError(f"cannot lock {os.path.join(path, LOCK_FILE)}: "
-                         f"{e.strerror or e}") from e
+      raise WorkdirError(f"cannot lock {os.path.join(path, LOCK_FILE)}: {e.strerror or e}") from e
     flocked = False  # a filesystem without flock: the record alone decides
   holder = _read_holder(fd)
   if not holder:

@@ -19,34 +19,37 @@ import dataclasses
 import math
 from typing import Any
 
-from absl import logging
 import numpy as np
+from absl import logging
 
 from caat_jax import checks
-from caat_jax.data import sources
-from caat_jax.data import transforms
-from caat_jax.data.augment import augment_fn
-from caat_jax.data.augment import AUGMENTATIONS
-from caat_jax.data.augment import random_crop_flip
+from caat_jax.data import sources, transforms
+from caat_jax.data.augment import AUGMENTATIONS, augment_fn, random_crop_flip
 from caat_jax.data.sources import DatasetNotFoundError
-from caat_jax.data.transforms import ArraySplit
-from caat_jax.data.transforms import noise_transition_matrix
-from caat_jax.data.transforms import NOISE_TYPES
+from caat_jax.data.transforms import NOISE_TYPES, ArraySplit, noise_transition_matrix
 
 __all__ = [
-    'ArraySplit', 'Dataset', 'load_dataset', 'DatasetNotFoundError',
-    'random_crop_flip', 'augment_fn', 'noise_transition_matrix', 'DATASETS',
-    'AUGMENTATIONS', 'NOISE_TYPES',
+  "ArraySplit",
+  "Dataset",
+  "load_dataset",
+  "DatasetNotFoundError",
+  "random_crop_flip",
+  "augment_fn",
+  "noise_transition_matrix",
+  "DATASETS",
+  "AUGMENTATIONS",
+  "NOISE_TYPES",
 ]
 
-DATASETS = ('digits', 'cifar10', 'svhn')
+DATASETS = ("digits", "cifar10", "svhn")
 # Reserved names with a known plan but no implementation yet.
-_NOT_YET = ('imagenet',)
+_NOT_YET = ("imagenet",)
 
 
 @dataclasses.dataclass(frozen=True)
 class _Spec:
   """Static facts about a dataset."""
+
   num_classes: int
   image_shape: tuple[int, int, int]
   mean: tuple[float, ...] | None  # None: computed from the raw train images.
@@ -55,19 +58,19 @@ class _Spec:
 
 
 _DATASETS = {
-    'digits': _Spec(10, (8, 8, 1), None, None, 'none'),
-    'cifar10': _Spec(10, (32, 32, 3), (0.4914, 0.4822, 0.4465),
-                     (0.2471, 0.2435, 0.2616), 'crop_flip'),
-    # No flip for SVHN: mirrored digits are not digits.
-    'svhn': _Spec(10, (32, 32, 3), (0.4377, 0.4438, 0.4728),
-                  (0.1980, 0.2010, 0.1970), 'none'),
+  "digits": _Spec(10, (8, 8, 1), None, None, "none"),
+  "cifar10": _Spec(
+    10, (32, 32, 3), (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616), "crop_flip"
+  ),
+  # No flip for SVHN: mirrored digits are not digits.
+  "svhn": _Spec(10, (32, 32, 3), (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), "none"),
 }
 
 
 def spec(name: str) -> _Spec:
   """Static facts (classes, image shape, augmentation) of dataset ``name``."""
   if name not in _DATASETS:
-    raise ValueError(f'data.name={name!r}; valid: {", ".join(DATASETS)}')
+    raise ValueError(f"data.name={name!r}; valid: {', '.join(DATASETS)}")
   return _DATASETS[name]
 
 
@@ -111,8 +114,17 @@ class Dataset:
 # Config validation.
 # ----------------------------------------------------------------------------
 
-_KEYS = ('name', 'data_dir', 'meta_per_class', 'noise_type', 'noise_rate',
-         'drop_corrupted', 'imbalance_factor', 'test_fraction', 'seed')
+_KEYS = (
+  "name",
+  "data_dir",
+  "meta_per_class",
+  "noise_type",
+  "noise_rate",
+  "drop_corrupted",
+  "imbalance_factor",
+  "test_fraction",
+  "seed",
+)
 
 
 def _is_int(x: Any) -> bool:
@@ -120,14 +132,17 @@ def _is_int(x: Any) -> bool:
 
 
 def _is_real(x: Any) -> bool:
-  return (isinstance(x, (int, float, np.integer, np.floating)) and
-          not isinstance(x, bool) and math.isfinite(x))
+  return (
+    isinstance(x, (int, float, np.integer, np.floating))
+    and not isinstance(x, bool)
+    and math.isfinite(x)
+  )
 
 
 def has_label_noise(cfg: Any) -> bool:
   """Whether the data config corrupts any training label (a noise type and a
   rate > 0): what the switches that act on corrupted samples need."""
-  return cfg['noise_type'] != 'none' and cfg['noise_rate'] > 0
+  return cfg["noise_type"] != "none" and cfg["noise_rate"] > 0
 
 
 def validate_config(cfg: Any) -> None:
@@ -135,34 +150,41 @@ def validate_config(cfg: Any) -> None:
   invalid value."""
 
   def ok(key, good, expected):
-    checks.check(f'data.{key}', good, cfg[key], expected)
+    checks.check(f"data.{key}", good, cfg[key], expected)
 
   for key in _KEYS:
     if key not in cfg:
-      raise checks.ConfigError(f'config.data.{key} is missing from the data config '
-                               f'(expected keys: {", ".join(_KEYS)}).')
-  if cfg['name'] in _NOT_YET:
-    raise checks.ConfigError(f"config.data.name={cfg['name']!r} is not supported yet; "
-                             f'supported: {", ".join(DATASETS)}.')
-  checks.choice('data.name', cfg['name'], DATASETS)
-  ok('data_dir', cfg['data_dir'] is None or isinstance(cfg['data_dir'], str),
-     'a path string or None (TFDS default)')
-  ok('meta_per_class', _is_int(cfg['meta_per_class']) and cfg['meta_per_class'] >= 0,
-     'an int >= 0')
-  checks.choice('data.noise_type', cfg['noise_type'], NOISE_TYPES)
-  ok('noise_rate', _is_real(cfg['noise_rate']) and 0 <= cfg['noise_rate'] < 1, 'in [0, 1)')
-  ok('drop_corrupted', isinstance(cfg['drop_corrupted'], (bool, np.bool_)), 'True or False')
-  if cfg['drop_corrupted'] and not has_label_noise(cfg):
+      raise checks.ConfigError(
+        f"config.data.{key} is missing from the data config (expected keys: {', '.join(_KEYS)})."
+      )
+  if cfg["name"] in _NOT_YET:
     raise checks.ConfigError(
-        f"config.data.drop_corrupted=True drops the examples whose label noise changed, "
-        f"but config.data.noise_rate={cfg['noise_rate']!r} with config.data.noise_type="
-        f"{cfg['noise_type']!r} changes none; set noise_rate > 0 and a noise_type, or "
-        f"drop_corrupted=False.")
-  ok('imbalance_factor', _is_real(cfg['imbalance_factor']) and cfg['imbalance_factor'] >= 1,
-     '>= 1 (1 = balanced)')
-  ok('test_fraction', _is_real(cfg['test_fraction']) and 0 < cfg['test_fraction'] < 1,
-     'in (0, 1)')
-  ok('seed', _is_int(cfg['seed']), 'an int')
+      f"config.data.name={cfg['name']!r} is not supported yet; supported: {', '.join(DATASETS)}."
+    )
+  checks.choice("data.name", cfg["name"], DATASETS)
+  ok(
+    "data_dir",
+    cfg["data_dir"] is None or isinstance(cfg["data_dir"], str),
+    "a path string or None (TFDS default)",
+  )
+  ok("meta_per_class", _is_int(cfg["meta_per_class"]) and cfg["meta_per_class"] >= 0, "an int >= 0")
+  checks.choice("data.noise_type", cfg["noise_type"], NOISE_TYPES)
+  ok("noise_rate", _is_real(cfg["noise_rate"]) and 0 <= cfg["noise_rate"] < 1, "in [0, 1)")
+  ok("drop_corrupted", isinstance(cfg["drop_corrupted"], (bool, np.bool_)), "True or False")
+  if cfg["drop_corrupted"] and not has_label_noise(cfg):
+    raise checks.ConfigError(
+      f"config.data.drop_corrupted=True drops the examples whose label noise changed, "
+      f"but config.data.noise_rate={cfg['noise_rate']!r} with config.data.noise_type="
+      f"{cfg['noise_type']!r} changes none; set noise_rate > 0 and a noise_type, or "
+      f"drop_corrupted=False."
+    )
+  ok(
+    "imbalance_factor",
+    _is_real(cfg["imbalance_factor"]) and cfg["imbalance_factor"] >= 1,
+    ">= 1 (1 = balanced)",
+  )
+  ok("test_fraction", _is_real(cfg["test_fraction"]) and 0 < cfg["test_fraction"] < 1, "in (0, 1)")
+  ok("seed", _is_int(cfg["seed"]), "an int")
 
 
 # ----------------------------------------------------------------------------
@@ -172,23 +194,24 @@ def validate_config(cfg: Any) -> None:
 
 def _load_raw(cfg: Any) -> tuple[ArraySplit, ArraySplit]:
   """(raw train, test) clean splits of the configured dataset."""
-  if cfg['name'] == 'digits':
-    train, test = sources.load_digits(cfg['test_fraction'])
+  if cfg["name"] == "digits":
+    train, test = sources.load_digits(cfg["test_fraction"])
   else:
-    train_split, test_split = sources.TFDS_SPLITS[cfg['name']]
-    train = sources.load_tfds_split(cfg['name'], train_split, cfg['data_dir'])
-    test = sources.load_tfds_split(cfg['name'], test_split, cfg['data_dir'])
+    train_split, test_split = sources.TFDS_SPLITS[cfg["name"]]
+    train = sources.load_tfds_split(cfg["name"], train_split, cfg["data_dir"])
+    test = sources.load_tfds_split(cfg["name"], test_split, cfg["data_dir"])
   return transforms.clean_split(*train), transforms.clean_split(*test)
 
 
-def _pixel_stats(images: np.ndarray) -> tuple[tuple[float, ...],
-                                              tuple[float, ...]]:
+def _pixel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
   """Per-channel mean and std of [N, H, W, C] images in [0, 1] units."""
   x = images.astype(np.float64)
   if images.dtype == np.uint8:
     x /= 255.0
-  return (tuple(float(m) for m in x.mean(axis=(0, 1, 2))),
-          tuple(float(s) for s in x.std(axis=(0, 1, 2))))
+  return (
+    tuple(float(m) for m in x.mean(axis=(0, 1, 2))),
+    tuple(float(s) for s in x.std(axis=(0, 1, 2))),
+  )
 
 
 def load_dataset(cfg: Any) -> Dataset:
@@ -214,44 +237,53 @@ def load_dataset(cfg: Any) -> Dataset:
       the command that prepares it.
   """
   validate_config(cfg)
-  if cfg['noise_type'] == 'none' and cfg['noise_rate'] > 0:
-    logging.warning("data.noise_rate=%s is ignored with data.noise_type='none'.",
-                    cfg['noise_rate'])
-  name = cfg['name']
+  if cfg["noise_type"] == "none" and cfg["noise_rate"] > 0:
+    logging.warning("data.noise_rate=%s is ignored with data.noise_type='none'.", cfg["noise_rate"])
+  name = cfg["name"]
   spec = _DATASETS[name]
   raw_train, test = _load_raw(cfg)
   if raw_train.images.shape[1:] != spec.image_shape:
-    raise ValueError(f'{name}: images have shape {raw_train.images.shape[1:]}, '
-                     f'expected {spec.image_shape}.')
+    raise ValueError(
+      f"{name}: images have shape {raw_train.images.shape[1:]}, expected {spec.image_shape}."
+    )
   train, meta, transition = transforms.make_train_and_meta(
-      raw_train,
-      num_classes=spec.num_classes,
-      meta_per_class=cfg['meta_per_class'],
-      imbalance_factor=cfg['imbalance_factor'],
-      noise_type=cfg['noise_type'],
-      noise_rate=cfg['noise_rate'],
-      seed=cfg['seed'])
-  if cfg['drop_corrupted']:  # the oracle: train on the clean-label examples only
-    logging.info('data.drop_corrupted: dropping %d of %d training examples (their '
-                 'labels were corrupted).', int(train.corrupted.sum()), len(train))
+    raw_train,
+    num_classes=spec.num_classes,
+    meta_per_class=cfg["meta_per_class"],
+    imbalance_factor=cfg["imbalance_factor"],
+    noise_type=cfg["noise_type"],
+    noise_rate=cfg["noise_rate"],
+    seed=cfg["seed"],
+  )
+  if cfg["drop_corrupted"]:  # the oracle: train on the clean-label examples only
+    logging.info(
+      "data.drop_corrupted: dropping %d of %d training examples (their labels were corrupted).",
+      int(train.corrupted.sum()),
+      len(train),
+    )
     train = train.take(np.flatnonzero(~train.corrupted))
   if spec.mean is None:
     mean, std = _pixel_stats(raw_train.images)
   else:
     mean, std = spec.mean, spec.std
   logging.info(
-      '%s: train %d (%.1f%% labels corrupted), meta %d, test %d; '
-      'train class counts %s.', name, len(train),
-      100 * float(train.corrupted.mean()) if len(train) else 0.0, len(meta),
-      len(test), np.bincount(train.labels, minlength=spec.num_classes))
+    "%s: train %d (%.1f%% labels corrupted), meta %d, test %d; train class counts %s.",
+    name,
+    len(train),
+    100 * float(train.corrupted.mean()) if len(train) else 0.0,
+    len(meta),
+    len(test),
+    np.bincount(train.labels, minlength=spec.num_classes),
+  )
   return Dataset(
-      name=name,
-      num_classes=spec.num_classes,
-      image_shape=spec.image_shape,
-      train=train,
-      meta=meta,
-      test=test,
-      mean=mean,
-      std=std,
-      augment=spec.augment,
-      noise_transition=transition)
+    name=name,
+    num_classes=spec.num_classes,
+    image_shape=spec.image_shape,
+    train=train,
+    meta=meta,
+    test=test,
+    mean=mean,
+    std=std,
+    augment=spec.augment,
+    noise_transition=transition,
+  )

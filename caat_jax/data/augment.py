@@ -9,18 +9,17 @@ global index) and pass them in.
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import jax
-from jax import lax
 import jax.numpy as jnp
+from jax import lax
 
 AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]
-AUGMENTATIONS = ('none', 'crop', 'crop_flip')
+AUGMENTATIONS = ("none", "crop", "crop_flip")
 
 
-def _crop_flip_one(image: jax.Array, key: jax.Array, pad: int,
-                   flip: bool) -> jax.Array:
+def _crop_flip_one(image: jax.Array, key: jax.Array, pad: int, flip: bool) -> jax.Array:
   """[H, W, C] -> [H, W, C]: one example's pad-crop (and maybe flip)."""
   h, w, c = image.shape
   crop_key, flip_key = jax.random.split(key)
@@ -33,8 +32,9 @@ def _crop_flip_one(image: jax.Array, key: jax.Array, pad: int,
   return out
 
 
-def random_crop_flip(images: jax.Array, keys: jax.Array, *, pad: int = 4,
-                     flip: bool = True) -> jax.Array:
+def random_crop_flip(
+  images: jax.Array, keys: jax.Array, *, pad: int = 4, flip: bool = True
+) -> jax.Array:
   """Zero-pads by `pad`, crops back to HxW at a random offset, flips w.p. 1/2.
 
   The standard CIFAR augmentation (He et al. 2016), per example.
@@ -49,8 +49,7 @@ def random_crop_flip(images: jax.Array, keys: jax.Array, *, pad: int = 4,
   Returns:
     [B, H, W, C] augmented images, same dtype.
   """
-  return jax.vmap(functools.partial(_crop_flip_one, pad=pad, flip=flip))(
-      images, keys)
+  return jax.vmap(functools.partial(_crop_flip_one, pad=pad, flip=flip))(images, keys)
 
 
 def _identity(images: jax.Array, keys: jax.Array) -> jax.Array:
@@ -65,14 +64,13 @@ def augment_fn(kind: str) -> AugmentFn:
     kind: 'none' (identity), 'crop' (pad-4 random crop) or 'crop_flip'
       (pad-4 random crop + horizontal flip).
   """
-  if kind == 'none':
+  if kind == "none":
     return _identity
-  if kind == 'crop':
+  if kind == "crop":
     return functools.partial(random_crop_flip, pad=4, flip=False)
-  if kind == 'crop_flip':
+  if kind == "crop_flip":
     return functools.partial(random_crop_flip, pad=4, flip=True)
-  raise ValueError(f'Unknown augmentation {kind!r}, expected one of '
-                   f'{AUGMENTATIONS}.')
+  raise ValueError(f"Unknown augmentation {kind!r}, expected one of {AUGMENTATIONS}.")
 
 
 def to_float01(images: jax.Array) -> jax.Array:

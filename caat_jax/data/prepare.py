@@ -14,49 +14,54 @@ from __future__ import annotations
 import importlib.util
 import sys
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
 from caat_jax.data import sources
 
 _DATASET = flags.DEFINE_enum(
-    'dataset', None, sorted(sources.TFDS_NAMES),
-    'Dataset to prepare (the digits are bundled with scikit-learn and need '
-    'no preparation).')
+  "dataset",
+  None,
+  sorted(sources.TFDS_NAMES),
+  "Dataset to prepare (the digits are bundled with scikit-learn and need no preparation).",
+)
 _DATA_DIR = flags.DEFINE_string(
-    'data_dir', None, 'TFDS data dir to write to; default: TFDS\'s '
-    '($TFDS_DATA_DIR or ~/tensorflow_datasets).')
-flags.mark_flag_as_required('dataset')
+  "data_dir",
+  None,
+  "TFDS data dir to write to; default: TFDS's ($TFDS_DATA_DIR or ~/tensorflow_datasets).",
+)
+flags.mark_flag_as_required("dataset")
 
-_CONFIGS = {'cifar10': 'configs/cifar10.py', 'svhn': 'configs/svhn.py'}
+_CONFIGS = {"cifar10": "configs/cifar10.py", "svhn": "configs/svhn.py"}
 
 
 def prepare(dataset: str, data_dir: str | None) -> str:
   """Downloads and prepares `dataset` as array_record; returns its folder."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  builder = tfds.builder(
-      sources.TFDS_NAMES[dataset], data_dir=data_dir,
-      file_format='array_record')
+
+  builder = tfds.builder(sources.TFDS_NAMES[dataset], data_dir=data_dir, file_format="array_record")
   builder.download_and_prepare()
   return str(builder.data_dir)
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   # Fail before any download: without TensorFlow, TFDS can only read.
-  if importlib.util.find_spec('tensorflow') is None:
+  if importlib.util.find_spec("tensorflow") is None:
     sys.exit(
-        'Preparing a TFDS dataset needs TensorFlow, which is not installed. '
-        "Install the prepare extra: pip install 'caat_jax[prepare]' "
-        '(reading prepared data for training does not need it).')
+      "Preparing a TFDS dataset needs TensorFlow, which is not installed. "
+      "Install the prepare extra: pip install 'caat_jax[prepare]' "
+      "(reading prepared data for training does not need it)."
+    )
   data_dir = _DATA_DIR.value or sources.default_data_dir()
   where = prepare(_DATASET.value, data_dir)
-  print(f'Prepared {sources.TFDS_NAMES[_DATASET.value]} in {where}')
-  print('Train with:\n  python -m caat_jax.main '
-        f'--config={_CONFIGS[_DATASET.value]} '
-        f'--config.data.data_dir={data_dir} --workdir=runs/{_DATASET.value}')
+  print(f"Prepared {sources.TFDS_NAMES[_DATASET.value]} in {where}")
+  print(
+    "Train with:\n  python -m caat_jax.main "
+    f"--config={_CONFIGS[_DATASET.value]} "
+    f"--config.data.data_dir={data_dir} --workdir=runs/{_DATASET.value}"
+  )
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
   app.run(main)

@@ -17,13 +17,13 @@ import os
 import time
 from typing import Any
 
-from absl import logging
 import numpy as np
+from absl import logging
 
 # Our dataset name -> TFDS builder name.
-TFDS_NAMES = {'cifar10': 'cifar10', 'svhn': 'svhn_cropped'}
+TFDS_NAMES = {"cifar10": "cifar10", "svhn": "svhn_cropped"}
 # TFDS split names of the raw train / test splits.
-TFDS_SPLITS = {'cifar10': ('train', 'test'), 'svhn': ('train', 'test')}
+TFDS_SPLITS = {"cifar10": ("train", "test"), "svhn": ("train", "test")}
 
 # Records per `__getitems__` call: large enough to amortise the call, small
 # enough that one chunk of decoded examples stays a few MB.
@@ -44,14 +44,14 @@ class DatasetUnreadableError(DatasetNotFoundError):
 def default_data_dir() -> str:
   """TFDS's default data dir (`$TFDS_DATA_DIR` or ~/tensorflow_datasets)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   return os.fspath(tfds.core.constants.get_default_data_dir())
 
 
 def prepare_command(dataset: str, data_dir: str | None) -> str:
   """The shell command that prepares `dataset` into `data_dir`."""
   data_dir = data_dir or default_data_dir()
-  return (f'python -m caat_jax.data.prepare --dataset={dataset} '
-          f'--data_dir={data_dir}')
+  return f"python -m caat_jax.data.prepare --dataset={dataset} --data_dir={data_dir}"
 
 
 # ----------------------------------------------------------------------------
@@ -64,7 +64,7 @@ DIGITS_TEST_SEED = 0
 
 
 def load_digits(
-    test_fraction: float
+  test_fraction: float,
 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
   """scikit-learn's 8x8 digits, split into stratified train / test.
 
@@ -76,21 +76,20 @@ def load_digits(
     [N, 8, 8, 1] in [0, 1] (raw pixels are 0..16), labels int32 [N].
   """
   # Imported here: sklearn is slow to import and only the digits need it.
-  from sklearn import datasets  # pylint: disable=g-import-not-at-top
-  from sklearn import model_selection  # pylint: disable=g-import-not-at-top
+  from sklearn import (
+    datasets,  # pylint: disable=g-import-not-at-top
+    model_selection,  # pylint: disable=g-import-not-at-top
+  )
 
   digits = datasets.load_digits()
   images = (digits.images / 16.0).astype(np.float32)[..., None]
   labels = digits.target.astype(np.int32)
   train_idx, test_idx = model_selection.train_test_split(
-      np.arange(len(labels)),
-      test_size=test_fraction,
-      stratify=labels,
-      random_state=DIGITS_TEST_SEED)
+    np.arange(len(labels)), test_size=test_fraction, stratify=labels, random_state=DIGITS_TEST_SEED
+  )
   # Sorted so the raw splits keep sklearn's order, whatever the split does.
   train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
-  return ((images[train_idx], labels[train_idx]),
-          (images[test_idx], labels[test_idx]))
+  return ((images[train_idx], labels[train_idx]), (images[test_idx], labels[test_idx]))
 
 
 # ----------------------------------------------------------------------------
@@ -100,34 +99,37 @@ def load_digits(
 
 def _tfds_builder(tfds_name: str, data_dir: str | None) -> Any:
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  return tfds.builder(tfds_name, data_dir=data_dir, file_format='array_record')
+
+  return tfds.builder(tfds_name, data_dir=data_dir, file_format="array_record")
 
 
-def _not_found(dataset: str, data_dir: str | None,
-               why: str) -> DatasetNotFoundError:
+def _not_found(dataset: str, data_dir: str | None, why: str) -> DatasetNotFoundError:
   tfds_name = TFDS_NAMES[dataset]
   where = data_dir or default_data_dir()
   return DatasetNotFoundError(
-      f'TFDS dataset {tfds_name!r} ({dataset}) {why} in data_dir {where!r}. '
-      f'Prepare it once (needs TensorFlow: pip install \'caat_jax[prepare]\') '
-      f'with:\n  {prepare_command(dataset, data_dir)}\n'
-      f'then pass --config.data.data_dir={where}')
+    f"TFDS dataset {tfds_name!r} ({dataset}) {why} in data_dir {where!r}. "
+    f"Prepare it once (needs TensorFlow: pip install 'caat_jax[prepare]') "
+    f"with:\n  {prepare_command(dataset, data_dir)}\n"
+    f"then pass --config.data.data_dir={where}"
+  )
 
 
 def _one_line(err: BaseException, limit: int = 200) -> str:
-  text = ' '.join(str(err).split())
-  return f'{type(err).__name__}: {text[:limit]}{"..." if len(text) > limit else ""}'
+  text = " ".join(str(err).split())
+  return f"{type(err).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
 
 
-def _unreadable(dataset: str, data_dir: str | None, split: str,
-                err: BaseException) -> DatasetUnreadableError:
+def _unreadable(
+  dataset: str, data_dir: str | None, split: str, err: BaseException
+) -> DatasetUnreadableError:
   where = data_dir or default_data_dir()
   directory = os.path.join(where, TFDS_NAMES[dataset])
   return DatasetUnreadableError(
-      f'TFDS dataset {TFDS_NAMES[dataset]!r} ({dataset}, split {split!r}) in '
-      f'{directory} cannot be read ({_one_line(err)}); its prepared files look '
-      f'corrupt or incomplete. Move {directory} away and prepare it again with:\n'
-      f'  {prepare_command(dataset, data_dir)}')
+    f"TFDS dataset {TFDS_NAMES[dataset]!r} ({dataset}, split {split!r}) in "
+    f"{directory} cannot be read ({_one_line(err)}); its prepared files look "
+    f"corrupt or incomplete. Move {directory} away and prepare it again with:\n"
+    f"  {prepare_command(dataset, data_dir)}"
+  )
 
 
 def open_tfds_source(dataset: str, split: str, data_dir: str | None) -> Any:
@@ -151,11 +153,12 @@ def open_tfds_source(dataset: str, split: str, data_dir: str | None) -> Any:
   tfds_name = TFDS_NAMES[dataset]
   try:
     return tfds.data_source(
-        tfds_name,
-        split=split,
-        data_dir=data_dir,
-        download=False,
-        builder_kwargs={'file_format': 'array_record'})
+      tfds_name,
+      split=split,
+      data_dir=data_dir,
+      download=False,
+      builder_kwargs={"file_format": "array_record"},
+    )
   except Exception as e:  # pylint: disable=broad-exception-caught
     # tfds reports a missing dataset in several ways (a KeyError for empty
     # splits, an AssertionError or FileNotFoundError elsewhere). Ask the
@@ -169,15 +172,13 @@ def open_tfds_source(dataset: str, split: str, data_dir: str | None) -> Any:
     except Exception as e2:  # pylint: disable=broad-exception-caught
       raise _unreadable(dataset, data_dir, split, e2) from e
     if not prepared:
-      raise _not_found(dataset, data_dir, 'is not prepared') from e
+      raise _not_found(dataset, data_dir, "is not prepared") from e
     if split not in splits:
-      raise _not_found(dataset, data_dir,
-                       f'has no split {split!r} (found {splits})') from e
+      raise _not_found(dataset, data_dir, f"has no split {split!r} (found {splits})") from e
     raise _unreadable(dataset, data_dir, split, e) from e
 
 
-def read_all(source: Any, chunk: int = _READ_CHUNK
-            ) -> tuple[np.ndarray, np.ndarray]:
+def read_all(source: Any, chunk: int = _READ_CHUNK) -> tuple[np.ndarray, np.ndarray]:
   """Reads a whole random-access source of image/label dicts into arrays.
 
   Args:
@@ -189,25 +190,26 @@ def read_all(source: Any, chunk: int = _READ_CHUNK
   """
   n = len(source)
   images, labels = None, np.empty((n,), np.int32)
-  batched = getattr(source, '__getitems__', None)
+  batched = getattr(source, "__getitems__", None)
   for start in range(0, n, chunk):
     keys = list(range(start, min(start + chunk, n)))
     # Batched reads let array_record fetch records in parallel; plain
     # sequences (and fakes in tests) fall back to one record at a time.
     examples = batched(keys) if batched else [source[k] for k in keys]
     for k, ex in zip(keys, examples):
-      image = np.asarray(ex['image'])
+      image = np.asarray(ex["image"])
       if images is None:
         images = np.empty((n,) + image.shape, image.dtype)
       images[k] = image
-      labels[k] = ex['label']
+      labels[k] = ex["label"]
   if images is None:
-    raise ValueError('Empty TFDS split.')
+    raise ValueError("Empty TFDS split.")
   return images, labels
 
 
-def load_tfds_split(dataset: str, split: str,
-                    data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
+def load_tfds_split(
+  dataset: str, split: str, data_dir: str | None
+) -> tuple[np.ndarray, np.ndarray]:
   """One whole split of a prepared TFDS dataset as numpy arrays.
 
   Args:
@@ -230,6 +232,12 @@ def load_tfds_split(dataset: str, split: str,
     # array_record reports damage as RuntimeError ("Corrupted Riegeli/records
     # file", "open() failed"), a short file as a failed read.
     raise _unreadable(dataset, data_dir, split, e) from e
-  logging.info('Read %s/%s: %d examples %s in %.1fs.', dataset, split,
-               len(labels), images.shape[1:], time.time() - start)
+  logging.info(
+    "Read %s/%s: %d examples %s in %.1fs.",
+    dataset,
+    split,
+    len(labels),
+    images.shape[1:],
+    time.time() - start,
+  )
   return images, labels

@@ -16,7 +16,7 @@ import dataclasses
 
 import numpy as np
 
-NOISE_TYPES = ('none', 'uniform', 'pairflip', 'flip2')
+NOISE_TYPES = ("none", "uniform", "pairflip", "flip2")
 
 # Independent random streams, one per transform: changing e.g. the noise rate
 # must not change which examples end up in the meta set.
@@ -50,11 +50,12 @@ class ArraySplit:
 
   def __post_init__(self):
     n = len(self.images)
-    for name in ('labels', 'clean_labels', 'source_index'):
+    for name in ("labels", "clean_labels", "source_index"):
       if getattr(self, name).shape != (n,):
         raise ValueError(
-            f'ArraySplit.{name} has shape {getattr(self, name).shape}, '
-            f'expected ({n},) to match images {self.images.shape}.')
+          f"ArraySplit.{name} has shape {getattr(self, name).shape}, "
+          f"expected ({n},) to match images {self.images.shape}."
+        )
 
   @property
   def corrupted(self) -> np.ndarray:
@@ -67,20 +68,22 @@ class ArraySplit:
   def take(self, index: np.ndarray) -> ArraySplit:
     """Returns the examples at `index` (int [M]) as a new split."""
     return ArraySplit(
-        images=self.images[index],
-        labels=self.labels[index],
-        clean_labels=self.clean_labels[index],
-        source_index=self.source_index[index])
+      images=self.images[index],
+      labels=self.labels[index],
+      clean_labels=self.clean_labels[index],
+      source_index=self.source_index[index],
+    )
 
 
 def clean_split(images: np.ndarray, labels: np.ndarray) -> ArraySplit:
   """Wraps raw arrays (images [N,...], labels [N]) as an uncorrupted split."""
   labels = np.asarray(labels, np.int32)
   return ArraySplit(
-      images=images,
-      labels=labels,
-      clean_labels=labels.copy(),
-      source_index=np.arange(len(labels), dtype=np.int32))
+    images=images,
+    labels=labels,
+    clean_labels=labels.copy(),
+    source_index=np.arange(len(labels), dtype=np.int32),
+  )
 
 
 def stream_rng(seed: int, stream: int) -> np.random.Generator:
@@ -94,8 +97,8 @@ def stream_rng(seed: int, stream: int) -> np.random.Generator:
 
 
 def meta_split_indices(
-    labels: np.ndarray, per_class: int, num_classes: int,
-    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+  labels: np.ndarray, per_class: int, num_classes: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
   """Picks a class-balanced hold-out of `per_class` examples per class.
 
   Args:
@@ -115,9 +118,10 @@ def meta_split_indices(
   if num_classes and per_class > counts.min():
     c = int(np.argmin(counts))
     raise DataConfigError(
-        f'data.meta_per_class={per_class} is more than class {c} has: '
-        f'{counts[c]} training examples (the smallest class). Use '
-        f'data.meta_per_class <= {counts[c]}.')
+      f"data.meta_per_class={per_class} is more than class {c} has: "
+      f"{counts[c]} training examples (the smallest class). Use "
+      f"data.meta_per_class <= {counts[c]}."
+    )
   chosen = []
   for c in range(num_classes):
     members = np.flatnonzero(labels == c)
@@ -132,8 +136,7 @@ def meta_split_indices(
 # ----------------------------------------------------------------------------
 
 
-def long_tail_counts(n_max: int, num_classes: int,
-                     imbalance_factor: float) -> np.ndarray:
+def long_tail_counts(n_max: int, num_classes: int, imbalance_factor: float) -> np.ndarray:
   """Per-class sizes `n_c = floor(n_max * IF^(-c/(C-1)))`, class 0 the head.
 
   Args:
@@ -145,13 +148,12 @@ def long_tail_counts(n_max: int, num_classes: int,
     int64 [C], non-increasing, `n_0 = n_max`, `n_{C-1} = floor(n_max / IF)`.
   """
   c = np.arange(num_classes)
-  return np.floor(n_max * imbalance_factor**(-c / (num_classes - 1))).astype(
-      np.int64)
+  return np.floor(n_max * imbalance_factor ** (-c / (num_classes - 1))).astype(np.int64)
 
 
-def long_tail_indices(labels: np.ndarray, num_classes: int,
-                      imbalance_factor: float,
-                      rng: np.random.Generator) -> np.ndarray:
+def long_tail_indices(
+  labels: np.ndarray, num_classes: int, imbalance_factor: float, rng: np.random.Generator
+) -> np.ndarray:
   """Subsamples a (roughly balanced) split to a long-tailed one.
 
   `n_max` is the size of the largest class in `labels`. A class with fewer
@@ -184,8 +186,9 @@ def long_tail_indices(labels: np.ndarray, num_classes: int,
 # ----------------------------------------------------------------------------
 
 
-def noise_transition_matrix(noise_type: str, rate: float, num_classes: int,
-                            rng: np.random.Generator) -> np.ndarray:
+def noise_transition_matrix(
+  noise_type: str, rate: float, num_classes: int, rng: np.random.Generator
+) -> np.ndarray:
   """Row-stochastic label transition matrix `T[i, j] = P(noisy=j | clean=i)`.
 
   Args:
@@ -206,21 +209,19 @@ def noise_transition_matrix(noise_type: str, rate: float, num_classes: int,
   """
   c = num_classes
   if noise_type not in NOISE_TYPES:
-    raise ValueError(f'data.noise_type={noise_type!r}, expected one of '
-                     f'{NOISE_TYPES}.')
+    raise ValueError(f"data.noise_type={noise_type!r}, expected one of {NOISE_TYPES}.")
   if not 0 <= rate < 1:
-    raise ValueError(f'data.noise_rate={rate}, expected a float in [0, 1).')
-  if noise_type == 'none':
+    raise ValueError(f"data.noise_rate={rate}, expected a float in [0, 1).")
+  if noise_type == "none":
     return np.eye(c)
   t = np.eye(c) * (1 - rate)
-  if noise_type == 'uniform':
+  if noise_type == "uniform":
     t += (1 - np.eye(c)) * rate / (c - 1)
-  elif noise_type == 'pairflip':
+  elif noise_type == "pairflip":
     t[np.arange(c), (np.arange(c) + 1) % c] += rate
-  elif noise_type == 'flip2':
+  elif noise_type == "flip2":
     if c < 3:
-      raise ValueError(f"data.noise_type='flip2' needs at least 3 classes, "
-                       f'got {c}.')
+      raise ValueError(f"data.noise_type='flip2' needs at least 3 classes, got {c}.")
     for i in range(c):
       others = np.delete(np.arange(c), i)
       for j in rng.choice(others, size=2, replace=False):
@@ -235,8 +236,9 @@ def flip2_targets(transition: np.ndarray) -> list[np.ndarray]:
   return [np.flatnonzero(row) for row in off]
 
 
-def apply_label_noise(labels: np.ndarray, transition: np.ndarray,
-                      rng: np.random.Generator) -> np.ndarray:
+def apply_label_noise(
+  labels: np.ndarray, transition: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
   """Draws a noisy label per example from its clean label's row of `T`.
 
   Args:
@@ -261,9 +263,15 @@ def apply_label_noise(labels: np.ndarray, transition: np.ndarray,
 
 
 def make_train_and_meta(
-    raw: ArraySplit, *, num_classes: int, meta_per_class: int,
-    imbalance_factor: float, noise_type: str, noise_rate: float,
-    seed: int) -> tuple[ArraySplit, ArraySplit, np.ndarray]:
+  raw: ArraySplit,
+  *,
+  num_classes: int,
+  meta_per_class: int,
+  imbalance_factor: float,
+  noise_type: str,
+  noise_rate: float,
+  seed: int,
+) -> tuple[ArraySplit, ArraySplit, np.ndarray]:
   """Raw train split -> (train, meta, transition matrix).
 
   Order: clean balanced meta hold-out, then long-tail subsampling of the rest,
@@ -284,17 +292,17 @@ def make_train_and_meta(
     transition matrix the noise was drawn from.
   """
   meta_idx, rest_idx = meta_split_indices(
-      raw.clean_labels, meta_per_class, num_classes,
-      stream_rng(seed, _STREAM_META))
+    raw.clean_labels, meta_per_class, num_classes, stream_rng(seed, _STREAM_META)
+  )
   meta = raw.take(meta_idx)
   rest = raw.take(rest_idx)
-  keep = long_tail_indices(rest.clean_labels, num_classes, imbalance_factor,
-                           stream_rng(seed, _STREAM_LONG_TAIL))
+  keep = long_tail_indices(
+    rest.clean_labels, num_classes, imbalance_factor, stream_rng(seed, _STREAM_LONG_TAIL)
+  )
   train = rest.take(keep)
   transition = noise_transition_matrix(
-      noise_type, noise_rate, num_classes,
-      stream_rng(seed, _STREAM_NOISE_MATRIX))
-  noisy = apply_label_noise(train.clean_labels, transition,
-                            stream_rng(seed, _STREAM_NOISE_DRAW))
+    noise_type, noise_rate, num_classes, stream_rng(seed, _STREAM_NOISE_MATRIX)
+  )
+  noisy = apply_label_noise(train.clean_labels, transition, stream_rng(seed, _STREAM_NOISE_DRAW))
   train = dataclasses.replace(train, labels=noisy)
   return train, meta, transition

@@ -33,14 +33,23 @@ PREFLIGHT_POINTS = 256  # the reference checks its first batch
 def _per_device_attack(variables, batch, runs, *, model, name: str, options: Mapping):
   """One attack's run range on one device's share of a bucket."""
   logits_fn = lambda z: model.apply(variables, z, train=False)
-  res = aa_lib.run_attack(name, logits_fn, batch["x"], batch["label"], eps=batch["eps"],
-                          keys=batch["keys"], active=batch["active"], runs=(runs[0], runs[1]),
-                          **dict(options.get(name, {})))
+  res = aa_lib.run_attack(
+    name,
+    logits_fn,
+    batch["x"],
+    batch["label"],
+    eps=batch["eps"],
+    keys=batch["keys"],
+    active=batch["active"],
+    runs=(runs[0], runs[1]),
+    **dict(options.get(name, {})),
+  )
   return res.x_adv, res.robust
 
 
-def make_runner(parallel: Parallel, model, variables, options: Mapping | None,
-                cache: dict) -> Callable:
+def make_runner(
+  parallel: Parallel, model, variables, options: Mapping | None, cache: dict
+) -> Callable:
   """A runner (``attacks.compact`` contract) over ``parallel``'s devices.
 
   ``variables`` in the replicated layout; ``cache`` keeps one wrapped
@@ -56,8 +65,11 @@ def make_runner(parallel: Parallel, model, variables, options: Mapping | None,
       fn = functools.partial(_per_device_attack, model=model, name=name, options=options)
       cache[key] = parallel.wrap(fn, (REPLICATED, SHARDED, REPLICATED), SHARDED)
     batch = {"x": x, "label": labels, "eps": eps, "keys": keys, "active": active}
-    out = cache[key](variables, parallel.shard(pipeline.host_slice(batch)),
-                     parallel.replicate(np.asarray(runs, np.int32)))
+    out = cache[key](
+      variables,
+      parallel.shard(pipeline.host_slice(batch)),
+      parallel.replicate(np.asarray(runs, np.int32)),
+    )
     x_adv, robust = parallel.gather(out)
     return np.asarray(x_adv), np.asarray(robust, bool)
 
@@ -66,14 +78,32 @@ def make_runner(parallel: Parallel, model, variables, options: Mapping | None,
 
 def _per_device_verify(variables, batch, *, model, eps: float):
   logits_fn = lambda z: model.apply(variables, z, train=False)
-  checked, partial = verify.verify_batch(logits_fn, batch["x"], batch["label"], batch["x_adv"],
-                                         eps, batch["robust"], valid=batch["valid"])
+  checked, partial = verify.verify_batch(
+    logits_fn,
+    batch["x"],
+    batch["label"],
+    batch["x_adv"],
+    eps,
+    batch["robust"],
+    valid=batch["valid"],
+  )
   clean = batch["valid"] & losses.correct(logits_fn(batch["x"]), batch["label"])
   return {"robust": checked, "clean": clean, **{f: v[None] for f, v in partial.items()}}
 
 
-def verify_all(parallel: Parallel, model, variables, x, labels, x_adv, robust, *, eps: float,
-               batch_size: int, cache: dict) -> tuple[np.ndarray, np.ndarray, dict]:
+def verify_all(
+  parallel: Parallel,
+  model,
+  variables,
+  x,
+  labels,
+  x_adv,
+  robust,
+  *,
+  eps: float,
+  batch_size: int,
+  cache: dict,
+) -> tuple[np.ndarray, np.ndarray, dict]:
   """Re-classifies every example in float32, inference mode, on all devices.
 
   x, x_adv [N, H, W, C] float32; labels [N]; robust bool [N] (the attacks'
@@ -82,8 +112,10 @@ def verify_all(parallel: Parallel, model, variables, x, labels, x_adv, robust, *
   """
   if float(eps) not in cache:
     cache[float(eps)] = parallel.wrap(
-        functools.partial(_per_device_verify, model=model, eps=float(eps)),
-        (REPLICATED, SHARDED), SHARDED)
+      functools.partial(_per_device_verify, model=model, eps=float(eps)),
+      (REPLICATED, SHARDED),
+      SHARDED,
+    )
   step = cache[float(eps)]
   n = len(labels)
   size = -(-batch_size // parallel.num_devices) * parallel.num_devices
@@ -92,19 +124,35 @@ def verify_all(parallel: Parallel, model, variables, x, labels, x_adv, robust, *
     idx = np.arange(s, s + size)
     valid = idx < n
     idx = np.where(valid, idx, 0)
-    batch = {"x": x[idx], "label": labels[idx], "x_adv": x_adv[idx], "robust": robust[idx],
-             "valid": valid}
+    batch = {
+      "x": x[idx],
+      "label": labels[idx],
+      "x_adv": x_adv[idx],
+      "robust": robust[idx],
+      "valid": valid,
+    }
     out = parallel.gather(step(variables, parallel.shard(pipeline.host_slice(batch))))
     checked.append(out.pop("robust")[valid])
     clean.append(out.pop("clean")[valid])
     partials.append(out)
-  return (np.concatenate(checked).astype(bool), np.concatenate(clean).astype(bool),
-          verify.merge_summaries(partials))
+  return (
+    np.concatenate(checked).astype(bool),
+    np.concatenate(clean).astype(bool),
+    verify.merge_summaries(partials),
+  )
 
 
-def preflight(parallel: Parallel, model, variables, x, labels, names: Sequence[str], *,
-              options: Mapping | None = None, randomised_check: bool = True
-              ) -> tuple[list[str], list[str]]:
+def preflight(
+  parallel: Parallel,
+  model,
+  variables,
+  x,
+  labels,
+  names: Sequence[str],
+  *,
+  options: Mapping | None = None,
+  randomised_check: bool = True,
+) -> tuple[list[str], list[str]]:
   """The reference's checks before an evaluation on the first points, on one
   device: (common, randomised). ``common`` (``attacks.sanity.preflight``):
   probabilities instead of logits, zero input gradients, too few classes

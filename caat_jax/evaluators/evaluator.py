@@ -20,9 +20,7 @@ from absl import logging
 from caat_jax import pipeline
 from caat_jax.attacks import compact, sanity, verify
 from caat_jax.data.augment import to_float01
-from caat_jax.evaluators import named_attacks
-from caat_jax.evaluators import ensemble
-from caat_jax.evaluators import per_class
+from caat_jax.evaluators import ensemble, named_attacks, per_class
 from caat_jax.parallel import REPLICATED, SHARDED, Parallel
 
 
@@ -40,23 +38,48 @@ class Evaluator:
     self.parallel, self.model, self.unroll = parallel, model, unroll
     self._steps, self._runners, self._verifiers = {}, {}, {}
 
-  def step(self, attack_names: Sequence[str], eps: float, step_size: float,
-           aa_options: Mapping | None = None):
+  def step(
+    self,
+    attack_names: Sequence[str],
+    eps: float,
+    step_size: float,
+    aa_options: Mapping | None = None,
+  ):
     """``step(replicated_variables, sharded_batch) -> sharded dict``: clean and
     PGD outcomes of one batch (``attacks.eval_fn``), built once per setting
     (no retrace across calls)."""
-    key = (tuple(attack_names), float(eps), float(step_size),
-           None if aa_options is None else repr(sorted(aa_options.items())))
+    key = (
+      tuple(attack_names),
+      float(eps),
+      float(step_size),
+      None if aa_options is None else repr(sorted(aa_options.items())),
+    )
     if key not in self._steps:
-      fn = functools.partial(named_attacks.eval_fn, model=self.model, attack_names=key[0],
-                             eps=key[1], step_size=key[2], unroll=self.unroll,
-                             aa_options=aa_options)
+      fn = functools.partial(
+        named_attacks.eval_fn,
+        model=self.model,
+        attack_names=key[0],
+        eps=key[1],
+        step_size=key[2],
+        unroll=self.unroll,
+        aa_options=aa_options,
+      )
       self._steps[key] = self.parallel.wrap(fn, (REPLICATED, SHARDED), SHARDED)
     return self._steps[key]
 
-  def run(self, variables, split, attack_names: Sequence[str], *, eps: float,
-          step_size: float, batch_size: int, num_examples: int = 0, progress: bool = False,
-          aa_options: Mapping | None = None) -> tuple[dict[str, np.ndarray], dict]:
+  def run(
+    self,
+    variables,
+    split,
+    attack_names: Sequence[str],
+    *,
+    eps: float,
+    step_size: float,
+    batch_size: int,
+    num_examples: int = 0,
+    progress: bool = False,
+    aa_options: Mapping | None = None,
+  ) -> tuple[dict[str, np.ndarray], dict]:
     """Every point's outcome, and what the evaluation found about itself.
 
     ``variables`` in the replicated layout; ``split`` an ``ArraySplit``.
@@ -78,15 +101,30 @@ class Evaluator:
     common, randomised = [], []
     if aa_names:  # the reference's checks first: an attack that cannot run refuses here
       x = np.asarray(to_float01(jax.numpy.asarray(split.images[:n])))
-      wanted = tuple(dict.fromkeys(
-          a for name in aa_names for a in named_attacks.ensemble_attacks(name)))
+      wanted = tuple(
+        dict.fromkeys(a for name in aa_names for a in named_attacks.ensemble_attacks(name))
+      )
       common, randomised = ensemble.preflight(
-          self.parallel, self.model, variables, x, labels, wanted, options=aa_options,
-          randomised_check=any(a != named_attacks.AUTOATTACK_RAND for a in aa_names))
+        self.parallel,
+        self.model,
+        variables,
+        x,
+        labels,
+        wanted,
+        options=aa_options,
+        randomised_check=any(a != named_attacks.AUTOATTACK_RAND for a in aa_names),
+      )
 
-    out, partials = self._batches(variables, split, pgd_names=pgd_names, eps=eps,
-                                  step_size=step_size, batch_size=batch_size,
-                                  num_examples=num_examples, progress=progress)
+    out, partials = self._batches(
+      variables,
+      split,
+      pgd_names=pgd_names,
+      eps=eps,
+      step_size=step_size,
+      batch_size=batch_size,
+      num_examples=num_examples,
+      progress=progress,
+    )
     for name in pgd_names:
       info["verification"][name] = verify.merge_summaries(partials[name])
       info["warnings"][name] = verify.problems(info["verification"][name], eps)
@@ -96,17 +134,32 @@ class Evaluator:
     for name in aa_names:
       options = named_attacks.ensemble_options(name, aa_options)
       x_adv, robust, stages, stats = compact.autoattack_compact(
-          ensemble.make_runner(self.parallel, self.model, variables, options, self._runners),
-          x, labels, eps=eps, keys=keys, clean_correct=out["natural"],
-          num_classes=self._num_classes(variables, x[:1]),
-          attacks=named_attacks.ensemble_attacks(name), options=options,
-          batch_size=self._bucket(batch_size),
-          min_size=max(ensemble.MIN_BUCKET, self.parallel.num_devices),
-          multiple=self.parallel.num_devices,
-          log=lambda line, name=name: logging.info("%s: %s", name, line))
+        ensemble.make_runner(self.parallel, self.model, variables, options, self._runners),
+        x,
+        labels,
+        eps=eps,
+        keys=keys,
+        clean_correct=out["natural"],
+        num_classes=self._num_classes(variables, x[:1]),
+        attacks=named_attacks.ensemble_attacks(name),
+        options=options,
+        batch_size=self._bucket(batch_size),
+        min_size=max(ensemble.MIN_BUCKET, self.parallel.num_devices),
+        multiple=self.parallel.num_devices,
+        log=lambda line, name=name: logging.info("%s: %s", name, line),
+      )
       checked, clean, summary = ensemble.verify_all(
-          self.parallel, self.model, variables, x, labels, x_adv, robust, eps=eps,
-          batch_size=batch_size, cache=self._verifiers)
+        self.parallel,
+        self.model,
+        variables,
+        x,
+        labels,
+        x_adv,
+        robust,
+        eps=eps,
+        batch_size=batch_size,
+        cache=self._verifiers,
+      )
       out[name] = checked
       if len(named_attacks.ensemble_attacks(name)) > 1:  # autoattack, autoattack-rand
         out.update({f"{name}/{k}": v for k, v in stages.items() if k != "clean"})
@@ -137,14 +190,17 @@ class Evaluator:
     host = self.parallel.fetch(variables)
     return int(self.model.apply(host, x1, train=False).shape[-1])
 
-  def _batches(self, variables, split, *, pgd_names, eps, step_size, batch_size, num_examples,
-               progress):
+  def _batches(
+    self, variables, split, *, pgd_names, eps, step_size, batch_size, num_examples, progress
+  ):
     """Clean and PGD outcomes over the split, and PGD's verification partials."""
     step = self.step(pgd_names, eps, step_size)
-    batches = pipeline.eval_batches(split, batch_size=batch_size, num_examples=num_examples,
-                                    multiple_of=self.parallel.num_devices)
+    batches = pipeline.eval_batches(
+      split, batch_size=batch_size, num_examples=num_examples, multiple_of=self.parallel.num_devices
+    )
     if progress:
       from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+
       batches = tqdm(batches, desc="eval", leave=False, disable=jax.process_index() != 0)
     results, partials = {}, {name: [] for name in pgd_names}
     for batch, valid in batches:
@@ -157,34 +213,80 @@ class Evaluator:
         results.setdefault(k, []).append(np.asarray(v)[valid])
     return {k: np.concatenate(v) for k, v in results.items()}, partials
 
-  def outcomes(self, variables, split, attack_names: Sequence[str], *, eps: float,
-               step_size: float, batch_size: int, num_examples: int = 0,
-               progress: bool = False, aa_options: Mapping | None = None
-               ) -> dict[str, np.ndarray]:
+  def outcomes(
+    self,
+    variables,
+    split,
+    attack_names: Sequence[str],
+    *,
+    eps: float,
+    step_size: float,
+    batch_size: int,
+    num_examples: int = 0,
+    progress: bool = False,
+    aa_options: Mapping | None = None,
+  ) -> dict[str, np.ndarray]:
     """Every point's outcome: dict name -> bool [N] plus ``label`` [N] (see
     :meth:`run`)."""
-    return self.run(variables, split, attack_names, eps=eps, step_size=step_size,
-                    batch_size=batch_size, num_examples=num_examples, progress=progress,
-                    aa_options=aa_options)[0]
+    return self.run(
+      variables,
+      split,
+      attack_names,
+      eps=eps,
+      step_size=step_size,
+      batch_size=batch_size,
+      num_examples=num_examples,
+      progress=progress,
+      aa_options=aa_options,
+    )[0]
 
-  def per_class_errors(self, variables, split, attack: str, *, eps: float, step_size: float,
-                       batch_size: int, num_classes: int) -> dict[str, np.ndarray]:
+  def per_class_errors(
+    self,
+    variables,
+    split,
+    attack: str,
+    *,
+    eps: float,
+    step_size: float,
+    batch_size: int,
+    num_classes: int,
+  ) -> dict[str, np.ndarray]:
     """``{'natural': [C], 'robust': [C]}`` error fractions under ``attack``."""
-    out = self.outcomes(variables, split, (attack,), eps=eps, step_size=step_size,
-                        batch_size=batch_size)
+    out = self.outcomes(
+      variables, split, (attack,), eps=eps, step_size=step_size, batch_size=batch_size
+    )
     err = lambda k: per_class.per_class_error(out[k], out["label"], num_classes) / 100.0
     return {"natural": err("natural"), "robust": err(attack)}
 
-  def evaluate(self, variables, split, attack_names: Sequence[str], num_classes: int, *,
-               eps: float, step_size: float, batch_size: int, num_examples: int = 0,
-               labels: Mapping[str, str] | None = None, progress: bool = False,
-               aa_options: Mapping | None = None) -> tuple[list[dict], dict]:
+  def evaluate(
+    self,
+    variables,
+    split,
+    attack_names: Sequence[str],
+    num_classes: int,
+    *,
+    eps: float,
+    step_size: float,
+    batch_size: int,
+    num_examples: int = 0,
+    labels: Mapping[str, str] | None = None,
+    progress: bool = False,
+    aa_options: Mapping | None = None,
+  ) -> tuple[list[dict], dict]:
     """(documents, outcomes): one docs/method.md §9 document per attack with its
     ``verification`` and ``warnings`` (and, for the AutoAttack family,
     ``stages``, robust error % after each attack, and ``compaction``)."""
-    out, info = self.run(variables, split, attack_names, eps=eps, step_size=step_size,
-                         batch_size=batch_size, num_examples=num_examples, progress=progress,
-                         aa_options=aa_options)
+    out, info = self.run(
+      variables,
+      split,
+      attack_names,
+      eps=eps,
+      step_size=step_size,
+      batch_size=batch_size,
+      num_examples=num_examples,
+      progress=progress,
+      aa_options=aa_options,
+    )
     docs = []
     for a in attack_names:
       d = per_class.report(out, num_classes, attack=a, eps=eps, **dict(labels or {}))
@@ -194,17 +296,34 @@ class Evaluator:
       # whatever the run trained with (docs/method.md §9: always float32)
       d["compute_dtype"] = jnp.dtype(getattr(self.model, "dtype", jnp.float32)).name
       if a in info["stages"]:
-        d["stages"] = {k: 100.0 * (1.0 - float(np.mean(v)))
-                       for k, v in info["stages"][a].items() if k != "clean"}
+        d["stages"] = {
+          k: 100.0 * (1.0 - float(np.mean(v))) for k, v in info["stages"][a].items() if k != "clean"
+        }
         d["compaction"] = info["stats"][a]
       docs.append(d)
     return docs, out
 
-  def documents(self, variables, split, eval_cfg, num_classes: int, *,
-                labels: Mapping[str, str], progress: bool = False) -> list[dict]:
+  def documents(
+    self,
+    variables,
+    split,
+    eval_cfg,
+    num_classes: int,
+    *,
+    labels: Mapping[str, str],
+    progress: bool = False,
+  ) -> list[dict]:
     """docs/method.md §9 documents, one per ``eval_cfg.attacks`` entry; ``labels`` gives
     their ``method``, ``dataset`` and ``model`` fields."""
-    return self.evaluate(variables, split, eval_cfg.attacks, num_classes, eps=eval_cfg.eps,
-                         step_size=eval_cfg.step_size, batch_size=eval_cfg.batch_size,
-                         num_examples=eval_cfg.num_examples, labels=labels,
-                         progress=progress)[0]
+    return self.evaluate(
+      variables,
+      split,
+      eval_cfg.attacks,
+      num_classes,
+      eps=eval_cfg.eps,
+      step_size=eval_cfg.step_size,
+      batch_size=eval_cfg.batch_size,
+      num_examples=eval_cfg.num_examples,
+      labels=labels,
+      progress=progress,
+    )[0]

@@ -38,8 +38,9 @@ def pgd_steps(name: str, key: str = "eval.attacks") -> int:
   m = _PGD_RE.match(str(name))
   if not m or int(m.group(1)) < 1:
     raise ConfigError(
-        f"config.{key} contains {name!r}; valid: 'pgd<k>' with k >= 1, "
-        "e.g. 'pgd10', 'pgd20', 'pgd100'.")
+      f"config.{key} contains {name!r}; valid: 'pgd<k>' with k >= 1, "
+      "e.g. 'pgd10', 'pgd20', 'pgd100'."
+    )
   return int(m.group(1))
 
 
@@ -62,8 +63,9 @@ def ensemble_options(name: str, options: Mapping | None = None) -> dict[str, dic
   return attacks.autoattack.version_options(version, options)
 
 
-def check_names(names: Sequence[str], where: str = "config.eval.attacks",
-                allow_autoattack: bool = True) -> None:
+def check_names(
+  names: Sequence[str], where: str = "config.eval.attacks", allow_autoattack: bool = True
+) -> None:
   """Raises ConfigError naming ``where`` (a config key or a flag) for an
   empty list or an unknown attack name, listing every valid name in one
   line. ``allow_autoattack=False`` admits ``pgd<k>`` only."""
@@ -101,8 +103,17 @@ def aa_keys(index) -> jax.Array:
   return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.asarray(index, jnp.int32))
 
 
-def eval_fn(variables, batch, *, model, attack_names: Sequence[str], eps: float,
-            step_size: float, unroll: bool, aa_options: Mapping | None = None):
+def eval_fn(
+  variables,
+  batch,
+  *,
+  model,
+  attack_names: Sequence[str],
+  eps: float,
+  step_size: float,
+  unroll: bool,
+  aa_options: Mapping | None = None,
+):
   """Per-device evaluation of one batch: clean accuracy and every PGD attack
   (AutoAttack-family names are skipped: the evaluator runs them compacted).
 
@@ -136,8 +147,16 @@ def eval_fn(variables, batch, *, model, attack_names: Sequence[str], eps: float,
     base_key = jax.random.fold_in(jax.random.PRNGKey(_EVAL_SEED), k)
     keys = jax.vmap(lambda i: jax.random.fold_in(base_key, i))(batch["index"])
     x_adv = attacks.pgd(
-        logits_fn, x, y, eps=jnp.full((b,), eps), step_size=jnp.full((b,), step_size),
-        num_steps=k, keys=keys, start="uniform", unroll=unroll)
+      logits_fn,
+      x,
+      y,
+      eps=jnp.full((b,), eps),
+      step_size=jnp.full((b,), step_size),
+      num_steps=k,
+      keys=keys,
+      start="uniform",
+      unroll=unroll,
+    )
     flag = nat & losses.correct(logits_fn(x_adv), y)
     checked, partial = verify.verify_batch(logits_fn, x, y, x_adv, eps, flag, valid=valid)
     # Padding is never robust in ``checked``; callers drop padding anyway.

@@ -1,7 +1,8 @@
 """The paper's experiments as commands.
 
   python -m caat_jax.experiments list
-  python -m caat_jax.experiments run NAME --workdir=DIR [--seeds=3] [--rows=a,b] [--config.key=value ...]
+  python -m caat_jax.experiments run NAME --workdir=DIR [--seeds=3] [--rows=a,b] \
+      [--config.key=value ...]
   python -m caat_jax.experiments emit NAME --workdir=DIR --launcher=slurm|tpu_pod|shell [...]
   python -m caat_jax.experiments report NAME --workdir=DIR [--out=DIR]
 
@@ -21,13 +22,16 @@ from caat_jax.experiments import cost, registry, report, runner
 
 
 def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m caat_jax.experiments",
-                              description=__doc__.split("\n\n")[0])
+  p = argparse.ArgumentParser(
+    prog="python -m caat_jax.experiments", description=__doc__.split("\n\n")[0]
+  )
   sub = p.add_subparsers(dest="command", required=True)
   sub.add_parser("list", help="every experiment, its rows, seeds and estimated cost")
-  for name, text in (("run", "train and evaluate rows x seeds (resumable)"),
-                     ("emit", "print one cluster job per row x seed"),
-                     ("report", "tables (Markdown, CSV) and figures from the runs")):
+  for name, text in (
+    ("run", "train and evaluate rows x seeds (resumable)"),
+    ("emit", "print one cluster job per row x seed"),
+    ("report", "tables (Markdown, CSV) and figures from the runs"),
+  ):
     s = sub.add_parser(name, help=text)
     s.add_argument("name", help="experiment name (see `list`)")
     s.add_argument("--workdir", required=True)
@@ -44,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
-  overrides = [a[len("--config."):] for a in argv if a.startswith("--config.")]
+  overrides = [a[len("--config.") :] for a in argv if a.startswith("--config.")]
   args = _parser().parse_args([a for a in argv if not a.startswith("--config.")])
   if args.command == "list":
     print(cost.listing(registry.EXPERIMENTS.values()))
@@ -55,17 +59,25 @@ def main(argv=None) -> int:
     if args.command == "run":
       outcomes = runner.run(exp, args.workdir, args.seeds, rows, overrides)
       failed = [s for s, o in outcomes if o.startswith("failed")]
-      print(f"{exp.name}: {len(outcomes) - len(failed)} of {len(outcomes)} runs done"
-            + (f"; failed: {', '.join(f'{s.row.name}/seed{s.seed}' for s in failed)}"
-               if failed else "") + f". Report: python -m caat_jax.experiments report "
-            f"{exp.name} --workdir={args.workdir}")
+      print(
+        f"{exp.name}: {len(outcomes) - len(failed)} of {len(outcomes)} runs done"
+        + (f"; failed: {', '.join(f'{s.row.name}/seed{s.seed}' for s in failed)}" if failed else "")
+        + f". Report: python -m caat_jax.experiments report "
+        f"{exp.name} --workdir={args.workdir}"
+      )
       return 1 if failed else 0
     if args.command == "emit":
       print("\n".join(runner.emit(exp, args.workdir, args.launcher, args.seeds, rows, overrides)))
       return 0
-    written = report.write(exp, args.workdir, args.out, seeds=args.seeds, rows=rows,
-                           figures=not args.no_figures,
-                           formats=tuple(f for f in args.formats.split(",") if f))
+    written = report.write(
+      exp,
+      args.workdir,
+      args.out,
+      seeds=args.seeds,
+      rows=rows,
+      figures=not args.no_figures,
+      formats=tuple(f for f in args.formats.split(",") if f),
+    )
     print("\n".join(written))
     return 0
   except (KeyError, ValueError, FileNotFoundError, config_lib.ConfigError) as e:

@@ -19,10 +19,12 @@ from caat_jax.experiments.registry import Experiment
 
 # FLOPs of one forward pass of one example (XLA cost analysis, 10 classes).
 FORWARD_FLOPS = {
-    ("small_cnn", "digits"): 0.94e6,  # width 16, 8x8x1
-    ("preact_resnet18", "cifar10"): 0.97e9, ("preact_resnet18", "svhn"): 0.97e9,
-    ("wrn28_10", "cifar10"): 9.5e9, ("wrn34_10", "cifar10"): 11.6e9,
-    ("resnet50", "imagenet2012"): 7.9e9,
+  ("small_cnn", "digits"): 0.94e6,  # width 16, 8x8x1
+  ("preact_resnet18", "cifar10"): 0.97e9,
+  ("preact_resnet18", "svhn"): 0.97e9,
+  ("wrn28_10", "cifar10"): 9.5e9,
+  ("wrn34_10", "cifar10"): 11.6e9,
+  ("resnet50", "imagenet2012"): 7.9e9,
 }
 # Training-split sizes after the clean meta hold-out, and test-split sizes.
 TRAIN_SIZE = {"cifar10": 47_000, "svhn": 70_257, "digits": 1_337, "imagenet2012": 1_281_167}
@@ -50,7 +52,9 @@ def run_flops(config, attacks: Iterable[str], eval_examples: int = 0) -> float:
   flops = FORWARD_FLOPS.get((config.model, config.data.name))
   if flops is None:
     raise KeyError(f"no FLOPs estimate for model {config.model!r} on {config.data.name!r}")
-  train_f = methods.get(config.method).cost(config) * config.num_epochs * TRAIN_SIZE[config.data.name]
+  train_f = (
+    methods.get(config.method).cost(config) * config.num_epochs * TRAIN_SIZE[config.data.name]
+  )
   test = eval_examples or TEST_SIZE[config.data.name]
   eval_f = sum(_eval_f(a) for a in attacks) * test
   return (train_f + eval_f) * flops
@@ -59,6 +63,7 @@ def run_flops(config, attacks: Iterable[str], eval_examples: int = 0) -> float:
 def estimate(exp: Experiment, seeds: int | None = None) -> dict[str, float]:
   """{'H100': hours, 'v4-32': hours, 'cpu': hours, 'runs': n} for the whole experiment."""
   from caat_jax.experiments import runner  # pylint: disable=import-outside-toplevel
+
   n = exp.seeds if seeds is None else seeds
   total, runs = 0.0, 0
   for spec in runner.plan(exp, "/unused", seeds=1):
@@ -73,10 +78,12 @@ def estimate(exp: Experiment, seeds: int | None = None) -> dict[str, float]:
 def listing(experiments: Iterable[Experiment]) -> str:
   """What ``experiments list`` prints."""
   lines = [
-      "Estimated cost: the pass-count model (docs/method.md §11) x FLOPs per forward, at an "
-      f"assumed {THROUGHPUT['H100'] / 1e12:.0f} TFLOP/s on one H100 and "
-      f"{THROUGHPUT['v4-32'] / 1e12:.0f} TFLOP/s on a v4-32 slice (estimates: calibrate with "
-      "python -m caat_jax.bench).", ""]
+    "Estimated cost: the pass-count model (docs/method.md §11) x FLOPs per forward, at an "
+    f"assumed {THROUGHPUT['H100'] / 1e12:.0f} TFLOP/s on one H100 and "
+    f"{THROUGHPUT['v4-32'] / 1e12:.0f} TFLOP/s on a v4-32 slice (estimates: calibrate with "
+    "python -m caat_jax.bench).",
+    "",
+  ]
   for exp in experiments:
     head = f"{exp.name}: {exp.title}"
     if exp.unavailable:
@@ -92,9 +99,11 @@ def listing(experiments: Iterable[Experiment]) -> str:
     except KeyError as e:
       cost_text = f"cost unknown ({e.args[0]})"
     lines.append(head)
-    lines.append(f"  seeds {exp.seeds}, evaluation {', '.join(exp.attacks)}"
-                 + (f" on {exp.eval_examples} test points" if exp.eval_examples else "")
-                 + f", paper {exp.table or '-'}; {cost_text}")
+    lines.append(
+      f"  seeds {exp.seeds}, evaluation {', '.join(exp.attacks)}"
+      + (f" on {exp.eval_examples} test points" if exp.eval_examples else "")
+      + f", paper {exp.table or '-'}; {cost_text}"
+    )
     lines.append("  rows: " + ", ".join(r.name for r in exp.rows))
     if exp.note:
       lines.append(f"  note: {exp.note}")

@@ -16,8 +16,14 @@ from collections.abc import Sequence
 from caat_jax.experiments import paper, runner
 from caat_jax.experiments.registry import Experiment
 
-ERROR_COLUMNS = ("avg_natural", "worst_natural", "avg_boundary", "worst_boundary",
-                 "avg_robust", "worst_robust")
+ERROR_COLUMNS = (
+  "avg_natural",
+  "worst_natural",
+  "avg_boundary",
+  "worst_boundary",
+  "avg_robust",
+  "worst_robust",
+)
 AA_COLUMNS = ("autoattack_accuracy", "avg_natural", "avg_robust", "worst_robust")
 
 
@@ -27,8 +33,11 @@ def values(doc: dict) -> dict[str, float]:
   ``autoattack_accuracy`` is 100 minus the class-average robust error: the
   overall robust accuracy on a class-balanced test set (CIFAR-10's is).
   """
-  out = {f"{agg}_{kind}": float(doc[agg][kind])
-         for agg in ("avg", "worst") for kind in ("natural", "boundary", "robust")}
+  out = {
+    f"{agg}_{kind}": float(doc[agg][kind])
+    for agg in ("avg", "worst")
+    for kind in ("natural", "boundary", "robust")
+  }
   out["autoattack_accuracy"] = 100.0 - out["avg_robust"]
   return out
 
@@ -51,8 +60,9 @@ def _seed_dirs(row_dir: str, seeds: int | None) -> list[tuple[int, str]]:
   return sorted(out)
 
 
-def collect(exp: Experiment, workdir: str, seeds: int | None = None,
-            rows: Sequence[str] | None = None) -> list[dict]:
+def collect(
+  exp: Experiment, workdir: str, seeds: int | None = None, rows: Sequence[str] | None = None
+) -> list[dict]:
   """[{row, label, paper_row, attack, seeds: [k], columns: {col: [per seed]}}].
 
   A seed counts when its run holds the attack's document (unfinished runs
@@ -69,8 +79,16 @@ def collect(exp: Experiment, workdir: str, seeds: int | None = None,
         found.append(seed)
         for k, v in values(doc).items():
           cols.setdefault(k, []).append(v)
-      out.append(dict(row=row.name, label=row.label, paper_row=row.paper, attack=attack,
-                      seeds=found, columns=cols))
+      out.append(
+        dict(
+          row=row.name,
+          label=row.label,
+          paper_row=row.paper,
+          attack=attack,
+          seeds=found,
+          columns=cols,
+        )
+      )
   return out
 
 
@@ -95,19 +113,23 @@ def markdown(exp: Experiment, results: list[dict], workdir: str) -> str:
   lines = [f"# {exp.title}", ""]
   if exp.note:
     lines += [exp.note, ""]
-  lines += [f"Runs: `{workdir}`. Cells: mean ± sample standard deviation over the seeds "
-            "found (percent)" + (", the paper's number in parentheses" if table else "")
-            + ".", ""]
+  lines += [
+    f"Runs: `{workdir}`. Cells: mean ± sample standard deviation over the seeds "
+    "found (percent)" + (", the paper's number in parentheses" if table else "") + ".",
+    "",
+  ]
   for attack in exp.attacks:
     cols = columns_for(attack)
-    lines += [f"## {attack}", "",
-              "| Method | seeds | " + " | ".join(paper.COLUMNS[c] for c in cols) + " |",
-              "|---|---|" + "---|" * len(cols)]
+    lines += [
+      f"## {attack}",
+      "",
+      "| Method | seeds | " + " | ".join(paper.COLUMNS[c] for c in cols) + " |",
+      "|---|---|" + "---|" * len(cols),
+    ]
     for r in results:
       if r["attack"] != attack:
         continue
-      refs = [table.value(r["paper_row"], c) if table and r["paper_row"] else None
-              for c in cols]
+      refs = [table.value(r["paper_row"], c) if table and r["paper_row"] else None for c in cols]
       cells = [_cell(r["columns"].get(c), ref) for c, ref in zip(cols, refs)]
       lines.append(f"| {r['label']} | {len(r['seeds'])} | " + " | ".join(cells) + " |")
     lines.append("")
@@ -118,21 +140,52 @@ def write_csv(path: str, exp: Experiment, results: list[dict]) -> None:
   table = exp.paper_table
   with open(path, "w", newline="") as f:
     w = csv.writer(f)
-    w.writerow(["experiment", "row", "label", "attack", "column", "mean", "std", "n",
-                "paper", "seeds", "values"])
+    w.writerow(
+      [
+        "experiment",
+        "row",
+        "label",
+        "attack",
+        "column",
+        "mean",
+        "std",
+        "n",
+        "paper",
+        "seeds",
+        "values",
+      ]
+    )
     for r in results:
       for c in columns_for(r["attack"]):
         vals = r["columns"].get(c, [])
         m, s = mean_std(vals) if vals else (float("nan"), float("nan"))
         ref = table.value(r["paper_row"], c) if table and r["paper_row"] else None
-        w.writerow([exp.name, r["row"], r["label"], r["attack"], c, f"{m:.4f}", f"{s:.4f}",
-                    len(vals), "" if ref is None else ref,
-                    ";".join(map(str, r["seeds"])), ";".join(f"{v:.4f}" for v in vals)])
+        w.writerow(
+          [
+            exp.name,
+            r["row"],
+            r["label"],
+            r["attack"],
+            c,
+            f"{m:.4f}",
+            f"{s:.4f}",
+            len(vals),
+            "" if ref is None else ref,
+            ";".join(map(str, r["seeds"])),
+            ";".join(f"{v:.4f}" for v in vals),
+          ]
+        )
 
 
-def write(exp: Experiment, workdir: str, out: str | None = None, seeds: int | None = None,
-          rows: Sequence[str] | None = None, figures: bool = True,
-          formats: tuple[str, ...] = ("png", "svg")) -> list[str]:
+def write(
+  exp: Experiment,
+  workdir: str,
+  out: str | None = None,
+  seeds: int | None = None,
+  rows: Sequence[str] | None = None,
+  figures: bool = True,
+  formats: tuple[str, ...] = ("png", "svg"),
+) -> list[str]:
   """Writes report.md, report.csv (and the figures of the selected rows) into
   ``out``; returns the paths."""
   if not os.path.isdir(workdir):
@@ -140,8 +193,9 @@ def write(exp: Experiment, workdir: str, out: str | None = None, seeds: int | No
   results = collect(exp, workdir, seeds, rows)
   if not any(r["seeds"] for r in results):
     raise FileNotFoundError(
-        f"no finished run of {exp.name} under {workdir} (expected {workdir}/<row>/seed<k>/"
-        f"eval.json; rows: {', '.join(r.name for r in exp.rows)})")
+      f"no finished run of {exp.name} under {workdir} (expected {workdir}/<row>/seed<k>/"
+      f"eval.json; rows: {', '.join(r.name for r in exp.rows)})"
+    )
   out = out or workdir
   os.makedirs(out, exist_ok=True)
   md, csv_path = os.path.join(out, "report.md"), os.path.join(out, "report.csv")
@@ -151,8 +205,13 @@ def write(exp: Experiment, workdir: str, out: str | None = None, seeds: int | No
   written = [md, csv_path]
   if figures:
     from caat_jax import plots  # pylint: disable=import-outside-toplevel
+
     selected = [exp.row(r) for r in rows] if rows else exp.rows
-    written += plots.draw_all(workdir, os.path.join(out, "figures"),
-                              labels={r.name: r.label for r in selected}, only_labelled=True,
-                              formats=formats)
+    written += plots.draw_all(
+      workdir,
+      os.path.join(out, "figures"),
+      labels={r.name: r.label for r in selected},
+      only_labelled=True,
+      formats=formats,
+    )
   return written

@@ -40,8 +40,9 @@ class Experiment:
     for r in self.rows:
       if r.name == name:
         return r
-    raise KeyError(f"experiment {self.name!r} has no row {name!r}; rows: "
-                   + ", ".join(r.name for r in self.rows))
+    raise KeyError(
+      f"experiment {self.name!r} has no row {name!r}; rows: " + ", ".join(r.name for r in self.rows)
+    )
 
   @property
   def paper_table(self) -> paper.Table | None:
@@ -52,40 +53,90 @@ class Experiment:
 # overrides starting with the method, paper row). The family gives each kind
 # its config file.
 ROW_DEFINITIONS: dict[str, tuple[str, str, tuple[str, ...], str | None]] = {
-    "pgd-at": ("PGD-AT", "base", ("method=pgd_at",), "PGD Adv. Training"),
-    "trades-b1": ("TRADES (1/λ = 1)", "base", ("method=trades", "trades.beta=1.0"),
-                  "TRADES (1/λ = 1)"),
-    "trades-b6": ("TRADES (1/λ = 6)", "base", ("method=trades", "trades.beta=6.0"),
-                  "TRADES (1/λ = 6)"),
-    "baseline-reweight": ("Baseline ReWeight", "fairness",
-                          ("method=frl", "fairness.mode=baseline_reweight"), "Baseline ReWeight"),
-    "frl-reweight": ("FRL (ReWeight)", "fairness", ("method=frl", "fairness.mode=reweight"),
-                     "FRL (ReWeight)"),
-    "frl-remargin": ("FRL (ReMargin)", "fairness", ("method=frl", "fairness.mode=remargin"),
-                     "FRL (ReMargin)"),
-    "frl-reweight-remargin": ("FRL (ReWeight+ReMargin)", "fairness",
-                              ("method=frl", "fairness.mode=reweight_remargin"),
-                              "FRL (ReWeight+ReMargin)"),
-    "meta-caat-grad": ("Meta-CAAT (Grad-based)", "meta", ("method=meta_caat", "caat.bound=grad"),
-                       "Meta-CAAT (Grad-based)"),
-    "meta-caat-remargin": ("Meta-CAAT (ReMargin)", "meta",
-                           ("method=meta_caat", "caat.bound=remargin", "fairness.enabled=true"),
-                           "Meta-CAAT (ReMargin)"),
-    "reinforce-caat": ("Reinforce-CAAT", "reinforce", ("method=reinforce_caat",),
-                       "Reinforce-CAAT"),
-    "without": ("Without (rule: head anti, tail adv)", "meta",
-                ("method=meta_caat", "caat.direction=rule", "caat.bound=fixed"), "Without"),
-    # Beyond the paper: the KL weight matched to TRADES' beta = 6 (the paper
-    # compares Meta-CAAT at lam = 1 and Reinforce-CAAT at lam = 0.005-0.1
-    # with TRADES at 1/lambda = 6).
-    "meta-caat-grad-lam6": ("Meta-CAAT (Grad-based), λ = 6", "meta",
-                            ("method=meta_caat", "caat.bound=grad", "caat.lam=6.0"), None),
-    "reinforce-caat-lam6": ("Reinforce-CAAT, λ = 6", "reinforce",
-                            ("method=reinforce_caat", "reinforce.lam=6.0"), None),
+  "pgd-at": ("PGD-AT", "base", ("method=pgd_at",), "PGD Adv. Training"),
+  "trades-b1": (
+    "TRADES (1/λ = 1)",
+    "base",
+    ("method=trades", "trades.beta=1.0"),
+    "TRADES (1/λ = 1)",
+  ),
+  "trades-b6": (
+    "TRADES (1/λ = 6)",
+    "base",
+    ("method=trades", "trades.beta=6.0"),
+    "TRADES (1/λ = 6)",
+  ),
+  "baseline-reweight": (
+    "Baseline ReWeight",
+    "fairness",
+    ("method=frl", "fairness.mode=baseline_reweight"),
+    "Baseline ReWeight",
+  ),
+  "frl-reweight": (
+    "FRL (ReWeight)",
+    "fairness",
+    ("method=frl", "fairness.mode=reweight"),
+    "FRL (ReWeight)",
+  ),
+  "frl-remargin": (
+    "FRL (ReMargin)",
+    "fairness",
+    ("method=frl", "fairness.mode=remargin"),
+    "FRL (ReMargin)",
+  ),
+  "frl-reweight-remargin": (
+    "FRL (ReWeight+ReMargin)",
+    "fairness",
+    ("method=frl", "fairness.mode=reweight_remargin"),
+    "FRL (ReWeight+ReMargin)",
+  ),
+  "meta-caat-grad": (
+    "Meta-CAAT (Grad-based)",
+    "meta",
+    ("method=meta_caat", "caat.bound=grad"),
+    "Meta-CAAT (Grad-based)",
+  ),
+  "meta-caat-remargin": (
+    "Meta-CAAT (ReMargin)",
+    "meta",
+    ("method=meta_caat", "caat.bound=remargin", "fairness.enabled=true"),
+    "Meta-CAAT (ReMargin)",
+  ),
+  "reinforce-caat": ("Reinforce-CAAT", "reinforce", ("method=reinforce_caat",), "Reinforce-CAAT"),
+  "without": (
+    "Without (rule: head anti, tail adv)",
+    "meta",
+    ("method=meta_caat", "caat.direction=rule", "caat.bound=fixed"),
+    "Without",
+  ),
+  # Beyond the paper: the KL weight matched to TRADES' beta = 6 (the paper
+  # compares Meta-CAAT at lam = 1 and Reinforce-CAAT at lam = 0.005-0.1
+  # with TRADES at 1/lambda = 6).
+  "meta-caat-grad-lam6": (
+    "Meta-CAAT (Grad-based), λ = 6",
+    "meta",
+    ("method=meta_caat", "caat.bound=grad", "caat.lam=6.0"),
+    None,
+  ),
+  "reinforce-caat-lam6": (
+    "Reinforce-CAAT, λ = 6",
+    "reinforce",
+    ("method=reinforce_caat", "reinforce.lam=6.0"),
+    None,
+  ),
 }
-PAPER_ROWS = ("pgd-at", "trades-b1", "trades-b6", "baseline-reweight", "frl-reweight",
-              "frl-remargin", "frl-reweight-remargin", "meta-caat-grad", "meta-caat-remargin",
-              "reinforce-caat")
+PAPER_ROWS = (
+  "pgd-at",
+  "trades-b1",
+  "trades-b6",
+  "baseline-reweight",
+  "frl-reweight",
+  "frl-remargin",
+  "frl-reweight-remargin",
+  "meta-caat-grad",
+  "meta-caat-remargin",
+  "reinforce-caat",
+)
 MATCHED_ROWS = ("meta-caat-grad-lam6", "reinforce-caat-lam6")
 NO_BASELINE_REWEIGHT = tuple(r for r in PAPER_ROWS if r != "baseline-reweight")
 
@@ -93,31 +144,42 @@ NO_BASELINE_REWEIGHT = tuple(r for r in PAPER_ROWS if r != "baseline-reweight")
 # any kind a family has no file for), "fairness" for FRL, "meta" for
 # Meta-CAAT, "reinforce" for Reinforce-CAAT.
 FAMILIES: dict[str, dict[str, str]] = {
-    "cifar10": {"base": "configs/cifar10.py", "fairness": "configs/cifar10_frl.py",
-                "meta": "configs/cifar10_meta_caat.py",
-                "reinforce": "configs/cifar10_reinforce_caat.py"},
-    "svhn": {"base": "configs/svhn.py", "reinforce": "configs/svhn_reinforce_caat.py"},
-    "digits": {"base": "configs/digits.py", "meta": "configs/digits_meta_caat.py",
-               "reinforce": "configs/digits_reinforce_caat.py"},
+  "cifar10": {
+    "base": "configs/cifar10.py",
+    "fairness": "configs/cifar10_frl.py",
+    "meta": "configs/cifar10_meta_caat.py",
+    "reinforce": "configs/cifar10_reinforce_caat.py",
+  },
+  "svhn": {"base": "configs/svhn.py", "reinforce": "configs/svhn_reinforce_caat.py"},
+  "digits": {
+    "base": "configs/digits.py",
+    "meta": "configs/digits_meta_caat.py",
+    "reinforce": "configs/digits_reinforce_caat.py",
+  },
 }
 
 # What the digits counterparts change, for every row: one method per run
 # (the digits config's suite off) and 10 epochs instead of 30 so that the
 # whole set runs in hours on two CPU cores.
 DIGITS_SCALE = ("suite=()", "num_epochs=10")
-DIGITS_NOTE = ("Digits counterpart: 8x8 grey digits, small CNN, eps 0.1 (1.6 grey levels), "
-               "10 epochs (the digits configs train 30), PGD-20 evaluation on the 360 test "
-               "points; the paper: CIFAR-10, PreAct-ResNet-18, eps 8/255, PGD-10.")
+DIGITS_NOTE = (
+  "Digits counterpart: 8x8 grey digits, small CNN, eps 0.1 (1.6 grey levels), "
+  "10 epochs (the digits configs train 30), PGD-20 evaluation on the 360 test "
+  "points; the paper: CIFAR-10, PreAct-ResNet-18, eps 8/255, PGD-10."
+)
 # The long-tailed digits sets hold 551 (IF 10) and 333 (IF 100) training
 # images instead of 1,337: their epochs are scaled so that every digits run
 # takes the same 200 steps of batch 64 (10 epochs of them left the tail
 # classes unlearned by every method: 80 and 50 steps).
-LONG_TAIL_DIGITS = {10: ("data.imbalance_factor=10.0", "num_epochs=25"),
-                    100: ("data.imbalance_factor=100.0", "num_epochs=40")}
+LONG_TAIL_DIGITS = {
+  10: ("data.imbalance_factor=10.0", "num_epochs=25"),
+  100: ("data.imbalance_factor=100.0", "num_epochs=40"),
+}
 
 
-def rows(family: str, names: Sequence[str], config_variant: dict[str, str] | None = None
-         ) -> tuple[Row, ...]:
+def rows(
+  family: str, names: Sequence[str], config_variant: dict[str, str] | None = None
+) -> tuple[Row, ...]:
   """Rows ``names`` (keys of ``ROW_DEFINITIONS``) on the family's base configs;
   ``config_variant`` maps a row name to a ``:variant`` of its config."""
   out = []
@@ -134,10 +196,16 @@ def rows(family: str, names: Sequence[str], config_variant: dict[str, str] | Non
 def setting_rows(family: str) -> tuple[Row, ...]:
   """Fig. 14: Meta-CAAT's Settings I-IV (configs/meta_caat_variants.py)."""
   config = FAMILIES[family]["meta"]
-  labels = ("I: adversaries, fixed bound", "II: adversaries, grad bound",
-            "III: adversaries + anti, fixed bound", "IV: adversaries + anti, grad bound")
-  return tuple(Row(f"setting{i}", f"Setting {label}", f"{config}:setting{i}")
-               for i, label in enumerate(labels, 1))
+  labels = (
+    "I: adversaries, fixed bound",
+    "II: adversaries, grad bound",
+    "III: adversaries + anti, fixed bound",
+    "IV: adversaries + anti, grad bound",
+  )
+  return tuple(
+    Row(f"setting{i}", f"Setting {label}", f"{config}:setting{i}")
+    for i, label in enumerate(labels, 1)
+  )
 
 
 FEATURES = ("loss", "margin", "gradient", "entropy", "class proportion", "class-average loss")
@@ -146,33 +214,62 @@ FEATURES = ("loss", "margin", "gradient", "entropy", "class proportion", "class-
 def feature_rows(family: str) -> tuple[Row, ...]:
   """Fig. 15: every characteristic left out in turn, for both CAAT methods."""
   out = []
-  for kind, short, label in (("meta", "meta-caat", "Meta-CAAT"),
-                             ("reinforce", "reinforce-caat", "Reinforce-CAAT")):
+  for kind, short, label in (
+    ("meta", "meta-caat", "Meta-CAAT"),
+    ("reinforce", "reinforce-caat", "Reinforce-CAAT"),
+  ):
     config = FAMILIES[family][kind]
     method = ROW_DEFINITIONS[short + "-grad" if kind == "meta" else short][2][0]
     out.append(Row(f"{short}-all", f"{label}, all six", config, (method,)))
     for i, feature in enumerate(FEATURES):
       mask = tuple(int(j != i) for j in range(len(FEATURES)))
-      out.append(Row(f"{short}-no-{feature.replace(' ', '-')}", f"{label}, without {feature}",
-                     config, (method, f"caat.feature_mask={mask}")))
+      out.append(
+        Row(
+          f"{short}-no-{feature.replace(' ', '-')}",
+          f"{label}, without {feature}",
+          config,
+          (method, f"caat.feature_mask={mask}"),
+        )
+      )
   return tuple(out)
 
 
-def paired_experiments(name: str, title: str, table: str | None, family: str, names: Sequence[str], *,
-          attacks: tuple[str, ...] = ("pgd10",), overrides: tuple[str, ...] = (),
-          digits_names: Sequence[str] | None = None, note: str = "",
-          custom_rows=None, digits_overrides: tuple[str, ...] | None = None,
-          unavailable: str = "") -> list[Experiment]:
+def paired_experiments(
+  name: str,
+  title: str,
+  table: str | None,
+  family: str,
+  names: Sequence[str],
+  *,
+  attacks: tuple[str, ...] = ("pgd10",),
+  overrides: tuple[str, ...] = (),
+  digits_names: Sequence[str] | None = None,
+  note: str = "",
+  custom_rows=None,
+  digits_overrides: tuple[str, ...] | None = None,
+  unavailable: str = "",
+) -> list[Experiment]:
   """An experiment at the paper's scale and its digits counterpart."""
   full = custom_rows(family) if custom_rows else rows(family, names)
   small = custom_rows("digits") if custom_rows else rows("digits", digits_names or names)
   return [
-      Experiment(name, title, full, attacks, table, overrides=overrides, note=note,
-                 unavailable=unavailable),
-      Experiment(f"digits_{name}", f"{title} (digits counterpart)", small, ("pgd20",), table,
-                 overrides=DIGITS_SCALE + (overrides if digits_overrides is None
-                                           else digits_overrides),
-                 note=DIGITS_NOTE + (" Long-tailed: " + digits_overrides[-1].replace("=", " ")
-                                     + ", the same 200 steps as the balanced runs."
-                                     if digits_overrides else "")),
+    Experiment(
+      name, title, full, attacks, table, overrides=overrides, note=note, unavailable=unavailable
+    ),
+    Experiment(
+      f"digits_{name}",
+      f"{title} (digits counterpart)",
+      small,
+      ("pgd20",),
+      table,
+      overrides=DIGITS_SCALE + (overrides if digits_overrides is None else digits_overrides),
+      note=DIGITS_NOTE
+      + (
+        " Long-tailed: "
+        + digits_overrides[-1].replace("=", " ")
+        + ", the same 200 steps as the balanced runs."
+        if digits_overrides
+        else ""
+      ),
+    ),
   ]

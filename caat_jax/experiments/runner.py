@@ -26,6 +26,7 @@ LAUNCHERS = ("shell", "slurm", "tpu_pod")
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
   """One row x seed: where it runs and its full override list."""
+
   row: Row
   seed: int
   workdir: str
@@ -48,8 +49,13 @@ def eval_overrides(exp: Experiment) -> tuple[str, ...]:
   return (f"eval.attacks={pgd!r}",) if pgd else ()
 
 
-def plan(exp: Experiment, workdir: str, seeds: int | None = None,
-         rows: Sequence[str] | None = None, extra: Sequence[str] = ()) -> list[RunSpec]:
+def plan(
+  exp: Experiment,
+  workdir: str,
+  seeds: int | None = None,
+  rows: Sequence[str] | None = None,
+  extra: Sequence[str] = (),
+) -> list[RunSpec]:
   """Every run of ``exp``, seed-major; raises ``KeyError`` on an unknown row."""
   selected = [exp.row(r) for r in rows] if rows else list(exp.rows)
   n = exp.seeds if seeds is None else int(seeds)
@@ -58,10 +64,10 @@ def plan(exp: Experiment, workdir: str, seeds: int | None = None,
   specs = []
   for seed in range(n):
     for row in selected:
-      overrides = (exp.overrides + row.overrides + eval_overrides(exp)
-                   + (f"seed={seed}",) + tuple(extra))
-      specs.append(RunSpec(row, seed, os.path.join(workdir, row.name, f"seed{seed}"),
-                           overrides))
+      overrides = (
+        exp.overrides + row.overrides + eval_overrides(exp) + (f"seed={seed}",) + tuple(extra)
+      )
+      specs.append(RunSpec(row, seed, os.path.join(workdir, row.name, f"seed{seed}"), overrides))
   return specs
 
 
@@ -88,8 +94,9 @@ def status(spec: RunSpec, exp: Experiment) -> str:
   return "new"
 
 
-def trained_config_differences(run_dir: str, config: ml_collections.ConfigDict,
-                               keys: Sequence[str]) -> list:
+def trained_config_differences(
+  run_dir: str, config: ml_collections.ConfigDict, keys: Sequence[str]
+) -> list:
   """[(key, the run's value, ``config``'s)] for ``keys`` (a row's override
   keys, and what is under them) whose values differ and change training
   (``checkpointing.config_differences``: evaluation, logging and launch keys
@@ -102,6 +109,7 @@ def trained_config_differences(run_dir: str, config: ml_collections.ConfigDict,
   config file edited since the run would flag runs it does not change.
   """
   from caat_jax import checkpointing  # pylint: disable=import-outside-toplevel
+
   directory = checkpointing.checkpoint_dir(run_dir)
   if not os.path.isdir(directory):
     return []
@@ -117,13 +125,21 @@ def trained_config_differences(run_dir: str, config: ml_collections.ConfigDict,
   finally:
     ckpt.close()
   under = lambda k: any(k == o or k.startswith(o + ".") for o in keys)
-  return [d for d in checkpointing.config_differences(stored, checkpointing.config_as_json(config))
-          if under(d[0])]
+  return [
+    d
+    for d in checkpointing.config_differences(stored, checkpointing.config_as_json(config))
+    if under(d[0])
+  ]
 
 
-def run(exp: Experiment, workdir: str, seeds: int | None = None,
-        rows: Sequence[str] | None = None, extra: Sequence[str] = (),
-        log=print) -> list[tuple[RunSpec, str]]:
+def run(
+  exp: Experiment,
+  workdir: str,
+  seeds: int | None = None,
+  rows: Sequence[str] | None = None,
+  extra: Sequence[str] = (),
+  log=print,
+) -> list[tuple[RunSpec, str]]:
   """Runs every missing run of ``exp``; returns [(spec, outcome)].
 
   Every config is built and validated before the first run starts, so a bad
@@ -132,8 +148,7 @@ def run(exp: Experiment, workdir: str, seeds: int | None = None,
   experiment (run the command again to resume).
   """
   # Imported here: listing and emitting need neither JAX devices nor the trainer.
-  from caat_jax import evaluate, train  # pylint: disable=import-outside-toplevel
-  from caat_jax import checkpointing, metrics  # pylint: disable=import-outside-toplevel
+  from caat_jax import checkpointing, evaluate, metrics, train  # pylint: disable=import-outside-toplevel  # pylint: disable=import-outside-toplevel
   from caat_jax.checkpointing import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
 
   if exp.unavailable:
@@ -149,20 +164,23 @@ def run(exp: Experiment, workdir: str, seeds: int | None = None,
       # overrides (a changed --config override, or a workdir shared with
       # another experiment whose row of the same name differs, would
       # otherwise be reported as this row).
-      diffs = trained_config_differences(spec.workdir, config,
-                                         [o.split("=", 1)[0] for o in spec.overrides])
+      diffs = trained_config_differences(
+        spec.workdir, config, [o.split("=", 1)[0] for o in spec.overrides]
+      )
       if diffs:
         keys = ", ".join(f"{k}: {o!r} (run) vs {n!r} (row)" for k, o, n in diffs[:6])
-        log(f"{where}: FAILED: {spec.workdir} holds a run trained with a different config "
-            f"({keys}); use another --workdir")
+        log(
+          f"{where}: FAILED: {spec.workdir} holds a run trained with a different config "
+          f"({keys}); use another --workdir"
+        )
         outcomes.append((spec, f"failed: different config ({keys})"))
         continue
     if state == "done":
       log(f"{where}: done, skipped ({spec.workdir})")
       outcomes.append((spec, "skipped"))
       continue
-    log(f"{where}: {'resuming' if state == 'resume' else 'training' if state == 'new' else 'evaluating'}"
-        f" -> {spec.workdir}")
+    doing = {"resume": "resuming", "new": "training"}.get(state, "evaluating")
+    log(f"{where}: {doing} -> {spec.workdir}")
     try:
       workdir_lib.check(spec.workdir)
       with workdir_lib.lock(spec.workdir):
@@ -172,12 +190,17 @@ def run(exp: Experiment, workdir: str, seeds: int | None = None,
         missing = [a for a in exp.attacks if a not in have]
         if missing:
           evaluate.evaluate_checkpoint(
-              spec.workdir, missing, num_examples=exp.eval_examples or None, progress=False)
+            spec.workdir, missing, num_examples=exp.eval_examples or None, progress=False
+          )
       outcomes.append((spec, "ran"))
     except (checkpointing.Preempted, KeyboardInterrupt):
       raise
-    except (metrics.NonFiniteLossError, checkpointing.CheckpointError,
-            checkpointing.IncompatibleConfigError, workdir_lib.WorkdirError) as e:
+    except (
+      metrics.NonFiniteLossError,
+      checkpointing.CheckpointError,
+      checkpointing.IncompatibleConfigError,
+      workdir_lib.WorkdirError,
+    ) as e:
       log(f"{where}: FAILED: {e}")
       outcomes.append((spec, f"failed: {e}"))
   return outcomes
@@ -187,8 +210,14 @@ def _flags(overrides: Sequence[str]) -> str:
   return " ".join(shlex.quote(f"--config.{o}") for o in overrides)
 
 
-def emit(exp: Experiment, workdir: str, launcher: str, seeds: int | None = None,
-         rows: Sequence[str] | None = None, extra: Sequence[str] = ()) -> list[str]:
+def emit(
+  exp: Experiment,
+  workdir: str,
+  launcher: str,
+  seeds: int | None = None,
+  rows: Sequence[str] | None = None,
+  extra: Sequence[str] = (),
+) -> list[str]:
   """Launch commands, one job per row x seed, through ``launch/``."""
   if launcher not in LAUNCHERS:
     raise ValueError(f"--launcher={launcher!r}; valid: {', '.join(LAUNCHERS)}")
@@ -197,11 +226,16 @@ def emit(exp: Experiment, workdir: str, launcher: str, seeds: int | None = None,
   lines = []
   for spec in plan(exp, workdir, seeds, rows, extra):
     build_config(spec)  # a bad row or override fails here, not on the cluster
-    config, wd, flags = shlex.quote(spec.row.config), shlex.quote(spec.workdir), _flags(spec.overrides)
+    config, wd, flags = (
+      shlex.quote(spec.row.config),
+      shlex.quote(spec.workdir),
+      _flags(spec.overrides),
+    )
     if launcher == "shell":
       cmd = f"launch/local.sh {config} {wd} {flags}"
     elif launcher == "slurm":
-      cmd = f"sbatch --job-name={exp.name}-{spec.row.name}-s{spec.seed} launch/slurm.sbatch {config} {wd} {flags}"
+      job = f"{exp.name}-{spec.row.name}-s{spec.seed}"
+      cmd = f"sbatch --job-name={job} launch/slurm.sbatch {config} {wd} {flags}"
     else:
       cmd = f"WORKDIR={wd} launch/tpu_pod.sh run {config} {flags}"
     lines.append(cmd)

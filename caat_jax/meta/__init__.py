@@ -9,14 +9,21 @@ docs/extending.md.
 
 import importlib
 
-from caat_jax.meta.problem import (Costs, Lookahead, MetaProblem, Variant, sgd_lookahead,
-                                   sgd_momentum_wd_lookahead, weighted_loss)
+from caat_jax.meta.problem import (
+  Costs,
+  Lookahead,
+  MetaProblem,
+  Variant,
+  sgd_lookahead,
+  sgd_momentum_wd_lookahead,
+  weighted_loss,
+)
 
 _MODULES = (
-    "nested_grad",
-    "jvp",
-    "first_order",
-    "k_step",
+  "nested_grad",
+  "jvp",
+  "first_order",
+  "k_step",
 )
 
 VARIANTS: dict[str, Variant] = {}
@@ -48,5 +55,16 @@ def cost(meta_cfg, costs: Costs) -> float:
   return v.cost(costs, **options_from(meta_cfg, v))
 
 
-__all__ = ["Costs", "Lookahead", "MetaProblem", "VARIANTS", "Variant", "cost", "get", "make",
-           "sgd_lookahead", "sgd_momentum_wd_lookahead", "weighted_loss"]
+__all__ = [
+  "Costs",
+  "Lookahead",
+  "MetaProblem",
+  "VARIANTS",
+  "Variant",
+  "cost",
+  "get",
+  "make",
+  "sgd_lookahead",
+  "sgd_momentum_wd_lookahead",
+  "weighted_loss",
+]

@@ -42,5 +42,6 @@ def cost(c: Costs, k: int = 1) -> float:
   return k * (c.lookahead + c.second_order) + c.objective
 
 
-VARIANT = Variant("k_step", make=lambda k=1: functools.partial(k_step, k=k), cost=cost,
-                  options=("k",))
+VARIANT = Variant(
+  "k_step", make=lambda k=1: functools.partial(k_step, k=k), cost=cost, options=("k",)
+)

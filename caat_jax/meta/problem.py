@@ -121,8 +121,7 @@ class Lookahead(NamedTuple):
 
 def sgd_lookahead(lr) -> Lookahead:
   """Plain SGD look-ahead (Meta-Weight-Net): W - lr g."""
-  return Lookahead(lambda params, g, buf: (
-      jax.tree.map(lambda p, d: p - lr * d, params, g), buf))
+  return Lookahead(lambda params, g, buf: (jax.tree.map(lambda p, d: p - lr * d, params, g), buf))
 
 
 def sgd_momentum_wd_lookahead(lr, momentum: float, weight_decay: float, trace) -> Lookahead:
@@ -130,7 +129,9 @@ def sgd_momentum_wd_lookahead(lr, momentum: float, weight_decay: float, trace) -
   ball): m' = mu m + g + wd W, W_hat = W - lr m', with m starting at the real
   optimiser's momentum buffer ``trace`` (zeros before the first step) and
   updated at every step of a multi-step look-ahead."""
+
   def step(params, g, m):
     m = jax.tree.map(lambda p, d, t: momentum * t + d + weight_decay * p, params, g, m)
     return jax.tree.map(lambda p, t: p - lr * t, params, m), m
+
   return Lookahead(step, trace)

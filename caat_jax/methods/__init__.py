@@ -10,12 +10,12 @@ import importlib
 from caat_jax.methods.base import EpochHook, Method, StepContext, train_step
 
 _MODULES = (
-    "natural",
-    "pgd_at",
-    "trades",
-    "frl",
-    "meta_caat",
-    "reinforce_caat",
+  "natural",
+  "pgd_at",
+  "trades",
+  "frl",
+  "meta_caat",
+  "reinforce_caat",
 )
 
 REGISTRY: dict[str, Method] = {}

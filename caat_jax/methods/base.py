@@ -88,9 +88,15 @@ class AttackSettings:
     """``mean`` / ``std``: the dataset's per-channel statistics (needed by
     the ``normalized`` threat models)."""
     scale, box = threat(attack_cfg.threat_model, mean, std)
-    return cls(eps=float(attack_cfg.eps), num_steps=int(attack_cfg.num_steps),
-               step_size=float(attack_cfg.step_size), step_rule=attack_cfg.step_rule,
-               unroll=unroll, scale=scale, box=box)
+    return cls(
+      eps=float(attack_cfg.eps),
+      num_steps=int(attack_cfg.num_steps),
+      step_size=float(attack_cfg.step_size),
+      step_rule=attack_cfg.step_rule,
+      unroll=unroll,
+      scale=scale,
+      box=box,
+    )
 
   def step_sizes(self, eps: jax.Array) -> jax.Array:
     """Per-sample PGD step: fixed ``step_size`` or ``eps_i / 4``."""
@@ -137,8 +143,8 @@ class StepContext:
   def train_logits(self, params, batch_stats, x) -> tuple[jax.Array, Any]:
     """Training-mode forward (batch statistics); returns logits and new stats."""
     logits, mutated = self.model.apply(
-        {"params": params, "batch_stats": batch_stats}, x, train=True,
-        mutable=["batch_stats"])
+      {"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
+    )
     return logits, mutated.get("batch_stats", batch_stats)
 
   def eval_logits_fn(self, params, batch_stats) -> Callable[[jax.Array], jax.Array]:
@@ -154,9 +160,20 @@ class StepContext:
     """The training-time PGD (inference-mode ``logits_fn``), per-sample ``keys``,
     under the configured threat model."""
     a = self.attack
-    return attacks.pgd(logits_fn, x, y, eps=eps, step_size=a.step_sizes(eps),
-                       num_steps=a.num_steps, keys=keys, start=start, unroll=a.unroll,
-                       scale=a.scale, box=a.box, **kwargs)
+    return attacks.pgd(
+      logits_fn,
+      x,
+      y,
+      eps=eps,
+      step_size=a.step_sizes(eps),
+      num_steps=a.num_steps,
+      keys=keys,
+      start=start,
+      unroll=a.unroll,
+      scale=a.scale,
+      box=a.box,
+      **kwargs,
+    )
 
   def sample_keys(self, key: jax.Array, local_batch: int) -> jax.Array:
     return sample_keys(key, local_batch, self.axis_name)
@@ -248,8 +265,9 @@ def corrupted_mask(batch, labels: jax.Array) -> jax.Array:
   return batch.get("corrupted", jnp.zeros(labels.shape, bool))
 
 
-def ratio_metric(name: str, values: jax.Array, groups: jax.Array, num_groups: int,
-                 axis_name: str | None) -> Metrics:
+def ratio_metric(
+  name: str, values: jax.Array, groups: jax.Array, num_groups: int, axis_name: str | None
+) -> Metrics:
   """Per-group mean of ``values`` over the global batch, as a summable pair.
 
   Returns ``{'ratio/<name>/num': [G], 'ratio/<name>/den': [G]}``; the trainer
@@ -257,25 +275,30 @@ def ratio_metric(name: str, values: jax.Array, groups: jax.Array, num_groups: in
   an exact mean over every sample seen (groups: classes, or clean/corrupted).
   """
   onehot = jax.nn.one_hot(groups, num_groups)
-  return {f"ratio/{name}/num": psum(onehot.T @ values.astype(jnp.float32), axis_name),
-          f"ratio/{name}/den": psum(onehot.sum(0), axis_name)}
+  return {
+    f"ratio/{name}/num": psum(onehot.T @ values.astype(jnp.float32), axis_name),
+    f"ratio/{name}/den": psum(onehot.sum(0), axis_name),
+  }
 
 
-def apply_gradients(state: TrainState, grads, batch_stats, ctx: StepContext,
-                    **changes) -> TrainState:
+def apply_gradients(
+  state: TrainState, grads, batch_stats, ctx: StepContext, **changes
+) -> TrainState:
   """Averages ``grads`` over devices and takes one optimiser step."""
   grads = pmean(grads, ctx.axis_name)
   updates, opt_state = ctx.tx.update(grads, state.opt_state, state.params)
   return state.replace(
-      step=state.step + 1,
-      params=optax.apply_updates(state.params, updates),
-      batch_stats=batch_stats,
-      opt_state=opt_state,
-      **changes)
+    step=state.step + 1,
+    params=optax.apply_updates(state.params, updates),
+    batch_stats=batch_stats,
+    opt_state=opt_state,
+    **changes,
+  )
 
 
-def train_step(state: TrainState, batch: dict, *, method_step: StepFn,
-               ctx: StepContext) -> tuple[TrainState, Metrics]:
+def train_step(
+  state: TrainState, batch: dict, *, method_step: StepFn, ctx: StepContext
+) -> tuple[TrainState, Metrics]:
   """The step the trainer wires: derive keys, augment on device, run the method.
 
   ``batch``: ``image`` [b, H, W, C] (uint8 or float in [0, 1]), ``label`` [b]
@@ -289,8 +312,9 @@ def train_step(state: TrainState, batch: dict, *, method_step: StepFn,
     images = augment_lib.to_float01(images)
     if ctx.augment == "none":
       return images
-    return augment_lib.augment_fn(ctx.augment)(images, sample_keys(k, images.shape[0],
-                                                                    ctx.axis_name))
+    return augment_lib.augment_fn(ctx.augment)(
+      images, sample_keys(k, images.shape[0], ctx.axis_name)
+    )
 
   batch = dict(batch, image=augment(batch["image"], aug_key))
   if "meta_image" in batch:  # augmented as the training batch (the official

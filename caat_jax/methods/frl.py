@@ -44,11 +44,18 @@ def make_step(config, ctx: base.StepContext):
       kl = (boundary_factor * losses.kl_divergence(logits, logits_adv)).mean()
       return ce + beta * kl, (logits, logits_adv, bs)
 
-    (loss, (logits, logits_adv, bs)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params)
-    metrics = base.pmean({"loss": loss, "clean_acc": losses.correct(logits, y).mean(),
-                          "adv_acc": losses.correct(logits_adv, y).mean(),
-                          "eps": eps.mean()}, axis)
+    (loss, (logits, logits_adv, bs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params
+    )
+    metrics = base.pmean(
+      {
+        "loss": loss,
+        "clean_acc": losses.correct(logits, y).mean(),
+        "adv_acc": losses.correct(logits_adv, y).mean(),
+        "eps": eps.mean(),
+      },
+      axis,
+    )
     metrics.update(base.ratio_metric("eps_per_class", eps, y, ctx.num_classes, axis))
     return base.apply_gradients(state, grads, bs, ctx), metrics
 
@@ -61,7 +68,13 @@ def validate(config) -> None:
 
 
 METHOD = base.Method(
-    "frl", make_step, cost=trades.cost, init_extra=init_extra, validate=validate,
-    epoch_hook=base.EpochHook(functools.partial(fairness.epoch_validation, always=True),
-                              fairness.epoch_update),
-    needs_meta_set=lambda config: True)
+  "frl",
+  make_step,
+  cost=trades.cost,
+  init_extra=init_extra,
+  validate=validate,
+  epoch_hook=base.EpochHook(
+    functools.partial(fairness.epoch_validation, always=True), fairness.epoch_update
+  ),
+  needs_meta_set=lambda config: True,
+)

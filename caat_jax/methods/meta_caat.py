@@ -39,14 +39,17 @@ def weighting_net(config) -> nets.WeightingNet:
 
 
 def init_extra(config, ctx: base.StepContext, key) -> dict:
-  omega = weighting_net(config).init(
-      key, jnp.zeros((1, features.NUM_FEATURES)))["params"]
-  return {"wnet": omega, "wnet_opt": optax.adam(config.meta.learning_rate).init(omega),
-          "stats": features.init_running_stats(ctx.num_classes),
-          "fair": fairness.init(ctx.num_classes)}
+  omega = weighting_net(config).init(key, jnp.zeros((1, features.NUM_FEATURES)))["params"]
+  return {
+    "wnet": omega,
+    "wnet_opt": optax.adam(config.meta.learning_rate).init(omega),
+    "stats": features.init_running_stats(ctx.num_classes),
+    "fair": fairness.init(ctx.num_classes),
+  }
 
 
 # -- choices made when the step is built ---------------------------------------
+
 
 def _weights_fn(direction: str, wnet, class_counts):
   """``fn(omega, z, y, corrupted) -> [B, 2]`` (alpha, beta) per sample
@@ -61,6 +64,7 @@ def _weights_fn(direction: str, wnet, class_counts):
     def oracle(omega, z, y, corrupted):
       beta = corrupted.astype(jnp.float32)
       return jnp.stack([1.0 - beta, beta], axis=-1)
+
     return oracle
   # "rule", Table 9's "Without": head classes (count at or above the median)
   # anti-adversarial, tail classes adversarial.
@@ -69,6 +73,7 @@ def _weights_fn(direction: str, wnet, class_counts):
   def rule(omega, z, y, corrupted):
     beta = (counts[y] >= jnp.median(counts)).astype(jnp.float32)
     return jnp.stack([1.0 - beta, beta], axis=-1)
+
   return rule
 
 
@@ -77,12 +82,14 @@ def _straight_through(weights):
   is alpha = 1[alpha >= beta], beta = 1 - alpha, and the gradient is the soft
   alpha's (a straight-through estimator: hard + (alpha - stop_gradient(alpha)),
   exactly 0 or 1 forward)."""
+
   def hard(omega, z, y, corrupted):
     w = weights(omega, z, y, corrupted)
     alpha = w[:, 0]
     chosen = jax.lax.stop_gradient((alpha >= w[:, 1]).astype(w.dtype))
     alpha = chosen + (alpha - jax.lax.stop_gradient(alpha))
     return jnp.stack([alpha, 1.0 - alpha], axis=-1)
+
   return hard
 
 
@@ -105,6 +112,7 @@ def _lookahead_fn(kind: str, optimizer_cfg):
     if trace is None:
       trace = jax.tree.map(jnp.zeros_like, state.params)
     return meta.sgd_momentum_wd_lookahead(lr, momentum, wd, trace)
+
   return momentum_wd
 
 
@@ -118,14 +126,21 @@ def make_step(config, ctx: base.StepContext):
   learned = c.direction == "combined"
   weights = weights_fn(config, ctx.class_counts)
   bound_kind = "fixed" if c.direction in FIXED_DIRECTIONS else c.bound
-  bound = bounds.bound_fn(bound_kind, ctx, grad_offset=c.grad_bound_offset,
-                          grad_point=c.grad_bound_point, anti=anti)
+  bound = bounds.bound_fn(
+    bound_kind, ctx, grad_offset=c.grad_bound_offset, grad_point=c.grad_bound_point, anti=anti
+  )
   eps_max = bounds.bound_max(bound_kind, ctx.attack.eps, c.grad_bound_offset)
   anti_bound = bounds.anti_bound_fn(config)
   factors = fairness.factors_fn(config.fairness.mode if config.fairness.enabled else None)
   lookahead = _lookahead_fn(m.lookahead, config.optimizer)
-  meta_loss = objective.meta_loss_fn(m.objective, lam, ctx, perturb.meta_perturbations(ctx),
-                                     adversary_at=m.adversary_at, factors=factors)
+  meta_loss = objective.meta_loss_fn(
+    m.objective,
+    lam,
+    ctx,
+    perturb.meta_perturbations(ctx),
+    adversary_at=m.adversary_at,
+    factors=factors,
+  )
   variant = meta.make(m)
   meta_tx = optax.adam(m.learning_rate)
   interval = int(m.interval)
@@ -142,8 +157,9 @@ def make_step(config, ctx: base.StepContext):
 
     # 1. characteristics and weights.
     clean = attack_fn(x)
-    z, stats = features.strategy_inputs(clean, y, ctx.class_counts, extra["stats"],
-                                               feature_cfg, axis, ctx.new_epoch(state.step))
+    z, stats = features.strategy_inputs(
+      clean, y, ctx.class_counts, extra["stats"], feature_cfg, axis, ctx.new_epoch(state.step)
+    )
     corrupted = base.corrupted_mask(batch, y)
     weights_fn = lambda om: weights(om, z, y, corrupted)
     w_old = weights_fn(extra["wnet"])
@@ -152,8 +168,9 @@ def make_step(config, ctx: base.StepContext):
     eps = bound(attack_fn, x, y, clean, weights=w_old, fair=extra["fair"], k_adv=k_adv, k_at=k_at)
     if anti:
       eps_at = anti_bound(eps)
-      x_adv, x_at = perturb.adversaries_and_anti(ctx, attack_fn, x, y, clean, eps=eps,
-                                                 k_adv=k_adv, k_at=k_at, eps_at=eps_at)
+      x_adv, x_at = perturb.adversaries_and_anti(
+        ctx, attack_fn, x, y, clean, eps=eps, k_adv=k_adv, k_at=k_at, eps_at=eps_at
+      )
     else:
       x_adv, x_at = perturb.adversaries(ctx, attack_fn, x, y, clean, eps, k_adv), None
     natural_factor, boundary_factor = factors(extra["fair"], y, axis)
@@ -176,10 +193,13 @@ def make_step(config, ctx: base.StepContext):
     # 4. meta step on Omega.
     def do_meta(omega, opt):
       problem = meta.MetaProblem(
-          weights_fn=weights_fn, per_sample_fn=per_sample_fn,
-          lookahead_fn=lookahead(state, lr),
-          meta_loss_fn=meta_loss(state, attack_fn, batch, k_meta_adv, k_meta_at, extra["fair"]),
-          lr=lr, axis_name=axis)
+        weights_fn=weights_fn,
+        per_sample_fn=per_sample_fn,
+        lookahead_fn=lookahead(state, lr),
+        meta_loss_fn=meta_loss(state, attack_fn, batch, k_meta_adv, k_meta_at, extra["fair"]),
+        lr=lr,
+        axis_name=axis,
+      )
       grad, info = variant(problem, omega, state.params)
       updates, opt = meta_tx.update(grad, opt, omega)
       return optax.apply_updates(omega, updates), opt, info["meta_loss"], optax.tree.norm(grad)
@@ -196,20 +216,26 @@ def make_step(config, ctx: base.StepContext):
     else:
       meta_now = state.step % interval == 0
       omega, wnet_opt, m_loss, m_norm = jax.lax.cond(
-          meta_now, do_meta, skip_meta, extra["wnet"], extra["wnet_opt"])
+        meta_now, do_meta, skip_meta, extra["wnet"], extra["wnet_opt"]
+      )
 
     # 5. the real update with the new weights.
     w_new = jax.lax.stop_gradient(weights_fn(omega)) if learned else w_old
     w_used = w_new if anti else w_new[:, :1]
     (loss, (bs, logits_clean, logits_adv, logits_anti)), grads = jax.value_and_grad(
-        lambda p: meta.weighted_loss(per_sample_fn, p, w_used), has_aux=True)(state.params)
+      lambda p: meta.weighted_loss(per_sample_fn, p, w_used), has_aux=True
+    )(state.params)
     new_extra = dict(extra, wnet=omega, wnet_opt=wnet_opt, stats=stats)
     new_state = base.apply_gradients(state, grads, bs, ctx, extra=new_extra)
 
     took_meta_step = meta_now.astype(jnp.float32)
-    metrics = {"loss": loss, "alpha": w_new[:, 0].mean(),
-               "clean_acc": losses.correct(logits_clean, y).mean(),
-               "adv_acc": losses.correct(logits_adv, y).mean(), "eps": eps.mean()}
+    metrics = {
+      "loss": loss,
+      "alpha": w_new[:, 0].mean(),
+      "clean_acc": losses.correct(logits_clean, y).mean(),
+      "adv_acc": losses.correct(logits_adv, y).mean(),
+      "eps": eps.mean(),
+    }
     if anti:
       metrics["anti_acc"] = losses.correct(logits_anti, y).mean()
       metrics["eps_anti"] = eps_at.mean()
@@ -218,8 +244,11 @@ def make_step(config, ctx: base.StepContext):
     metrics["ratio/meta_loss/num"] = (m_loss * took_meta_step)[None]
     metrics["ratio/meta_loss/den"] = took_meta_step[None]
     metrics["meta_grad_norm"] = m_norm
-    metrics.update(strategy_stats.strategy_stats(w_new[:, 0], eps, y, batch, num_classes, axis,
-                                       clean_logits=clean, eps_max=eps_max))
+    metrics.update(
+      strategy_stats.strategy_stats(
+        w_new[:, 0], eps, y, batch, num_classes, axis, clean_logits=clean, eps_max=eps_max
+      )
+    )
     return new_state, metrics
 
   return step
@@ -238,8 +267,11 @@ def cost(config) -> float:
     units += 4.0  # two input gradients, each at its attack's start point
   if c.direction != "combined":
     return units
-  objective_cost = {"clean_ce": 3.0, "robust": attack + 1.0 + 6.0,
-               "official": 2 * attack + 1.0 + 9.0}[m.objective]
+  objective_cost = {
+    "clean_ce": 3.0,
+    "robust": attack + 1.0 + 6.0,
+    "official": 2 * attack + 1.0 + 9.0,
+  }[m.objective]
   costs = meta.Costs(lookahead=9.0, objective=objective_cost, jvp=6.0, second_order=18.0)
   meta_part = meta.cost(m, costs) * m.batch_size / config.batch_size
   return units + meta_part / m.interval
@@ -253,10 +285,11 @@ def validate(config) -> None:
   choice("caat.direction", c.direction, DIRECTIONS)
   if c.direction == "oracle" and not data.has_label_noise(config.data):
     raise ConfigError(
-        "config.caat.direction='oracle' makes the corrupted samples anti-adversarial, but "
-        f"config.data.noise_rate={config.data.noise_rate!r} with config.data.noise_type="
-        f"{config.data.noise_type!r} corrupts none; add label noise or choose another "
-        "direction.")
+      "config.caat.direction='oracle' makes the corrupted samples anti-adversarial, but "
+      f"config.data.noise_rate={config.data.noise_rate!r} with config.data.noise_type="
+      f"{config.data.noise_type!r} corrupts none; add label noise or choose another "
+      "direction."
+    )
   choice("caat.weights", c.weights, WEIGHTS)
   choice("caat.bound", c.bound, bounds.BOUNDS)
   choice("caat.grad_bound_point", c.grad_bound_point, bounds.GRAD_POINTS)
@@ -273,11 +306,18 @@ def validate(config) -> None:
   fairness.validate_fairness(config)
   if c.bound == "remargin" and not config.fairness.enabled:
     raise ConfigError(
-        "config.caat.bound='remargin' takes its margins from FRL's multipliers; "
-        "set config.fairness.enabled=True (or use caat.bound='fixed' or 'grad').")
+      "config.caat.bound='remargin' takes its margins from FRL's multipliers; "
+      "set config.fairness.enabled=True (or use caat.bound='fixed' or 'grad')."
+    )
 
 
 METHOD = base.Method(
-    "meta_caat", make_step, cost=cost, init_extra=init_extra, validate=validate,
-    epoch_hook=base.EpochHook(fairness.epoch_validation, fairness.epoch_update), meta_batch=lambda config: True,
-    needs_meta_set=lambda config: True)
+  "meta_caat",
+  make_step,
+  cost=cost,
+  init_extra=init_extra,
+  validate=validate,
+  epoch_hook=base.EpochHook(fairness.epoch_validation, fairness.epoch_update),
+  meta_batch=lambda config: True,
+  needs_meta_set=lambda config: True,
+)

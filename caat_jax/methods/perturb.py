@@ -9,15 +9,15 @@ adversaries ascend KL(f(x) || f(x')), anti-adversaries descend CE(f(x'), y).
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from caat_jax import attacks
 from caat_jax.caat import bounds
 from caat_jax.methods import base
 
 
-def perturb(ctx: base.StepContext, logits_fn, x, y, clean, *, eps, keys,
-            adversary: jax.Array) -> jax.Array:
+def perturb(
+  ctx: base.StepContext, logits_fn, x, y, clean, *, eps, keys, adversary: jax.Array
+) -> jax.Array:
   """Each sample's adversary or anti-adversary, in one PGD pass (docs/method.md §2).
 
   Args:
@@ -34,31 +34,52 @@ def perturb(ctx: base.StepContext, logits_fn, x, y, clean, *, eps, keys,
     [B, H, W, C] perturbed images, sample i in B(x_i, eps_i) ∩ [0, 1] under the
     ``pixel`` threat model (``base.threat`` for the others).
   """
-  return ctx.pgd(logits_fn, x, y, keys, eps=eps, start="gaussian",
-                 sign=jnp.where(adversary, 1.0, -1.0),
-                 loss_kind=jnp.where(adversary, attacks.LOSS_KL,
-                                     attacks.LOSS_CE).astype(jnp.int32),
-                 clean_logits=clean)
+  return ctx.pgd(
+    logits_fn,
+    x,
+    y,
+    keys,
+    eps=eps,
+    start="gaussian",
+    sign=jnp.where(adversary, 1.0, -1.0),
+    loss_kind=jnp.where(adversary, attacks.LOSS_KL, attacks.LOSS_CE).astype(jnp.int32),
+    clean_logits=clean,
+  )
 
 
 def adversaries(ctx: base.StepContext, logits_fn, x, y, clean, eps, key) -> jax.Array:
   """KL adversaries of every sample (TRADES, FRL, the robust meta objective)."""
-  return perturb(ctx, logits_fn, x, y, clean, eps=eps, keys=ctx.sample_keys(key, x.shape[0]),
-                 adversary=jnp.ones((x.shape[0],), bool))
+  return perturb(
+    ctx,
+    logits_fn,
+    x,
+    y,
+    clean,
+    eps=eps,
+    keys=ctx.sample_keys(key, x.shape[0]),
+    adversary=jnp.ones((x.shape[0],), bool),
+  )
 
 
-def adversaries_and_anti(ctx: base.StepContext, logits_fn, x, y, clean, *, eps, k_adv,
-                         k_at, eps_at=None) -> tuple[jax.Array, jax.Array]:
+def adversaries_and_anti(
+  ctx: base.StepContext, logits_fn, x, y, clean, *, eps, k_adv, k_at, eps_at=None
+) -> tuple[jax.Array, jax.Array]:
   """Adversaries and anti-adversaries of the same inputs: one ``perturb`` over
   the stacked batch [x; x]; ``eps_at`` [B] the anti-adversaries' bounds
   (default ``eps``, the adversaries')."""
   b = x.shape[0]
   eps_at = eps if eps_at is None else eps_at
   both = lambda a, a2: jnp.concatenate([a, a2], axis=0)
-  out = perturb(ctx, logits_fn, both(x, x), both(y, y), both(clean, clean),
-                eps=both(eps, eps_at),
-                keys=both(ctx.sample_keys(k_adv, b), ctx.sample_keys(k_at, b)),
-                adversary=both(jnp.ones((b,), bool), jnp.zeros((b,), bool)))
+  out = perturb(
+    ctx,
+    logits_fn,
+    both(x, x),
+    both(y, y),
+    both(clean, clean),
+    eps=both(eps, eps_at),
+    keys=both(ctx.sample_keys(k_adv, b), ctx.sample_keys(k_at, b)),
+    adversary=both(jnp.ones((b,), bool), jnp.zeros((b,), bool)),
+  )
   return out[:b], out[b:]
 
 
@@ -69,10 +90,12 @@ def meta_perturbations(ctx: base.StepContext):
   at the fixed bound ``attack.eps``: KL adversaries, and with ``with_anti``
   the anti-adversaries of the same inputs in the same pass (else None).
   """
+
   def fn(logits_fn, x, y, k_adv, k_at, *, with_anti: bool):
     clean = logits_fn(x)
     eps = bounds.fixed(ctx.attack.eps, x.shape[0])
     if with_anti:
       return adversaries_and_anti(ctx, logits_fn, x, y, clean, eps=eps, k_adv=k_adv, k_at=k_at)
     return adversaries(ctx, logits_fn, x, y, clean, eps, k_adv), None
+
   return fn

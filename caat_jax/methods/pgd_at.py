@@ -12,8 +12,14 @@ def make_step(config, ctx: base.StepContext):
   def step(state, batch, key):
     x, y = batch["image"], batch["label"]
     attack_fn = ctx.eval_logits_fn(state.params, state.batch_stats)
-    x_adv = ctx.pgd(attack_fn, x, y, ctx.sample_keys(key, x.shape[0]),
-                    eps=ctx.full_eps(x.shape[0]), start="uniform")
+    x_adv = ctx.pgd(
+      attack_fn,
+      x,
+      y,
+      ctx.sample_keys(key, x.shape[0]),
+      eps=ctx.full_eps(x.shape[0]),
+      start="uniform",
+    )
 
     def loss_fn(params):
       logits, bs = ctx.train_logits(params, state.batch_stats, x_adv)
@@ -26,5 +32,4 @@ def make_step(config, ctx: base.StepContext):
   return step
 
 
-METHOD = base.Method("pgd_at", make_step,
-                     cost=lambda config: base.attack_units(config) + 3.0)
+METHOD = base.Method("pgd_at", make_step, cost=lambda config: base.attack_units(config) + 3.0)

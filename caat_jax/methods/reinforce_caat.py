@@ -50,8 +50,7 @@ BASELINES = ("auto",) + reinforce.BASELINES
 
 
 def policy_net(config) -> nets.PolicyNet:
-  return nets.PolicyNet(hidden=config.reinforce.hidden,
-                            num_bounds=len(config.reinforce.bound_set))
+  return nets.PolicyNet(hidden=config.reinforce.hidden, num_bounds=len(config.reinforce.bound_set))
 
 
 def resolved(config) -> tuple[str, str]:
@@ -68,8 +67,7 @@ def resolved(config) -> tuple[str, str]:
 def policy_optimizer(config) -> optax.GradientTransformation:
   """Descends the *negated* REINFORCE objective: 'sgd' is Eq. 35 literally,
   'adam' makes the step size insensitive to the scale of the rewards."""
-  return {"adam": optax.adam, "sgd": optax.sgd}[resolved(config)[0]](
-      config.reinforce.learning_rate)
+  return {"adam": optax.adam, "sgd": optax.sgd}[resolved(config)[0]](config.reinforce.learning_rate)
 
 
 def bound_values(config) -> jax.Array:
@@ -79,9 +77,13 @@ def bound_values(config) -> jax.Array:
 
 def init_extra(config, ctx: base.StepContext, key) -> dict:
   omega = policy_net(config).init(key, jnp.zeros((1, features.NUM_FEATURES)))["params"]
-  return {"policy": omega, "policy_opt": policy_optimizer(config).init(omega),
-          "stats": features.init_running_stats(ctx.num_classes),
-          "reward_ema": reinforce.init_ema(), "fair": fairness.init(ctx.num_classes)}
+  return {
+    "policy": omega,
+    "policy_opt": policy_optimizer(config).init(omega),
+    "stats": features.init_running_stats(ctx.num_classes),
+    "reward_ema": reinforce.init_ema(),
+    "fair": fairness.init(ctx.num_classes),
+  }
 
 
 def _select(pred, new, old):
@@ -111,18 +113,28 @@ def _reward_fn(config, ctx: base.StepContext):
   as an adversary / an anti-adversary."""
   r, axis = config.reinforce, ctx.axis_name
   if r.reward == "paper":
+
     def paper(state, batch, *, attack_fn, per_sample_fn, direction, l0, l1, lr, key):
       del state, batch, attack_fn, per_sample_fn, lr, key
       paper_reward = reinforce.paper_rewards(direction, l0, l1)
-      return paper_reward, {"paper": paper_reward, "lookahead": jnp.zeros_like(paper_reward),
-                            "meta_loss": jnp.zeros((), jnp.float32)}
+      return paper_reward, {
+        "paper": paper_reward,
+        "lookahead": jnp.zeros_like(paper_reward),
+        "meta_loss": jnp.zeros((), jnp.float32),
+      }
+
     return paper
 
   # The meta gradient is taken at W, so the meta adversaries are W's; with
   # fairness on, the meta loss carries FRL's class weights (as Meta-CAAT's).
   meta_loss = objective.meta_loss_fn(
-      "robust", float(r.meta_lam), ctx, perturb.meta_perturbations(ctx), adversary_at="current",
-      factors=fairness.factors_fn(config.fairness.mode if config.fairness.enabled else None))
+    "robust",
+    float(r.meta_lam),
+    ctx,
+    perturb.meta_perturbations(ctx),
+    adversary_at="current",
+    factors=fairness.factors_fn(config.fairness.mode if config.fairness.enabled else None),
+  )
   mix = float(r.reward_mix)
 
   def lookahead(state, batch, *, attack_fn, per_sample_fn, direction, l0, l1, lr, key):
@@ -130,9 +142,13 @@ def _reward_fn(config, ctx: base.StepContext):
     meta_fn = meta_loss(state, attack_fn, batch, k_adv, k_at, state.extra["fair"])
     m_loss, g_meta = jax.value_and_grad(meta_fn)(state.params)
     problem = meta.MetaProblem(
-        weights_fn=lambda omega: jnp.ones((direction.shape[0], 1)),
-        per_sample_fn=per_sample_fn, lookahead_fn=meta.sgd_lookahead(lr),
-        meta_loss_fn=meta_fn, lr=lr, axis_name=axis)
+      weights_fn=lambda omega: jnp.ones((direction.shape[0], 1)),
+      per_sample_fn=per_sample_fn,
+      lookahead_fn=meta.sgd_lookahead(lr),
+      meta_loss_fn=meta_fn,
+      lr=lr,
+      axis_name=axis,
+    )
     # one JVP gives every <grad L_meta, grad l_i> (docs/method.md §5's jvp machinery)
     dots = meta_jvp.per_sample_dots(problem, state.params, problem.pmean(g_meta))[:, 0]
     n = base.psum(jnp.asarray(direction.shape[0], jnp.float32), axis)
@@ -141,8 +157,12 @@ def _reward_fn(config, ctx: base.StepContext):
     reward = reinforce.standardize(lookahead_reward, axis)
     if mix:
       reward = reward + mix * paper_reward
-    return reward, {"paper": paper_reward, "lookahead": lookahead_reward,
-                    "meta_loss": base.pmean(m_loss, axis)}
+    return reward, {
+      "paper": paper_reward,
+      "lookahead": lookahead_reward,
+      "meta_loss": base.pmean(m_loss, axis),
+    }
+
   return lookahead
 
 
@@ -154,8 +174,11 @@ def make_step(config, ctx: base.StepContext):
   lookahead = r.reward == "lookahead"
   net, tx, bound_set = policy_net(config), policy_optimizer(config), bound_values(config)
   # Fig. 8c's bin range: the largest bound times the largest ReMargin factor
-  eps_max = float(max(config.reinforce.bound_set)) / 255.0 * (
-      fairness.MARGIN_RANGE[1] if _remargin(config) else 1.0)
+  eps_max = (
+    float(max(config.reinforce.bound_set))
+    / 255.0
+    * (fairness.MARGIN_RANGE[1] if _remargin(config) else 1.0)
+  )
   factors = fairness.factors_fn(config.fairness.mode if config.fairness.enabled else None)
   margins = _margins_fn(config)
   anti_bound = bounds.anti_bound_fn(config)
@@ -170,8 +193,9 @@ def make_step(config, ctx: base.StepContext):
     # 1. characteristics from the clean logits (inference mode).
     attack_fn = ctx.eval_logits_fn(state.params, state.batch_stats)
     clean = attack_fn(x)
-    z, stats = features.strategy_inputs(clean, y, ctx.class_counts, extra["stats"], c,
-                                               axis, ctx.new_epoch(state.step))
+    z, stats = features.strategy_inputs(
+      clean, y, ctx.class_counts, extra["stats"], c, axis, ctx.new_epoch(state.step)
+    )
     policy_fn = lambda omega: net.apply({"params": omega}, z)
     logits = policy_fn(extra["policy"])  # [B, 2, K]
 
@@ -182,8 +206,9 @@ def make_step(config, ctx: base.StepContext):
     eps = jnp.where(is_adv, eps, anti_bound(eps))  # caat.anti_bound_scale / _cap
 
     # 3. adversaries and anti-adversaries in one attack pass.
-    x_tilde = perturb.perturb(ctx, attack_fn, x, y, clean, eps=eps,
-                              keys=ctx.sample_keys(k_attack, b), adversary=is_adv)
+    x_tilde = perturb.perturb(
+      ctx, attack_fn, x, y, clean, eps=eps, keys=ctx.sample_keys(k_attack, b), adversary=is_adv
+    )
     natural_factor, boundary_factor = factors(extra["fair"], y, axis)
 
     # 4. Eq. 31 on the classifier.
@@ -193,37 +218,61 @@ def make_step(config, ctx: base.StepContext):
       logits_tilde, bs = ctx.train_logits(params, bs, x_tilde)
       ce = losses.cross_entropy(logits_clean, y)
       # adversaries: L0; anti-adversaries: L1 (Eq. 31)
-      l0 = natural_factor * ce + lam * boundary_factor * losses.kl_divergence(logits_clean,
-                                                                            logits_tilde)
+      l0 = natural_factor * ce + lam * boundary_factor * losses.kl_divergence(
+        logits_clean, logits_tilde
+      )
       l1 = natural_factor * losses.cross_entropy(logits_tilde, y)
       return jnp.where(is_adv, l0, l1)[:, None], (bs, ce, l0, l1, logits_clean, logits_tilde)
 
     (loss, (bs, ce, l0, l1, logits_clean, logits_tilde)), grads = jax.value_and_grad(
-        lambda p: meta.weighted_loss(per_sample_fn, p, jnp.ones((b, 1))),
-        has_aux=True)(state.params)
+      lambda p: meta.weighted_loss(per_sample_fn, p, jnp.ones((b, 1))), has_aux=True
+    )(state.params)
     l0, l1 = jax.lax.stop_gradient(l0), jax.lax.stop_gradient(l1)
 
     # 5. REINFORCE on Omega after every K-th classifier step (Algorithm 2).
     def update(carry):
       omega, opt, ema = carry
-      reward, info = reward_fn(state, batch, attack_fn=attack_fn, per_sample_fn=per_sample_fn,
-                               direction=direction, l0=l0, l1=l1, lr=ctx.schedule(state.step),
-                               key=k_meta)
+      reward, info = reward_fn(
+        state,
+        batch,
+        attack_fn=attack_fn,
+        per_sample_fn=per_sample_fn,
+        direction=direction,
+        l0=l0,
+        l1=l1,
+        lr=ctx.schedule(state.step),
+        key=k_meta,
+      )
       adv = reinforce.advantages(reward, baseline, ema=ema, momentum=momentum, axis_name=axis)
       if lookahead:  # unit-variance advantages: the policy's step ignores the reward scale
         adv = reinforce.standardize(adv, axis)
-      pgrad = base.pmean(jax.grad(lambda om: -reinforce.objective(
-          policy_fn(om), direction, bound, adv, entropy_bonus))(omega), axis)
+      pgrad = base.pmean(
+        jax.grad(
+          lambda om: -reinforce.objective(policy_fn(om), direction, bound, adv, entropy_bonus)
+        )(omega),
+        axis,
+      )
       updates, opt = tx.update(pgrad, opt, omega)
       info = dict(info, reward=reward, grad_norm=optax.tree.norm(pgrad))
-      return ((optax.apply_updates(omega, updates), opt,
-               reinforce.ema_update(ema, reward, momentum, axis)), info)
+      return (
+        (
+          optax.apply_updates(omega, updates),
+          opt,
+          reinforce.ema_update(ema, reward, momentum, axis),
+        ),
+        info,
+      )
 
     def skip(carry):
       zeros = jnp.zeros((b,), jnp.float32)
       scalar = jnp.zeros((), jnp.float32)
-      return carry, {"paper": zeros, "lookahead": zeros, "meta_loss": scalar,
-                     "reward": zeros, "grad_norm": scalar}
+      return carry, {
+        "paper": zeros,
+        "lookahead": zeros,
+        "meta_loss": scalar,
+        "reward": zeros,
+        "grad_norm": scalar,
+      }
 
     carry = (extra["policy"], extra["policy_opt"], extra["reward_ema"])
     update_now = (state.step + 1) % k == 0
@@ -240,9 +289,21 @@ def make_step(config, ctx: base.StepContext):
     new_state = base.apply_gradients(state, grads, bs, ctx, extra=new_extra)
 
     metrics = strategy_stats.reinforce_metrics(
-        policy_logits=logits, direction=direction, eps=eps, labels=y, batch=batch, loss=loss,
-        logits_clean=logits_clean, logits_tilde=logits_tilde, update_now=update_now, info=info,
-        num_classes=num_classes, axis=axis, eps_max=eps_max, clean_eval_logits=clean)
+      policy_logits=logits,
+      direction=direction,
+      eps=eps,
+      labels=y,
+      batch=batch,
+      loss=loss,
+      logits_clean=logits_clean,
+      logits_tilde=logits_tilde,
+      update_now=update_now,
+      info=info,
+      num_classes=num_classes,
+      axis=axis,
+      eps_max=eps_max,
+      clean_eval_logits=clean,
+    )
     return new_state, metrics
 
   return step
@@ -258,11 +319,16 @@ def validate(config) -> None:
   choice("reinforce.optimizer", r.optimizer, OPTIMIZERS)
   check("reinforce.learning_rate", r.learning_rate > 0, r.learning_rate, "> 0")
   check("reinforce.hidden", r.hidden >= 1, r.hidden, ">= 1")
-  check("reinforce.bound_set", len(r.bound_set) >= 1 and all(v > 0 for v in r.bound_set),
-        r.bound_set, "a non-empty tuple of positive bounds in 1/255 units")
+  check(
+    "reinforce.bound_set",
+    len(r.bound_set) >= 1 and all(v > 0 for v in r.bound_set),
+    r.bound_set,
+    "a non-empty tuple of positive bounds in 1/255 units",
+  )
   choice("reinforce.baseline", r.baseline, BASELINES)
-  check("reinforce.baseline_momentum", 0 <= r.baseline_momentum < 1, r.baseline_momentum,
-        "in [0, 1)")
+  check(
+    "reinforce.baseline_momentum", 0 <= r.baseline_momentum < 1, r.baseline_momentum, "in [0, 1)"
+  )
   check("reinforce.entropy_bonus", r.entropy_bonus >= 0, r.entropy_bonus, ">= 0")
   if r.reward == "lookahead":
     check("meta.batch_size", config.meta.batch_size >= 1, config.meta.batch_size, ">= 1")
@@ -288,8 +354,12 @@ def cost(config) -> float:
 
 
 METHOD = base.Method(
-    "reinforce_caat", make_step, cost=cost, init_extra=init_extra, validate=validate,
-    epoch_hook=base.EpochHook(fairness.epoch_validation, fairness.epoch_update),
-    meta_batch=lambda config: config.reinforce.reward == "lookahead",
-    needs_meta_set=lambda config: (config.reinforce.reward == "lookahead"
-                                   or config.fairness.enabled))
+  "reinforce_caat",
+  make_step,
+  cost=cost,
+  init_extra=init_extra,
+  validate=validate,
+  epoch_hook=base.EpochHook(fairness.epoch_validation, fairness.epoch_update),
+  meta_batch=lambda config: config.reinforce.reward == "lookahead",
+  needs_meta_set=lambda config: config.reinforce.reward == "lookahead" or config.fairness.enabled,
+)

@@ -28,11 +28,15 @@ def make_step(config, ctx: base.StepContext):
       kl = losses.kl_divergence(logits, logits_adv).mean()
       return ce + beta * kl, (logits, logits_adv, bs, kl)
 
-    (loss, (logits, logits_adv, bs, kl)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params)
-    metrics = {"loss": loss, "kl": kl,
-               "clean_acc": losses.correct(logits, y).mean(),
-               "adv_acc": losses.correct(logits_adv, y).mean()}
+    (loss, (logits, logits_adv, bs, kl)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params
+    )
+    metrics = {
+      "loss": loss,
+      "kl": kl,
+      "clean_acc": losses.correct(logits, y).mean(),
+      "adv_acc": losses.correct(logits_adv, y).mean(),
+    }
     return base.apply_gradients(state, grads, bs, ctx), base.pmean(metrics, ctx.axis_name)
 
   return step

@@ -25,28 +25,31 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from caat_jax.models.preact_resnet import PreActResNet
-from caat_jax.models.preact_resnet import PreActResNet18
-from caat_jax.models.resnet import ResNet
-from caat_jax.models.resnet import ResNet50
+from caat_jax.models.preact_resnet import PreActResNet, PreActResNet18
+from caat_jax.models.resnet import ResNet, ResNet50
 from caat_jax.models.small_cnn import SmallCNN
-from caat_jax.models.wide_resnet import WideResNet
-from caat_jax.models.wide_resnet import WRN28_10
-from caat_jax.models.wide_resnet import WRN34_10
+from caat_jax.models.wide_resnet import WRN28_10, WRN34_10, WideResNet
 
 _REGISTRY = {
-    'small_cnn': SmallCNN,
-    'preact_resnet18': PreActResNet18,
-    'wrn28_10': WRN28_10,
-    'wrn34_10': WRN34_10,
-    'resnet50': ResNet50,
+  "small_cnn": SmallCNN,
+  "preact_resnet18": PreActResNet18,
+  "wrn28_10": WRN28_10,
+  "wrn34_10": WRN34_10,
+  "resnet50": ResNet50,
 }
 MODELS = tuple(_REGISTRY)
 
 
-def get_model(name: str, *, num_classes: int, mean: Sequence[float],
-              std: Sequence[float], dtype=jnp.float32,
-              axis_name: str | None = None, **kwargs) -> nn.Module:
+def get_model(
+  name: str,
+  *,
+  num_classes: int,
+  mean: Sequence[float],
+  std: Sequence[float],
+  dtype=jnp.float32,
+  axis_name: str | None = None,
+  **kwargs,
+) -> nn.Module:
   """Builds a classifier by name.
 
   Args:
@@ -67,15 +70,27 @@ def get_model(name: str, *, num_classes: int, mean: Sequence[float],
     ValueError: for an unknown ``name``.
   """
   if name not in _REGISTRY:
-    raise ValueError(f'Unknown model {name!r}; expected one of {MODELS}.')
+    raise ValueError(f"Unknown model {name!r}; expected one of {MODELS}.")
   # Tuples, not lists: module attributes must be hashable for jit static args.
   return _REGISTRY[name](
-      num_classes=num_classes, mean=tuple(float(m) for m in mean),
-      std=tuple(float(s) for s in std), dtype=dtype, axis_name=axis_name,
-      **kwargs)
+    num_classes=num_classes,
+    mean=tuple(float(m) for m in mean),
+    std=tuple(float(s) for s in std),
+    dtype=dtype,
+    axis_name=axis_name,
+    **kwargs,
+  )
 
 
 __all__ = [
-    'MODELS', 'get_model', 'PreActResNet', 'PreActResNet18', 'ResNet',
-    'ResNet50', 'SmallCNN', 'WideResNet', 'WRN28_10', 'WRN34_10',
+  "MODELS",
+  "get_model",
+  "PreActResNet",
+  "PreActResNet18",
+  "ResNet",
+  "ResNet50",
+  "SmallCNN",
+  "WideResNet",
+  "WRN28_10",
+  "WRN34_10",
 ]

@@ -9,14 +9,20 @@ the head are otherwise never normalised), global average pool and dense.
 11,172,170 parameters for 10 classes (counting BatchNorm scales and biases).
 """
 
-from collections.abc import Sequence
 import functools
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from caat_jax.models.layers import (Dtype, batch_norm, classifier_head, conv, normalize,
-                                    residual_stages)
+from caat_jax.models.layers import (
+  Dtype,
+  batch_norm,
+  classifier_head,
+  conv,
+  normalize,
+  residual_stages,
+)
 
 
 class PreActBlock(nn.Module):
@@ -30,6 +36,7 @@ class PreActBlock(nn.Module):
     features: output channels.
     stride: stride of the first conv and of the projection shortcut.
   """
+
   features: int
   stride: int = 1
   dtype: Dtype = jnp.float32
@@ -39,15 +46,14 @@ class PreActBlock(nn.Module):
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
     """[B, H, W, C_in] -> [B, H / stride, W / stride, features]."""
     bn = functools.partial(batch_norm, train, self.axis_name, self.dtype)
-    out = nn.relu(bn(name='bn1')(x))
+    out = nn.relu(bn(name="bn1")(x))
     if self.stride != 1 or x.shape[-1] != self.features:
-      shortcut = conv(self.features, 1, self.stride, self.dtype,
-                      name='proj_conv')(out)
+      shortcut = conv(self.features, 1, self.stride, self.dtype, name="proj_conv")(out)
     else:
       shortcut = x
-    out = conv(self.features, 3, self.stride, self.dtype, name='conv1')(out)
-    out = nn.relu(bn(name='bn2')(out))
-    out = conv(self.features, 3, 1, self.dtype, name='conv2')(out)
+    out = conv(self.features, 3, self.stride, self.dtype, name="conv1")(out)
+    out = nn.relu(bn(name="bn2")(out))
+    out = conv(self.features, 3, 1, self.dtype, name="conv2")(out)
     return out + shortcut
 
 
@@ -61,6 +67,7 @@ class PreActResNet(nn.Module):
     dtype: compute dtype; parameters and logits stay float32.
     axis_name: device axis for BatchNorm statistics under pmap / shard_map.
   """
+
   stage_sizes: Sequence[int]
   num_classes: int
   mean: Sequence[float]
@@ -72,13 +79,18 @@ class PreActResNet(nn.Module):
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
     """[B, H, W, C] pixels in [0, 1] -> float32 logits [B, num_classes]."""
     x = normalize(x, self.mean, self.std, self.dtype)
-    x = conv(64, 3, 1, self.dtype, name='stem_conv')(x)
+    x = conv(64, 3, 1, self.dtype, name="stem_conv")(x)
     x = residual_stages(
-        x, PreActBlock, widths=[64 * 2**i for i in range(len(self.stage_sizes))],
-        depths=self.stage_sizes, strides=[1] + [2] * (len(self.stage_sizes) - 1),
-        train=train, dtype=self.dtype, axis_name=self.axis_name)
-    x = nn.relu(batch_norm(train, self.axis_name, self.dtype,
-                           name='final_bn')(x))
+      x,
+      PreActBlock,
+      widths=[64 * 2**i for i in range(len(self.stage_sizes))],
+      depths=self.stage_sizes,
+      strides=[1] + [2] * (len(self.stage_sizes) - 1),
+      train=train,
+      dtype=self.dtype,
+      axis_name=self.axis_name,
+    )
+    x = nn.relu(batch_norm(train, self.axis_name, self.dtype, name="final_bn")(x))
     return classifier_head(x, self.num_classes, self.dtype)
 
 

@@ -8,14 +8,20 @@ global average pool, dense. 25,557,032 parameters with 1000 classes, the same as
 torchvision, so PyTorch checkpoints map one to one.
 """
 
-from collections.abc import Sequence
 import functools
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from caat_jax.models.layers import (Dtype, batch_norm, classifier_head, conv, normalize,
-                                    residual_stages)
+from caat_jax.models.layers import (
+  Dtype,
+  batch_norm,
+  classifier_head,
+  conv,
+  normalize,
+  residual_stages,
+)
 
 
 class Bottleneck(nn.Module):
@@ -25,6 +31,7 @@ class Bottleneck(nn.Module):
     width: channels of the inner 1x1 / 3x3 convs; the block outputs 4 * width.
     stride: stride of the 3x3 conv (and of the projection shortcut).
   """
+
   width: int
   stride: int = 1
   dtype: Dtype = jnp.float32
@@ -39,8 +46,8 @@ class Bottleneck(nn.Module):
     y = nn.relu(bn()(conv(self.width, 3, self.stride, self.dtype)(y)))
     y = bn()(conv(out_features, 1, 1, self.dtype)(y))
     if self.stride != 1 or x.shape[-1] != out_features:
-      x = conv(out_features, 1, self.stride, self.dtype, name='proj_conv')(x)
-      x = bn(name='proj_bn')(x)
+      x = conv(out_features, 1, self.stride, self.dtype, name="proj_conv")(x)
+      x = bn(name="proj_bn")(x)
     return nn.relu(x + y)
 
 
@@ -54,6 +61,7 @@ class ResNet(nn.Module):
     dtype: compute dtype; parameters and logits stay float32.
     axis_name: device axis for BatchNorm statistics under pmap / shard_map.
   """
+
   stage_sizes: Sequence[int]
   num_classes: int
   mean: Sequence[float]
@@ -65,14 +73,19 @@ class ResNet(nn.Module):
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
     """[B, H, W, 3] pixels in [0, 1] -> float32 logits [B, num_classes]."""
     x = normalize(x, self.mean, self.std, self.dtype)
-    x = conv(64, 7, 2, self.dtype, name='stem_conv')(x)
-    x = nn.relu(batch_norm(train, self.axis_name, self.dtype,
-                           name='stem_bn')(x))
+    x = conv(64, 7, 2, self.dtype, name="stem_conv")(x)
+    x = nn.relu(batch_norm(train, self.axis_name, self.dtype, name="stem_bn")(x))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     x = residual_stages(
-        x, Bottleneck, widths=[64 * 2**i for i in range(len(self.stage_sizes))],
-        depths=self.stage_sizes, strides=[1] + [2] * (len(self.stage_sizes) - 1),
-        train=train, dtype=self.dtype, axis_name=self.axis_name)
+      x,
+      Bottleneck,
+      widths=[64 * 2**i for i in range(len(self.stage_sizes))],
+      depths=self.stage_sizes,
+      strides=[1] + [2] * (len(self.stage_sizes) - 1),
+      train=train,
+      dtype=self.dtype,
+      axis_name=self.axis_name,
+    )
     return classifier_head(x, self.num_classes, self.dtype)
 
 

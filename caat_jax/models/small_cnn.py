@@ -7,8 +7,8 @@ and cross-device behaviour as the ResNets, so tests on it exercise the code
 paths the big models take. With ``width = 32`` it has about 94K parameters.
 """
 
-from collections.abc import Sequence
 import functools
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -26,6 +26,7 @@ class SmallCNN(nn.Module):
     dtype: compute dtype; parameters and logits stay float32.
     axis_name: device axis for BatchNorm statistics under pmap / shard_map.
   """
+
   num_classes: int
   mean: Sequence[float]
   std: Sequence[float]

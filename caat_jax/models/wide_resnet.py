@@ -9,16 +9,21 @@ it takes no part in the forward pass and is not built here.) Dropout is left
 out: the adversarial-training recipes use ``dropRate = 0``.
 """
 
-from collections.abc import Sequence
 import functools
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from caat_jax.models import preact_resnet
-from caat_jax.models.layers import (Dtype, batch_norm, classifier_head, conv, normalize,
-                                    residual_stages)
-
+from caat_jax.models.layers import (
+  Dtype,
+  batch_norm,
+  classifier_head,
+  conv,
+  normalize,
+  residual_stages,
+)
 
 # The WRN block of the TRADES / Madry code is exactly the pre-activation basic
 # block: BN-ReLU-conv3x3-BN-ReLU-conv3x3, with the 1x1 projection shortcut
@@ -37,6 +42,7 @@ class WideResNet(nn.Module):
     dtype: compute dtype; parameters and logits stay float32.
     axis_name: device axis for BatchNorm statistics under pmap / shard_map.
   """
+
   depth: int
   widen_factor: int
   num_classes: int
@@ -49,16 +55,21 @@ class WideResNet(nn.Module):
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
     """[B, H, W, C] pixels in [0, 1] -> float32 logits [B, num_classes]."""
     if (self.depth - 4) % 6:
-      raise ValueError(f'WideResNet depth must be 6n + 4, got {self.depth}.')
+      raise ValueError(f"WideResNet depth must be 6n + 4, got {self.depth}.")
     blocks_per_stage = (self.depth - 4) // 6
     x = normalize(x, self.mean, self.std, self.dtype)
-    x = conv(16, 3, 1, self.dtype, name='stem_conv')(x)
+    x = conv(16, 3, 1, self.dtype, name="stem_conv")(x)
     x = residual_stages(
-        x, WideBlock, widths=[16 * 2**i * self.widen_factor for i in range(3)],
-        depths=[blocks_per_stage] * 3, strides=(1, 2, 2), train=train,
-        dtype=self.dtype, axis_name=self.axis_name)
-    x = nn.relu(batch_norm(train, self.axis_name, self.dtype,
-                           name='final_bn')(x))
+      x,
+      WideBlock,
+      widths=[16 * 2**i * self.widen_factor for i in range(3)],
+      depths=[blocks_per_stage] * 3,
+      strides=(1, 2, 2),
+      train=train,
+      dtype=self.dtype,
+      axis_name=self.axis_name,
+    )
+    x = nn.relu(batch_norm(train, self.axis_name, self.dtype, name="final_bn")(x))
     return classifier_head(x, self.num_classes, self.dtype)
 
 

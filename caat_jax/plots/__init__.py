@@ -28,19 +28,41 @@ A figure no run has data for is skipped with one printed line.
 import os
 
 from caat_jax.plots.class_errors import draw_per_class_errors
-from caat_jax.plots.figures import (FIGURES, draw_bound_vs_margin, draw_clean_vs_corrupted,
-                                    draw_strategy_per_class, draw_training_curves)
-from caat_jax.plots.style import Skip
+from caat_jax.plots.figures import (
+  FIGURES,
+  draw_bound_vs_margin,
+  draw_clean_vs_corrupted,
+  draw_strategy_per_class,
+  draw_training_curves,
+)
 from caat_jax.plots.runs import Group, NoRunsError, RunRecord, discover_runs, group_runs
+from caat_jax.plots.style import Skip
 
-__all__ = ["draw_all", "discover_runs", "group_runs", "RunRecord", "Group", "NoRunsError", "Skip",
-           "draw_per_class_errors", "draw_training_curves", "draw_strategy_per_class",
-           "draw_clean_vs_corrupted", "draw_bound_vs_margin", "FIGURES"]
+__all__ = [
+  "draw_all",
+  "discover_runs",
+  "group_runs",
+  "RunRecord",
+  "Group",
+  "NoRunsError",
+  "Skip",
+  "draw_per_class_errors",
+  "draw_training_curves",
+  "draw_strategy_per_class",
+  "draw_clean_vs_corrupted",
+  "draw_bound_vs_margin",
+  "FIGURES",
+]
 
 
-def draw_all(workdir: str, out: str | None = None,
-             labels: dict[str, str] | None = None, *, only_labelled: bool = False,
-             formats: tuple[str, ...] = ("png", "svg")) -> list[str]:
+def draw_all(
+  workdir: str,
+  out: str | None = None,
+  labels: dict[str, str] | None = None,
+  *,
+  only_labelled: bool = False,
+  formats: tuple[str, ...] = ("png", "svg"),
+) -> list[str]:
   """Draws every figure of the runs under ``workdir`` into ``out``.
 
   Args:

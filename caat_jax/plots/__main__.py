@@ -32,11 +32,15 @@ def main(argv):
 
 
 def _define_flags():
-  flags.DEFINE_string("workdir", None,
-                      "A run directory, or a directory holding runs at any depth "
-                      "(experiment rows DIR/<row>/seed<k>/, suites DIR/<method>/).")
-  flags.DEFINE_string("out", None, "Where to write the PNG and SVG files (default "
-                      "WORKDIR/figures).")
+  flags.DEFINE_string(
+    "workdir",
+    None,
+    "A run directory, or a directory holding runs at any depth "
+    "(experiment rows DIR/<row>/seed<k>/, suites DIR/<method>/).",
+  )
+  flags.DEFINE_string(
+    "out", None, "Where to write the PNG and SVG files (default WORKDIR/figures)."
+  )
   flags.mark_flags_as_required(["workdir"])
 
 

@@ -6,12 +6,12 @@ import re
 import matplotlib
 
 matplotlib.use("Agg")
-from matplotlib.figure import Figure  # noqa: E402  (the backend must be set first)
 import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402  (the backend must be set first)
 
 from caat_jax.plots.runs import Group, mean_std  # noqa: E402
-from caat_jax.plots.style import (PIXEL, Skip, class_name, color, finish,  # noqa: E402
-                                  seeds_note)
+from caat_jax.plots.style import PIXEL, Skip, class_name, color, finish, seeds_note  # noqa: E402
+
 
 def _slug(text: str) -> str:
   return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
@@ -36,8 +36,10 @@ def draw_per_class_errors(groups: list[Group]) -> dict[str, Figure]:
   bar per row side by side (mean over seeds, std error bars)."""
   keys = eval_keys(groups)
   if not keys:
-    raise Skip("no run has an evaluation document (eval.json or eval_<attack>.json "
-               "with per_class natural and robust errors)")
+    raise Skip(
+      "no run has an evaluation document (eval.json or eval_<attack>.json "
+      "with per_class natural and robust errors)"
+    )
   figs = {}
   for dataset, attack, eps in keys:
     stem = f"per_class_errors_{dataset}_{attack}" if dataset else f"per_class_errors_{attack}"
@@ -54,30 +56,46 @@ def _per_class_figure(groups, dataset, attack, eps) -> Figure:
     if docs:
       sel.append((i, g, docs))
   eps_text = f"$\\epsilon$ = {eps * PIXEL:.3g}/255" if eps is not None else "eps unknown"
-  num_classes = max(len(d["per_class"][k]) for _, _, docs in sel for d in docs
-                    for k in ("natural", "robust"))
+  num_classes = max(
+    len(d["per_class"][k]) for _, _, docs in sel for d in docs for k in ("natural", "robust")
+  )
   fig = Figure(figsize=(min(24.0, max(9.0, (0.5 + 0.25 * len(sel)) * num_classes)), 7.2))
   axes = fig.subplots(2, 1, squeeze=False)[:, 0]
   width = 0.8 / len(sel)
-  for ax, kind, title in zip(axes, ("natural", "robust"),
-                             ("natural error (clean test points)",
-                              f"robust error ({attack}, {eps_text})")):
+  for ax, kind, title in zip(
+    axes,
+    ("natural", "robust"),
+    ("natural error (clean test points)", f"robust error ({attack}, {eps_text})"),
+  ):
     top = 100.0
     for j, (i, g, docs) in enumerate(sel):
       mean, std = mean_std([d["per_class"][kind] for d in docs])
       top = max(top, float(np.nanmax(mean + std)))
       x = np.arange(len(mean)) + (j - (len(sel) - 1) / 2) * width
       label = f"{g.legend}, class mean {np.nanmean(mean):.1f}%, worst {np.nanmax(mean):.1f}%"
-      ax.bar(x, mean, width, yerr=std if len(docs) > 1 else None, capsize=2, label=label,
-             color=color(i), error_kw={"elinewidth": 0.8})
+      ax.bar(
+        x,
+        mean,
+        width,
+        yerr=std if len(docs) > 1 else None,
+        capsize=2,
+        label=label,
+        color=color(i),
+        error_kw={"elinewidth": 0.8},
+      )
     ax.set(title=title, ylabel="error (% of the class's test points)", ylim=(0, top + 5))
-    ax.set_xticks(np.arange(num_classes),
-                  [class_name(dataset, k) for k in range(num_classes)], fontsize=8)
+    ax.set_xticks(
+      np.arange(num_classes), [class_name(dataset, k) for k in range(num_classes)], fontsize=8
+    )
     ax.set_xlabel("class")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
   points = sorted({d.get("num_examples") for _, _, docs in sel for d in docs} - {None})
   where = f"{dataset}, " if dataset else ""
   npts = f", {'/'.join(map(str, points))} test points" if points else ""
-  finish(fig, axes, f"Per-class errors ({where}{attack}{npts}; Figs. 11-12)"
-          + seeds_note([g for _, g, _ in sel], "error bars"))
+  finish(
+    fig,
+    axes,
+    f"Per-class errors ({where}{attack}{npts}; Figs. 11-12)"
+    + seeds_note([g for _, g, _ in sel], "error bars"),
+  )
   return fig

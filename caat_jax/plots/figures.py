@@ -1,6 +1,8 @@
-"""The figures drawn from training logs, and the list of all figures. Each ``draw_*`` takes the row groups (``runs.group_runs``) and
-returns {file stem: matplotlib Figure}, or raises ``Skip`` naming the keys no
-run holds. Lines are the mean over a row's seeds, shaded +-1 std; bars carry
+"""The figures drawn from training logs, and the list of all figures.
+
+Each ``draw_*`` takes the row groups (``runs.group_runs``) and returns
+{file stem: matplotlib Figure}, or raises ``Skip`` naming the keys no run
+holds. Lines are the mean over a row's seeds, shaded +-1 std; bars carry
 std error bars. Bounds are logged in [0, 1] pixel units and drawn in 1/255.
 """
 
@@ -9,29 +11,58 @@ import warnings
 import matplotlib
 
 matplotlib.use("Agg")
-from matplotlib.figure import Figure  # noqa: E402  (the backend must be set first)
 import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402  (the backend must be set first)
 
 from caat_jax.plots import class_errors  # noqa: E402
 from caat_jax.plots.runs import Group, has_key, mean_std, series  # noqa: E402
-from caat_jax.plots.style import (BOUND_LABEL, PIXEL, RATIO_LABEL, STEP_LABEL,  # noqa: E402
-                                  Skip, class_name, color, dataset_of, finish, line,
-                                  missing, num_entries, seeds_note)
+from caat_jax.plots.style import (  # noqa: E402
+  BOUND_LABEL,
+  PIXEL,
+  RATIO_LABEL,
+  STEP_LABEL,
+  Skip,
+  class_name,
+  color,
+  dataset_of,
+  finish,
+  line,
+  missing,
+  num_entries,
+  seeds_note,
+)
 
 # -- training curves -----------------------------------------------------------
 
 # (title, y label, scale, [(key, kind shown in the legend, line style)])
 TRAINING_PANELS = (
-    ("training loss", "loss (each method's own training objective)", 1.0,
-     [("train/loss", "", "-")]),
-    ("accuracy on the training batches", "accuracy (%)", 100.0,
-     [("train/clean_acc", "clean", "-"), ("train/adv_acc", "adversarial", "--"),
-      ("train/anti_acc", "anti-adversarial", ":")]),
-    ("meta loss (meta batch, at meta-update steps)", "meta loss", 1.0,
-     [("train/meta_loss", "", "-")]),
-    ("policy entropy (Reinforce strategy)", "entropy (nats)", 1.0,
-     [("train/entropy", "joint (direction, bound)", "-"),
-      ("train/entropy_direction", "direction", "--"), ("train/entropy_bound", "bound", ":")]),
+  ("training loss", "loss (each method's own training objective)", 1.0, [("train/loss", "", "-")]),
+  (
+    "accuracy on the training batches",
+    "accuracy (%)",
+    100.0,
+    [
+      ("train/clean_acc", "clean", "-"),
+      ("train/adv_acc", "adversarial", "--"),
+      ("train/anti_acc", "anti-adversarial", ":"),
+    ],
+  ),
+  (
+    "meta loss (meta batch, at meta-update steps)",
+    "meta loss",
+    1.0,
+    [("train/meta_loss", "", "-")],
+  ),
+  (
+    "policy entropy (Reinforce strategy)",
+    "entropy (nats)",
+    1.0,
+    [
+      ("train/entropy", "joint (direction, bound)", "-"),
+      ("train/entropy_direction", "direction", "--"),
+      ("train/entropy_bound", "bound", ":"),
+    ],
+  ),
 )
 
 
@@ -44,9 +75,9 @@ def draw_training_curves(groups: list[Group]) -> dict[str, Figure]:
   nrows = -(-len(panels) // ncols)
   fig = Figure(figsize=(6.0 * ncols, 4.0 * nrows + 0.4))
   grid = fig.subplots(nrows, ncols, squeeze=False).ravel()
-  for ax in grid[len(panels):]:
+  for ax in grid[len(panels) :]:
     ax.set_axis_off()
-  axes = grid[:len(panels)]
+  axes = grid[: len(panels)]
   for ax, (title, ylabel, scale, keys) in zip(axes, panels):
     for i, g in enumerate(groups):
       for key, kind, style in keys:
@@ -62,8 +93,10 @@ def draw_training_curves(groups: list[Group]) -> dict[str, Figure]:
 
 # -- adversary ratio and bound per class (Figs. 9, 13) -------------------------
 
-PER_CLASS_KEYS = (("train/adv_ratio_per_class", "adversary ratio per class", RATIO_LABEL, 1.0),
-                  ("train/eps_per_class", "mean bound per class", BOUND_LABEL, PIXEL))
+PER_CLASS_KEYS = (
+  ("train/adv_ratio_per_class", "adversary ratio per class", RATIO_LABEL, 1.0),
+  ("train/eps_per_class", "mean bound per class", BOUND_LABEL, PIXEL),
+)
 
 
 def draw_strategy_per_class(groups: list[Group]) -> dict[str, Figure]:
@@ -81,8 +114,14 @@ def draw_strategy_per_class(groups: list[Group]) -> dict[str, Figure]:
       n = num_entries([g], key)
       if n == 0:
         ax.set_axis_off()
-        ax.text(0.5, 0.5, f"{g.label}: not logged ({key})", ha="center", color="grey",
-                transform=ax.transAxes)
+        ax.text(
+          0.5,
+          0.5,
+          f"{g.label}: not logged ({key})",
+          ha="center",
+          color="grey",
+          transform=ax.transAxes,
+        )
         continue
       cmap = matplotlib.colormaps["tab10" if n <= 10 else "viridis"]
       for k in range(n):
@@ -103,17 +142,39 @@ _CLEAN, _NOISY = ("clean labels", "tab:blue"), ("corrupted labels", "tab:red")
 # follow the logging order: clean (0) then corrupted (1); by direction
 # 2 * corrupted + direction (0 adversaries, 1 anti-adversaries).
 NOISE_PANELS = (
-    ("train/adv_ratio_clean_noisy", "adversary ratio", RATIO_LABEL, 1.0,
-     [(0, *_CLEAN, "-"), (1, *_NOISY, "-")]),
-    ("train/eps_clean_noisy", "mean bound", BOUND_LABEL, PIXEL,
-     [(0, *_CLEAN, "-"), (1, *_NOISY, "-")]),
-    ("train/p_adv_clean_noisy", "policy p(adversary)", "mean p(adversary)", 1.0,
-     [(0, *_CLEAN, "-"), (1, *_NOISY, "-")]),
-    ("train/eps_direction_clean_noisy", "mean bound by direction", BOUND_LABEL, PIXEL,
-     [(0, "clean, adversaries", "tab:blue", "-"),
+  (
+    "train/adv_ratio_clean_noisy",
+    "adversary ratio",
+    RATIO_LABEL,
+    1.0,
+    [(0, *_CLEAN, "-"), (1, *_NOISY, "-")],
+  ),
+  (
+    "train/eps_clean_noisy",
+    "mean bound",
+    BOUND_LABEL,
+    PIXEL,
+    [(0, *_CLEAN, "-"), (1, *_NOISY, "-")],
+  ),
+  (
+    "train/p_adv_clean_noisy",
+    "policy p(adversary)",
+    "mean p(adversary)",
+    1.0,
+    [(0, *_CLEAN, "-"), (1, *_NOISY, "-")],
+  ),
+  (
+    "train/eps_direction_clean_noisy",
+    "mean bound by direction",
+    BOUND_LABEL,
+    PIXEL,
+    [
+      (0, "clean, adversaries", "tab:blue", "-"),
       (1, "clean, anti-adversaries", "tab:blue", "--"),
       (2, "corrupted, adversaries", "tab:red", "-"),
-      (3, "corrupted, anti-adversaries", "tab:red", "--")]),
+      (3, "corrupted, anti-adversaries", "tab:red", "--"),
+    ],
+  ),
 )
 
 
@@ -134,8 +195,10 @@ def draw_clean_vs_corrupted(groups: list[Group]) -> dict[str, Figure]:
     raise missing(keys)
   rows = [g for g in groups if _has_corrupted(g)]
   if not rows:
-    raise Skip(f"no corrupted training labels in any run ({keys[0]} and the others log "
-               "null for the corrupted entries: no label noise)")
+    raise Skip(
+      f"no corrupted training labels in any run ({keys[0]} and the others log "
+      "null for the corrupted entries: no label noise)"
+    )
   cols = [p for p in NOISE_PANELS if has_key(rows, p[0])]
   fig = Figure(figsize=(4.6 * len(cols), 3.4 * len(rows) + 0.6))
   axes = fig.subplots(len(rows), len(cols), squeeze=False)
@@ -144,8 +207,14 @@ def draw_clean_vs_corrupted(groups: list[Group]) -> dict[str, Figure]:
       ax = axes[r][c]
       if not has_key([g], key):
         ax.set_axis_off()
-        ax.text(0.5, 0.5, f"{g.label}: not logged ({key})", ha="center", color="grey",
-                transform=ax.transAxes)
+        ax.text(
+          0.5,
+          0.5,
+          f"{g.label}: not logged ({key})",
+          ha="center",
+          color="grey",
+          transform=ax.transAxes,
+        )
         continue
       for e, legend, entry_color, style in entries:
         s = series(g, key, e)
@@ -153,8 +222,11 @@ def draw_clean_vs_corrupted(groups: list[Group]) -> dict[str, Figure]:
           line(ax, s, legend, scale, color=entry_color, linestyle=style)
       ax.set(title=f"{g.legend}: {title}", xlabel=STEP_LABEL, ylabel=ylabel)
       ax.legend(fontsize=7)
-  finish(fig, axes.ravel(), "Samples with clean vs corrupted training labels (Fig. 10)"
-          + seeds_note(rows))
+  finish(
+    fig,
+    axes.ravel(),
+    "Samples with clean vs corrupted training labels (Fig. 10)" + seeds_note(rows),
+  )
   return {"clean_vs_corrupted": fig}
 
 
@@ -189,20 +261,34 @@ def draw_bound_vs_margin(groups: list[Group]) -> dict[str, Figure]:
     bound, _ = mean_std([_late_mean(r, BOUND_BIN_KEY) for r in runs])
     margin, std = mean_std([_late_mean(r, MARGIN_KEY) for r in runs])
     ok = np.isfinite(bound) & np.isfinite(margin)
-    ax.errorbar(bound[ok] * PIXEL, margin[ok], yerr=std[ok] if len(runs) > 1 else None,
-                marker="o", ms=4, capsize=2, color=color(i), label=g.legend)
-  ax.set(xlabel="perturbation bound $\\epsilon_i$ (units of 1/255; bin mean)",
-         ylabel="mean clean margin $p_y - \\max_{j \\neq y} p_j$")
+    ax.errorbar(
+      bound[ok] * PIXEL,
+      margin[ok],
+      yerr=std[ok] if len(runs) > 1 else None,
+      marker="o",
+      ms=4,
+      capsize=2,
+      color=color(i),
+      label=g.legend,
+    )
+  ax.set(
+    xlabel="perturbation bound $\\epsilon_i$ (units of 1/255; bin mean)",
+    ylabel="mean clean margin $p_y - \\max_{j \\neq y} p_j$",
+  )
   ax.legend(fontsize=7)
-  finish(fig, [ax], "Mean clean margin of the training samples by their bound (Fig. 8c)\n"
-          "second half of training" + seeds_note(rows, "error bars"))
+  finish(
+    fig,
+    [ax],
+    "Mean clean margin of the training samples by their bound (Fig. 8c)\n"
+    "second half of training" + seeds_note(rows, "error bars"),
+  )
   return {"bound_vs_margin": fig}
 
 
 FIGURES = (
-    ("per-class natural and robust errors (Figs. 11-12)", class_errors.draw_per_class_errors),
-    ("training curves", draw_training_curves),
-    ("adversary ratio and bound per class (Figs. 9, 13)", draw_strategy_per_class),
-    ("clean vs corrupted samples (Fig. 10)", draw_clean_vs_corrupted),
-    ("margin by bound (Fig. 8c)", draw_bound_vs_margin),
+  ("per-class natural and robust errors (Figs. 11-12)", class_errors.draw_per_class_errors),
+  ("training curves", draw_training_curves),
+  ("adversary ratio and bound per class (Figs. 9, 13)", draw_strategy_per_class),
+  ("clean vs corrupted samples (Fig. 10)", draw_clean_vs_corrupted),
+  ("margin by bound (Fig. 8c)", draw_bound_vs_margin),
 )

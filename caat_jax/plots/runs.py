@@ -27,6 +27,7 @@ class NoRunsError(FileNotFoundError):
 @dataclasses.dataclass
 class RunRecord:
   """One run directory's records (``metrics.jsonl``) and evaluation documents."""
+
   path: str
   row: str  # the row directory, relative to the searched directory
   seed: int | None
@@ -37,6 +38,7 @@ class RunRecord:
 @dataclasses.dataclass
 class Group:
   """The runs of one row (its seeds), drawn as one series."""
+
   row: str
   label: str
   runs: list[RunRecord]
@@ -63,8 +65,11 @@ def read_records(path: str) -> list[dict]:
 
 def _is_doc(d) -> bool:
   pc = d.get("per_class") if isinstance(d, dict) else None
-  return (isinstance(pc, dict) and "attack" in d
-          and all(isinstance(pc.get(k), list) for k in ("natural", "robust")))
+  return (
+    isinstance(pc, dict)
+    and "attack" in d
+    and all(isinstance(pc.get(k), list) for k in ("natural", "robust"))
+  )
 
 
 def read_eval_docs(run_dir: str) -> list[dict]:
@@ -119,7 +124,8 @@ def discover_runs(root: str) -> list[RunRecord]:
   for d, subdirs, files in os.walk(root):
     subdirs[:] = sorted(s for s in subdirs if s not in _SKIP_DIRS)
     has_eval = "eval.json" in files or any(
-        f.startswith("eval_") and f.endswith(".json") for f in files)
+      f.startswith("eval_") and f.endswith(".json") for f in files
+    )
     if "metrics.jsonl" not in files and not has_eval:
       continue
     records = read_records(os.path.join(d, "metrics.jsonl")) if "metrics.jsonl" in files else []
@@ -149,8 +155,11 @@ def group_runs(runs: list[RunRecord], labels: dict[str, str] | None = None) -> l
   out = []
   for r in ordered:
     label = labels.get(r, labels.get(r.split("/")[-1], r))
-    out.append(Group(row=r, label=label,
-                     runs=sorted(rows[r], key=lambda x: (x.seed is None, x.seed, x.path))))
+    out.append(
+      Group(
+        row=r, label=label, runs=sorted(rows[r], key=lambda x: (x.seed is None, x.seed, x.path))
+      )
+    )
   return out
 
 
@@ -184,7 +193,7 @@ def mean_std(rows: list) -> tuple[np.ndarray, np.ndarray]:
   width = max(len(r) for r in rows)
   a = np.full((len(rows), width), np.nan)
   for i, r in enumerate(rows):
-    a[i, :len(r)] = [np.nan if v is None else v for v in r]
+    a[i, : len(r)] = [np.nan if v is None else v for v in r]
   n = np.sum(np.isfinite(a), axis=0)
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns

@@ -7,8 +7,20 @@ import numpy as np
 from caat_jax.plots.runs import Group
 
 PIXEL = 255.0
-CLASS_NAMES = {"cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
-                            "horse", "ship", "truck")}
+CLASS_NAMES = {
+  "cifar10": (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+  )
+}
 STEP_LABEL = "training step"
 BOUND_LABEL = "mean bound $\\epsilon_i$ (units of 1/255)"
 RATIO_LABEL = "adversary ratio (mean $\\alpha_i$; 1 = all adversaries)"
@@ -27,19 +39,27 @@ def line(ax, s, label, scale=1.0, **kw):
   steps, mean, std = s
   (drawn,) = ax.plot(steps, mean * scale, label=label, **kw)
   if np.any(std > 0):
-    ax.fill_between(steps, (mean - std) * scale, (mean + std) * scale,
-                    color=drawn.get_color(), alpha=0.15, lw=0)
+    ax.fill_between(
+      steps, (mean - std) * scale, (mean + std) * scale, color=drawn.get_color(), alpha=0.15, lw=0
+    )
   return drawn
 
 
 def num_entries(groups: list[Group], key: str) -> int:
-  return max((len(rec[key]) for g in groups for r in g.runs for rec in r.records
-              if isinstance(rec.get(key), list)), default=0)
+  return max(
+    (
+      len(rec[key])
+      for g in groups
+      for r in g.runs
+      for rec in r.records
+      if isinstance(rec.get(key), list)
+    ),
+    default=0,
+  )
 
 
 def seeds_note(groups: list[Group], what: str = "shaded band") -> str:
-  return (f"; mean over seeds, {what} +-1 std" if any(len(g.runs) > 1 for g in groups)
-          else "")
+  return f"; mean over seeds, {what} +-1 std" if any(len(g.runs) > 1 for g in groups) else ""
 
 
 def finish(fig, ax_list, title):

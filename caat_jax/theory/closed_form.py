@@ -27,12 +27,16 @@ Phi = special.ndtr
 
 def _result(nat_args, rob_shift, tau):
   nat_args = np.asarray(nat_args, np.float64)
-  return {"natural_error": Phi(nat_args), "robust_error": Phi(nat_args + rob_shift),
-          "threshold": float(tau)}
+  return {
+    "natural_error": Phi(nat_args),
+    "robust_error": Phi(nat_args + rob_shift),
+    "threshold": float(tau),
+  }
 
 
-def theorem1(model: models.Model, eps: float, rho: float, rho_minus: float = 1.0,
-             eps_eval: float | None = None) -> dict:
+def theorem1(
+  model: models.Model, eps: float, rho: float, rho_minus: float = 1.0, eps_eval: float | None = None
+) -> dict:
   """Theorem 1, Eq. (5): different variances (Eq. 3), K > 1.
 
     B = 2 / (K^2 - 1) * sqrt(d) (eta - (r_- + r_+) / 2) / sigma, q = 2 log K / (K^2 - 1)
@@ -51,8 +55,11 @@ def theorem1(model: models.Model, eps: float, rho: float, rho_minus: float = 1.0
   u = -B + K * root
   tau = s * u - sd * (model.eta - rm)
   ev = eps if eps_eval is None else eps_eval
-  return _result([B - K * root - sd * rm / s, -K * B + root - sd * rp / (K * s)],
-                 np.array([sd * ev / s, sd * ev / (K * s)]), tau)
+  return _result(
+    [B - K * root - sd * rm / s, -K * B + root - sd * rp / (K * s)],
+    np.array([sd * ev / s, sd * ev / (K * s)]),
+    tau,
+  )
 
 
 def theorem2(model: models.Model) -> dict:
@@ -60,21 +67,23 @@ def theorem2(model: models.Model) -> dict:
   return theorem3(model, 0.0, 0.0)
 
 
-def theorem3(model: models.Model, eps: float, rho: float, rho_minus: float = 1.0,
-             eps_eval: float | None = None) -> dict:
+def theorem3(
+  model: models.Model, eps: float, rho: float, rho_minus: float = 1.0, eps_eval: float | None = None
+) -> dict:
   """Theorem 3, Eq. (10): imbalance p_+ : p_- = 1 : V (Eq. 6).
 
-    A = sqrt(d) (eta - (r_- + r_+) / 2) / sigma
-    R_nat(-1) = Phi(-A - log V / (2A) - sqrt(d) r_- / sigma)
-    R_nat(+1) = Phi(-A + log V / (2A) - sqrt(d) r_+ / sigma)
+  A = sqrt(d) (eta - (r_- + r_+) / 2) / sigma
+  R_nat(-1) = Phi(-A - log V / (2A) - sqrt(d) r_- / sigma)
+  R_nat(+1) = Phi(-A + log V / (2A) - sqrt(d) r_+ / sigma)
   """
   s, sd, lv = model.sigma, np.sqrt(model.d), np.log(model.V)
   rm, rp = rho_minus * eps, rho * eps
   A = sd * (model.eta - (rm + rp) / 2) / s
   tau = s * lv / (2 * A) + sd * (rm - rp) / 2
   ev = eps if eps_eval is None else eps_eval
-  return _result([-A - lv / (2 * A) - sd * rm / s, -A + lv / (2 * A) - sd * rp / s],
-                 sd * ev / s, tau)
+  return _result(
+    [-A - lv / (2 * A) - sd * rm / s, -A + lv / (2 * A) - sd * rp / s], sd * ev / s, tau
+  )
 
 
 def theorem4(model: models.Model) -> dict:
@@ -82,8 +91,7 @@ def theorem4(model: models.Model) -> dict:
   return theorem5(model, 0.0, 0.0)
 
 
-def theorem5(model: models.Model, eps: float, rho: float,
-             eps_eval: float | None = None) -> dict:
+def theorem5(model: models.Model, eps: float, rho: float, eps_eval: float | None = None) -> dict:
   """Theorem 5, Eq. (16), as printed: clean samples adversarial with eps, noisy
   samples anti-adversarial with rho * eps (rho >= 0 here, the paper's sign).
 
@@ -102,8 +110,11 @@ def theorem5(model: models.Model, eps: float, rho: float,
   rm = (1 - p + p * rho) * eps
   tau = -s * L / A + sd * (rm - eps) / 2
   ev = eps if eps_eval is None else eps_eval
-  return _result([-A + L / A - p * (rho - 1) * sd * eps / s - sd * eps / s,
-                  -A - L / A - sd * eps / s], sd * ev / s, tau)
+  return _result(
+    [-A + L / A - p * (rho - 1) * sd * eps / s - sd * eps / s, -A - L / A - sd * eps / s],
+    sd * ev / s,
+    tau,
+  )
 
 
 def theorem5_surrogate(model: models.Model, eps: float, rho: float):
@@ -113,6 +124,5 @@ def theorem5_surrogate(model: models.Model, eps: float, rho: float):
     (imbalance Model, signed radii [2]) for exact.group_error / exact.optimal_threshold.
   """
   p = model.p
-  sur = models.Model("imbalance", d=model.d, eta=model.eta, sigma=model.sigma,
-                     V=(1 - p) / (1 + p))
+  sur = models.Model("imbalance", d=model.d, eta=model.eta, sigma=model.sigma, V=(1 - p) / (1 + p))
   return sur, np.array([(1 - p + p * rho) * eps, eps])

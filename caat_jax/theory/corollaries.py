@@ -47,8 +47,9 @@ def rho_limit(model: models.Model, eps: float) -> float:
   return np.inf if eps == 0 else model.eta / eps
 
 
-def gap_curve(model: models.Model, eps: float, rhos, rho_minus: float = 1.0,
-              eps_eval: float | None = None) -> dict:
+def gap_curve(
+  model: models.Model, eps: float, rhos, rho_minus: float = 1.0, eps_eval: float | None = None
+) -> dict:
   """Signed class gaps of the exact optimum along rhos.
 
   For the noise case rho is the noisy samples' signed multiplier (negative =
@@ -58,10 +59,12 @@ def gap_curve(model: models.Model, eps: float, rhos, rho_minus: float = 1.0,
     dict of arrays [len(rhos)]: 'rho', 'natural_gap', 'robust_gap', 'threshold'.
   """
   sols = [exact.solve(model, eps, r, rho_minus=rho_minus, eps_eval=eps_eval) for r in rhos]
-  return {"rho": np.asarray(rhos, np.float64),
-          "natural_gap": np.array([s.natural_error[1] - s.natural_error[0] for s in sols]),
-          "robust_gap": np.array([s.robust_error[1] - s.robust_error[0] for s in sols]),
-          "threshold": np.array([s.threshold for s in sols])}
+  return {
+    "rho": np.asarray(rhos, np.float64),
+    "natural_gap": np.array([s.natural_error[1] - s.natural_error[0] for s in sols]),
+    "robust_gap": np.array([s.robust_error[1] - s.robust_error[0] for s in sols]),
+    "threshold": np.array([s.threshold for s in sols]),
+  }
 
 
 def monotone(values: np.ndarray, increasing: bool = False, tol: float = 1e-13) -> bool:
@@ -97,8 +100,13 @@ def gap_shrinks(model: models.Model, eps: float, rhos, rho_minus: float = 1.0) -
   swap = min(swap_rho(curve, "natural_gap"), swap_rho(curve, "robust_gap"))
   keep = rhos <= swap if np.isfinite(swap) else np.ones_like(rhos, bool)
   to_swap = all(monotone(np.abs(g[keep])) for g in (nat, rob))
-  return {"signed": signed, "absolute": absolute, "absolute_to_swap": to_swap,
-          "swap": swap, "curve": curve}
+  return {
+    "signed": signed,
+    "absolute": absolute,
+    "absolute_to_swap": to_swap,
+    "swap": swap,
+    "curve": curve,
+  }
 
 
 def swap_rho(curve: dict, key: str = "natural_gap") -> float:
@@ -117,8 +125,9 @@ def intercept(model: models.Model, radii) -> float:
   return float(np.sqrt(model.d) * exact.optimal_threshold(model, np.asarray(radii)))
 
 
-def boundary_scope(model: models.Model, eps: float, anti: bool, n: int = 21,
-                   shrink: float = 0.99) -> tuple[float, float]:
+def boundary_scope(
+  model: models.Model, eps: float, anti: bool, n: int = 21, shrink: float = 0.99
+) -> tuple[float, float]:
   """Range of the optimal boundary's intercept sum_i x_i over a family of bounds.
 
   Every group's multiplier ranges over [0, shrink * eta / eps] (adversaries only,

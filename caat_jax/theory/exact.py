@@ -48,6 +48,7 @@ class Solution:
     train_error: [G] per-group error under its own signed training bound.
     risk: the minimised objective (*).
   """
+
   threshold: float
   natural_error: np.ndarray
   robust_error: np.ndarray
@@ -56,14 +57,17 @@ class Solution:
   risk: float
 
   def as_dict(self) -> dict:
-    return {"natural_error": self.natural_error.tolist(),
-            "robust_error": self.robust_error.tolist(),
-            "boundary_error": self.boundary_error.tolist(),
-            "threshold": float(self.threshold)}
+    return {
+      "natural_error": self.natural_error.tolist(),
+      "robust_error": self.robust_error.tolist(),
+      "boundary_error": self.boundary_error.tolist(),
+      "threshold": float(self.threshold),
+    }
 
 
-def group_bounds(model: models.Model, eps: float, rho: float, rho_minus: float = 1.0,
-                 rho_clean: float = 1.0) -> np.ndarray:
+def group_bounds(
+  model: models.Model, eps: float, rho: float, rho_minus: float = 1.0, rho_clean: float = 1.0
+) -> np.ndarray:
   """Signed radii per group, [G], from the paper's (eps, rho) parametrisation.
 
   variance / imbalance / skew: class -1 gets rho_minus * eps, class +1 rho * eps
@@ -112,8 +116,12 @@ def optimal_threshold(model: models.Model, radii, grid: int = 8001) -> float:
   f = lambda t: float(risk_slope(model, t, radii))
   if f(lo) < 0 < f(hi):
     return optimize.brentq(f, lo, hi, xtol=1e-14, rtol=1e-14)
-  res = optimize.minimize_scalar(lambda t: float(risk(model, t, radii)), bounds=(lo, hi),
-                                 method="bounded", options={"xatol": 1e-12})
+  res = optimize.minimize_scalar(
+    lambda t: float(risk(model, t, radii)),
+    bounds=(lo, hi),
+    method="bounded",
+    options={"xatol": 1e-12},
+  )
   return float(res.x)
 
 
@@ -124,13 +132,24 @@ def errors_at(model: models.Model, tau: float, radii, eps_eval: float) -> Soluti
   nat = by_class(group_error(model, tau, np.zeros_like(prob)))
   rob = by_class(group_error(model, tau, np.full_like(prob, eps_eval)))
   train = group_error(model, tau, radii)
-  return Solution(threshold=float(tau), natural_error=nat, robust_error=rob,
-                  boundary_error=rob - nat, train_error=train,
-                  risk=float((train * prob).sum()))
+  return Solution(
+    threshold=float(tau),
+    natural_error=nat,
+    robust_error=rob,
+    boundary_error=rob - nat,
+    train_error=train,
+    risk=float((train * prob).sum()),
+  )
 
 
-def solve(model: models.Model, eps: float, rho: float = 1.0, rho_minus: float = 1.0,
-          rho_clean: float = 1.0, eps_eval: float | None = None) -> Solution:
+def solve(
+  model: models.Model,
+  eps: float,
+  rho: float = 1.0,
+  rho_minus: float = 1.0,
+  rho_clean: float = 1.0,
+  eps_eval: float | None = None,
+) -> Solution:
   """Exact optimal robust linear classifier for the (eps, rho) bounds of `group_bounds`.
 
   eps_eval: radius of the robust-error evaluation (defaults to eps).
@@ -145,8 +164,7 @@ def natural_solution(model: models.Model) -> Solution:
   return solve(model, 0.0)
 
 
-def linear_group_error(model: models.Model, w: np.ndarray, b: np.ndarray,
-                       radii) -> np.ndarray:
+def linear_group_error(model: models.Model, w: np.ndarray, b: np.ndarray, radii) -> np.ndarray:
   """Group errors of sign(<w, x> - b) for Gaussian models; w: [..., d], b: [...] -> [..., G]."""
   if model.case == "skew":
     raise ValueError("linear_group_error covers the Gaussian cases only")
@@ -181,6 +199,10 @@ def brute_force_2d(model: models.Model, radii, n_angle: int = 721, n_offset: int
     wv = np.array([np.cos(v[0]), np.sin(v[0])])
     return float((linear_group_error(model, wv, v[1], radii) * model.group_prob).sum())
 
-  res = optimize.minimize(obj, [angle[i], offset[j]], method="Nelder-Mead",
-                          options={"xatol": 1e-10, "fatol": 1e-14, "maxiter": 4000})
+  res = optimize.minimize(
+    obj,
+    [angle[i], offset[j]],
+    method="Nelder-Mead",
+    options={"xatol": 1e-10, "fatol": 1e-14, "maxiter": 4000},
+  )
   return np.array([np.cos(res.x[0]), np.sin(res.x[0])]), float(res.x[1]), float(res.fun)

@@ -20,8 +20,13 @@ import numpy as np  # noqa: E402
 
 from caat_jax.theory import corollaries, exact, models, simulate  # noqa: E402
 
-_COLORS = {"natural": "tab:red", "standard AT": "tab:green", "varied bounds": "tab:blue",
-           "adv + anti-adv": "tab:purple", "Bayes (natural optimum)": "black"}
+_COLORS = {
+  "natural": "tab:red",
+  "standard AT": "tab:green",
+  "varied bounds": "tab:blue",
+  "adv + anti-adv": "tab:purple",
+  "Bayes (natural optimum)": "black",
+}
 
 
 def _rho_label(model):
@@ -62,9 +67,14 @@ def _panel_scope(ax, model, eps):
   ax.axhline(at, color=_COLORS["standard AT"], label="standard AT")
   for anti, color in ((False, "tab:blue"), (True, "tab:purple")):
     lo, hi = corollaries.boundary_scope(model, eps, anti, n=7)
-    ax.axhspan(lo, hi, color=color, alpha=0.12,
-               label=f"scope, {'adv + anti-adv' if anti else 'adversaries only'}: "
-                     f"{hi - lo:.2f} (d eta = {model.d * model.eta:g})")
+    ax.axhspan(
+      lo,
+      hi,
+      color=color,
+      alpha=0.12,
+      label=f"scope, {'adv + anti-adv' if anti else 'adversaries only'}: "
+      f"{hi - lo:.2f} (d eta = {model.d * model.eta:g})",
+    )
   ax.set_xlabel(r"$\rho$ (signed bound $\rho\epsilon$ of class +1 / noisy samples)")
   ax.set_ylabel(r"boundary intercept $\sum_i x_i$ (input units)")
   ax.set_title("(b) where the optimal boundary can be moved")
@@ -83,8 +93,9 @@ def _panel_skew_density(ax, model, eps, rho):
   nat = exact.natural_solution(model).threshold
   rob = exact.solve(model, eps, sign * abs(rho)).threshold
   ax.axvline(nat, color=_COLORS["natural"], label=f"natural optimum x*={nat:.3f}")
-  ax.axvline(rob, color="tab:purple",
-             label=f"{'Cor. 6' if sign > 0 else 'Cor. 7'} optimum x={rob:.3f}")
+  ax.axvline(
+    rob, color="tab:purple", label=f"{'Cor. 6' if sign > 0 else 'Cor. 7'} optimum x={rob:.3f}"
+  )
   ax.set_xlabel("x (input units)")
   ax.set_ylabel("density")
   ax.set_title("(b) densities and optimal boundaries (Fig. 6)")
@@ -96,16 +107,18 @@ def _panel_sim(ax, model, sims, names, title):
   sel = np.random.default_rng(0).choice(len(y), 600, replace=False)
   if model.d == 1:
     for label, color in ((-1, "tab:blue"), (1, "tab:orange")):
-      ax.hist(x[y == label, 0], bins=80, density=True, alpha=0.4, color=color,
-              label=f"class {label:+d}")
+      ax.hist(
+        x[y == label, 0], bins=80, density=True, alpha=0.4, color=color, label=f"class {label:+d}"
+      )
     for name in names:
       w, b = sims[name]["w"], sims[name]["b"]
       ax.axvline(b / w[0], color=_COLORS[name], label=f"{name}: x={b / w[0]:.3f}")
     ax.set_xlabel("x (input units)")
     ax.set_ylabel("density")
   else:
-    ax.scatter(x[sel, 0], x[sel, 1], c=np.where(y[sel] > 0, "tab:orange", "tab:blue"), s=4,
-               alpha=0.5)
+    ax.scatter(
+      x[sel, 0], x[sel, 1], c=np.where(y[sel] > 0, "tab:orange", "tab:blue"), s=4, alpha=0.5
+    )
     xs = np.linspace(x[:, 0].min(), x[:, 0].max(), 2)
     for name in names:
       w, b = sims[name]["w"], sims[name]["b"]
@@ -119,8 +132,9 @@ def _panel_sim(ax, model, sims, names, title):
   ax.legend(fontsize=7)
 
 
-def draw(model: models.Model, eps: float, rho: float, out_dir: str,
-         n_sim: int = 4000, seed: int = 0) -> str:
+def draw(
+  model: models.Model, eps: float, rho: float, out_dir: str, n_sim: int = 4000, seed: int = 0
+) -> str:
   """Draws the four panels for `model` into out_dir/theory_<case>.png; returns the path."""
   os.makedirs(out_dir, exist_ok=True)
   fig, axes = plt.subplots(2, 2, figsize=(13, 10))
@@ -133,14 +147,30 @@ def draw(model: models.Model, eps: float, rho: float, out_dir: str,
   regimes = simulate.default_regimes(sim_model, eps, rho)
   sims = simulate.simulate(sim_model, regimes, n=n_sim, seed=seed, n_test=100)
   dims = f"d={sim_model.d}" + (f" (model has d={model.d})" if sim_model.d != model.d else "")
-  _panel_sim(axes[1, 0], sim_model, sims, ["natural", "standard AT", "varied bounds"],
-             f"(c) logistic regression, adversaries only, {dims}")
-  _panel_sim(axes[1, 1], sim_model, sims, ["natural", "varied bounds", "adv + anti-adv"],
-             f"(d) logistic regression, adversaries + anti-adversaries, {dims}")
-  params = {"variance": f"K={model.K:g}", "imbalance": f"V={model.V:g}",
-            "noise": f"p={model.p:g}", "skew": f"alpha={model.alpha:g}"}[model.case]
-  fig.suptitle(f"Case '{model.case}': {params}, d={model.d}, eta={model.eta:g}, "
-               f"sigma={model.sigma:g}, eps={eps:g}, rho={rho:g} (l_inf bounds)")
+  _panel_sim(
+    axes[1, 0],
+    sim_model,
+    sims,
+    ["natural", "standard AT", "varied bounds"],
+    f"(c) logistic regression, adversaries only, {dims}",
+  )
+  _panel_sim(
+    axes[1, 1],
+    sim_model,
+    sims,
+    ["natural", "varied bounds", "adv + anti-adv"],
+    f"(d) logistic regression, adversaries + anti-adversaries, {dims}",
+  )
+  params = {
+    "variance": f"K={model.K:g}",
+    "imbalance": f"V={model.V:g}",
+    "noise": f"p={model.p:g}",
+    "skew": f"alpha={model.alpha:g}",
+  }[model.case]
+  fig.suptitle(
+    f"Case '{model.case}': {params}, d={model.d}, eta={model.eta:g}, "
+    f"sigma={model.sigma:g}, eps={eps:g}, rho={rho:g} (l_inf bounds)"
+  )
   fig.tight_layout()
   path = os.path.join(out_dir, f"theory_{model.case}.png")
   fig.savefig(path, dpi=110)

@@ -42,6 +42,7 @@ class Model:
     p: flip rate of true class -1 into label +1 (Eq. 11), 0 <= p < 1.
     alpha: skew coefficient of class +1 (Eq. 17).
   """
+
   case: str
   d: int = 1
   eta: float = 2.0
@@ -100,8 +101,13 @@ class Model:
     t = np.asarray(t, np.float64)
     if self.case == "skew":
       t = np.broadcast_to(t, t.shape[:-1] + (2,))
-      return np.stack([special.ndtr((t[..., 0] + self.mu) / self.sigma),
-                       skew_cdf(t[..., 1], self.eta, self.sigma, self.alpha)], -1)
+      return np.stack(
+        [
+          special.ndtr((t[..., 0] + self.mu) / self.sigma),
+          skew_cdf(t[..., 1], self.eta, self.sigma, self.alpha),
+        ],
+        -1,
+      )
     return special.ndtr((t - self.group_label * self.mu) / self.group_std)
 
   def group_sf(self, t) -> np.ndarray:
@@ -109,8 +115,13 @@ class Model:
     t = np.asarray(t, np.float64)
     if self.case == "skew":
       t = np.broadcast_to(t, t.shape[:-1] + (2,))
-      return np.stack([special.ndtr(-(t[..., 0] + self.mu) / self.sigma),
-                       1.0 - skew_cdf(t[..., 1], self.eta, self.sigma, self.alpha)], -1)
+      return np.stack(
+        [
+          special.ndtr(-(t[..., 0] + self.mu) / self.sigma),
+          1.0 - skew_cdf(t[..., 1], self.eta, self.sigma, self.alpha),
+        ],
+        -1,
+      )
     return special.ndtr(-(t - self.group_label * self.mu) / self.group_std)
 
   def group_pdf(self, t) -> np.ndarray:
@@ -118,8 +129,13 @@ class Model:
     t = np.asarray(t, np.float64)
     if self.case == "skew":
       t = np.broadcast_to(t, t.shape[:-1] + (2,))
-      return np.stack([stats.norm.pdf(t[..., 0], -self.mu, self.sigma),
-                       skew_pdf(t[..., 1], self.eta, self.sigma, self.alpha)], -1)
+      return np.stack(
+        [
+          stats.norm.pdf(t[..., 0], -self.mu, self.sigma),
+          skew_pdf(t[..., 1], self.eta, self.sigma, self.alpha),
+        ],
+        -1,
+      )
     return stats.norm.pdf(t, self.group_label * self.mu, self.group_std)
 
   def pdf(self, x: np.ndarray) -> np.ndarray:
@@ -129,9 +145,13 @@ class Model:
       dens = self.group_pdf(x[:, :1])
     else:
       theta = np.full(self.d, self.eta)
-      dens = np.stack([
+      dens = np.stack(
+        [
           stats.multivariate_normal.pdf(x, y * theta, s**2 * np.eye(self.d)).reshape(-1)
-          for y, s in zip(self.group_label, self.group_std)], -1)
+          for y, s in zip(self.group_label, self.group_std)
+        ],
+        -1,
+      )
     joint = dens * self.group_prob
     return np.stack([joint[:, 0], joint[:, 1:].sum(-1)], -1)
 
@@ -144,8 +164,11 @@ class Model:
     group = rng.choice(len(self.group_names), size=n, p=self.group_prob)
     y = self.group_label[group]
     if self.case == "skew":
-      x = np.where(y < 0, rng.normal(-self.eta, self.sigma, n),
-                   skew_sample(n, self.eta, self.sigma, self.alpha, rng))[:, None]
+      x = np.where(
+        y < 0,
+        rng.normal(-self.eta, self.sigma, n),
+        skew_sample(n, self.eta, self.sigma, self.alpha, rng),
+      )[:, None]
       return x, y, group
     std = self.group_std[group][:, None]
     x = y[:, None] * self.eta + std * rng.standard_normal((n, self.d))
@@ -166,8 +189,9 @@ def skew_cdf(x, theta: float, sigma: float, alpha: float) -> np.ndarray:
   return special.ndtr(z) - 2.0 * special.owens_t(z, alpha)
 
 
-def skew_sample(n: int, theta: float, sigma: float, alpha: float,
-                rng: np.random.Generator) -> np.ndarray:
+def skew_sample(
+  n: int, theta: float, sigma: float, alpha: float, rng: np.random.Generator
+) -> np.ndarray:
   """Draws SN samples by the stochastic representation z = delta |u0| + sqrt(1 - delta^2) u1."""
   delta = alpha / np.sqrt(1.0 + alpha**2)
   u0, u1 = rng.standard_normal((2, n))

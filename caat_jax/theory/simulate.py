@@ -41,8 +41,13 @@ def train_logistic(x: np.ndarray, y: np.ndarray, radii: np.ndarray):
 
   # Start on the model's symmetry axis so the kink of ||w||_1 at 0 is never met.
   v0 = np.append(np.full(d, 1.0 / np.sqrt(d)), 0.0)
-  res = optimize.minimize(loss_grad, v0, jac=True, method="L-BFGS-B",
-                          options={"maxiter": 2000, "gtol": 1e-10, "ftol": 1e-15})
+  res = optimize.minimize(
+    loss_grad,
+    v0,
+    jac=True,
+    method="L-BFGS-B",
+    options={"maxiter": 2000, "gtol": 1e-10, "ftol": 1e-15},
+  )
   return res.x[:d], float(res.x[d])
 
 
@@ -56,8 +61,9 @@ def empirical_errors(x, y, w, b, eps_eval: float) -> dict:
   margin = y * (x @ w - b)
   nat = margin <= 0
   rob = margin - eps_eval * np.abs(w).sum() <= 0
-  out = {k: np.zeros(2) for k in ("natural_error", "robust_error", "natural_se",
-                                  "robust_se", "count")}
+  out = {
+    k: np.zeros(2) for k in ("natural_error", "robust_error", "natural_se", "robust_se", "count")
+  }
   for c, label in enumerate((-1, 1)):
     sel = y == label
     k = sel.sum()
@@ -103,12 +109,22 @@ def default_regimes(model: models.Model, eps: float, rho: float) -> dict:
     varied, combined = [eps, a * eps], [eps, -a * eps]
   else:
     varied, combined = [eps, a * eps], [-eps, a * eps]
-  return {"natural": np.zeros(g), "standard AT": np.full(g, eps),
-          "varied bounds": np.array(varied), "adv + anti-adv": np.array(combined)}
+  return {
+    "natural": np.zeros(g),
+    "standard AT": np.full(g, eps),
+    "varied bounds": np.array(varied),
+    "adv + anti-adv": np.array(combined),
+  }
 
 
-def simulate(model: models.Model, regimes: dict, n: int = 200_000, seed: int = 0,
-             eps_eval: float = 0.0, n_test: int | None = None) -> dict:
+def simulate(
+  model: models.Model,
+  regimes: dict,
+  n: int = 200_000,
+  seed: int = 0,
+  eps_eval: float = 0.0,
+  n_test: int | None = None,
+) -> dict:
   """Trains one classifier per regime on n samples, evaluates on a fresh sample.
 
   Args:
@@ -125,15 +141,20 @@ def simulate(model: models.Model, regimes: dict, n: int = 200_000, seed: int = 0
   out = {}
   for name, radii in regimes.items():
     w, b = train_logistic(x, y, np.asarray(radii, np.float64)[grp])
-    out[name] = {"w": w, "b": b, "radii": np.asarray(radii),
-                 "empirical": empirical_errors(xt, yt, w, b, eps_eval),
-                 "exact": exact_linear_errors(model, w, b, eps_eval),
-                 "train": (x, y)}
+    out[name] = {
+      "w": w,
+      "b": b,
+      "radii": np.asarray(radii),
+      "empirical": empirical_errors(xt, yt, w, b, eps_eval),
+      "exact": exact_linear_errors(model, w, b, eps_eval),
+      "train": (x, y),
+    }
   return out
 
 
-def monte_carlo_optimum(model: models.Model, sol: exact.Solution, eps_eval: float,
-                        n: int = 200_000, seed: int = 0) -> dict:
+def monte_carlo_optimum(
+  model: models.Model, sol: exact.Solution, eps_eval: float, n: int = 200_000, seed: int = 0
+) -> dict:
   """Empirical per-class errors of the exact optimal classifier on n fresh samples."""
   x, y, _ = model.sample(n, np.random.default_rng(seed))
   w = np.full(model.d, 1.0 / np.sqrt(model.d))

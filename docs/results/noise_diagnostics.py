@@ -46,15 +46,21 @@ def measure(run_dir: str) -> dict:
 
   g = np.asarray(jax.grad(loss)(x, y)).reshape(len(x), -1)
   gnorm = np.abs(g).sum(-1)
-  out = run.evaluator.outcomes(variables, ds.test, ("pgd20",), eps=c.eval.eps,
-                               step_size=c.eval.step_size, batch_size=c.eval.batch_size)
+  out = run.evaluator.outcomes(
+    variables,
+    ds.test,
+    ("pgd20",),
+    eps=c.eval.eps,
+    step_size=c.eval.step_size,
+    batch_size=c.eval.batch_size,
+  )
   robust, natural, label = out["pgd20"], out["natural"], out["label"]
   train = ds.train
   tx = np.asarray(train.images, np.float32).reshape(len(train), -1)
   if tx.max() > 1.5:
     tx = tx / 255.0
   te = np.asarray(x).reshape(len(x), -1)
-  d2 = (te ** 2).sum(1)[:, None] - 2 * te @ tx.T + (tx ** 2).sum(1)[None]
+  d2 = (te**2).sum(1)[:, None] - 2 * te @ tx.T + (tx**2).sum(1)[None]
   nearest = d2.argmin(1)
   near_corrupted = np.asarray(train.corrupted)[nearest]
   classes = int(ds.num_classes)
@@ -64,13 +70,16 @@ def measure(run_dir: str) -> dict:
     return float(100 * (1 - robust[mask].mean())) if mask.any() else float("nan")
 
   return {
-      "run": run_dir, "method": c.method, "step": int(step),
-      "grad_l1_per_class": per_class, "grad_l1_avg": float(np.mean(per_class)),
-      "robust_error_near_corrupted": err(near_corrupted),
-      "robust_error_near_clean": err(~near_corrupted),
-      "natural_error": float(100 * (1 - natural.mean())),
-      "robust_error": float(100 * (1 - robust.mean())),
-      "test_points_near_corrupted": int(near_corrupted.sum()),
+    "run": run_dir,
+    "method": c.method,
+    "step": int(step),
+    "grad_l1_per_class": per_class,
+    "grad_l1_avg": float(np.mean(per_class)),
+    "robust_error_near_corrupted": err(near_corrupted),
+    "robust_error_near_clean": err(~near_corrupted),
+    "natural_error": float(100 * (1 - natural.mean())),
+    "robust_error": float(100 * (1 - robust.mean())),
+    "test_points_near_corrupted": int(near_corrupted.sum()),
   }
 
 
@@ -82,8 +91,10 @@ def main(argv=None):
   rows = [measure(r) for r in args.runs]
   print(f"{'run':60s} {'grad L1':>8s} {'rob err':>8s} {'near corr.':>10s} {'near clean':>10s}")
   for r in rows:
-    print(f"{r['run'][-60:]:60s} {r['grad_l1_avg']:8.3f} {r['robust_error']:8.2f} "
-          f"{r['robust_error_near_corrupted']:10.2f} {r['robust_error_near_clean']:10.2f}")
+    print(
+      f"{r['run'][-60:]:60s} {r['grad_l1_avg']:8.3f} {r['robust_error']:8.2f} "
+      f"{r['robust_error_near_corrupted']:10.2f} {r['robust_error_near_clean']:10.2f}"
+    )
   if args.out:
     with open(args.out, "w") as f:
       json.dump(rows, f, indent=1)

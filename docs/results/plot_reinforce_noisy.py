@@ -31,14 +31,33 @@ def main(lookahead, paper, out):
     rows = read(workdir)
     step = [r["step"] for r in rows]
     for i, (label, color) in enumerate((("clean", "tab:blue"), ("corrupted", "tab:red"))):
-      axes[0].plot(step, [r["train/p_adv_clean_noisy"][i] for r in rows], style, color=color,
-                   label=f"{name}: {label}")
-      axes[1].plot(step, [r["train/adv_ratio_clean_noisy"][i] for r in rows], style,
-                   color=color, label=f"{name}: {label}", alpha=0.8)
+      axes[0].plot(
+        step,
+        [r["train/p_adv_clean_noisy"][i] for r in rows],
+        style,
+        color=color,
+        label=f"{name}: {label}",
+      )
+      axes[1].plot(
+        step,
+        [r["train/adv_ratio_clean_noisy"][i] for r in rows],
+        style,
+        color=color,
+        label=f"{name}: {label}",
+        alpha=0.8,
+      )
       for j, (d, marker) in enumerate((("adv", "^"), ("anti", "v"))):
-        axes[2].plot(step, [r["train/eps_direction_clean_noisy"][2 * i + j] * 255 for r in rows],
-                     style, color=color, marker=marker, markevery=6, markersize=4,
-                     label=f"{name}: {label} {d}", alpha=0.8)
+        axes[2].plot(
+          step,
+          [r["train/eps_direction_clean_noisy"][2 * i + j] * 255 for r in rows],
+          style,
+          color=color,
+          marker=marker,
+          markevery=6,
+          markersize=4,
+          label=f"{name}: {label} {d}",
+          alpha=0.8,
+        )
   axes[0].set_title("policy p(adversary)")
   axes[1].set_title("adversary ratio (drawn)")
   axes[2].set_title("mean bound (x 1/255) by direction")
@@ -47,8 +66,11 @@ def main(lookahead, paper, out):
     ax.grid(alpha=0.3)
   axes[0].legend(fontsize=7)
   axes[2].legend(fontsize=6, ncol=2)
-  fig.suptitle("Reinforce-CAAT, digits, 40% uniform label noise: look-ahead reward (solid) "
-               "vs the paper's Eq. 34 (dashed)", fontsize=10)
+  fig.suptitle(
+    "Reinforce-CAAT, digits, 40% uniform label noise: look-ahead reward (solid) "
+    "vs the paper's Eq. 34 (dashed)",
+    fontsize=10,
+  )
   fig.tight_layout()
   fig.savefig(out, dpi=120)
 

@@ -18,22 +18,26 @@ Also: APGD-CE / APGD-T reach the exact robust accuracy of linear classifiers,
 the step-size checkpoints, and EOT (the gradient averaged over draws of a
 randomised model, AutoAttack's version 'rand')."""
 
-from tests.helpers import (eps_and_subset, keys_for, linear_problem)
-import numpy as np
-import pytest
 import jax
 import jax.numpy as jnp
-from caat_jax.attacks import apgd, apgd_attacks
-from caat_jax import attacks
+import numpy as np
+import pytest
 
+from caat_jax import attacks
+from caat_jax.attacks import apgd, apgd_attacks
+from tests.helpers import eps_and_subset, keys_for, linear_problem
 
 B, D, H, C = 48, 16, 12, 10
 
 
 def _model(seed):
   rng = np.random.default_rng(seed)
-  return dict(w1=rng.normal(size=(D, H)) * 1.5, b1=rng.normal(size=H) * 0.5,
-              w2=rng.normal(size=(H, C)) * 2.0, b2=rng.normal(size=C) * 0.5)
+  return dict(
+    w1=rng.normal(size=(D, H)) * 1.5,
+    b1=rng.normal(size=H) * 0.5,
+    w2=rng.normal(size=(H, C)) * 2.0,
+    b2=rng.normal(size=C) * 0.5,
+  )
 
 
 def _np_loss_grad(p, x, y):
@@ -45,14 +49,17 @@ def _np_loss_grad(p, x, y):
   loss = lse - z[np.arange(len(y)), y]
   soft = np.exp(z - lse[:, None])
   soft[np.arange(len(y)), y] -= 1.0
-  grad = ((soft @ p["w2"].T) * (1.0 - h ** 2)) @ p["w1"].T
+  grad = ((soft @ p["w2"].T) * (1.0 - h**2)) @ p["w1"].T
   return loss, z, grad
 
 
 def _reference_run(p, x, y, eps, t, n_iter=100, thr_decr=0.75):
   """attack_single_run, L-inf, loss 'ce', eot_iter 1, x_init from noise t."""
-  n_iter_2, n_iter_min, size_decr = (max(int(0.22 * n_iter), 1), max(int(0.06 * n_iter), 1),
-                                     max(int(0.03 * n_iter), 1))
+  n_iter_2, n_iter_min, size_decr = (
+    max(int(0.22 * n_iter), 1),
+    max(int(0.06 * n_iter), 1),
+    max(int(0.03 * n_iter), 1),
+  )
   normalize = lambda v: v / (np.abs(v).max(-1, keepdims=True) + 1e-12)
   x_adv = np.clip(x + eps * normalize(t), 0.0, 1.0)
   x_best, x_best_adv = x_adv.copy(), x_adv.copy()
@@ -74,8 +81,11 @@ def _reference_run(p, x, y, eps, t, n_iter=100, thr_decr=0.75):
     a = 0.75 if i > 0 else 1.0
     x_adv_1 = x_adv + step_size * np.sign(grad)
     x_adv_1 = np.clip(np.minimum(np.maximum(x_adv_1, x - eps), x + eps), 0.0, 1.0)
-    x_adv_1 = np.clip(np.minimum(np.maximum(x_adv + (x_adv_1 - x_adv) * a + grad2 * (1 - a),
-                                            x - eps), x + eps), 0.0, 1.0)
+    x_adv_1 = np.clip(
+      np.minimum(np.maximum(x_adv + (x_adv_1 - x_adv) * a + grad2 * (1 - a), x - eps), x + eps),
+      0.0,
+      1.0,
+    )
     x_adv = x_adv_1 + 0.0
     loss_indiv, logits, grad = _np_loss_grad(p, x_adv, y)
     rec["sign"].append(np.sign(grad))
@@ -104,8 +114,15 @@ def _reference_run(p, x, y, eps, t, n_iter=100, thr_decr=0.75):
       grad[fl] = grad_best[fl]
       k = max(k - size_decr, n_iter_min)
       counter3 = 0
-    for name, v in (("x_adv", x_adv), ("step", step_size[:, 0]), ("loss", y1),
-                    ("loss_best", loss_best), ("reduce", fl), ("osc", osc), ("stall", stall)):
+    for name, v in (
+      ("x_adv", x_adv),
+      ("step", step_size[:, 0]),
+      ("loss", y1),
+      ("loss_best", loss_best),
+      ("reduce", fl),
+      ("osc", osc),
+      ("stall", stall),
+    ):
       rec[name].append(np.array(v, copy=True))
   out = {k: np.stack(v) for k, v in rec.items()}
   return out, acc, x_best_adv
@@ -128,13 +145,17 @@ def test_apgd_matches_the_reference_step_by_step(seed):
     img = lambda v: jnp.asarray(v.reshape(B, 4, 4, 1))
     keys = jax.random.split(jax.random.PRNGKey(0), B)
     got = jax.jit(lambda x, y, t: apgd.apgd_trajectory(f, x, y, eps=eps, keys=keys, noise=t))(
-        img(x), jnp.asarray(y), img(t))
+      img(x), jnp.asarray(y), img(t)
+    )
     res, best = apgd.apgd_run(f, img(x), jnp.asarray(y), eps=eps, keys=keys, noise=img(t))
     got = jax.tree.map(np.asarray, got)
     assert got["x_adv"].dtype == np.float64
 
-  np.testing.assert_allclose(got["x_start"].reshape(B, D), np.clip(x + eps * t / np.abs(t).max(
-      -1, keepdims=True), 0, 1), atol=1e-12)
+  np.testing.assert_allclose(
+    got["x_start"].reshape(B, D),
+    np.clip(x + eps * t / np.abs(t).max(-1, keepdims=True), 0, 1),
+    atol=1e-12,
+  )
   np.testing.assert_array_equal(got["reduce"], ref["reduce"])
   np.testing.assert_allclose(got["step"], ref["step"], rtol=1e-12)
   np.testing.assert_allclose(got["loss"], ref["loss"], rtol=1e-9, atol=1e-12)
@@ -149,7 +170,9 @@ def test_apgd_matches_the_reference_step_by_step(seed):
   assert flips > 0.05, flips  # the gradient's sign changes between iterations
   assert ref["osc"].any() and ref["stall"].any() and (ref["stall"] & ~ref["osc"]).any()
   assert ((ref["x_adv"] == 0.0) | (ref["x_adv"] == 1.0)).mean() > 0.05  # the box binds
-  assert (ref["x_adv"] == np.clip(x - eps, 0, 1)).any() and (ref["x_adv"] == np.clip(x + eps, 0, 1)).any()
+  assert (ref["x_adv"] == np.clip(x - eps, 0, 1)).any() and (
+    ref["x_adv"] == np.clip(x + eps, 0, 1)
+  ).any()
   # Reset to the best point at a halving: that iterate equals the best so far.
   i, b = np.argwhere(ref["reduce"])[0]
   assert ref["loss_best"][i, b] >= ref["loss"][: i + 1, b].max()
@@ -176,7 +199,9 @@ def test_step_size_checkpoints_match_the_reference():
 def test_apgd_ce_reaches_the_exact_robust_accuracy(num_classes, disjoint):
   f, x, y, dist = linear_problem(num_classes, disjoint=disjoint)
   eps, x, y, dist = eps_and_subset(dist, x, y)
-  res = jax.jit(lambda x, y, k: apgd_attacks.apgd_ce(f, x, y, eps=eps, keys=k))(x, y, keys_for(len(y)))
+  res = jax.jit(lambda x, y, k: apgd_attacks.apgd_ce(f, x, y, eps=eps, keys=k))(
+    x, y, keys_for(len(y))
+  )
   np.testing.assert_array_equal(np.asarray(res.robust), dist > eps)
   assert float(jnp.max(jnp.abs(res.x_adv - x))) <= eps * (1 + 1e-5)
   broken = ~np.asarray(res.robust)
@@ -188,7 +213,8 @@ def test_apgd_t_reaches_the_exact_robust_accuracy(num_classes, disjoint):
   f, x, y, dist = linear_problem(num_classes, disjoint=disjoint, seed=1)
   eps, x, y, dist = eps_and_subset(dist, x, y)
   res = jax.jit(lambda x, y, k: apgd_attacks.apgd_targeted(f, x, y, eps=eps, keys=k))(
-      x, y, keys_for(len(y)))
+    x, y, keys_for(len(y))
+  )
   np.testing.assert_array_equal(np.asarray(res.robust), dist > eps)
   assert float(jnp.max(jnp.abs(res.x_adv - x))) <= eps * (1 + 1e-5)
 
@@ -245,8 +271,7 @@ def test_eot_gradient_is_the_mean_over_draws_and_logits_the_last_draw():
   value, logits, grad = apgd._loss_and_grad(apgd.Randomised(fn), "ce", eot)(x, y, y, keys)
   for b in range(len(y)):  # a slow loop over points and draws, one draw at a time
     draw_keys = [jax.random.fold_in(keys[b], j) for j in range(eot)]
-    per_draw = [jax.grad(lambda xi, k=k: _ce(fn(xi[None], k)[0], y[b]))(x[b])
-                for k in draw_keys]
+    per_draw = [jax.grad(lambda xi, k=k: _ce(fn(xi[None], k)[0], y[b]))(x[b]) for k in draw_keys]
     np.testing.assert_allclose(grad[b], np.mean(per_draw, axis=0), rtol=1e-5, atol=1e-6)
     last = fn(x[b][None], draw_keys[-1])[0]
     np.testing.assert_allclose(logits[b], last, rtol=1e-5, atol=1e-6)
@@ -264,13 +289,19 @@ def test_apgd_first_step_follows_the_eot_gradient_of_its_iteration_keys():
   x, y, keys = _inputs(seed=4)
   eps, iters, eot = 0.05, 4, 5
   noise = jnp.asarray(np.random.default_rng(5).uniform(-1, 1, x.shape), jnp.float32)
-  traj = apgd.apgd_trajectory(apgd.Randomised(fn), x, y, eps=eps, keys=keys, num_iters=iters,
-                              noise=noise, eot_iter=eot)
+  traj = apgd.apgd_trajectory(
+    apgd.Randomised(fn), x, y, eps=eps, keys=keys, num_iters=iters, noise=noise, eot_iter=eot
+  )
   x0 = np.asarray(traj["x_start"])
   for b in range(len(y)):
     k = jax.random.fold_in(keys[b], apgd._EOT_TAG + iters)
-    g = np.mean([jax.grad(lambda xi, j=j: _ce(fn(xi[None], jax.random.fold_in(k, j))[0],
-                                              y[b]))(x0[b]) for j in range(eot)], axis=0)
+    g = np.mean(
+      [
+        jax.grad(lambda xi, j=j: _ce(fn(xi[None], jax.random.fold_in(k, j))[0], y[b]))(x0[b])
+        for j in range(eot)
+      ],
+      axis=0,
+    )
     want = np.clip(np.clip(x0[b] + 2 * eps * np.sign(g), x[b] - eps, x[b] + eps), 0, 1)
     np.testing.assert_allclose(traj["x_adv"][0, b], want, atol=1e-6)
 

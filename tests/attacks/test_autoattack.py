@@ -7,14 +7,14 @@ robust at eps iff the minimum of that over t exceeds eps.
 
 Every attack of the ensemble stays in the [0, 1] box near its faces."""
 
-from tests.helpers import (digits_config, eps_and_subset, keys_for, linear_problem)
-import numpy as np
-import pytest
 import jax
 import jax.numpy as jnp
-from caat_jax.attacks import apgd, autoattack, fab
+import numpy as np
+import pytest
+
 from caat_jax import attacks
-from caat_jax.attacks import square
+from caat_jax.attacks import apgd, autoattack, fab, square
+from tests.helpers import digits_config, eps_and_subset, keys_for, linear_problem
 
 
 def test_autoattack_is_exact_on_a_linear_classifier_and_merges_per_point():
@@ -22,8 +22,9 @@ def test_autoattack_is_exact_on_a_linear_classifier_and_merges_per_point():
   eps, x, y, dist = eps_and_subset(dist, x, y)
   y = y.at[0].set((y[0] + 1) % 10)  # one point misclassified clean
   opts = {"square": {"num_queries": 50}}
-  res, stages = jax.jit(lambda x, y, k: autoattack.autoattack(
-      f, x, y, eps=eps, keys=k, options=opts))(x, y, keys_for(len(y)))
+  res, stages = jax.jit(
+    lambda x, y, k: autoattack.autoattack(f, x, y, eps=eps, keys=k, options=opts)
+  )(x, y, keys_for(len(y)))
   want = dist > eps
   want[0] = False
   np.testing.assert_array_equal(np.asarray(res.robust), want)
@@ -37,8 +38,12 @@ def test_autoattack_is_exact_on_a_linear_classifier_and_merges_per_point():
   assert float(jnp.max(jnp.abs(res.x_adv - x))) <= eps * (1 + 1e-5)
 
 
-QUICK = {"apgd-ce": {"num_iters": 20}, "apgd-t": {"num_iters": 20, "num_target_classes": 3},
-         "fab-t": {"num_iters": 20, "num_target_classes": 3}, "square": {"num_queries": 200}}
+QUICK = {
+  "apgd-ce": {"num_iters": 20},
+  "apgd-t": {"num_iters": 20, "num_target_classes": 3},
+  "fab-t": {"num_iters": 20, "num_target_classes": 3},
+  "square": {"num_queries": 200},
+}
 
 
 @pytest.mark.slow
@@ -47,13 +52,19 @@ def test_autoattack_on_a_trained_cnn_is_not_weaker_than_pgd20(tmp_path):
   as ``python -m caat_jax.evaluate`` does (shortened AutoAttack)."""
   import json  # pylint: disable=g-import-not-at-top
   import os  # pylint: disable=g-import-not-at-top
+
   from caat_jax import evaluate, train  # pylint: disable=g-import-not-at-top
+
   workdir = str(tmp_path / "run")
-  train.train_and_evaluate(digits_config(method="natural", **{"eval.num_examples": 100}),
-                           workdir)
+  train.train_and_evaluate(digits_config(method="natural", **{"eval.num_examples": 100}), workdir)
   docs, checks = evaluate.evaluate_checkpoint(
-      workdir, ["pgd20", "autoattack"], num_examples=100, aa_options=QUICK,
-      sanity=True, progress=False)
+    workdir,
+    ["pgd20", "autoattack"],
+    num_examples=100,
+    aa_options=QUICK,
+    sanity=True,
+    progress=False,
+  )
   pgd20, aa = docs
   assert aa["avg"]["natural"] == pgd20["avg"]["natural"]
   assert aa["avg"]["robust"] >= pgd20["avg"]["robust"]
@@ -101,8 +112,9 @@ def test_every_attack_stays_in_the_box_near_its_faces(attack):
   y = jnp.argmax(f(x), -1)
   eps, keys = 0.1, keys_for(N)
   if attack == "pgd":
-    out = attacks.pgd(f, x, y, eps=jnp.full((N,), eps), step_size=jnp.full((N,), 0.05),
-                      num_steps=5, keys=keys)
+    out = attacks.pgd(
+      f, x, y, eps=jnp.full((N,), eps), step_size=jnp.full((N,), 0.05), num_steps=5, keys=keys
+    )
   elif attack == "apgd":
     out = apgd.apgd_run(f, x, y, eps=eps, keys=keys, num_iters=10)[0].x_adv
   elif attack == "fab":  # eps = 0.1 judges, but FAB searches unbounded: check the box only

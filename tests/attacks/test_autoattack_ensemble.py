@@ -41,15 +41,16 @@ softmax); under ``jit`` XLA's fusion of the scaled log-softmax can leave
 APGD-CE at the answer (adding group C's gate to the graph made APGD-CE
 break 13 of those points), so the gate replaces it."""
 
-from tests.helpers import (keys_for)
 import functools
-import numpy as np
-import pytest
+
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
+
 from caat_jax import losses
 from caat_jax.attacks import autoattack, verify
-
+from tests.helpers import keys_for
 
 N_NEAR, N_FAR, D, K = 20, 4, 64, 10
 
@@ -85,6 +86,7 @@ def _gate_bwd(max_touched, _, ct):
   touched = jnp.sum(ct != 0, axis=-1, keepdims=True)
   return (jnp.where(touched <= max_touched, ct, jnp.zeros_like(ct)),)
 
+
 _gradient_gate.defvjp(_gate_fwd, _gate_bwd)
 
 
@@ -109,8 +111,8 @@ def _problem(seed=0):
   b = 0.05 * rng.normal(size=K)
   pool = rng.uniform(0.3, 0.7, (4000, D))
   r = _min_linf(w, b, pool) / EPS
-  near = np.flatnonzero((r > NEAR[0]) & (r < NEAR[1]))[:4 * N_NEAR].reshape(4, N_NEAR)
-  far = np.flatnonzero(r > FAR)[:4 * N_FAR].reshape(4, N_FAR)
+  near = np.flatnonzero((r > NEAR[0]) & (r < NEAR[1]))[: 4 * N_NEAR].reshape(4, N_NEAR)
+  far = np.flatnonzero(r > FAR)[: 4 * N_FAR].reshape(4, N_FAR)
   assert near.size == 4 * N_NEAR and far.size == 4 * N_FAR
   x = pool[np.concatenate([near, far], 1).ravel()]
   x[:, 0] = np.repeat(MARKS, N_PER)
@@ -121,9 +123,13 @@ def _problem(seed=0):
     group = jax.lax.stop_gradient(jnp.floor(flat[:, :1] * 4.0))
     z = (flat - 0.5) @ w + b  # centred: margins of the order of what eps can move
     zd = (jax.lax.stop_gradient(flat) - 0.5) @ w + b
-    return jnp.where(group == 0, z,
-                     jnp.where(group == 1, _gradient_gate(z, K - 1),
-                               jnp.where(group == 2, _gradient_gate(z, 2), zd)))
+    return jnp.where(
+      group == 0,
+      z,
+      jnp.where(
+        group == 1, _gradient_gate(z, K - 1), jnp.where(group == 2, _gradient_gate(z, 2), zd)
+      ),
+    )
 
   x = jnp.asarray(x.astype(np.float32).reshape(-1, 8, 8, 1))
   near = np.tile(np.arange(N_PER) < N_NEAR, 4)
@@ -134,16 +140,21 @@ def _input_grads(f, x, y, t):
   """Per-point input gradients [N, D] of the three losses the gradient
   attacks differentiate: CE (APGD-CE), targeted DLR (APGD-T) and
   ``z_t - z_y`` (FAB-T), each through ``f`` as the attacks call it."""
+
   def per_point(loss):
     def g(xi, yi, ti):
       return loss(f(xi[None]), yi[None], ti[None])[0]
+
     return jax.vmap(jax.grad(g))(x, y, t).reshape(len(x), -1)
 
   def fab_diff(z, yi, ti):
     return (jnp.take_along_axis(z, ti[:, None], -1) - jnp.take_along_axis(z, yi[:, None], -1))[:, 0]
 
-  return {"apgd-ce": per_point(lambda z, yi, ti: losses.cross_entropy(z, yi)),
-          "apgd-t": per_point(losses.targeted_dlr), "fab-t": per_point(fab_diff)}
+  return {
+    "apgd-ce": per_point(lambda z, yi, ti: losses.cross_entropy(z, yi)),
+    "apgd-t": per_point(losses.targeted_dlr),
+    "fab-t": per_point(fab_diff),
+  }
 
 
 def test_each_group_lets_through_the_gradients_it_is_built_for():
@@ -167,8 +178,9 @@ def test_each_group_lets_through_the_gradients_it_is_built_for():
 def test_each_attack_breaks_points_the_previous_ones_did_not():
   f, x, y, near = _problem()
   opts = {"square": {"num_queries": 1000}}
-  res, stages = jax.jit(lambda x, y, k: autoattack.autoattack(
-      f, x, y, eps=EPS, keys=k, options=opts))(x, y, keys_for(len(y)))
+  res, stages = jax.jit(
+    lambda x, y, k: autoattack.autoattack(f, x, y, eps=EPS, keys=k, options=opts)
+  )(x, y, keys_for(len(y)))
   stages = {k: np.asarray(v) for k, v in stages.items()}
   group = np.repeat(np.arange(4), N_PER)
   order = ["clean", *autoattack.STANDARD]

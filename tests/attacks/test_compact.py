@@ -1,10 +1,11 @@
 """The compacting driver: buckets, and the same results as autoattack()."""
 
-from tests.helpers import (TINY_AA, keys_for, linear_problem)
+import jax
 import numpy as np
 import pytest
-import jax
+
 from caat_jax.attacks import autoattack, compact
+from tests.helpers import TINY_AA, keys_for, linear_problem
 
 
 def test_bucket_sizes_and_plan():
@@ -53,28 +54,44 @@ def test_compaction_gives_autoattacks_results_exactly_two_attacks():
   eps = float(np.quantile(dist, 0.6))
   keys = keys_for(len(y), seed=3)
   attacks = ("apgd-t", "square")
-  res, stages = jax.jit(lambda x, y, k: autoattack.autoattack(
-      f, x, y, eps=eps, keys=k, options=TINY_AA, attacks=attacks))(x, y, keys)
+  res, stages = jax.jit(
+    lambda x, y, k: autoattack.autoattack(
+      f, x, y, eps=eps, keys=k, options=TINY_AA, attacks=attacks
+    )
+  )(x, y, keys)
   stats = {}
   for pack in ("slots", "calls"):
     x_adv, robust, got, stats[pack] = compact.autoattack_compact(
-        compact.local_runner(f, TINY_AA), np.asarray(x), np.asarray(y), eps=eps, keys=keys,
-        clean_correct=np.asarray(stages["clean"]), num_classes=10, options=TINY_AA,
-        attacks=attacks, batch_size=8, min_size=4, pack=pack)
+      compact.local_runner(f, TINY_AA),
+      np.asarray(x),
+      np.asarray(y),
+      eps=eps,
+      keys=keys,
+      clean_correct=np.asarray(stages["clean"]),
+      num_classes=10,
+      options=TINY_AA,
+      attacks=attacks,
+      batch_size=8,
+      min_size=4,
+      pack=pack,
+    )
     for name in got:
       np.testing.assert_array_equal(got[name], np.asarray(stages[name]), err_msg=name)
     np.testing.assert_array_equal(x_adv, np.asarray(res.x_adv))
     assert 0 < int(robust.sum()) < len(y)
     assert stats[pack]["apgd-t"]["points"] < 3 * len(y)  # later targets saw fewer points
     sq = stats[pack]["square"]  # one run: its calls and slots are plan's for its points
-    assert [sq["calls"], sq["slots"]] == [len(compact.plan(sq["points"], [8, 4], pack)),
-                                          sum(compact.plan(sq["points"], [8, 4], pack))]
+    assert [sq["calls"], sq["slots"]] == [
+      len(compact.plan(sq["points"], [8, 4], pack)),
+      sum(compact.plan(sq["points"], [8, 4], pack)),
+    ]
   for name in attacks:  # same points; 'calls' never makes more calls nor fewer slots
     s_, c_ = stats["slots"][name], stats["calls"][name]
     assert s_["points"] == c_["points"]
     assert c_["calls"] <= s_["calls"] and c_["slots"] >= s_["slots"]
   assert sum(v["calls"] for v in stats["calls"].values()) < sum(
-      v["calls"] for v in stats["slots"].values())
+    v["calls"] for v in stats["slots"].values()
+  )
 
 
 @pytest.mark.slow
@@ -85,12 +102,21 @@ def test_compaction_gives_autoattacks_results_exactly():
   eps = float(np.quantile(dist, 0.7))  # most points break, some survive
   y = y.at[0].set((y[0] + 1) % 10)  # one point misclassified clean
   keys = keys_for(len(y), seed=3)
-  res, stages = jax.jit(lambda x, y, k: autoattack.autoattack(
-      f, x, y, eps=eps, keys=k, options=TINY_AA))(x, y, keys)
+  res, stages = jax.jit(
+    lambda x, y, k: autoattack.autoattack(f, x, y, eps=eps, keys=k, options=TINY_AA)
+  )(x, y, keys)
   x_adv, robust, got, stats = compact.autoattack_compact(
-      compact.local_runner(f, TINY_AA), np.asarray(x), np.asarray(y), eps=eps, keys=keys,
-      clean_correct=np.asarray(stages["clean"]), num_classes=10, options=TINY_AA, batch_size=8,
-      min_size=4)
+    compact.local_runner(f, TINY_AA),
+    np.asarray(x),
+    np.asarray(y),
+    eps=eps,
+    keys=keys,
+    clean_correct=np.asarray(stages["clean"]),
+    num_classes=10,
+    options=TINY_AA,
+    batch_size=8,
+    min_size=4,
+  )
   assert list(got) == ["clean", *autoattack.STANDARD]
   for name in got:
     np.testing.assert_array_equal(got[name], np.asarray(stages[name]), err_msg=name)
@@ -111,8 +137,15 @@ def test_nothing_left_to_attack_skips_the_attacks():
   calls = []
   runner = lambda name, *a: calls.append(name)
   _, robust, stages, stats = compact.autoattack_compact(
-      runner, np.asarray(x), np.asarray(y), eps=0.1, keys=keys_for(8),
-      clean_correct=np.zeros(8, bool), num_classes=10, batch_size=8)
+    runner,
+    np.asarray(x),
+    np.asarray(y),
+    eps=0.1,
+    keys=keys_for(8),
+    clean_correct=np.zeros(8, bool),
+    num_classes=10,
+    batch_size=8,
+  )
   assert calls == [] and not robust.any()
   assert all(s["points"] == 0 for s in stats.values())
 
@@ -124,11 +157,20 @@ def test_pmap_runner_matches_the_local_runner():
   eps = float(np.quantile(dist, 0.7))
   keys = keys_for(len(y), seed=5)
   clean = np.ones(len(y), bool)
-  kw = dict(eps=eps, keys=keys, clean_correct=clean, num_classes=10, options=TINY_AA,
-            batch_size=16, attacks=("apgd-ce", "square"))
-  local = compact.autoattack_compact(compact.local_runner(f, TINY_AA), np.asarray(x),
-                                     np.asarray(y), min_size=8, **kw)
-  sharded = compact.autoattack_compact(compact.pmap_runner(f, TINY_AA), np.asarray(x),
-                                       np.asarray(y), min_size=8, multiple=8, **kw)
+  kw = dict(
+    eps=eps,
+    keys=keys,
+    clean_correct=clean,
+    num_classes=10,
+    options=TINY_AA,
+    batch_size=16,
+    attacks=("apgd-ce", "square"),
+  )
+  local = compact.autoattack_compact(
+    compact.local_runner(f, TINY_AA), np.asarray(x), np.asarray(y), min_size=8, **kw
+  )
+  sharded = compact.autoattack_compact(
+    compact.pmap_runner(f, TINY_AA), np.asarray(x), np.asarray(y), min_size=8, multiple=8, **kw
+  )
   np.testing.assert_array_equal(local[1], sharded[1])
   np.testing.assert_array_equal(local[0], sharded[0])

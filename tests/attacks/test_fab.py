@@ -1,12 +1,13 @@
 """FAB-T against closed forms: the L-inf projection onto a hyperplane in the
 box, the minimal perturbation of a linear classifier, the box-corner fallback."""
 
-from tests.helpers import (eps_and_subset, keys_for, linear_problem)
-import numpy as np
-import pytest
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
+
 from caat_jax.attacks import fab
+from tests.helpers import eps_and_subset, keys_for, linear_problem
 
 
 def test_linf_projection_onto_a_hyperplane_in_the_box():
@@ -35,7 +36,8 @@ def test_fab_t_finds_the_minimal_perturbation(num_classes):
   # eps = 0: nothing counts as broken, so every target runs and ``norm`` is
   # the smallest perturbation over all of them.
   res, norm = jax.jit(lambda x, y, k: fab.fab_targeted(f, x, y, eps=0.0, keys=k))(
-      x, y, keys_for(len(y)))
+    x, y, keys_for(len(y))
+  )
   norm = np.asarray(norm)
   # FAB's overshoot (eta = 1.05) then backward step (beta = 0.9) settle about
   # 0.5% above the boundary.

@@ -4,8 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from caat_jax import attacks, losses
 
+from caat_jax import attacks, losses
 
 B, D, C = 12, 6, 3
 
@@ -35,13 +35,24 @@ def test_stays_in_ball_and_box(start):
   eps = jnp.linspace(0.0, 0.3, B)  # includes eps = 0 and bounds past the box
   sign = jnp.where(jnp.arange(B) % 2 == 0, 1.0, -1.0)
   kind = jnp.where(jnp.arange(B) % 3 == 0, attacks.LOSS_KL, attacks.LOSS_CE)
-  x_adv = attacks.pgd(f, x, y, eps=eps, step_size=jnp.full((B,), 0.1), num_steps=5,
-                      keys=_keys(), sign=sign, loss_kind=kind, clean_logits=f(x), start=start)
+  x_adv = attacks.pgd(
+    f,
+    x,
+    y,
+    eps=eps,
+    step_size=jnp.full((B,), 0.1),
+    num_steps=5,
+    keys=_keys(),
+    sign=sign,
+    loss_kind=kind,
+    clean_logits=f(x),
+    start=start,
+  )
   dist = jnp.max(jnp.abs(x_adv - x).reshape(B, -1), axis=1)
   assert np.all(np.asarray(dist) <= np.asarray(eps) + 1e-6)
   assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
   np.testing.assert_array_equal(x_adv[0], x[0])  # eps = 0 leaves the point alone
-  assert float(jnp.max(dist[B // 2:])) > 0.1  # large bounds are actually used
+  assert float(jnp.max(dist[B // 2 :])) > 0.1  # large bounds are actually used
 
 
 def test_sign_raises_and_lowers_the_loss():
@@ -49,8 +60,17 @@ def test_sign_raises_and_lowers_the_loss():
   x, y = _data(jax.random.PRNGKey(3))
   eps = jnp.full((B,), 0.1)
   ce0 = losses.cross_entropy(f(x), y)
-  run = lambda s: attacks.pgd(f, x, y, eps=eps, step_size=eps / 4, num_steps=10, keys=_keys(),
-                              sign=jnp.full((B,), s), start="none")
+  run = lambda s: attacks.pgd(
+    f,
+    x,
+    y,
+    eps=eps,
+    step_size=eps / 4,
+    num_steps=10,
+    keys=_keys(),
+    sign=jnp.full((B,), s),
+    start="none",
+  )
   ce_adv = losses.cross_entropy(f(run(1.0)), y)
   ce_anti = losses.cross_entropy(f(run(-1.0)), y)
   assert np.all(np.asarray(ce_adv) > np.asarray(ce0))
@@ -61,9 +81,18 @@ def test_kl_adversary_moves_away_from_clean_prediction():
   f = _mlp(jax.random.PRNGKey(4))
   x, y = _data(jax.random.PRNGKey(5))
   kind = jnp.full((B,), attacks.LOSS_KL)
-  x_adv = attacks.pgd(f, x, y, eps=jnp.full((B,), 0.1), step_size=jnp.full((B,), 0.025),
-                      num_steps=10, keys=_keys(), loss_kind=kind, clean_logits=f(x),
-                      start="gaussian")
+  x_adv = attacks.pgd(
+    f,
+    x,
+    y,
+    eps=jnp.full((B,), 0.1),
+    step_size=jnp.full((B,), 0.025),
+    num_steps=10,
+    keys=_keys(),
+    loss_kind=kind,
+    clean_logits=f(x),
+    start="gaussian",
+  )
   kl = losses.kl_divergence(f(x), f(x_adv))
   assert np.all(np.asarray(kl) > 1e-4)
 
@@ -78,12 +107,23 @@ def test_vmapped_batch_equals_per_sample_loop():
   keys = _keys(8)
   clean = f(x)
   kw = dict(num_steps=7, start="uniform")
-  batched = attacks.pgd(f, x, y, eps=eps, step_size=step, keys=keys, sign=sign,
-                        loss_kind=kind, clean_logits=clean, **kw)
+  batched = attacks.pgd(
+    f, x, y, eps=eps, step_size=step, keys=keys, sign=sign, loss_kind=kind, clean_logits=clean, **kw
+  )
   for i in range(B):
     s = slice(i, i + 1)
-    single = attacks.pgd(f, x[s], y[s], eps=eps[s], step_size=step[s], keys=keys[s],
-                         sign=sign[s], loss_kind=kind[s], clean_logits=clean[s], **kw)
+    single = attacks.pgd(
+      f,
+      x[s],
+      y[s],
+      eps=eps[s],
+      step_size=step[s],
+      keys=keys[s],
+      sign=sign[s],
+      loss_kind=kind[s],
+      clean_logits=clean[s],
+      **kw,
+    )
     np.testing.assert_allclose(batched[i], single[0], atol=1e-6)
 
 
@@ -98,8 +138,17 @@ def test_linear_classifier_reaches_analytic_worst_case(sign):
   x = 0.3 + 0.4 * jax.random.uniform(jax.random.PRNGKey(10), (B, D, D, 1))  # away from the box
   y = jnp.zeros((B,), jnp.int32)
   eps = jnp.linspace(0.01, 0.2, B)
-  x_adv = attacks.pgd(f, x, y, eps=eps, step_size=eps / 4, num_steps=10, keys=_keys(),
-                      sign=jnp.full((B,), sign), start="uniform")
+  x_adv = attacks.pgd(
+    f,
+    x,
+    y,
+    eps=eps,
+    step_size=eps / 4,
+    num_steps=10,
+    keys=_keys(),
+    sign=jnp.full((B,), sign),
+    start="uniform",
+  )
   margin = lambda z: f(z)[:, 0] - f(z)[:, 1]
   change = margin(x) - margin(x_adv)  # > 0: the adversary shrinks label 0's margin
   expected = sign * eps * jnp.sum(jnp.abs(w[:, 1] - w[:, 0]))

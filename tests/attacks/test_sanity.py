@@ -3,12 +3,12 @@
 Each warning is triggered by a model built to trigger it and stays silent
 on one that is not."""
 
-import numpy as np
-import pytest
 import jax
 import jax.numpy as jnp
-from caat_jax.attacks import sanity, verify
+import numpy as np
+import pytest
 
+from caat_jax.attacks import sanity, verify
 
 C = 10
 
@@ -76,8 +76,7 @@ def test_the_check_catches_a_wrong_attack():
   assert s["flag_mismatch"] == 1 and bool(checked[kept[0]])
   assert any("disagrees" in p for p in verify.problems(s, eps))
   # 3: out of [0, 1] and non-finite.
-  _, s = verify.verify(f, x, y, x_adv.at[kept[1], 0, 0, 0].set(-1e-3),
-                       1.0, robust)
+  _, s = verify.verify(f, x, y, x_adv.at[kept[1], 0, 0, 0].set(-1e-3), 1.0, robust)
   assert not s["in_box"] and s["finite"]
   _, s = verify.verify(f, x, y, x_adv.at[kept[1], 0, 0, 0].set(jnp.nan), eps, robust)
   assert not s["finite"] and any("not finite" in p for p in verify.problems(s, eps))
@@ -95,7 +94,7 @@ def test_partial_summaries_merge_across_batches_and_ignore_padding():
   parts = []
   for lo in (0, 8):
     sl = slice(lo, lo + 8)
-    pad = lambda v: jnp.concatenate([v[sl], v[:8 - len(v[sl])]])
+    pad = lambda v: jnp.concatenate([v[sl], v[: 8 - len(v[sl])]])
     valid = jnp.arange(8) < len(y[sl])
     parts.append(fn(pad(x), pad(y), pad(x_adv), eps, pad(robust), valid)[1])
   assert verify.merge_summaries(parts) == whole
@@ -153,10 +152,12 @@ def test_check_num_classes_refuses_dlr_with_too_few_classes():
   # The ensemble refuses before running anything.
   f3 = lambda v: v.reshape(v.shape[0], -1)[:, :3]
   from caat_jax.attacks import autoattack  # pylint: disable=g-import-not-at-top
+
   x = jnp.full((2, 4, 4, 1), 0.5)
   with pytest.raises(ValueError, match="3 classes"):
-    autoattack.autoattack(f3, x, jnp.zeros(2, jnp.int32), eps=0.1,
-                          keys=jax.random.split(jax.random.PRNGKey(0), 2))
+    autoattack.autoattack(
+      f3, x, jnp.zeros(2, jnp.int32), eps=0.1, keys=jax.random.split(jax.random.PRNGKey(0), 2)
+    )
 
 
 def test_check_clean_accuracy():

@@ -2,17 +2,20 @@
 (stripes, window sizes, one colour per channel, accept rule) against direct
 computations."""
 
-from tests.helpers import (eps_and_subset, keys_for, linear_problem)
-import numpy as np
-import pytest
+import math
+
 import jax
 import jax.numpy as jnp
-import math
+import numpy as np
+import pytest
+
 from caat_jax.attacks import square
+from tests.helpers import eps_and_subset, keys_for, linear_problem
 
 
 def _no_gradient(logits_fn):
   """``logits_fn`` that fails if anything differentiates it."""
+
   @jax.custom_vjp
   def g(v):
     return logits_fn(v)
@@ -28,10 +31,51 @@ def _no_gradient(logits_fn):
 
 
 def test_p_schedule_matches_the_reference():
-  got = [square.p_schedule(i) for i in (0, 10, 11, 50, 51, 200, 201, 500, 501, 1000, 1001,
-                                        2000, 2001, 4000, 4001, 6000, 6001, 8000, 8001)]
-  want = [0.8, 0.8, 0.4, 0.4, 0.2, 0.2, 0.1, 0.1, 0.05, 0.05, 0.025, 0.025, 0.0125,
-          0.0125, 0.00625, 0.00625, 0.003125, 0.003125, 0.0015625]
+  got = [
+    square.p_schedule(i)
+    for i in (
+      0,
+      10,
+      11,
+      50,
+      51,
+      200,
+      201,
+      500,
+      501,
+      1000,
+      1001,
+      2000,
+      2001,
+      4000,
+      4001,
+      6000,
+      6001,
+      8000,
+      8001,
+    )
+  ]
+  want = [
+    0.8,
+    0.8,
+    0.4,
+    0.4,
+    0.2,
+    0.2,
+    0.1,
+    0.1,
+    0.05,
+    0.05,
+    0.025,
+    0.025,
+    0.0125,
+    0.0125,
+    0.00625,
+    0.00625,
+    0.003125,
+    0.003125,
+    0.0015625,
+  ]
   np.testing.assert_allclose(got, want)
   assert square.window_sizes((32, 32))[:3] == [29, 20, 14]
 
@@ -40,8 +84,9 @@ def test_square_lowers_accuracy_without_gradients():
   f, x, y, dist = linear_problem(2, seed=5)
   # Most points breakable: random search needs no exact vertex for them.
   eps, x, y, dist = eps_and_subset(dist, x, y, quantile=0.9)
-  res = jax.jit(lambda x, y, k: square.square(_no_gradient(f), x, y, eps=eps, keys=k,
-                                              num_queries=1500))(x, y, keys_for(len(y)))
+  res = jax.jit(
+    lambda x, y, k: square.square(_no_gradient(f), x, y, eps=eps, keys=k, num_queries=1500)
+  )(x, y, keys_for(len(y)))
   robust = np.asarray(res.robust)
   assert robust.mean() < 0.75, robust.mean()  # clean accuracy is 1
   assert np.all(robust[dist > eps])  # never below the true robust accuracy
@@ -58,8 +103,9 @@ def test_square_starts_from_vertical_stripes():
   eps = jnp.linspace(0.05, 0.2, N)
   start = np.asarray(square.initial_stripes(x, eps, keys_for(N)))
   d = start - 0.5
-  np.testing.assert_allclose(np.abs(d), np.broadcast_to(np.asarray(eps)[:, None, None, None],
-                                                        d.shape), rtol=1e-6)
+  np.testing.assert_allclose(
+    np.abs(d), np.broadcast_to(np.asarray(eps)[:, None, None, None], d.shape), rtol=1e-6
+  )
   np.testing.assert_array_equal(d, np.broadcast_to(d[:, :1], d.shape))  # constant down columns
   signs = np.sign(d[:, 0])  # [N, W, C]: one sign per (column, channel), both signs used
   assert (signs > 0).any() and (signs < 0).any()
@@ -73,8 +119,9 @@ def test_square_window_sizes_follow_the_schedule():
       want = min(max(int(round(math.sqrt(p * hw[0] * hw[1]))), 1), hw[0])
       assert int(square.window_size(jnp.int32(i), hw)) == want, (hw, i)
   # Rescaled to 1000 queries, query 100 is the unrescaled query 1000.
-  assert int(square.window_size(jnp.int32(100), (32, 32), num_queries=1000, rescale=True)) == \
-      int(square.window_size(jnp.int32(1000), (32, 32)))
+  assert int(square.window_size(jnp.int32(100), (32, 32), num_queries=1000, rescale=True)) == int(
+    square.window_size(jnp.int32(1000), (32, 32))
+  )
 
 
 @pytest.mark.parametrize("i", [0, 30, 600])
@@ -88,7 +135,9 @@ def test_square_proposal_is_one_window_one_colour_per_channel(i):
     changed = np.any(d[b] != 0, axis=-1)  # [H, W]
     rows, cols = np.flatnonzero(changed.any(1)), np.flatnonzero(changed.any(0))
     assert len(rows) == len(cols) == size  # a size x size square ...
-    assert changed[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].all() and changed.sum() == size ** 2
+    assert (
+      changed[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].all() and changed.sum() == size**2
+    )
     assert rows[0] <= HW - size and cols[0] <= HW - size  # corner in [0, h - size]
     inside = d[b][changed]  # [size^2, C]: 2 eps clipped to the ball = eps, same per channel
     np.testing.assert_allclose(np.abs(inside), 0.1, rtol=1e-5)

@@ -3,6 +3,7 @@ computations."""
 
 import jax.numpy as jnp
 import numpy as np
+
 from caat_jax.caat import bounds, fairness
 
 
@@ -18,8 +19,12 @@ def test_frl_multiplier_update_by_hand():
   np.testing.assert_allclose(new["lambda2"], 0.2 * g1, atol=1e-7)  # unprojected
   # halving before the reference's epoch 40 (1-based; our 0-based epoch 39),
   # and the rescale to lim when the sum exceeds it
-  big = fairness.update({"lambda0": np.array([0.4, 0.4, 0.0]), "lambda1": np.zeros(3),
-                         "lambda2": np.zeros(3)}, nat, bnd, epoch=39)
+  big = fairness.update(
+    {"lambda0": np.array([0.4, 0.4, 0.0]), "lambda1": np.zeros(3), "lambda2": np.zeros(3)},
+    nat,
+    bnd,
+    epoch=39,
+  )
   l0 = np.maximum(np.array([0.4, 0.4, 0.0]) + 0.025 * g0, 0)
   np.testing.assert_allclose(big["lambda0"], l0 * 0.5 / l0.sum(), rtol=1e-6)
 
@@ -38,4 +43,6 @@ def test_class_weights_and_margins():
   f = fairness.sample_factors(jnp.asarray(w), y, None)
   l = jnp.array([1.0, 2.0, 3.0, 4.0])
   wy = w[np.asarray(y)]
-  np.testing.assert_allclose(float(jnp.mean(f * l)), (wy * np.asarray(l)).sum() / wy.sum(), rtol=1e-6)
+  np.testing.assert_allclose(
+    float(jnp.mean(f * l)), (wy * np.asarray(l)).sum() / wy.sum(), rtol=1e-6
+  )

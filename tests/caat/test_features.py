@@ -2,6 +2,7 @@
 
 import jax.numpy as jnp
 import numpy as np
+
 from caat_jax import losses
 from caat_jax.caat import features
 
@@ -15,8 +16,9 @@ def test_features_by_hand():
   p = np.array([[0.7, 0.2, 0.1], [0.25, 0.25, 0.5]])
   np.testing.assert_allclose(z[:, 0], [-np.log(0.7), -np.log(0.25)], rtol=1e-6)
   np.testing.assert_allclose(z[:, 1], [0.7 - 0.2, 0.25 - 0.5], rtol=1e-6)
-  np.testing.assert_allclose(z[:, 2], [np.linalg.norm([0.3, -0.2, -0.1]),
-                                       np.linalg.norm([-0.25, 0.75, -0.5])], rtol=1e-6)
+  np.testing.assert_allclose(
+    z[:, 2], [np.linalg.norm([0.3, -0.2, -0.1]), np.linalg.norm([-0.25, 0.75, -0.5])], rtol=1e-6
+  )
   ent = -(p * np.log2(p)).sum(1)
   np.testing.assert_allclose(z[:, 3], ent, rtol=1e-6)
   assert np.all(z[:, 3] > 0)  # positive, unlike the official code's
@@ -39,8 +41,9 @@ def test_class_average_loss_is_the_previous_epochs_average():
     new_epoch = step > 0 and step % steps_per_epoch == 0
     prev = stats
     _, stats = features.strategy_inputs(logits, y, (5, 5, 5), stats, cfg, None, new_epoch)
-    feature6 = np.asarray(features.class_average_loss(
-        features.start_epoch(prev, jnp.asarray(new_epoch))))
+    feature6 = np.asarray(
+      features.class_average_loss(features.start_epoch(prev, jnp.asarray(new_epoch)))
+    )
     epoch = step // steps_per_epoch
     # by hand: the previous epoch's average, or this epoch's so far in epoch 0
     pool = [(l, ll) for e, l, ll in seen if e == max(epoch - 1, 0)]
@@ -63,8 +66,8 @@ def test_standardise_uses_bias_corrected_running_moments():
   z2, _ = features.standardise(s, zeta + 10.0, 0.99, None)
   a = np.asarray(zeta, np.float64)
   m1, m2 = a.mean(0), a.mean(0) + 10
-  q1, q2 = (a ** 2).mean(0), ((a + 10) ** 2).mean(0)
-  corr = 1 - 0.99 ** 2
+  q1, q2 = (a**2).mean(0), ((a + 10) ** 2).mean(0)
+  corr = 1 - 0.99**2
   mu = (0.99 * 0.01 * m1 + 0.01 * m2) / corr
-  var = (0.99 * 0.01 * q1 + 0.01 * q2) / corr - mu ** 2
+  var = (0.99 * 0.01 * q1 + 0.01 * q2) / corr - mu**2
   np.testing.assert_allclose(np.asarray(z2)[0], (a[0] + 10 - mu) / np.sqrt(var), rtol=1e-4)

@@ -1,17 +1,19 @@
 """The weighting net's hard weights: one direction per sample, and a
 straight-through meta-gradient in every meta-gradient variant."""
 
-from tests.helpers import (digits_config)
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
+from tests.helpers import digits_config
+
 
 def _weights(weights, seed=0, n=32):
   """(fn(omega) -> [n, 2] as Meta-CAAT builds it, omega) on random features."""
   from caat_jax.methods import meta_caat  # pylint: disable=g-import-not-at-top
+
   config = digits_config(method="meta_caat", **{"caat.weights": weights, "caat.hidden": 8})
   z = jax.random.normal(jax.random.PRNGKey(seed), (n, 6)) * 2.0
   y = jnp.arange(n) % 10
@@ -41,6 +43,7 @@ def _meta_problem(weights_fn, quadratic: bool):
   L_ik = 0.5 ||A_ik W - b_ik||^2, meta loss <c, W> (+ 0.5 ||W||^2 if
   ``quadratic``)."""
   from caat_jax import meta  # pylint: disable=g-import-not-at-top
+
   n, d = 32, 5
   ka, kb, kc = jax.random.split(jax.random.PRNGKey(7), 3)
   a = jax.random.normal(ka, (n, 2, 3, d))
@@ -49,19 +52,34 @@ def _meta_problem(weights_fn, quadratic: bool):
 
   def per_sample_fn(w):
     r = jnp.einsum("nkjd,d->nkj", a, w) - b
-    return 0.5 * jnp.sum(r ** 2, -1), None
+    return 0.5 * jnp.sum(r**2, -1), None
 
   def meta_loss_fn(w):
     return c @ w + (0.5 * w @ w if quadratic else 0.0)
 
-  return meta.MetaProblem(weights_fn=weights_fn, per_sample_fn=per_sample_fn,
-                          lookahead_fn=meta.sgd_lookahead(0.1), meta_loss_fn=meta_loss_fn,
-                          lr=0.1), jnp.linspace(-1.0, 1.0, d), c, per_sample_fn
+  return (
+    meta.MetaProblem(
+      weights_fn=weights_fn,
+      per_sample_fn=per_sample_fn,
+      lookahead_fn=meta.sgd_lookahead(0.1),
+      meta_loss_fn=meta_loss_fn,
+      lr=0.1,
+    ),
+    jnp.linspace(-1.0, 1.0, d),
+    c,
+    per_sample_fn,
+  )
 
 
-@pytest.mark.parametrize("variant", [
-    pytest.param("nested_grad", marks=pytest.mark.slow), "jvp", "first_order",
-    pytest.param("k_step", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+  "variant",
+  [
+    pytest.param("nested_grad", marks=pytest.mark.slow),
+    "jvp",
+    "first_order",
+    pytest.param("k_step", marks=pytest.mark.slow),
+  ],
+)
 def test_hard_meta_gradient_is_straight_through(variant):
   """With a meta loss linear in W, d meta / d w does not depend on w, so the
   straight-through meta-gradient of the hard weights equals the soft one,
@@ -69,6 +87,7 @@ def test_hard_meta_gradient_is_straight_through(variant):
   here. With a quadratic meta loss the hard forward weights change the
   look-ahead W_hat, and the two differ."""
   from caat_jax import meta  # pylint: disable=g-import-not-at-top
+
   soft, omega = _weights("soft")
   hard, _ = _weights("hard")
   cfg = ml_collections.ConfigDict({"variant": variant, "k": 1})
@@ -87,6 +106,8 @@ def test_hard_meta_gradient_is_straight_through(variant):
   np.testing.assert_allclose(leaves(grads["soft"]), leaves(by_hand), rtol=1e-4, atol=1e-7)
   if variant == "first_order":
     return  # the meta gradient at W: the forward weights never enter it
-  quad = {name: leaves(fn(_meta_problem(wf, quadratic=True)[0], omega, params)[0])
-          for name, wf in (("soft", soft), ("hard", hard))}
+  quad = {
+    name: leaves(fn(_meta_problem(wf, quadratic=True)[0], omega, params)[0])
+    for name, wf in (("soft", soft), ("hard", hard))
+  }
   assert np.abs(quad["hard"] - quad["soft"]).max() > 1e-3 * np.abs(quad["soft"]).max()

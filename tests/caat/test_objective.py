@@ -8,21 +8,27 @@ The hand computations (tests/helpers.py ``hand_*``) share neither
 compile a gradient through attacks are slow (``-m slow``): XLA compiles take
 tens of seconds on a 2-core CPU."""
 
-from tests.helpers import (assert_tree_close, digits_config, hand_attack, hand_ce, hand_forward, hand_kl)
 import dataclasses
 import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from caat_jax import train
+
+from caat_jax import losses, train
+from caat_jax.caat import fairness, objective
 from caat_jax.data import augment as augment_lib
-from caat_jax.caat import objective
 from caat_jax.methods import perturb
 from caat_jax.parallel import Parallel
-from caat_jax import losses
-from caat_jax.caat import fairness
-
+from tests.helpers import (
+  assert_tree_close,
+  digits_config,
+  hand_attack,
+  hand_ce,
+  hand_forward,
+  hand_kl,
+)
 
 LAM = 1.5
 
@@ -43,11 +49,16 @@ def test_official_meta_objective_at_current_model(setup):
 
   @functools.partial(jax.jit, static_argnums=0)
   def meta_loss(kind, params):
-    return objective.meta_loss_fn(kind, LAM, ctx, perturb.meta_perturbations(ctx), adversary_at="current")(
-        state, attack_fn, batch, k_adv, k_at, None)(params)
+    return objective.meta_loss_fn(
+      kind, LAM, ctx, perturb.meta_perturbations(ctx), adversary_at="current"
+    )(state, attack_fn, batch, k_adv, k_at, None)(params)
 
-  x_adv, x_at = jax.jit(lambda: (hand_attack(ctx, attack_fn, xm, ym, k_adv, adversary=True),
-                                 hand_attack(ctx, attack_fn, xm, ym, k_at, adversary=False)))()
+  x_adv, x_at = jax.jit(
+    lambda: (
+      hand_attack(ctx, attack_fn, xm, ym, k_adv, adversary=True),
+      hand_attack(ctx, attack_fn, xm, ym, k_at, adversary=False),
+    )
+  )()
   want = _official_by_hand(ctx, state.params, state.batch_stats, xm, ym, x_adv, x_at)
   official = meta_loss("official", state.params)
   np.testing.assert_allclose(official, want, rtol=1e-5)
@@ -69,11 +80,16 @@ def test_official_meta_objective_at_lookahead_model(setup):
   k_adv, k_at = jax.random.PRNGKey(21), jax.random.PRNGKey(22)
   bs = state.batch_stats
   w_hat = jax.tree.map(lambda p: 1.1 * p - 0.01, state.params)
-  fn = objective.meta_loss_fn("official", LAM, ctx, perturb.meta_perturbations(ctx), adversary_at="lookahead")(
-      state, ctx.eval_logits_fn(state.params, bs), batch, k_adv, k_at, None)
+  fn = objective.meta_loss_fn(
+    "official", LAM, ctx, perturb.meta_perturbations(ctx), adversary_at="lookahead"
+  )(state, ctx.eval_logits_fn(state.params, bs), batch, k_adv, k_at, None)
   f_hat = ctx.eval_logits_fn(w_hat, bs)
-  x_adv, x_at = jax.jit(lambda: (hand_attack(ctx, f_hat, xm, ym, k_adv, adversary=True),
-                                 hand_attack(ctx, f_hat, xm, ym, k_at, adversary=False)))()
+  x_adv, x_at = jax.jit(
+    lambda: (
+      hand_attack(ctx, f_hat, xm, ym, k_adv, adversary=True),
+      hand_attack(ctx, f_hat, xm, ym, k_at, adversary=False),
+    )
+  )()
   by_hand = lambda p: _official_by_hand(ctx, p, bs, xm, ym, x_adv, x_at)
   got, got_grad = jax.jit(jax.value_and_grad(fn))(w_hat)
   want, want_grad = jax.jit(jax.value_and_grad(by_hand))(w_hat)
@@ -100,19 +116,23 @@ def test_clean_ce_meta_objective(setup):
 
 def _fair(num_classes=10, seed=0):
   rng = np.random.default_rng(seed)
-  return {"lambda0": jnp.asarray(rng.uniform(0, 0.05, num_classes), jnp.float32),
-          "lambda1": jnp.asarray(rng.uniform(0, 0.05, num_classes), jnp.float32),
-          "lambda2": jnp.asarray(rng.uniform(-0.3, 0.4, num_classes), jnp.float32),
-          "baseline_w": jnp.asarray(fairness.baseline_reweight(rng.uniform(size=num_classes)))}
+  return {
+    "lambda0": jnp.asarray(rng.uniform(0, 0.05, num_classes), jnp.float32),
+    "lambda1": jnp.asarray(rng.uniform(0, 0.05, num_classes), jnp.float32),
+    "lambda2": jnp.asarray(rng.uniform(-0.3, 0.4, num_classes), jnp.float32),
+    "baseline_w": jnp.asarray(fairness.baseline_reweight(rng.uniform(size=num_classes))),
+  }
 
 
 def _ctx_state(**overrides):
-  run = train.Run(digits_config(method="meta_caat", **overrides),
-                  Parallel("pmap", devices=jax.devices()[:1]))
+  run = train.Run(
+    digits_config(method="meta_caat", **overrides), Parallel("pmap", devices=jax.devices()[:1])
+  )
   ctx = dataclasses.replace(run.ctx, model=run.eval_model, axis_name=None)
   batch = next(iter(run.input.batches(0)))
-  batch = {k: jnp.asarray(augment_lib.to_float01(v) if "image" in k else v)
-           for k, v in batch.items()}
+  batch = {
+    k: jnp.asarray(augment_lib.to_float01(v) if "image" in k else v) for k, v in batch.items()
+  }
   return ctx, run.init_state(), batch
 
 
@@ -122,8 +142,14 @@ def test_meta_loss_carries_frl_class_weights():
   Eqs. A.119-A.121), computed here by hand."""
   ctx, state, batch = _ctx_state(**{"attack.num_steps": 2})
   fair, lam = _fair(seed=1), 0.7
-  fn = objective.meta_loss_fn("robust", lam, ctx, perturb.meta_perturbations(ctx), adversary_at="current",
-                         factors=fairness.factors_fn("reweight"))
+  fn = objective.meta_loss_fn(
+    "robust",
+    lam,
+    ctx,
+    perturb.meta_perturbations(ctx),
+    adversary_at="current",
+    factors=fairness.factors_fn("reweight"),
+  )
   attack_fn = ctx.eval_logits_fn(state.params, state.batch_stats)
   k = jax.random.PRNGKey(5)
   value = fn(state, attack_fn, batch, k, None, fair)(state.params)
@@ -136,8 +162,9 @@ def test_meta_loss_carries_frl_class_weights():
   ce, kl = np.asarray(losses.cross_entropy(lm, ym)), np.asarray(losses.kl_divergence(lm, la))
   want = (w0 * ce).sum() / w0.sum() + lam * (w1 * kl).sum() / w1.sum()
   np.testing.assert_allclose(value, want, rtol=1e-5)
-  unweighted = objective.meta_loss_fn("robust", lam, ctx, perturb.meta_perturbations(ctx), adversary_at="current")(
-      state, attack_fn, batch, k, None, fair)(state.params)
+  unweighted = objective.meta_loss_fn(
+    "robust", lam, ctx, perturb.meta_perturbations(ctx), adversary_at="current"
+  )(state, attack_fn, batch, k, None, fair)(state.params)
   assert abs(float(unweighted) - want) > 1e-4
 
 
@@ -149,8 +176,9 @@ def test_meta_adversaries_at_the_lookahead_model_are_constants():
   lam, k = 1.0, jax.random.PRNGKey(7)
   attack_fn = ctx.eval_logits_fn(state.params, state.batch_stats)
   w_hat = jax.tree.map(lambda p: p * 1.05 + 0.01, state.params)  # another model
-  fn = objective.meta_loss_fn("robust", lam, ctx, perturb.meta_perturbations(ctx), adversary_at="lookahead")(
-      state, attack_fn, batch, k, None, None)
+  fn = objective.meta_loss_fn(
+    "robust", lam, ctx, perturb.meta_perturbations(ctx), adversary_at="lookahead"
+  )(state, attack_fn, batch, k, None, None)
   xm, ym = batch["meta_image"], batch["meta_label"]
   f_hat = ctx.eval_logits_fn(w_hat, state.batch_stats)
   fixed_adv = perturb.adversaries(ctx, f_hat, xm, ym, f_hat(xm), ctx.full_eps(xm.shape[0]), k)
@@ -163,6 +191,7 @@ def test_meta_adversaries_at_the_lookahead_model_are_constants():
   np.testing.assert_allclose(fn(w_hat), by_hand(w_hat), rtol=1e-6)
   assert_tree_close(jax.grad(fn)(w_hat), jax.grad(by_hand)(w_hat), rtol=1e-4, atol=1e-7)
   # made at W_hat, not at W: the 'current' choice gives another loss
-  current = objective.meta_loss_fn("robust", lam, ctx, perturb.meta_perturbations(ctx), adversary_at="current")(
-      state, attack_fn, batch, k, None, None)
+  current = objective.meta_loss_fn(
+    "robust", lam, ctx, perturb.meta_perturbations(ctx), adversary_at="current"
+  )(state, attack_fn, batch, k, None, None)
   assert abs(float(current(w_hat)) - float(fn(w_hat))) > 1e-6

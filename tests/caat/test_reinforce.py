@@ -8,8 +8,8 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from caat_jax.caat import reinforce, nets
 
+from caat_jax.caat import nets, reinforce
 
 B, K, H = 6, 5, 8  # samples, bound choices, hidden width
 
@@ -28,8 +28,9 @@ def _toy_arrays(seed):
   # perturb every leaf: the zero-initialised head would hide the hidden layer
   leaves, tree = jax.tree.flatten(omega)
   noise = jax.random.split(ks[2], len(leaves))
-  omega = jax.tree.unflatten(tree, [l + 0.5 * jax.random.normal(k, l.shape)
-                                    for l, k in zip(leaves, noise)])
+  omega = jax.tree.unflatten(
+    tree, [l + 0.5 * jax.random.normal(k, l.shape) for l, k in zip(leaves, noise)]
+  )
   l0 = jax.random.uniform(ks[3], (B, K), minval=0.5, maxval=3.0)
   l1 = jax.random.uniform(ks[4], (B, K), minval=0.0, maxval=2.0)
   return omega, z, l0, l1
@@ -47,12 +48,16 @@ def _exact_grad(omega, z, l0, l1, entropy_bonus):
     j_plus = jnp.sum(p[:, 0] * l0, -1)
     j_minus = jnp.sum(p[:, 1] * l1, -1)
     return jnp.mean(j_plus - j_minus + entropy_bonus * reinforce.entropies(logits)["joint"])
+
   return jax.flatten_util.ravel_pytree(jax.grad(objective)(omega))[0]
 
 
 VARIANTS = {  # name: (baseline, entropy bonus)
-    "paper": ("none", 0.0), "batch_mean": ("batch_mean", 0.0), "ema": ("ema", 0.0),
-    "entropy_bonus": ("none", 0.1)}
+  "paper": ("none", 0.0),
+  "batch_mean": ("batch_mean", 0.0),
+  "ema": ("ema", 0.0),
+  "entropy_bonus": ("none", 0.1),
+}
 
 
 @jax.jit
@@ -70,12 +75,15 @@ def _estimates(omega, z, l0, l1):
     r = reinforce.paper_rewards(d, l0[rows, k], l1[rows, k])
 
     def grad(adv, bonus, d=d, k=k):
-      g = jax.grad(lambda om: reinforce.objective(
-          net.apply({"params": om}, z), d, k, adv, bonus))(omega)
+      g = jax.grad(lambda om: reinforce.objective(net.apply({"params": om}, z), d, k, adv, bonus))(
+        omega
+      )
       return jax.flatten_util.ravel_pytree(g)[0]
 
-    out = {name: grad(reinforce.advantages(r, baseline, ema=ema, momentum=0.9), bonus)
-           for name, (baseline, bonus) in VARIANTS.items()}
+    out = {
+      name: grad(reinforce.advantages(r, baseline, ema=ema, momentum=0.9), bonus)
+      for name, (baseline, bonus) in VARIANTS.items()
+    }
     out["wrong_sign"] = grad(jnp.abs(r), 0.0)
     out["misaligned"] = grad(jnp.roll(r, 1), 0.0)
     return out
@@ -112,7 +120,8 @@ def test_joint_policy_sampling_and_entropies():
   logits = jax.random.normal(jax.random.PRNGKey(0), (1, 2, 3)) * 2.0
   draws = 40000
   d, k = jax.jit(lambda keys: reinforce.sample(keys, jnp.broadcast_to(logits, (draws, 2, 3))))(
-      jax.random.split(jax.random.PRNGKey(1), draws))
+    jax.random.split(jax.random.PRNGKey(1), draws)
+  )
   p = np.asarray(jax.nn.softmax(logits.reshape(-1)))
   freq = np.bincount(np.asarray(d * 3 + k), minlength=6) / draws
   np.testing.assert_allclose(freq, p, atol=4 * np.sqrt(p * (1 - p) / draws).max())
@@ -181,12 +190,14 @@ def test_lookahead_standardize():
 
 def test_leave_one_out_baseline_and_ema():
   r = jnp.array([1.0, 2.0, 3.0, 6.0])
-  np.testing.assert_allclose(reinforce.leave_one_out_baseline(r, None),
-                             [11 / 3, 10 / 3, 3.0, 2.0], rtol=1e-6)
+  np.testing.assert_allclose(
+    reinforce.leave_one_out_baseline(r, None), [11 / 3, 10 / 3, 3.0, 2.0], rtol=1e-6
+  )
   ema = reinforce.init_ema()
   assert float(reinforce.ema_value(ema, 0.9)) == 0.0
   ema = reinforce.ema_update(ema, r, 0.9, None)
   np.testing.assert_allclose(reinforce.ema_value(ema, 0.9), 3.0, rtol=1e-6)  # bias-corrected
   ema = reinforce.ema_update(ema, r + 1.0, 0.9, None)
-  np.testing.assert_allclose(reinforce.ema_value(ema, 0.9), (0.9 * 0.1 * 3 + 0.1 * 4) / 0.19,
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    reinforce.ema_value(ema, 0.9), (0.9 * 0.1 * 3 + 0.1 * 4) / 0.19, rtol=1e-6
+  )

@@ -1,7 +1,6 @@
 """Surviving interruptions and bad state: exact resume after SIGKILL, a save
 on SIGTERM, unreadable checkpoints, changed configs, NaN losses."""
 
-from tests.helpers import (ROOT, digits_config, records, restore_final_state, subprocess_env)
 import glob
 import json
 import os
@@ -9,12 +8,15 @@ import signal
 import subprocess
 import sys
 import time
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
 from caat_jax import checkpointing as ckpt_lib
 from caat_jax import methods, metrics, train
+from tests.helpers import ROOT, digits_config, records, restore_final_state, subprocess_env
 
 
 def _assert_bitwise_equal(a, b):
@@ -37,8 +39,12 @@ def _committed_steps(workdir):
 # The subprocess runs: tests/small_config.py (digits, small CNN, PGD-AT with a
 # 2-step attack), 2 epochs = 40 steps, a checkpoint every 4 steps, on 2 fake
 # CPU devices.
-_MAIN_ARGS = ["--config=tests/small_config.py", "--config.num_epochs=2",
-              "--config.checkpoint_every_steps=4", "--config.log_every_steps=2"]
+_MAIN_ARGS = [
+  "--config=tests/small_config.py",
+  "--config.num_epochs=2",
+  "--config.checkpoint_every_steps=4",
+  "--config.log_every_steps=2",
+]
 
 
 _KILL_AFTER = 12  # signal once a checkpoint at this step or later is committed
@@ -46,15 +52,25 @@ _KILL_AFTER = 12  # signal once a checkpoint at this step or later is committed
 
 def _main(workdir, *extra):
   return subprocess.run(
-      [sys.executable, "-m", "caat_jax.main", f"--workdir={workdir}", *_MAIN_ARGS, *extra],
-      cwd=ROOT, env=subprocess_env(2), capture_output=True, text=True, timeout=600)
+    [sys.executable, "-m", "caat_jax.main", f"--workdir={workdir}", *_MAIN_ARGS, *extra],
+    cwd=ROOT,
+    env=subprocess_env(2),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
 
 
 def _run_and_signal(workdir, sig):
   """Starts a run, sends ``sig`` once a checkpoint >= _KILL_AFTER is committed."""
   proc = subprocess.Popen(
-      [sys.executable, "-m", "caat_jax.main", f"--workdir={workdir}", *_MAIN_ARGS],
-      cwd=ROOT, env=subprocess_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    [sys.executable, "-m", "caat_jax.main", f"--workdir={workdir}", *_MAIN_ARGS],
+    cwd=ROOT,
+    env=subprocess_env(2),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   deadline = time.time() + 300
   while not any(s >= _KILL_AFTER for s in _committed_steps(workdir)):
     assert proc.poll() is None, "the run ended before it could be signalled:\n" + proc.stderr.read()
@@ -92,8 +108,10 @@ def test_sigkill_then_resume_is_bitwise_identical(straight_run, tmp_path):
   _assert_bitwise_equal(state, ref)
   # metrics.jsonl line for line (timing aside), evaluation identical.
   assert records(workdir, drop=("steps_per_sec",)) == records(straight_run, drop=("steps_per_sec",))
-  with open(os.path.join(workdir, "eval.json")) as f, \
-       open(os.path.join(straight_run, "eval.json")) as g:
+  with (
+    open(os.path.join(workdir, "eval.json")) as f,
+    open(os.path.join(straight_run, "eval.json")) as g,
+  ):
     assert json.load(f) == json.load(g)
 
 
@@ -109,8 +127,9 @@ def test_sigterm_saves_exits_143_and_resumes_identically(straight_run, tmp_path)
   res = _main(workdir)
   assert res.returncode == 0, res.stderr
   config = digits_config(num_epochs=2)
-  _assert_bitwise_equal(restore_final_state(workdir, config)[0],
-                        restore_final_state(straight_run, config)[0])
+  _assert_bitwise_equal(
+    restore_final_state(workdir, config)[0], restore_final_state(straight_run, config)[0]
+  )
   # The preemption save closes a logging window early; the per-step losses
   # are the same, so records at shared steps keep their lr and epoch.
   ref = {r["step"]: r for r in records(straight_run, drop=("steps_per_sec",)) if "train/loss" in r}
@@ -135,8 +154,10 @@ def _copy(src, dst):
 
 def _truncate_data(workdir, step):
   """Cuts every array data file of ``step`` in half (a half-written save)."""
-  files = glob.glob(os.path.join(ckpt_lib.checkpoint_dir(workdir), str(step), "state",
-                                 "**", "d", "*"), recursive=True)
+  files = glob.glob(
+    os.path.join(ckpt_lib.checkpoint_dir(workdir), str(step), "state", "**", "d", "*"),
+    recursive=True,
+  )
   assert files
   for f in files:
     os.truncate(f, os.path.getsize(f) // 2)
@@ -155,15 +176,16 @@ def test_truncated_latest_checkpoint_falls_back_to_previous(short_run, tmp_path,
     state, step = ckpt.restore(template, config=config)
   ckpt.close()
   assert step == 15 and int(state.step) == 15
-  assert any("step 20" in r.getMessage() and "unreadable" in r.getMessage()
-             for r in caplog.records)
+  assert any("step 20" in r.getMessage() and "unreadable" in r.getMessage() for r in caplog.records)
   # Moved aside (kept for inspection), so that step 20 can be saved again.
   assert not os.path.exists(os.path.join(ckdir, "20"))
   assert glob.glob(ckdir + "_unreadable/20.*")
 
   # Training on from step 15 reproduces the lost step 20 exactly.
   train.train_and_evaluate(config, workdir)
-  _assert_bitwise_equal(restore_final_state(workdir, config)[0], restore_final_state(src, config)[0])
+  _assert_bitwise_equal(
+    restore_final_state(workdir, config)[0], restore_final_state(src, config)[0]
+  )
 
 
 def test_all_checkpoints_unreadable_raises_instead_of_starting_afresh(short_run, tmp_path):
@@ -178,8 +200,13 @@ def test_all_checkpoints_unreadable_raises_instead_of_starting_afresh(short_run,
 
 def test_incompatible_config_names_the_keys(short_run):
   config, workdir = short_run
-  changed = digits_config(method="natural", checkpoint_every_steps=5, keep_checkpoints=3,
-                          seed=7, **{"optimizer.learning_rate": 0.5})
+  changed = digits_config(
+    method="natural",
+    checkpoint_every_steps=5,
+    keep_checkpoints=3,
+    seed=7,
+    **{"optimizer.learning_rate": 0.5},
+  )
   template = train.Run(config).init_state()
   ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir), async_save=False)
   try:
@@ -194,9 +221,13 @@ def test_incompatible_config_names_the_keys(short_run):
     _, step = ckpt.restore(template, config=changed, allow_config_change=True)
     assert step == 20
     # Keys that do not change the trajectory may differ freely.
-    safe = digits_config(method="natural", checkpoint_every_steps=3, keep_checkpoints=5,
-                         log_every_steps=1, **{"eval.num_examples": 100,
-                                               "parallel.backend": "shard_map"})
+    safe = digits_config(
+      method="natural",
+      checkpoint_every_steps=3,
+      keep_checkpoints=5,
+      log_every_steps=1,
+      **{"eval.num_examples": 100, "parallel.backend": "shard_map"},
+    )
     assert ckpt.restore(template, config=safe)[1] == 20
   finally:
     ckpt.close()
@@ -206,8 +237,13 @@ def test_incompatible_config_makes_main_exit_with_the_message(tmp_path):
   workdir = str(tmp_path)
   args = ["--config=tests/small_config.py", "--config.method=natural", "--config.num_epochs=1"]
   run = lambda *extra: subprocess.run(
-      [sys.executable, "-m", "caat_jax.main", f"--workdir={workdir}", *args, *extra],
-      cwd=ROOT, env=subprocess_env(2), capture_output=True, text=True, timeout=600)
+    [sys.executable, "-m", "caat_jax.main", f"--workdir={workdir}", *args, *extra],
+    cwd=ROOT,
+    env=subprocess_env(2),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert run().returncode == 0
   res = run("--config.model_width=16")
   assert res.returncode == 1
@@ -227,9 +263,11 @@ def _inject(monkeypatch, at_step, what):
         step_metrics = dict(step_metrics, loss=jnp.where(bad, jnp.nan, step_metrics["loss"]))
       else:
         bad = st.step + 1 == at_step
-        new_state = new_state.replace(params=jax.tree.map(
-            lambda p: jnp.where(bad, jnp.inf, p), new_state.params))
+        new_state = new_state.replace(
+          params=jax.tree.map(lambda p: jnp.where(bad, jnp.inf, p), new_state.params)
+        )
       return new_state, step_metrics
+
     return real(state, batch, method_step=bad_method_step, ctx=ctx)
 
   monkeypatch.setattr(methods, "train_step", poisoned)
@@ -240,8 +278,10 @@ def test_nan_loss_stops_naming_step_and_metric(monkeypatch, tmp_path):
   config = digits_config(method="natural", checkpoint_every_steps=3, log_every_steps=5)
   # Noticed when the window (7-9) is logged, before step 9 would be saved;
   # named by the step the NaN appeared in, with the checkpoint that is kept.
-  with pytest.raises(metrics.NonFiniteLossError,
-                     match=r"metric 'train/loss' is nan at step 7; .*checkpoint \(step 6\)"):
+  with pytest.raises(
+    metrics.NonFiniteLossError,
+    match=r"metric 'train/loss' is nan at step 7; .*checkpoint \(step 6\)",
+  ):
     train.train_and_evaluate(config, str(tmp_path))
   assert max(_committed_steps(str(tmp_path))) == 6
   state, _ = restore_final_state(str(tmp_path), config)
@@ -261,8 +301,9 @@ def test_nan_before_any_checkpoint_says_none_is_kept(monkeypatch, tmp_path):
   # the message names step 2 and says that no checkpoint exists.
   _inject(monkeypatch, at_step=2, what="params")
   config = digits_config(method="natural", log_every_steps=4)
-  with pytest.raises(metrics.NonFiniteLossError,
-                     match=r"state\.params.* after step 2; .*No checkpoint was saved yet"):
+  with pytest.raises(
+    metrics.NonFiniteLossError, match=r"state\.params.* after step 2; .*No checkpoint was saved yet"
+  ):
     train.train_and_evaluate(config, str(tmp_path))
   assert not _committed_steps(str(tmp_path))
 
@@ -276,20 +317,22 @@ def test_metric_writer_drops_records_after_the_restored_step(tmp_path):
   w.drop_after(10)
   w.write(15, {"train/loss": 0.0})
   w.close()
-  assert [(r["step"], r["train/loss"]) for r in records(str(tmp_path), drop=("steps_per_sec",))] == [
-      (5, 5.0), (10, 10.0), (15, 0.0)]
+  assert [
+    (r["step"], r["train/loss"]) for r in records(str(tmp_path), drop=("steps_per_sec",))
+  ] == [(5, 5.0), (10, 10.0), (15, 0.0)]
 
 
 def _tb_events(tb_dir):
   """(file, step, tag or 'purge') of every event, files in creation order."""
   from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+
   out = []
   for name in sorted(os.listdir(tb_dir), key=lambda n: os.path.getmtime(os.path.join(tb_dir, n))):
     data = open(os.path.join(tb_dir, name), "rb").read()
     pos = 0
     while pos < len(data):  # TFRecord: u64 length, u32 crc, payload, u32 crc
-      n = int.from_bytes(data[pos:pos + 8], "little")
-      ev = event_pb2.Event.FromString(data[pos + 12:pos + 12 + n])
+      n = int.from_bytes(data[pos : pos + 8], "little")
+      ev = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + n])
       pos += 12 + n + 4
       if ev.HasField("session_log"):
         out.append((name, ev.step, "purge"))
@@ -322,4 +365,6 @@ def test_config_differences():
   old = {"seed": 0, "eval": {"eps": 0.1}, "optimizer": {"learning_rate": 0.1}}
   new = {"seed": 0, "eval": {"eps": 0.2}, "optimizer": {"learning_rate": 0.2}, "extra": 1}
   assert ckpt_lib.config_differences(old, new) == [
-      ("extra", None, 1), ("optimizer.learning_rate", 0.1, 0.2)]
+    ("extra", None, 1),
+    ("optimizer.learning_rate", 0.1, 0.2),
+  ]

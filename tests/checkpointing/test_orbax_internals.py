@@ -22,8 +22,10 @@ from caat_jax.checkpointing import orbax_internals, save_failure
 
 
 def _state():
-  return {"params": {f"layer_{i}": np.full((3, 4), i, np.float32) for i in range(4)},
-          "step": np.int32(7)}
+  return {
+    "params": {f"layer_{i}": np.full((3, 4), i, np.float32) for i in range(4)},
+    "step": np.int32(7),
+  }
 
 
 def _config():
@@ -83,6 +85,7 @@ def test_waits_for_commit_futures_and_metadata_writes(ckpt, monkeypatch):
 
 def test_failed_save_leaves_no_tmp_dir(tmp_path, monkeypatch):
   from orbax.checkpoint._src.checkpointers import async_checkpointer  # pylint: disable=g-import-not-at-top
+
   directory = str(tmp_path / "ck")
   ckpt = checkpointing.Checkpointer(directory, keep=2)
   ckpt.save(1, _state(), _config())
@@ -132,13 +135,16 @@ def _store_without_wait(manager, monkeypatch):
   monkeypatch.setattr(manager._checkpointer, "_metadata_store", object())  # pylint: disable=protected-access
 
 
-@pytest.mark.parametrize("drop, missing", [
+@pytest.mark.parametrize(
+  "drop, missing",
+  [
     (_drop_checkpointer, "_checkpointer"),
     (_drop_async_manager, "_async_manager"),
     (_drop_commit_futures, "_commit_futures"),
     (_drop_metadata_store, "_metadata_store"),
     (_store_without_wait, "wait_until_finished"),
-])
+  ],
+)
 def test_missing_orbax_attribute_is_named(tmp_path, monkeypatch, drop, missing):
   ckpt = checkpointing.Checkpointer(str(tmp_path / "ck"), keep=2)
   try:

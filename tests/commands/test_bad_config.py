@@ -11,43 +11,77 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 from tests.helpers import ROOT, subprocess_env
 
 _DIGITS = "--config=configs/digits.py"
 
 # (name, module, args, text the message must contain)
 CASES = [
-    ("unknown key", "main", [_DIGITS, "--config.attack.epz=0.1"],
-     "config.attack.epz is not a config key; did you mean config.attack.eps"),
-    ("unknown top key", "main", [_DIGITS, "--config.num_epoch=1"], "config.num_epochs"),
-    ("missing file", "main", ["--config=configs/nope.py"], "no such file 'configs/nope.py'"),
-    ("syntax error", "main", ["--config={tmp}/broken.py"], "syntax error in"),
-    ("variant on a plain config", "main", [_DIGITS + ":nonsense"], "takes no ':variant'"),
-    ("unknown variant", "main", ["--config=configs/digits_meta_caat.py:nonsense"],
-     "config argument 'nonsense'"),
-    ("eps in levels", "main", [_DIGITS, "--config.attack.eps=8"], "8/255"),
-    ("infinite eps", "main", [_DIGITS, "--config.eval.eps=inf"], "config.eval.eps=inf"),
-    ("infinite lr", "main", [_DIGITS, "--config.optimizer.learning_rate=inf"],
-     "config.optimizer.learning_rate=inf is not valid: must be a finite number"),
-    ("negative interval", "main", [_DIGITS, "--config.checkpoint_every_steps=-1"],
-     "config.checkpoint_every_steps=-1"),
-    ("missing init_from", "main", [_DIGITS, "--config.init_from=/no/such/run"],
-     "config.init_from='/no/such/run'"),
-    ("threat model", "main", [_DIGITS, "--config.attack.threat_model=normalised"],
-     "config.attack.threat_model='normalised' is not valid; choose one of: 'pixel', "
-     "'normalized', 'normalized_clip'"),
-    ("oracle without noise", "main", [_DIGITS, "--config.data.drop_corrupted=true"],
-     "config.data.drop_corrupted=True drops the examples whose label noise changed, but "
-     "config.data.noise_rate=0.0"),
-    ("batch over devices", "main", [_DIGITS, "--config.batch_size=63"],
-     "not divisible by the number of devices (8)"),
-    ("no attack", "evaluate", ["--attacks=,"], "--attacks names no attack"),
-    ("bad attack", "evaluate", ["--attacks=pgd20,pgd"], "'autoattack'"),
-    ("no checkpoint", "evaluate", ["--attacks=pgd20"], "no checkpoint"),
-    ("bad bench entry", "bench", [_DIGITS, "--config.bench.methods=('pgd_at --config.x=1',)"],
-     "no config key 'x'"),
+  (
+    "unknown key",
+    "main",
+    [_DIGITS, "--config.attack.epz=0.1"],
+    "config.attack.epz is not a config key; did you mean config.attack.eps",
+  ),
+  ("unknown top key", "main", [_DIGITS, "--config.num_epoch=1"], "config.num_epochs"),
+  ("missing file", "main", ["--config=configs/nope.py"], "no such file 'configs/nope.py'"),
+  ("syntax error", "main", ["--config={tmp}/broken.py"], "syntax error in"),
+  ("variant on a plain config", "main", [_DIGITS + ":nonsense"], "takes no ':variant'"),
+  (
+    "unknown variant",
+    "main",
+    ["--config=configs/digits_meta_caat.py:nonsense"],
+    "config argument 'nonsense'",
+  ),
+  ("eps in levels", "main", [_DIGITS, "--config.attack.eps=8"], "8/255"),
+  ("infinite eps", "main", [_DIGITS, "--config.eval.eps=inf"], "config.eval.eps=inf"),
+  (
+    "infinite lr",
+    "main",
+    [_DIGITS, "--config.optimizer.learning_rate=inf"],
+    "config.optimizer.learning_rate=inf is not valid: must be a finite number",
+  ),
+  (
+    "negative interval",
+    "main",
+    [_DIGITS, "--config.checkpoint_every_steps=-1"],
+    "config.checkpoint_every_steps=-1",
+  ),
+  (
+    "missing init_from",
+    "main",
+    [_DIGITS, "--config.init_from=/no/such/run"],
+    "config.init_from='/no/such/run'",
+  ),
+  (
+    "threat model",
+    "main",
+    [_DIGITS, "--config.attack.threat_model=normalised"],
+    "config.attack.threat_model='normalised' is not valid; choose one of: 'pixel', "
+    "'normalized', 'normalized_clip'",
+  ),
+  (
+    "oracle without noise",
+    "main",
+    [_DIGITS, "--config.data.drop_corrupted=true"],
+    "config.data.drop_corrupted=True drops the examples whose label noise changed, but "
+    "config.data.noise_rate=0.0",
+  ),
+  (
+    "batch over devices",
+    "main",
+    [_DIGITS, "--config.batch_size=63"],
+    "not divisible by the number of devices (8)",
+  ),
+  ("no attack", "evaluate", ["--attacks=,"], "--attacks names no attack"),
+  ("bad attack", "evaluate", ["--attacks=pgd20,pgd"], "'autoattack'"),
+  ("no checkpoint", "evaluate", ["--attacks=pgd20"], "no checkpoint"),
+  (
+    "bad bench entry",
+    "bench",
+    [_DIGITS, "--config.bench.methods=('pgd_at --config.x=1',)"],
+    "no config key 'x'",
+  ),
 ]
 
 
@@ -75,9 +109,15 @@ def _run(case, tmp):
     extra = [f"--out={os.path.join(workdir, 'bench.json')}"]
   env = subprocess_env(8)
   before = _tree_digest(workdir)
-  proc = subprocess.run([sys.executable, "-m", f"caat_jax.{module}", *args, *extra], cwd=ROOT,
-                        env=env, capture_output=True, text=True, timeout=600,
-                        stdin=subprocess.DEVNULL)
+  proc = subprocess.run(
+    [sys.executable, "-m", f"caat_jax.{module}", *args, *extra],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    stdin=subprocess.DEVNULL,
+  )
   return proc, before, _tree_digest(workdir)
 
 

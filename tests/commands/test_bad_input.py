@@ -5,7 +5,6 @@ workdir is left as it was.
 Each case runs through the real CLI where it is reachable there, and the
 pieces are tested directly so that they stand on their own."""
 
-from tests.helpers import (ROOT, subprocess_env)
 import errno
 import glob
 import hashlib
@@ -19,21 +18,32 @@ import subprocess
 import sys
 import textwrap
 import time
+
 import numpy as np
 import pytest
+
 from caat_jax import checkpointing as ckpt_lib
 from caat_jax.checkpointing import workdir as workdir_lib
 from caat_jax.data import sources, transforms
+from tests.helpers import ROOT, subprocess_env
 
-
-_FAST = ["--config=configs/digits.py", "--config.num_epochs=1", "--config.suite=()",
-         "--config.method=natural"]
+_FAST = [
+  "--config=configs/digits.py",
+  "--config.num_epochs=1",
+  "--config.suite=()",
+  "--config.method=natural",
+]
 
 
 def _cli(workdir, *extra, timeout=300):
   return subprocess.run(
-      [sys.executable, "-m", "caat_jax.main", f"--workdir={workdir}", *_FAST, *extra],
-      cwd=ROOT, env=subprocess_env(1), capture_output=True, text=True, timeout=timeout)
+    [sys.executable, "-m", "caat_jax.main", f"--workdir={workdir}", *_FAST, *extra],
+    cwd=ROOT,
+    env=subprocess_env(1),
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
 
 
 def _snapshot(path):
@@ -119,8 +129,13 @@ _HOLD = textwrap.dedent("""
 def held_workdir(tmp_path):
   """A workdir locked by another live process; yields (path, its pid)."""
   path = str(tmp_path / "run")
-  proc = subprocess.Popen([sys.executable, "-c", _HOLD, path], cwd=ROOT, env=subprocess_env(1),
-                          stdout=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(
+    [sys.executable, "-c", _HOLD, path],
+    cwd=ROOT,
+    env=subprocess_env(1),
+    stdout=subprocess.PIPE,
+    text=True,
+  )
   try:
     assert proc.stdout.readline().strip() == "held"
     yield path, proc.pid
@@ -160,15 +175,18 @@ def test_stale_lock_is_taken_over_with_a_warning(tmp_path, caplog, monkeypatch, 
   with open(os.path.join(path, workdir_lib.LOCK_FILE), "w") as f:
     json.dump({"host": socket.gethostname(), "pid": pid, "since": "2026-01-01T00:00:00"}, f)
   if not flock_works:  # e.g. a network filesystem without flock
+
     def no_flock(fd, op):
       raise OSError(errno.ENOLCK, "No locks available")
+
     monkeypatch.setattr(workdir_lib.fcntl, "flock", no_flock)
   with caplog.at_level("WARNING"):
     with workdir_lib.lock(path):
       with open(os.path.join(path, workdir_lib.LOCK_FILE)) as f:
         assert json.load(f)["pid"] == os.getpid()
-  assert any(f"pid {pid}" in r.getMessage() and "taking over" in r.getMessage()
-             for r in caplog.records)
+  assert any(
+    f"pid {pid}" in r.getMessage() and "taking over" in r.getMessage() for r in caplog.records
+  )
   # Released: the record is cleared, the next run starts without a warning.
   assert os.path.getsize(os.path.join(path, workdir_lib.LOCK_FILE)) == 0
 
@@ -177,8 +195,9 @@ def test_without_flock_a_live_holder_on_this_host_still_refuses(tmp_path, monkey
   path = str(tmp_path)
   with open(os.path.join(path, workdir_lib.LOCK_FILE), "w") as f:
     json.dump({"host": socket.gethostname(), "pid": os.getppid(), "since": "x"}, f)
-  monkeypatch.setattr(workdir_lib.fcntl, "flock",
-                      lambda fd, op: (_ for _ in ()).throw(OSError(errno.ENOLCK, "no")))
+  monkeypatch.setattr(
+    workdir_lib.fcntl, "flock", lambda fd, op: (_ for _ in ()).throw(OSError(errno.ENOLCK, "no"))
+  )
   with pytest.raises(workdir_lib.WorkdirError, match=f"pid {os.getppid()}"):
     with workdir_lib.lock(path):
       pass
@@ -197,19 +216,23 @@ def test_meta_per_class_names_the_smallest_class():
   with pytest.raises(transforms.DataConfigError) as e:
     transforms.meta_split_indices(labels, 5, 3, np.random.default_rng(0))
   assert isinstance(e.value, ValueError)
-  assert str(e.value) == ("data.meta_per_class=5 is more than class 1 has: 4 training "
-                          "examples (the smallest class). Use data.meta_per_class <= 4.")
+  assert str(e.value) == (
+    "data.meta_per_class=5 is more than class 1 has: 4 training "
+    "examples (the smallest class). Use data.meta_per_class <= 4."
+  )
 
 
 def test_cli_meta_per_class_too_large(tmp_path):
   res = _cli(str(tmp_path), "--config.data.meta_per_class=1000")
-  _assert_clear_failure(res, "data.meta_per_class=1000", "training examples",
-                        "data.meta_per_class <=")
+  _assert_clear_failure(
+    res, "data.meta_per_class=1000", "training examples", "data.meta_per_class <="
+  )
 
 
 @pytest.fixture(scope="module")
 def tiny_tfds(tmp_path_factory):
   from tests.test_data import CaatTestTiny  # pylint: disable=g-import-not-at-top
+
   base = str(tmp_path_factory.mktemp("tfds"))
   CaatTestTiny(data_dir=base, file_format="array_record").download_and_prepare()
   return base
@@ -243,11 +266,14 @@ def _delete(vdir):
     os.remove(f)
 
 
-@pytest.mark.parametrize("damage", [_bad_json, _truncate, _garble, _delete],
-                         ids=["dataset_info", "short_records", "corrupt_records",
-                              "missing_records"])
+@pytest.mark.parametrize(
+  "damage",
+  [_bad_json, _truncate, _garble, _delete],
+  ids=["dataset_info", "short_records", "corrupt_records", "missing_records"],
+)
 def test_corrupt_tfds_dataset_names_the_directory_and_the_prepare_command(
-    tiny_tfds, tmp_path, monkeypatch, damage):
+  tiny_tfds, tmp_path, monkeypatch, damage
+):
   data_dir = str(tmp_path / "data")
   shutil.copytree(tiny_tfds, data_dir)
   damage(glob.glob(os.path.join(data_dir, "caat_test_tiny", "*"))[0])
@@ -271,24 +297,35 @@ def test_missing_tfds_split_says_which_exist(tiny_tfds, monkeypatch):
 
 def test_cli_corrupt_tfds_dataset_info(tmp_path):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   version = str(tfds.builder_cls("cifar10").VERSION)
   vdir = tmp_path / "data" / "cifar10" / version
   vdir.mkdir(parents=True)
   (vdir / "dataset_info.json").write_text("{not json")
-  res = _cli(str(tmp_path / "run"), "--config.data.name=cifar10",
-             f"--config.data.data_dir={tmp_path / 'data'}")
-  _assert_clear_failure(res, str(tmp_path / "data" / "cifar10"), "cannot be read",
-                        "python -m caat_jax.data.prepare --dataset=cifar10")
+  res = _cli(
+    str(tmp_path / "run"),
+    "--config.data.name=cifar10",
+    f"--config.data.data_dir={tmp_path / 'data'}",
+  )
+  _assert_clear_failure(
+    res,
+    str(tmp_path / "data" / "cifar10"),
+    "cannot be read",
+    "python -m caat_jax.data.prepare --dataset=cifar10",
+  )
   assert (vdir / "dataset_info.json").read_text() == "{not json"
 
 
 def _tiny_state(width=4, n=30, dtype=np.float32):
-  return {"params": {f"layer_{i:02d}": np.full((3, width), i, dtype) for i in range(n)},
-          "step": np.int32(7)}
+  return {
+    "params": {f"layer_{i:02d}": np.full((3, width), i, dtype) for i in range(n)},
+    "step": np.int32(7),
+  }
 
 
 def _tiny_config():
   import ml_collections  # pylint: disable=g-import-not-at-top
+
   return ml_collections.ConfigDict({"seed": 0})
 
 
@@ -299,11 +336,14 @@ def _saved(directory, steps, **kw):
   ckpt.close()
 
 
-@pytest.mark.parametrize("change, shown", [
+@pytest.mark.parametrize(
+  "change, shown",
+  [
     (dict(width=5), "params.layer_00: checkpoint (3, 4) float32 -> now (3, 5) float32"),
     (dict(dtype=np.float16), "params.layer_00: checkpoint (3, 4) float32 -> now (3, 4) float16"),
     (dict(n=31), "params.layer_30: checkpoint missing -> now (3, 4) float32"),
-])
+  ],
+)
 def test_changed_parameter_shapes_are_refused(tmp_path, change, shown):
   directory = str(tmp_path / "ck")
   _saved(directory, [1])
@@ -359,8 +399,14 @@ def test_truncated_checkpoint_fallback_warns_in_one_line(tmp_path):
   directory = str(tmp_path / "ck")
   _saved(directory, [1, 2])
   _truncate_step(directory, 2)
-  res = subprocess.run([sys.executable, "-c", _RESTORE_TRUNCATED, directory], cwd=ROOT,
-                       env=subprocess_env(1), capture_output=True, text=True, timeout=120)
+  res = subprocess.run(
+    [sys.executable, "-c", _RESTORE_TRUNCATED, directory],
+    cwd=ROOT,
+    env=subprocess_env(1),
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert res.returncode == 0 and res.stdout.strip() == "1", res.stderr
   lines = [l for l in res.stderr.splitlines() if l.strip()]
   assert len(lines) == 1, res.stderr
@@ -375,9 +421,17 @@ def test_failed_restore_noise_is_dropped_under_load(tmp_path):
   _saved(directory, [1, 2])
   _truncate_step(directory, 2)
   script = _RESTORE_TRUNCATED.replace("time.sleep(1)", "time.sleep(0)")
-  procs = [subprocess.Popen([sys.executable, "-c", script, directory], cwd=ROOT, env=subprocess_env(1),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for _ in range(4)]
+  procs = [
+    subprocess.Popen(
+      [sys.executable, "-c", script, directory],
+      cwd=ROOT,
+      env=subprocess_env(1),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for _ in range(4)
+  ]
   for proc in procs:
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0 and out.strip() == "1", err
@@ -386,6 +440,7 @@ def test_failed_restore_noise_is_dropped_under_load(tmp_path):
 
 def test_failed_background_save_is_reported_at_once(tmp_path, monkeypatch):
   from orbax.checkpoint._src.checkpointers import async_checkpointer  # pylint: disable=g-import-not-at-top
+
   directory = str(tmp_path / "ck")
   ckpt = ckpt_lib.Checkpointer(directory, keep=2)
   ckpt.save(1, _tiny_state(), _tiny_config())
@@ -427,8 +482,9 @@ class _NoPreemption:
     return False
 
 
-@pytest.mark.parametrize("sig, reason, code", [
-    (signal.SIGINT, "SIGINT", 130), (signal.SIGTERM, "SIGTERM", 143)])
+@pytest.mark.parametrize(
+  "sig, reason, code", [(signal.SIGINT, "SIGINT", 130), (signal.SIGTERM, "SIGTERM", 143)]
+)
 def test_signals_stop_at_the_next_step_with_their_exit_code(sig, reason, code, capfd):
   before = signal.getsignal(sig)
   with ckpt_lib.PreemptionWatcher(_NoPreemption()) as watcher:
@@ -466,10 +522,12 @@ def trained(tmp_path_factory):
 @pytest.mark.slow
 def test_cli_allow_config_change_never_changes_parameter_shapes(trained):
   before = _snapshot(trained)
-  res = _cli(trained, "--config.checkpoint_every_steps=5", "--config.model_width=32",
-             "--allow_config_change")
-  _assert_clear_failure(res, "params.", "-> now", "--allow_config_change never allows",
-                        max_lines=10)  # the allowed-change warning comes first
+  res = _cli(
+    trained, "--config.checkpoint_every_steps=5", "--config.model_width=32", "--allow_config_change"
+  )
+  _assert_clear_failure(
+    res, "params.", "-> now", "--allow_config_change never allows", max_lines=10
+  )  # the allowed-change warning comes first
   assert _snapshot(trained) == before
 
 
@@ -499,9 +557,21 @@ def _wait_for_checkpoint(proc, workdir, timeout=300):
 def test_cli_ctrl_c_saves_and_exits_130(tmp_path):
   workdir = str(tmp_path / "run")
   proc = subprocess.Popen(
-      [sys.executable, "-m", "caat_jax.main", f"--workdir={workdir}", *_FAST,
-       "--config.num_epochs=3", "--config.checkpoint_every_steps=2"],
-      cwd=ROOT, env=subprocess_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    [
+      sys.executable,
+      "-m",
+      "caat_jax.main",
+      f"--workdir={workdir}",
+      *_FAST,
+      "--config.num_epochs=3",
+      "--config.checkpoint_every_steps=2",
+    ],
+    cwd=ROOT,
+    env=subprocess_env(1),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   _wait_for_checkpoint(proc, workdir)
   proc.send_signal(signal.SIGINT)
   _, err = proc.communicate(timeout=300)
@@ -528,10 +598,26 @@ _DISK_FULL_AT_15 = textwrap.dedent("""
 def test_cli_failed_save_keeps_older_checkpoints_and_no_tmp_dir(tmp_path):
   workdir = str(tmp_path / "run")
   res = subprocess.run(
-      [sys.executable, "-c", _DISK_FULL_AT_15, f"--workdir={workdir}", *_FAST,
-       "--config.checkpoint_every_steps=5"],
-      cwd=ROOT, env=subprocess_env(1), capture_output=True, text=True, timeout=600)
+    [
+      sys.executable,
+      "-c",
+      _DISK_FULL_AT_15,
+      f"--workdir={workdir}",
+      *_FAST,
+      "--config.checkpoint_every_steps=5",
+    ],
+    cwd=ROOT,
+    env=subprocess_env(1),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   ckdir = ckpt_lib.checkpoint_dir(workdir)
-  _assert_clear_failure(res, f"saving step 15 to {ckdir} failed", "No space left on device",
-                        "GiB free of", "(steps [5, 10]) are kept")
+  _assert_clear_failure(
+    res,
+    f"saving step 15 to {ckdir} failed",
+    "No space left on device",
+    "GiB free of",
+    "(steps [5, 10]) are kept",
+  )
   assert sorted(os.listdir(ckdir)) == ["10", "5"]  # no *.orbax-checkpoint-tmp* left

@@ -3,21 +3,21 @@ final check, the sanity warnings, the class-count refusal.
 Also AutoAttack 'rand' on the evaluator's devices, and evaluation's
 definition of a robust point (correct clean and attacked)."""
 
-from tests.helpers import (TINY_AA, digits_config, linear_problem)
-import numpy as np
-import pytest
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from caat_jax import attacks, data
-from caat_jax.evaluators import Evaluator, ensemble
-from caat_jax.evaluators import named_attacks
+import numpy as np
+import pytest
+
+from caat_jax import attacks, data, evaluators, train
+from caat_jax.evaluators import Evaluator, ensemble, named_attacks
 from caat_jax.parallel import Parallel
-from caat_jax import evaluators, train
+from tests.helpers import TINY_AA, digits_config, linear_problem
 
 
 class Linear(nn.Module):
   """``z = x W + b`` on flattened inputs; ``softmax`` returns probabilities."""
+
   num_classes: int = 10
   softmax: bool = False
 
@@ -33,8 +33,12 @@ def _setup(num_classes=10, n=16, seed=6, softmax=False, backend="pmap"):
   b = f(jnp.zeros((1, 8, 8, 1)))[0]
   w = f(jnp.eye(64).reshape(64, 8, 8, 1)) - b  # [64, C]
   variables = {"params": {"Dense_0": {"kernel": w, "bias": b}}}
-  split = data.ArraySplit(images=np.asarray(x), labels=np.asarray(y, np.int32),
-                          clean_labels=np.asarray(y, np.int32), source_index=np.arange(n))
+  split = data.ArraySplit(
+    images=np.asarray(x),
+    labels=np.asarray(y, np.int32),
+    clean_labels=np.asarray(y, np.int32),
+    source_index=np.arange(n),
+  )
   parallel = Parallel(backend)
   ev = Evaluator(parallel, Linear(num_classes, softmax), unroll=False)
   return ev, parallel.replicate(variables), split, f, x, y, dist
@@ -47,13 +51,19 @@ def test_compacted_apgd_t_equals_the_uncompacted_attack():
   eps = float(np.quantile(dist, 0.6))
   keys = attacks.autoattack.stage_keys(named_attacks.aa_keys(np.arange(len(y))), 0)
   clean = jnp.argmax(f(x), -1) == y
-  res = jax.jit(lambda x, y, k: attacks.run_attack(
-      "apgd-t", f, x, y, eps=eps, keys=k, active=clean, **TINY_AA["apgd-t"]))(x, y, keys)
-  out, info = ev.run(variables, split, ["apgd-t"], eps=eps, step_size=eps / 4, batch_size=16,
-                     aa_options=TINY_AA)
+  res = jax.jit(
+    lambda x, y, k: attacks.run_attack(
+      "apgd-t", f, x, y, eps=eps, keys=k, active=clean, **TINY_AA["apgd-t"]
+    )
+  )(x, y, keys)
+  out, info = ev.run(
+    variables, split, ["apgd-t"], eps=eps, step_size=eps / 4, batch_size=16, aa_options=TINY_AA
+  )
   np.testing.assert_array_equal(out["apgd-t"], np.asarray(res.robust & clean))
   assert 0 < out["apgd-t"].sum() < out["natural"].sum()
-  assert info["stats"]["apgd-t"]["apgd-t"]["points"] < 3 * int(clean.sum())  # later targets saw fewer
+  assert info["stats"]["apgd-t"]["apgd-t"]["points"] < 3 * int(
+    clean.sum()
+  )  # later targets saw fewer
 
 
 @pytest.mark.slow
@@ -63,8 +73,9 @@ def test_compacted_autoattack_equals_the_uncompacted_ensemble():
   ev, variables, split, f, x, y, dist = _setup()
   eps = float(np.quantile(dist, 0.6))
   keys = named_attacks.aa_keys(np.arange(len(y)))
-  res, stages = jax.jit(lambda x, y, k: attacks.run_autoattack(
-      f, x, y, eps=eps, keys=k, options=TINY_AA))(x, y, keys)
+  res, stages = jax.jit(
+    lambda x, y, k: attacks.run_autoattack(f, x, y, eps=eps, keys=k, options=TINY_AA)
+  )(x, y, keys)
   kw = dict(eps=eps, step_size=eps / 4, aa_options=TINY_AA)
   out, info = ev.run(variables, split, ["autoattack"], batch_size=16, **kw)
   np.testing.assert_array_equal(out["autoattack"], np.asarray(res.robust))
@@ -86,11 +97,18 @@ def test_compacted_autoattack_equals_the_uncompacted_ensemble():
 def test_documents_carry_the_final_check_for_every_attack():
   ev, variables, split, f, x, y, dist = _setup()
   eps = float(np.quantile(dist, 0.5))
-  docs, out = ev.evaluate(variables, split, ["pgd5", "apgd-ce"], 10, eps=eps,
-                          step_size=eps / 4, batch_size=16, aa_options=TINY_AA)
+  docs, out = ev.evaluate(
+    variables,
+    split,
+    ["pgd5", "apgd-ce"],
+    10,
+    eps=eps,
+    step_size=eps / 4,
+    batch_size=16,
+    aa_options=TINY_AA,
+  )
   for d in docs:
-    assert set(d["verification"]) == {"max_linf", "in_box", "finite", "flag_mismatch",
-                                      "num_points"}
+    assert set(d["verification"]) == {"max_linf", "in_box", "finite", "flag_mismatch", "num_points"}
     assert d["verification"]["num_points"] == len(y)
     assert d["verification"]["flag_mismatch"] == 0 and d["warnings"] == []
     assert d["verification"]["max_linf"] <= eps + 1e-6
@@ -102,15 +120,18 @@ def test_documents_carry_the_final_check_for_every_attack():
 def test_a_broken_attack_is_caught_and_overruled(monkeypatch):
   """An attack that claims every point broken with examples outside the
   ball: the re-classification keeps the clean-correct points robust."""
+
   def broken(variables, batch, runs, *, model, name, options):
     del variables, runs, model, name, options
     x_adv = jnp.clip(batch["x"] + 3.0 * batch["eps"][:, None, None, None], 0.0, 1.0)
     return x_adv, jnp.zeros_like(batch["active"])
+
   monkeypatch.setattr(ensemble, "_per_device_attack", broken)
   ev, variables, split, f, x, y, dist = _setup()
   eps = 0.05
-  docs, out = ev.evaluate(variables, split, ["apgd-ce"], 10, eps=eps, step_size=0.01,
-                          batch_size=16, aa_options=TINY_AA)
+  docs, out = ev.evaluate(
+    variables, split, ["apgd-ce"], 10, eps=eps, step_size=0.01, batch_size=16, aa_options=TINY_AA
+  )
   v = docs[0]["verification"]
   assert v["max_linf"] > eps and v["flag_mismatch"] == int(out["natural"].sum()) > 0
   np.testing.assert_array_equal(out["apgd-ce"], out["natural"])  # the final check wins
@@ -121,14 +142,16 @@ def test_a_broken_attack_is_caught_and_overruled(monkeypatch):
 
 def test_softmax_outputs_are_warned_about_in_the_document():
   ev, variables, split, *_ = _setup(softmax=True)
-  docs, _ = ev.evaluate(variables, split, ["square"], 10, eps=0.05, step_size=0.01,
-                        batch_size=16, aa_options=TINY_AA)
+  docs, _ = ev.evaluate(
+    variables, split, ["square"], 10, eps=0.05, step_size=0.01, batch_size=16, aa_options=TINY_AA
+  )
   assert any("probabilities" in w for w in docs[0]["warnings"])
 
 
 def test_fewer_than_four_classes_refuses_before_any_attack_runs(monkeypatch):
   def never(*a, **k):
     raise AssertionError("an attack ran")
+
   monkeypatch.setattr(ensemble, "make_runner", never)
   monkeypatch.setattr(named_attacks, "eval_fn", never)
   ev, variables, split, *_ = _setup(num_classes=3)
@@ -155,11 +178,27 @@ def test_autoattack_rand_on_the_evaluators_devices():
   eps = float(np.quantile(dist, 0.6))
   tiny = {"apgd-ce": {"num_iters": 6}, "apgd-dlr": {"num_iters": 6}}
   keys = named_attacks.aa_keys(np.arange(len(y)))
-  res, stages = jax.jit(lambda x, y, k: attacks.run_autoattack(
-      f, x, y, eps=eps, keys=k, attacks=attacks.RAND,
-      options=named_attacks.ensemble_options("autoattack-rand", tiny)))(x, y, keys)
-  docs, out = ev.evaluate(variables, split, ["autoattack-rand"], 10, eps=eps,
-                          step_size=eps / 4, batch_size=16, aa_options=tiny)
+  res, stages = jax.jit(
+    lambda x, y, k: attacks.run_autoattack(
+      f,
+      x,
+      y,
+      eps=eps,
+      keys=k,
+      attacks=attacks.RAND,
+      options=named_attacks.ensemble_options("autoattack-rand", tiny),
+    )
+  )(x, y, keys)
+  docs, out = ev.evaluate(
+    variables,
+    split,
+    ["autoattack-rand"],
+    10,
+    eps=eps,
+    step_size=eps / 4,
+    batch_size=16,
+    aa_options=tiny,
+  )
   np.testing.assert_array_equal(out["autoattack-rand"], np.asarray(res.robust))
   np.testing.assert_array_equal(out["autoattack-rand/apgd-ce"], np.asarray(stages["apgd-ce"]))
   assert 0 < out["autoattack-rand"].sum() < out["natural"].sum()
@@ -193,21 +232,27 @@ def test_robust_means_correct_clean_and_attacked():
   attack (C and F) must count as non-robust, as the paper's exists-delta
   definition says; FRL's attacked-only count would call them robust."""
   # (label, x1, flag): clean correct?, attacked correct?
-  points = [(1, 0.70, 0.1),  # A: yes, yes (x1 -> 0.60)
-            (1, 0.55, 0.1),  # B: yes, no  (-> 0.45)
-            (1, 0.45, 0.9),  # C: no,  yes (-> 0.55, flagged)
-            (1, 0.30, 0.1),  # G: no,  no  (-> 0.20)
-            (0, 0.30, 0.1),  # D: yes, yes (-> 0.40)
-            (0, 0.45, 0.1),  # E: yes, no  (-> 0.55)
-            (0, 0.55, 0.9)]  # F: no,  yes (-> 0.45, flagged)
+  points = [
+    (1, 0.70, 0.1),  # A: yes, yes (x1 -> 0.60)
+    (1, 0.55, 0.1),  # B: yes, no  (-> 0.45)
+    (1, 0.45, 0.9),  # C: no,  yes (-> 0.55, flagged)
+    (1, 0.30, 0.1),  # G: no,  no  (-> 0.20)
+    (0, 0.30, 0.1),  # D: yes, yes (-> 0.40)
+    (0, 0.45, 0.1),  # E: yes, no  (-> 0.55)
+    (0, 0.55, 0.9),
+  ]  # F: no,  yes (-> 0.45, flagged)
   labels = np.array([p[0] for p in points], np.int32)
   images = np.array([[[[p[2]], [p[1]]]] for p in points], np.float32)
   model = _Flagged()
   variables = model.init(jax.random.PRNGKey(0), jnp.asarray(images))
-  batch = {"image": jnp.asarray(images), "label": jnp.asarray(labels),
-           "index": jnp.arange(len(points))}
-  out = evaluators.eval_fn(variables, batch, model=model, attack_names=("pgd5",), eps=0.1,
-                           step_size=0.05, unroll=True)
+  batch = {
+    "image": jnp.asarray(images),
+    "label": jnp.asarray(labels),
+    "index": jnp.arange(len(points)),
+  }
+  out = evaluators.eval_fn(
+    variables, batch, model=model, attack_names=("pgd5",), eps=0.1, step_size=0.05, unroll=True
+  )
   clean_ok = np.array([True, True, False, False, True, True, False])
   attacked_ok = np.array([True, False, True, False, True, False, True])
   np.testing.assert_array_equal(out["natural"], clean_ok)

@@ -2,9 +2,9 @@
 their options."""
 
 import pytest
-from caat_jax import attacks
+
+from caat_jax import attacks, evaluate
 from caat_jax.evaluators import named_attacks
-from caat_jax import evaluate
 
 
 def test_names_and_their_one_line_error():
@@ -21,10 +21,13 @@ def test_names_and_their_one_line_error():
 def test_version_options_and_names():
   assert named_attacks.ensemble_attacks("autoattack-rand") == ("apgd-ce", "apgd-dlr")
   opts = named_attacks.ensemble_options("autoattack-rand", {"apgd-ce": {"num_iters": 6}})
-  assert opts == {"apgd-ce": {"num_restarts": 1, "eot_iter": 20, "num_iters": 6},
-                  "apgd-dlr": {"num_restarts": 1, "eot_iter": 20}}
+  assert opts == {
+    "apgd-ce": {"num_restarts": 1, "eot_iter": 20, "num_iters": 6},
+    "apgd-dlr": {"num_restarts": 1, "eot_iter": 20},
+  }
   assert named_attacks.ensemble_options("autoattack", {"square": {"num_queries": 3}}) == {
-      "square": {"num_queries": 3}}
+    "square": {"num_queries": 3}
+  }
   named_attacks.check_names(["autoattack-rand"])
   with pytest.raises(ValueError, match="'standard', 'rand'"):
     attacks.autoattack.version_options("random")

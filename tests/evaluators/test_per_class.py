@@ -1,6 +1,7 @@
 """Per-class errors (Eqs. 45-48) against a hand-computed example, and the table."""
 
 import numpy as np
+
 from caat_jax import evaluators
 
 
@@ -9,8 +10,15 @@ def test_per_class_report_with_unequal_class_sizes():
   labels = np.array([0, 0, 0, 0, 1, 1, 2])
   natural = np.array([1, 1, 1, 0, 1, 0, 1], bool)
   robust = np.array([1, 0, 0, 0, 0, 0, 1], bool)
-  doc = evaluators.report({"label": labels, "natural": natural, "pgd20": robust}, 3,
-                        attack="pgd20", eps=8 / 255, method="m", dataset="d", model="x")
+  doc = evaluators.report(
+    {"label": labels, "natural": natural, "pgd20": robust},
+    3,
+    attack="pgd20",
+    eps=8 / 255,
+    method="m",
+    dataset="d",
+    model="x",
+  )
   # natural errors: 1/4, 1/2, 0 ; robust errors: 3/4, 2/2, 0 ; boundary: 1/2, 1/2, 0
   np.testing.assert_allclose(doc["per_class"]["natural"], [25.0, 50.0, 0.0])
   np.testing.assert_allclose(doc["per_class"]["robust"], [75.0, 100.0, 0.0])
@@ -25,7 +33,10 @@ def test_per_class_report_with_unequal_class_sizes():
 
 
 def test_table_lists_every_document():
-  doc = {"attack": "pgd20", "avg": {"natural": 1.0, "boundary": 2.0, "robust": 3.0},
-         "worst": {"natural": 4.0, "boundary": 5.0, "robust": 6.0}}
+  doc = {
+    "attack": "pgd20",
+    "avg": {"natural": 1.0, "boundary": 2.0, "robust": 3.0},
+    "worst": {"natural": 4.0, "boundary": 5.0, "robust": 6.0},
+  }
   table = evaluators.format_table([doc, dict(doc, attack="pgd100")])
   assert "pgd20" in table and "pgd100" in table and "6.00" in table

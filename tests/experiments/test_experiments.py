@@ -12,16 +12,26 @@ from caat_jax.experiments import __main__ as cli
 from caat_jax.experiments import cost, paper, registry, report, runner
 from caat_jax.experiments.registry import Experiment, Row
 
-TINY = ("suite=()", "num_epochs=1", "model_width=4", "batch_size=64", "method=natural",
-        "eval.num_examples=60", "log_every_steps=5")
+TINY = (
+  "suite=()",
+  "num_epochs=1",
+  "model_width=4",
+  "batch_size=64",
+  "method=natural",
+  "eval.num_examples=60",
+  "log_every_steps=5",
+)
 
 
 def tiny_experiment() -> Experiment:
   # Two cheap rows that train differently (no attack to compile in training);
   # the second borrows a paper row to check the paper column.
-  rows = (Row("nat", "Natural", "configs/digits.py", ("optimizer.learning_rate=0.01",)),
-          Row("adv", "PGD-AT", "configs/digits.py", ("optimizer.learning_rate=0.2",),
-              "PGD Adv. Training"))
+  rows = (
+    Row("nat", "Natural", "configs/digits.py", ("optimizer.learning_rate=0.01",)),
+    Row(
+      "adv", "PGD-AT", "configs/digits.py", ("optimizer.learning_rate=0.2",), "PGD Adv. Training"
+    ),
+  )
   return Experiment("tiny", "Tiny", rows, ("pgd2",), "table1", seeds=2, overrides=TINY)
 
 
@@ -38,7 +48,11 @@ def finished(tmp_path_factory):
 def test_run_writes_every_row_and_seed(finished):
   exp, workdir, outcomes = finished
   assert [(s.row.name, s.seed, o) for s, o in outcomes] == [
-      ("nat", 0, "ran"), ("adv", 0, "ran"), ("nat", 1, "ran"), ("adv", 1, "ran")]
+    ("nat", 0, "ran"),
+    ("adv", 0, "ran"),
+    ("nat", 1, "ran"),
+    ("adv", 1, "ran"),
+  ]
   for row in ("nat", "adv"):
     for seed in (0, 1):
       with open(os.path.join(workdir, row, f"seed{seed}", "eval.json")) as f:
@@ -112,14 +126,26 @@ def test_missing_evaluation_runs_on_the_trained_model(finished, monkeypatch):
   exp, workdir, _ = finished
   calls = []
   from caat_jax import evaluate
-  monkeypatch.setattr(evaluate, "evaluate_checkpoint",
-                      lambda wd, attacks, **kw: calls.append((wd, list(attacks), kw)))
-  more = Experiment("tiny", "Tiny", exp.rows, ("pgd2", "autoattack"), None, seeds=1,
-                    overrides=TINY, eval_examples=30)
+
+  monkeypatch.setattr(
+    evaluate, "evaluate_checkpoint", lambda wd, attacks, **kw: calls.append((wd, list(attacks), kw))
+  )
+  more = Experiment(
+    "tiny",
+    "Tiny",
+    exp.rows,
+    ("pgd2", "autoattack"),
+    None,
+    seeds=1,
+    overrides=TINY,
+    eval_examples=30,
+  )
   outcomes = runner.run(more, workdir, log=lambda *_: None)
   assert [o for _, o in outcomes] == ["ran", "ran"]
   assert [(os.path.relpath(c[0], workdir), c[1], c[2]["num_examples"]) for c in calls] == [
-      ("nat/seed0", ["autoattack"], 30), ("adv/seed0", ["autoattack"], 30)]
+    ("nat/seed0", ["autoattack"], 30),
+    ("adv/seed0", ["autoattack"], 30),
+  ]
 
 
 def test_every_experiment_builds_valid_configs():
@@ -130,7 +156,7 @@ def test_every_experiment_builds_valid_configs():
       continue
     specs = runner.plan(exp, "/w")
     assert len(specs) == len(exp.rows) * exp.seeds
-    for spec in specs[:len(exp.rows)]:
+    for spec in specs[: len(exp.rows)]:
       config = runner.build_config(spec)
       assert config.method in methods.METHODS and config.suite == ()
       if exp.name.startswith("digits"):
@@ -148,6 +174,7 @@ def test_digits_long_tailed_runs_take_the_balanced_runs_steps():
   """The long-tailed digits counterparts scale their epochs to the smaller
   training sets: every digits run takes the same number of steps."""
   from caat_jax import data  # pylint: disable=import-outside-toplevel
+
   steps = set()
   for name in ("digits_table1", "digits_table7", "digits_table8"):
     exp = registry.EXPERIMENTS[name]
@@ -165,7 +192,9 @@ def test_rows_match_paper_tables():
           assert row.paper in exp.paper_table.rows, (exp.name, row.paper)
 
 
-@pytest.mark.parametrize("table,row,expected", [
+@pytest.mark.parametrize(
+  "table,row,expected",
+  [
     # typed from the paper's tables (seed text), two rows per table
     ("table1", "PGD Adv. Training", (15.5, 33.8, 40.9, 55.9, 56.4, 82.7)),
     ("table1", "Reinforce-CAAT", (13.7, 24.6, 15.1, 25.1, 28.8, 46.8)),
@@ -185,7 +214,8 @@ def test_rows_match_paper_tables():
     ("table8", "FRL (ReWeight+ReMargin)", (19.2, 48.3, 36.8, 52.5, 56.0, 89.4)),
     ("table9", "Without", (20.5, 20.1, 40.6)),
     ("table9", "Reinforce-CAAT", (16.3, 15.9, 32.2)),
-])
+  ],
+)
 def test_paper_numbers_spot_checked(table, row, expected):
   assert paper.TABLES[table].rows[row] == expected
 
@@ -194,16 +224,27 @@ def test_emit_one_job_per_row_and_seed(tmp_path):
   exp = registry.get("digits_table6")
   lines = runner.emit(exp, "/runs/t6", "slurm", seeds=2, rows=["trades-b6", "meta-caat-grad"])
   assert len(lines) == 4
-  assert lines[0].startswith("sbatch --job-name=digits_table6-trades-b6-s0 launch/slurm.sbatch "
-                             "configs/digits.py /runs/t6/trades-b6/seed0 ")
-  for flag in ("--config.data.noise_type=uniform", "--config.data.noise_rate=0.4",
-               "--config.trades.beta=6.0", "--config.seed=0", "--config.num_epochs=10"):
+  assert lines[0].startswith(
+    "sbatch --job-name=digits_table6-trades-b6-s0 launch/slurm.sbatch "
+    "configs/digits.py /runs/t6/trades-b6/seed0 "
+  )
+  for flag in (
+    "--config.data.noise_type=uniform",
+    "--config.data.noise_rate=0.4",
+    "--config.trades.beta=6.0",
+    "--config.seed=0",
+    "--config.num_epochs=10",
+  ):
     assert flag in lines[0]
   assert "configs/digits_meta_caat.py /runs/t6/meta-caat-grad/seed1" in lines[3]
   assert "--config.caat.bound=grad" in lines[3] and "--config.seed=1" in lines[3]
   pod = runner.emit(registry.get("table3"), "gs://b/t1", "tpu_pod", seeds=1, rows=["pgd-at"])
-  assert pod[0].startswith("WORKDIR=gs://b/t1/pgd-at/seed0 launch/tpu_pod.sh run configs/cifar10.py")
-  assert pod[1] == "python -m caat_jax.evaluate --workdir=gs://b/t1/pgd-at/seed0 --attacks=autoattack"
+  assert pod[0].startswith(
+    "WORKDIR=gs://b/t1/pgd-at/seed0 launch/tpu_pod.sh run configs/cifar10.py"
+  )
+  assert (
+    pod[1] == "python -m caat_jax.evaluate --workdir=gs://b/t1/pgd-at/seed0 --attacks=autoattack"
+  )
   with pytest.raises(ValueError, match="valid: shell, slurm, tpu_pod"):
     runner.emit(exp, "/r", "kubernetes")
 
@@ -223,8 +264,9 @@ def test_cli_errors_are_one_line(capsys, tmp_path):
 
 def test_cost_is_the_pass_count_model():
   exp = registry.get("digits_table6")
-  one = Experiment("one", "one", (exp.row("trades-b6"),), ("pgd20",), overrides=exp.overrides,
-                   seeds=3)
+  one = Experiment(
+    "one", "one", (exp.row("trades-b6"),), ("pgd20",), overrides=exp.overrides, seeds=3
+  )
   config = runner.build_config(runner.plan(one, "/w")[0])
   per_forward = cost.FORWARD_FLOPS[("small_cnn", "digits")]
   by_hand = ((10 * 2 + 1 + 6) * 10 * cost.TRAIN_SIZE["digits"] + 41 * 360) * per_forward * 3

@@ -6,18 +6,19 @@ The reference is the meta objective J(Omega) = meta(lookahead(W, g(w(Omega))))
 differentiated by central finite differences in float64."""
 
 import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+
 from caat_jax import losses, meta
 from caat_jax.caat import nets
 from caat_jax.meta.first_order import first_order
 from caat_jax.meta.jvp import jvp
 from caat_jax.meta.k_step import k_step
 from caat_jax.meta.nested_grad import nested_grad
-
 
 B, M, D, C, H = 6, 5, 7, 3, 9
 
@@ -28,22 +29,30 @@ LR = 0.3
 def _problem(lookahead="sgd", tau=1.0, seed=0):
   ks = jax.random.split(jax.random.PRNGKey(seed), 10)
   dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
-  params = {"w1": jax.random.normal(ks[0], (D, H), dtype) / 2,
-            "b1": jax.random.normal(ks[1], (H,), dtype) / 4,
-            "w2": jax.random.normal(ks[2], (H, C), dtype) / 2}
+  params = {
+    "w1": jax.random.normal(ks[0], (D, H), dtype) / 2,
+    "b1": jax.random.normal(ks[1], (H,), dtype) / 4,
+    "w2": jax.random.normal(ks[2], (H, C), dtype) / 2,
+  }
   f = lambda p, x: jnp.tanh(x @ p["w1"] + p["b1"]) @ p["w2"]
   x, x_adv, x_at = (jax.random.normal(k, (B, D), dtype) for k in ks[3:6])
   y = jax.random.randint(ks[6], (B,), 0, C)
   xm, ym = jax.random.normal(ks[7], (M, D), dtype), jax.random.randint(ks[8], (M,), 0, C)
   z = jax.random.normal(ks[9], (B, 6), dtype)
   net = nets.WeightingNet(hidden=8, tau=tau)
-  omega = jax.tree.map(lambda a: a.astype(dtype),
-                       net.init(jax.random.PRNGKey(seed + 1), z)["params"])
+  omega = jax.tree.map(
+    lambda a: a.astype(dtype), net.init(jax.random.PRNGKey(seed + 1), z)["params"]
+  )
 
   def per_sample_fn(p):
     lc = f(p, x)
-    terms = jnp.stack([losses.cross_entropy(lc, y) + 0.7 * losses.kl_divergence(lc, f(p, x_adv)),
-                       losses.cross_entropy(f(p, x_at), y)], axis=-1)
+    terms = jnp.stack(
+      [
+        losses.cross_entropy(lc, y) + 0.7 * losses.kl_divergence(lc, f(p, x_adv)),
+        losses.cross_entropy(f(p, x_at), y),
+      ],
+      axis=-1,
+    )
     return terms, None
 
   if lookahead == "sgd":
@@ -52,9 +61,13 @@ def _problem(lookahead="sgd", tau=1.0, seed=0):
     trace = jax.tree.map(lambda a: 0.1 * jnp.ones_like(a), params)
     la = meta.sgd_momentum_wd_lookahead(LR, 0.9, 5e-4, trace)
   problem = meta.MetaProblem(
-      weights_fn=lambda om: net.apply({"params": om}, z), per_sample_fn=per_sample_fn,
-      lookahead_fn=la, meta_loss_fn=lambda p: losses.cross_entropy(f(p, xm), ym).mean(),
-      lr=LR, axis_name=None)
+    weights_fn=lambda om: net.apply({"params": om}, z),
+    per_sample_fn=per_sample_fn,
+    lookahead_fn=la,
+    meta_loss_fn=lambda p: losses.cross_entropy(f(p, xm), ym).mean(),
+    lr=LR,
+    axis_name=None,
+  )
   return problem, omega, params
 
 
@@ -84,8 +97,11 @@ def _directions(omega, n=3):
   out = []
   for k in keys:
     ks = jax.random.split(k, len(leaves))
-    out.append(jax.tree.unflatten(tree, [jax.random.normal(kk, l.shape, l.dtype)
-                                         for kk, l in zip(ks, leaves)]))
+    out.append(
+      jax.tree.unflatten(
+        tree, [jax.random.normal(kk, l.shape, l.dtype) for kk, l in zip(ks, leaves)]
+      )
+    )
   return out
 
 
@@ -97,8 +113,9 @@ def test_nested_grad_matches_finite_differences_float64(lookahead):
     assert jax.tree.leaves(grad)[0].dtype == jnp.float64
     j = functools.partial(_objective, problem, params)
     for v in _directions(omega):
-      np.testing.assert_allclose(_dot(grad, v), float(_fd_directional(j, omega, v)),
-                                 rtol=1e-6, atol=1e-12)
+      np.testing.assert_allclose(
+        _dot(grad, v), float(_fd_directional(j, omega, v)), rtol=1e-6, atol=1e-12
+      )
 
 
 @pytest.mark.parametrize("lookahead", ["sgd", "sgd_momentum_wd"])
@@ -128,8 +145,9 @@ def test_k_step_one_equals_nested_grad_and_two_matches_fd():
       np.testing.assert_allclose(_dot(two, v), float(_fd_directional(j2, omega, v)), rtol=1e-6)
     assert abs(_dot(two, _directions(omega, 1)[0]) - _dot(ref, _directions(omega, 1)[0])) > 1e-8
     scanned, _ = k_step(problem, omega, params, k=2, scan_above=0)  # the lax.scan path
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-15),
-                 scanned, two)
+    jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-15), scanned, two
+    )
 
 
 @pytest.mark.parametrize("k", [2, 3])
@@ -184,8 +202,9 @@ def _dot_traced(a, b):
 def test_meta_gradient_alive_at_init_with_default_tau():
   """The default tau keeps the meta-gradient alive at init; the official
   tau = 0.001 saturates the softmax and (nearly) kills it."""
-  norm = lambda t: float(jnp.sqrt(sum(jnp.sum(l ** 2) for l in jax.tree.leaves(t))))
+  norm = lambda t: float(jnp.sqrt(sum(jnp.sum(l**2) for l in jax.tree.leaves(t))))
   from configs import default  # pylint: disable=g-import-not-at-top
+
   tau = default.get_config().caat.tau
   problem, omega, params = _problem(tau=tau)
   alive = norm(jvp(problem, omega, params)[0])

@@ -1,14 +1,16 @@
 """FRL through the real trainer, including the Lagrangian update on the
 validation set before every epoch (the first included)."""
 
-from tests.helpers import (digits_config, records)
 import numpy as np
+
 from caat_jax import train
+from tests.helpers import digits_config, records
 
 
 def test_frl_epoch_hook_updates_multipliers_from_validation_errors(tmp_path):
-  config = digits_config(method="frl", **{"fairness.mode": "reweight_remargin",
-                                           "fairness.attack_steps": 3})
+  config = digits_config(
+    method="frl", **{"fairness.mode": "reweight_remargin", "fairness.attack_steps": 3}
+  )
   train.train_and_evaluate(config, str(tmp_path))
   fair = [r for r in records(tmp_path) if "fair/lambda2" in r]
   assert len(fair) == config.num_epochs
@@ -28,9 +30,11 @@ def test_frl_multipliers_follow_the_reference_order_over_three_epochs(tmp_path):
   1..E: if now_epoch % 40 == 0: r1 /= 2; validate; update multipliers;
   train``. Written out by hand from the recorded validation errors (here
   halve_every = 2, so the halving shows within 3 epochs)."""
-  config = digits_config(method="frl", num_epochs=3, **{
-      "fairness.mode": "reweight_remargin", "fairness.attack_steps": 2,
-      "fairness.halve_every": 2})
+  config = digits_config(
+    method="frl",
+    num_epochs=3,
+    **{"fairness.mode": "reweight_remargin", "fairness.attack_steps": 2, "fairness.halve_every": 2},
+  )
   train.train_and_evaluate(config, str(tmp_path))
   recs = records(tmp_path)
   fair = [r for r in recs if "fair/lambda0" in r]
@@ -50,8 +54,10 @@ def test_frl_multipliers_follow_the_reference_order_over_three_epochs(tmp_path):
       rate1 /= 2
     e, b = np.array(r["fair/val_natural_err"]), np.array(r["fair/val_boundary_err"])
     g0, g1 = e - e.mean() - f.tau1, b - b.mean() - f.tau2
-    lam = {"lambda0": project(lam["lambda0"] + rate1 * g0),
-           "lambda1": project(lam["lambda1"] + 2 * rate1 * g1),
-           "lambda2": lam["lambda2"] + f.r2 * g1}
+    lam = {
+      "lambda0": project(lam["lambda0"] + rate1 * g0),
+      "lambda1": project(lam["lambda1"] + 2 * rate1 * g1),
+      "lambda2": lam["lambda2"] + f.r2 * g1,
+    }
     for k in lam:
       np.testing.assert_allclose(r[f"fair/{k}"], lam[k], atol=2e-5)

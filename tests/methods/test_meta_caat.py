@@ -12,24 +12,26 @@ and across devices: the fixed directions ``rule`` (Table 9 "Without") and
 ``adversarial_only`` end to end, 8 devices against 1 with the grad bound and
 with fairness on, fairness with re-margined bounds."""
 
-from tests.helpers import (assert_tree_close, digits_config, first_training_attack, records, sample_keys, tree_dist)
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from caat_jax import metrics, train
-from caat_jax.caat import features
-from caat_jax.data import augment as augment_lib
-from caat_jax.methods import meta_caat
-from caat_jax.parallel import Parallel
-import os
-from caat_jax import bench, config_lib
-from caat_jax.caat import fairness
-from caat_jax.methods import base
-from caat_jax import data
-from caat_jax.methods import strategy_stats
-from caat_jax.caat import bounds
 
+from caat_jax import bench, config_lib, data, metrics, train
+from caat_jax.caat import bounds, fairness, features
+from caat_jax.data import augment as augment_lib
+from caat_jax.methods import base, meta_caat, strategy_stats
+from caat_jax.parallel import Parallel
+from tests.helpers import (
+  assert_tree_close,
+  digits_config,
+  first_training_attack,
+  records,
+  sample_keys,
+  tree_dist,
+)
 
 STEPS, INTERVAL = 7, 3
 
@@ -37,9 +39,17 @@ STEPS, INTERVAL = 7, 3
 @pytest.fixture(scope="module")
 def trajectory():
   """(run, states [STEPS + 1], step metrics [STEPS], host batches [STEPS])."""
-  config = digits_config(method="meta_caat", batch_size=32, **{
-      "attack.num_steps": 1, "meta.batch_size": 16, "caat.bound": "grad",
-      "meta.interval": INTERVAL, "meta.lookahead": "sgd_momentum_wd"})
+  config = digits_config(
+    method="meta_caat",
+    batch_size=32,
+    **{
+      "attack.num_steps": 1,
+      "meta.batch_size": 16,
+      "caat.bound": "grad",
+      "meta.interval": INTERVAL,
+      "meta.lookahead": "sgd_momentum_wd",
+    },
+  )
   run = train.Run(config, Parallel("pmap", devices=jax.devices()[:1]))
   rstate = run.parallel.replicate(jax.jit(run.init_state)())  # one compile, not one per op
   fetch = lambda tree: jax.tree.map(np.array, run.parallel.fetch(tree))  # copies
@@ -78,13 +88,15 @@ def _grad_bound_by_hand(run, state, batch, swap_keys=False):
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   f = lambda v: run.eval_model.apply(variables, v, train=False)
   clean = f(x)
-  z, _ = features.strategy_inputs(clean, y, run.ctx.class_counts, state.extra["stats"],
-                                         config.caat, None, False)
+  z, _ = features.strategy_inputs(
+    clean, y, run.ctx.class_counts, state.extra["stats"], config.caat, None, False
+  )
   w = np.asarray(meta_caat.weighting_net(config).apply({"params": state.extra["wnet"]}, z))
 
   def start(k):
-    noise = np.stack([np.asarray(jax.random.normal(jax.random.fold_in(k, i), x.shape[1:]))
-                      for i in range(b)])
+    noise = np.stack(
+      [np.asarray(jax.random.normal(jax.random.fold_in(k, i), x.shape[1:])) for i in range(b)]
+    )
     return jnp.asarray(np.clip(np.asarray(x) + 0.001 * noise, 0.0, 1.0))
 
   def kl_sum(v):
@@ -145,8 +157,11 @@ def test_meta_interval(trajectory):
     before, after = states[t], states[t + 1]
     assert _changed(before.extra["wnet"], after.extra["wnet"]) == (t in meta_steps), t
     assert _changed(before.params, after.params), t
-  adam_count = [int(np.asarray(leaf)) for leaf in jax.tree.leaves(states[-1].extra["wnet_opt"])
-                if np.ndim(leaf) == 0]
+  adam_count = [
+    int(np.asarray(leaf))
+    for leaf in jax.tree.leaves(states[-1].extra["wnet_opt"])
+    if np.ndim(leaf) == 0
+  ]
   assert adam_count and all(n == len(meta_steps) for n in adam_count)
   den = np.array([float(m["ratio/meta_loss/den"][0]) for m in step_metrics])
   num = np.array([float(m["ratio/meta_loss/num"][0]) for m in step_metrics])
@@ -175,13 +190,15 @@ def test_momentum_lookahead_reads_the_real_momentum(trajectory):
   look = meta_caat._lookahead_fn("sgd_momentum_wd", opt)(s7, lr7)  # pylint: disable=protected-access
   got = look(s7.params, g)
   want = jax.tree.map(
-      lambda p, mm, gg: p - lr7 * (opt.momentum * mm + gg + opt.weight_decay * p),
-      s7.params, m, g)
+    lambda p, mm, gg: p - lr7 * (opt.momentum * mm + gg + opt.weight_decay * p), s7.params, m, g
+  )
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-6), got, want)
   # the buffer matters: a zero buffer would miss lr mu m
   no_buffer = jax.tree.map(lambda p, gg: p - lr7 * (gg + opt.weight_decay * p), s7.params, g)
-  gap = max(float(np.abs(np.asarray(a) - b).max())
-            for a, b in zip(jax.tree.leaves(no_buffer), jax.tree.leaves(want)))
+  gap = max(
+    float(np.abs(np.asarray(a) - b).max())
+    for a, b in zip(jax.tree.leaves(no_buffer), jax.tree.leaves(want))
+  )
   assert gap > 100 * 2e-6
 
 
@@ -202,10 +219,12 @@ def _one_step(config, fair=None):
 
 def _fair(num_classes=10, seed=0):
   rng = np.random.default_rng(seed)
-  return {"lambda0": jnp.asarray(rng.uniform(0, 0.05, num_classes), jnp.float32),
-          "lambda1": jnp.asarray(rng.uniform(0, 0.05, num_classes), jnp.float32),
-          "lambda2": jnp.asarray(rng.uniform(-0.3, 0.4, num_classes), jnp.float32),
-          "baseline_w": jnp.asarray(fairness.baseline_reweight(rng.uniform(size=num_classes)))}
+  return {
+    "lambda0": jnp.asarray(rng.uniform(0, 0.05, num_classes), jnp.float32),
+    "lambda1": jnp.asarray(rng.uniform(0, 0.05, num_classes), jnp.float32),
+    "lambda2": jnp.asarray(rng.uniform(-0.3, 0.4, num_classes), jnp.float32),
+    "baseline_w": jnp.asarray(fairness.baseline_reweight(rng.uniform(size=num_classes))),
+  }
 
 
 def test_setting1_is_trades_with_beta_lam():
@@ -214,8 +233,13 @@ def test_setting1_is_trades_with_beta_lam():
   step with beta = lam, same keys."""
   lam = 2.5
   kw = {"attack.num_steps": 3, "meta.batch_size": 32}
-  got, m = _one_step(digits_config(method="meta_caat", **kw, **{
-      "caat.direction": "adversarial_only", "caat.bound": "fixed", "caat.lam": lam}))
+  got, m = _one_step(
+    digits_config(
+      method="meta_caat",
+      **kw,
+      **{"caat.direction": "adversarial_only", "caat.bound": "fixed", "caat.lam": lam},
+    )
+  )
   want, m_t = _one_step(digits_config(method="trades", **kw, **{"trades.beta": lam}))
   assert_tree_close(got, want)
   np.testing.assert_allclose(m["loss"], m_t["loss"], rtol=1e-5)
@@ -225,9 +249,13 @@ def test_setting1_is_trades_with_beta_lam():
   assert bench.forward_units(c) == bench.forward_units(digits_config(method="trades"))
 
 
-@pytest.mark.parametrize("mode", [
+@pytest.mark.parametrize(
+  "mode",
+  [
     m if m == "reweight_remargin" else pytest.param(m, marks=pytest.mark.slow)
-    for m in fairness.MODES])  # the default suite runs the mode with weights and margins
+    for m in fairness.MODES
+  ],
+)  # the default suite runs the mode with weights and margins
 def test_meta_caat_fairness_modes_weigh_as_frl(mode):
   """Defect 5: with fairness on, each of FRL's four modes changes Meta-CAAT's
   loss exactly as FRL's (Setting I with FRL's bounds = FRL with beta = lam),
@@ -235,11 +263,25 @@ def test_meta_caat_fairness_modes_weigh_as_frl(mode):
   fair = _fair()
   bound = "remargin" if mode in fairness.MARGIN_MODES else "fixed"
   # a step size at which the bound binds, so class-wise bounds matter
-  kw = {"attack.num_steps": 2, "attack.step_size": 0.08, "meta.batch_size": 32,
-        "fairness.mode": mode}
-  got, _ = _one_step(digits_config(method="meta_caat", **kw, **{
-      "caat.direction": "adversarial_only", "caat.bound": bound, "caat.lam": 1.5,
-      "fairness.enabled": True}), fair)
+  kw = {
+    "attack.num_steps": 2,
+    "attack.step_size": 0.08,
+    "meta.batch_size": 32,
+    "fairness.mode": mode,
+  }
+  got, _ = _one_step(
+    digits_config(
+      method="meta_caat",
+      **kw,
+      **{
+        "caat.direction": "adversarial_only",
+        "caat.bound": bound,
+        "caat.lam": 1.5,
+        "fairness.enabled": True,
+      },
+    ),
+    fair,
+  )
   want, _ = _one_step(digits_config(method="frl", **kw, **{"trades.beta": 1.5}), fair)
   assert_tree_close(got, want)
   plain, _ = _one_step(digits_config(method="trades", **kw, **{"trades.beta": 1.5}))
@@ -250,13 +292,21 @@ def test_meta_caat_fairness_modes_weigh_as_frl(mode):
 def test_meta_batches_are_augmented_with_their_own_keys():
   """Defect 10: the meta batch goes through the training batch's on-device
   augmentation (crop + flip on CIFAR-shaped data), with keys of its own."""
-  ctx = base.StepContext(model=None, tx=None, attack=base.AttackSettings(0.03, 1, 0.01),
-                         num_classes=10, augment="crop_flip", axis_name=None)
+  ctx = base.StepContext(
+    model=None,
+    tx=None,
+    attack=base.AttackSettings(0.03, 1, 0.01),
+    num_classes=10,
+    augment="crop_flip",
+    axis_name=None,
+  )
   rng = np.random.default_rng(0)
-  batch = {"image": rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8),
-           "label": np.arange(4, dtype=np.int32),
-           "meta_image": rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8),
-           "meta_label": np.arange(4, dtype=np.int32)}
+  batch = {
+    "image": rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8),
+    "label": np.arange(4, dtype=np.int32),
+    "meta_image": rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8),
+    "meta_label": np.arange(4, dtype=np.int32),
+  }
   seen = {}
 
   def method_step(state, b, key):
@@ -264,20 +314,29 @@ def test_meta_batches_are_augmented_with_their_own_keys():
     return state, {}
 
   from caat_jax import state as state_lib  # pylint: disable=g-import-not-at-top
-  st = state_lib.TrainState(step=jnp.int32(3), params={"w": jnp.zeros(2)}, batch_stats={},
-                            opt_state=(), rng=jax.random.PRNGKey(1), extra={})
+
+  st = state_lib.TrainState(
+    step=jnp.int32(3),
+    params={"w": jnp.zeros(2)},
+    batch_stats={},
+    opt_state=(),
+    rng=jax.random.PRNGKey(1),
+    extra={},
+  )
   base.train_step(st, batch, method_step=method_step, ctx=ctx)
   aug_key, _ = jax.random.split(jax.random.fold_in(st.rng, st.step))
   meta_keys = base.sample_keys(jax.random.fold_in(aug_key, 0x3E7A), 4, None)
-  want = augment_lib.random_crop_flip(augment_lib.to_float01(jnp.asarray(batch["meta_image"])),
-                                      meta_keys)
+  want = augment_lib.random_crop_flip(
+    augment_lib.to_float01(jnp.asarray(batch["meta_image"])), meta_keys
+  )
   np.testing.assert_allclose(seen["meta_image"], want, atol=1e-6)  # x / 255 vs x * (1 / 255)
   assert not np.array_equal(seen["meta_image"], augment_lib.to_float01(batch["meta_image"]))
 
 
 def _meta_config(**overrides):
-  return digits_config(method="meta_caat", batch_size=16, **{
-      "attack.num_steps": 1, "meta.batch_size": 8, **overrides})
+  return digits_config(
+    method="meta_caat", batch_size=16, **{"attack.num_steps": 1, "meta.batch_size": 8, **overrides}
+  )
 
 
 @pytest.mark.parametrize("scale,cap", [(1.0, 0.0), (0.0, 0.0), (2.0, 1.5)])
@@ -301,24 +360,41 @@ def test_meta_caat_anti_bound_grad():
   not for others."""
   from caat_jax.caat import bounds, features  # pylint: disable=g-import-not-at-top
   from caat_jax.methods import meta_caat  # pylint: disable=g-import-not-at-top
+
   scale, cap = 1.5, 2.4  # Eq. 26's bounds here are 1.3 to 1.9 attack.eps
-  config = _meta_config(**{"caat.bound": "grad", "caat.anti_bound_scale": scale,
-                           "caat.anti_bound_cap": cap})
+  config = _meta_config(
+    **{"caat.bound": "grad", "caat.anti_bound_scale": scale, "caat.anti_bound_cap": cap}
+  )
   run, state, batch, key, eps, _ = first_training_attack(config)
   # Eq. 26 directly, with the step's keys (key -> 4 keys) and weights
   x, y = batch["image"], batch["label"]
-  f = lambda v: run.eval_model.apply({"params": state.params,
-                                      "batch_stats": state.batch_stats}, v, train=False)
+  f = lambda v: run.eval_model.apply(
+    {"params": state.params, "batch_stats": state.batch_stats}, v, train=False
+  )
   clean = f(x)
-  z, _ = features.strategy_inputs(clean, y, run.ctx.class_counts, state.extra["stats"],
-                                         config.caat, None, False)
+  z, _ = features.strategy_inputs(
+    clean, y, run.ctx.class_counts, state.extra["stats"], config.caat, None, False
+  )
   w = meta_caat.weighting_net(config).apply({"params": state.extra["wnet"]}, z)
   k_adv, k_at, _, _ = jax.random.split(key, 4)
   e = config.attack.eps
-  eq26 = np.asarray(jax.jit(lambda: bounds.grad_based(
-      f, x, y, clean, w[:, 0], w[:, 1], eps=e, adv_keys=sample_keys(k_adv, 16),
-      at_keys=sample_keys(k_at, 16), point=config.caat.grad_bound_point,
-      offset=config.caat.grad_bound_offset))())
+  eq26 = np.asarray(
+    jax.jit(
+      lambda: bounds.grad_based(
+        f,
+        x,
+        y,
+        clean,
+        w[:, 0],
+        w[:, 1],
+        eps=e,
+        adv_keys=sample_keys(k_adv, 16),
+        at_keys=sample_keys(k_at, 16),
+        point=config.caat.grad_bound_point,
+        offset=config.caat.grad_bound_offset,
+      )
+    )()
+  )
   # (float32 noise: the KL gradient at x + 0.001 N is a difference of near-equal terms)
   np.testing.assert_allclose(eps[:16], eq26, rtol=1e-3)
   np.testing.assert_allclose(eps[16:], np.minimum(scale * eq26, cap * e), rtol=1e-3)
@@ -334,6 +410,7 @@ def test_oracle_direction_follows_the_corrupted_flag():
   adversarial, corrupted ones anti-adversarial, whatever the features; it
   refuses a run without label noise."""
   from caat_jax.methods import meta_caat  # pylint: disable=g-import-not-at-top
+
   noisy = {"data.noise_type": "uniform", "data.noise_rate": 0.4}
   config = digits_config(method="meta_caat", **{"caat.direction": "oracle", **noisy})
   config_lib.validate(config)
@@ -357,8 +434,10 @@ def test_fixed_directions_end_to_end(tmp_path, direction):
   from the training labels) anti-adversarial and every tail sample
   adversarial, with the fixed bound; ``adversarial_only`` makes every sample
   adversarial. Neither takes a meta step; the run evaluates."""
-  config = digits_config(method="meta_caat", **{
-      "caat.direction": direction, "data.imbalance_factor": 10.0, "meta.batch_size": 32})
+  config = digits_config(
+    method="meta_caat",
+    **{"caat.direction": direction, "data.imbalance_factor": 10.0, "meta.batch_size": 32},
+  )
   docs = train.train_and_evaluate(config, str(tmp_path))
   labels = data.load_dataset(config.data).train.labels
   counts = np.bincount(labels, minlength=10)
@@ -369,8 +448,7 @@ def test_fixed_directions_end_to_end(tmp_path, direction):
   assert steps
   seen_head = seen_tail = False
   for r in steps:
-    for c, (ratio, eps) in enumerate(zip(r["train/adv_ratio_per_class"],
-                                         r["train/eps_per_class"])):
+    for c, (ratio, eps) in enumerate(zip(r["train/adv_ratio_per_class"], r["train/eps_per_class"])):
       if ratio is None:
         continue
       assert ratio == want[c], (r["step"] if "step" in r else r, c)
@@ -412,8 +490,9 @@ def _agree(fair=None, eps_rtol=1e-3, **overrides):
   assert tree_dist(got.extra, ref.extra) <= 1e-2 * (tree_dist(ref.extra, init.extra) + 1e-6)
   for m, r in zip(got_m, ref_m):
     np.testing.assert_allclose(m["ratio/eps_per_class/den"], r["ratio/eps_per_class/den"])
-    np.testing.assert_allclose(m["ratio/eps_per_class/num"], r["ratio/eps_per_class/num"],
-                               rtol=eps_rtol)
+    np.testing.assert_allclose(
+      m["ratio/eps_per_class/num"], r["ratio/eps_per_class/num"], rtol=eps_rtol
+    )
     np.testing.assert_allclose(m["loss"], r["loss"], rtol=1e-3)
   return ref_m
 
@@ -436,12 +515,16 @@ def test_fairness_eight_devices_equal_one():
   """Fairness on (ReWeight + ReMargin) from non-zero multipliers: class
   weights normalised over the global batch, ReMargin bounds per class."""
   rng = np.random.default_rng(0)
-  fair = {"lambda0": rng.uniform(0, 0.05, 10).astype(np.float32),
-          "lambda1": rng.uniform(0, 0.05, 10).astype(np.float32),
-          "lambda2": rng.uniform(-0.3, 0.4, 10).astype(np.float32)}
+  fair = {
+    "lambda0": rng.uniform(0, 0.05, 10).astype(np.float32),
+    "lambda1": rng.uniform(0, 0.05, 10).astype(np.float32),
+    "lambda2": rng.uniform(-0.3, 0.4, 10).astype(np.float32),
+  }
   fair = dict(jax.tree.map(np.asarray, fairness.init(10)), **fair)  # every key the state carries
-  ref_m = _agree(fair, **{"fairness.enabled": True, "fairness.mode": "reweight_remargin",
-                          "caat.bound": "remargin"})
+  ref_m = _agree(
+    fair,
+    **{"fairness.enabled": True, "fairness.mode": "reweight_remargin", "caat.bound": "remargin"},
+  )
   num = np.asarray(ref_m[0]["ratio/eps_per_class/num"])
   den = np.asarray(ref_m[0]["ratio/eps_per_class/den"])
   margins = np.clip(np.exp(2 * fair["lambda2"]), 0.98, 2.5)
@@ -449,9 +532,16 @@ def test_fairness_eight_devices_equal_one():
 
 
 def test_meta_caat_with_fairness_and_remargin_bounds(tmp_path):
-  config = digits_config(method="meta_caat", num_epochs=2, **{
-      "fairness.enabled": True, "caat.bound": "remargin", "fairness.attack_steps": 3,
-      "meta.batch_size": 32})
+  config = digits_config(
+    method="meta_caat",
+    num_epochs=2,
+    **{
+      "fairness.enabled": True,
+      "caat.bound": "remargin",
+      "fairness.attack_steps": 3,
+      "meta.batch_size": 32,
+    },
+  )
   docs = train.train_and_evaluate(config, str(tmp_path))
   recs = records(tmp_path)
   fair = [r for r in recs if "fair/lambda2" in r]
@@ -468,7 +558,9 @@ def test_meta_caat_with_fairness_and_remargin_bounds(tmp_path):
     np.testing.assert_allclose(got[seen], expected[seen], rtol=1e-5)
   assert not np.allclose(fair[0]["fair/lambda2"], 0)
   assert np.isfinite(docs[0]["avg"]["robust"])
-  assert all(0.0 <= a <= 1.0 for a in second_epoch[-1]["train/adv_ratio_per_class"] if a is not None)
+  assert all(
+    0.0 <= a <= 1.0 for a in second_epoch[-1]["train/adv_ratio_per_class"] if a is not None
+  )
   # Fig. 8c's data: each filled bin's mean bound lies in its bin of [0, 2.5 eps]
   rec = second_epoch[-1]
   width = bounds.bound_max("remargin", config.attack.eps) / strategy_stats.NUM_BOUND_BINS

@@ -3,21 +3,21 @@ official code's normalised-space bound and clip, for the training attacks
 only), an anti-bound scale of zero, and the fused attack against separate
 attacks. Each is checked against a computation written out here."""
 
-from tests.helpers import (digits_config, sample_keys)
 import dataclasses
+
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from caat_jax import attacks, methods, train
+
+from caat_jax import attacks, losses, methods, train
+from caat_jax.caat import reinforce
 from caat_jax.data import augment as augment_lib
 from caat_jax.methods import base, perturb
 from caat_jax.parallel import Parallel
-import jax.flatten_util
-from caat_jax import losses
-from caat_jax.caat import reinforce
-
+from tests.helpers import digits_config, sample_keys
 
 # a three-channel setting where every bound stays inside [0, 1]
 MEAN = (0.2, 0.5, 0.6)
@@ -30,15 +30,15 @@ EPS, B, SHAPE = 0.1, 8, (4, 4, 3)
 
 
 def _attack_cfg(threat_model, **kw):
-  cfg = dict(eps=EPS, step_size=EPS / 4, step_rule="fixed", num_steps=10,
-             threat_model=threat_model)
+  cfg = dict(eps=EPS, step_size=EPS / 4, step_rule="fixed", num_steps=10, threat_model=threat_model)
   cfg.update(kw)
   return ml_collections.ConfigDict(cfg)
 
 
 def _ctx(threat_model, **kw):
-  attack = base.AttackSettings.from_config(_attack_cfg(threat_model, **kw), unroll=True,
-                                           mean=MEAN, std=STD)
+  attack = base.AttackSettings.from_config(
+    _attack_cfg(threat_model, **kw), unroll=True, mean=MEAN, std=STD
+  )
   return base.StepContext(model=None, tx=None, attack=attack, num_classes=5, axis_name=None)
 
 
@@ -60,8 +60,9 @@ def _training_attacks(ctx, f, x, y):
   fused KL adversaries and CE anti-adversaries of TRADES / FRL / CAAT."""
   eps = ctx.full_eps(B)
   pgd_at = ctx.pgd(f, x, y, sample_keys(jax.random.PRNGKey(2), B), eps=eps, start="uniform")
-  adv, anti = perturb.adversaries_and_anti(ctx, f, x, y, f(x), eps=eps,
-                                           k_adv=jax.random.PRNGKey(3), k_at=jax.random.PRNGKey(4))
+  adv, anti = perturb.adversaries_and_anti(
+    ctx, f, x, y, f(x), eps=eps, k_adv=jax.random.PRNGKey(3), k_at=jax.random.PRNGKey(4)
+  )
   return {"pgd_at": pgd_at, "adversary": adv, "anti_adversary": anti}
 
 
@@ -87,8 +88,9 @@ def _official_by_hand(f_norm, x, y, key, *, adversary):
   gradient, as docs/method.md §2 does in pixel space."""
   mean, std = np.asarray(MEAN), np.asarray(STD)
   u = (np.asarray(x, np.float64) - mean) / std
-  noise = np.stack([np.asarray(jax.random.normal(jax.random.fold_in(key, i), SHAPE))
-                    for i in range(B)])
+  noise = np.stack(
+    [np.asarray(jax.random.normal(jax.random.fold_in(key, i), SHAPE)) for i in range(B)]
+  )
   clean = f_norm(jnp.asarray(u, jnp.float32))
 
   def loss(v):
@@ -114,8 +116,9 @@ def test_normalized_clip_is_the_official_attack_in_pixels():
   x, y = _data(0.0, 1.0)
   w = jax.random.normal(jax.random.PRNGKey(0), (int(np.prod(SHAPE)), 5))
   f_norm = lambda u: u.reshape(u.shape[0], -1) @ w  # the same classifier on u
-  adv, anti = perturb.adversaries_and_anti(ctx, f, x, y, f(x), eps=ctx.full_eps(B),
-                                           k_adv=jax.random.PRNGKey(3), k_at=jax.random.PRNGKey(4))
+  adv, anti = perturb.adversaries_and_anti(
+    ctx, f, x, y, f(x), eps=ctx.full_eps(B), k_adv=jax.random.PRNGKey(3), k_at=jax.random.PRNGKey(4)
+  )
   # adversaries_and_anti keys sample i with fold_in(key, i)
   for got, key, adversary in ((adv, 3, True), (anti, 4, False)):
     want = _official_by_hand(f_norm, x, y, jax.random.PRNGKey(key), adversary=adversary)
@@ -146,15 +149,34 @@ def test_threat_model_reaches_every_training_attack(monkeypatch):
 
   monkeypatch.setattr(attacks, "pgd", pgd)
   monkeypatch.setattr(attacks, "random_start", random_start)
-  cases = [("pgd_at", {}, 1), ("trades", {}, 1), ("frl", {}, 1),
-           ("meta_caat", {"caat.bound": "grad", "meta.objective": "official"}, 2),
-           ("meta_caat", {"meta.adversary_at": "current", "caat.weights": "hard",
-                          "caat.anti_bound_scale": 0.5, "caat.anti_bound_cap": 1.0}, 2),
-           ("reinforce_caat", {"reinforce.k": 1, "caat.anti_bound_scale": 0.0}, 2)]
+  cases = [
+    ("pgd_at", {}, 1),
+    ("trades", {}, 1),
+    ("frl", {}, 1),
+    ("meta_caat", {"caat.bound": "grad", "meta.objective": "official"}, 2),
+    (
+      "meta_caat",
+      {
+        "meta.adversary_at": "current",
+        "caat.weights": "hard",
+        "caat.anti_bound_scale": 0.5,
+        "caat.anti_bound_cap": 1.0,
+      },
+      2,
+    ),
+    ("reinforce_caat", {"reinforce.k": 1, "caat.anti_bound_scale": 0.0}, 2),
+  ]
   for name, overrides, num_pgd in cases:
-    config = digits_config(method=name, batch_size=16, **{
-        "attack.num_steps": 1, "meta.batch_size": 8,
-        "attack.threat_model": "normalized_clip", **overrides})
+    config = digits_config(
+      method=name,
+      batch_size=16,
+      **{
+        "attack.num_steps": 1,
+        "meta.batch_size": 8,
+        "attack.threat_model": "normalized_clip",
+        **overrides,
+      },
+    )
     run = train.Run(config, Parallel("pmap", devices=jax.devices()[:1]))
     std, mean = run.dataset.std, run.dataset.mean
     ctx = dataclasses.replace(run.ctx, model=run.eval_model, axis_name=None)
@@ -184,8 +206,9 @@ def test_threat_model_leaves_evaluation_in_pixels(monkeypatch):
     return real_pgd(*args, **kw)
 
   monkeypatch.setattr(attacks, "pgd", pgd)
-  config = digits_config(**{"attack.threat_model": "normalized_clip",
-                            "eval.num_examples": 32, "eval.batch_size": 32})
+  config = digits_config(
+    **{"attack.threat_model": "normalized_clip", "eval.num_examples": 32, "eval.batch_size": 32}
+  )
   run = train.Run(config, Parallel("pmap", devices=jax.devices()[:1]))
   assert run.ctx.attack.scale == run.dataset.std  # the training attacks do get it
   run.evaluate(run.parallel.replicate(jax.jit(run.init_state)()))
@@ -205,9 +228,17 @@ def test_anti_bound_scale_zero_is_the_clean_input():
   anti-adversarial term is CE on x."""
   ctx, f = _ctx("pixel"), _linear()
   x, y = _data()
-  adv, anti = perturb.adversaries_and_anti(ctx, f, x, y, f(x), eps=ctx.full_eps(B),
-                                           k_adv=jax.random.PRNGKey(3), k_at=jax.random.PRNGKey(4),
-                                           eps_at=jnp.zeros((B,)))
+  adv, anti = perturb.adversaries_and_anti(
+    ctx,
+    f,
+    x,
+    y,
+    f(x),
+    eps=ctx.full_eps(B),
+    k_adv=jax.random.PRNGKey(3),
+    k_at=jax.random.PRNGKey(4),
+    eps_at=jnp.zeros((B,)),
+  )
   np.testing.assert_array_equal(anti, x)
   assert np.abs(np.asarray(adv) - np.asarray(x)).max() > 0.09
 
@@ -217,8 +248,13 @@ def test_fused_attack_equals_separate_attacks():
   the adversarial (KL ascent) and anti-adversarial (CE descent) attacks give
   when run on their own samples."""
   config = digits_config(method="reinforce_caat", **{"attack.num_steps": 5})
-  ctx = base.StepContext(model=None, tx=None, num_classes=10, axis_name=None,
-                         attack=base.AttackSettings.from_config(config.attack, unroll=True))
+  ctx = base.StepContext(
+    model=None,
+    tx=None,
+    num_classes=10,
+    axis_name=None,
+    attack=base.AttackSettings.from_config(config.attack, unroll=True),
+  )
   b = 64
   rng = np.random.default_rng(0)
   x = np.round(rng.uniform(size=(b, 8, 8, 1)) * 16).astype(np.float32) / 16
@@ -238,21 +274,46 @@ def test_fused_attack_equals_separate_attacks():
   def compute():  # one compilation: eager ops would each compile on their own
     clean = fn(x)
     keys = base.sample_keys(jax.random.PRNGKey(3), b, None)
-    fused = perturb.perturb(ctx, fn, x, y, clean, eps=jnp.asarray(eps), keys=keys,
-                            adversary=jnp.asarray(direction) == reinforce.ADVERSARY)
+    fused = perturb.perturb(
+      ctx,
+      fn,
+      x,
+      y,
+      clean,
+      eps=jnp.asarray(eps),
+      keys=keys,
+      adversary=jnp.asarray(direction) == reinforce.ADVERSARY,
+    )
 
     def separate(idx, kind, sign):
       e = eps[idx]
-      return attacks.pgd(fn, x[idx], y[idx], eps=e, step_size=ctx.attack.step_sizes(e),
-                         num_steps=5, keys=keys[idx], sign=jnp.full(idx.shape, sign),
-                         loss_kind=jnp.full(idx.shape, kind), clean_logits=clean[idx],
-                         start="gaussian", unroll=True)
+      return attacks.pgd(
+        fn,
+        x[idx],
+        y[idx],
+        eps=e,
+        step_size=ctx.attack.step_sizes(e),
+        num_steps=5,
+        keys=keys[idx],
+        sign=jnp.full(idx.shape, sign),
+        loss_kind=jnp.full(idx.shape, kind),
+        clean_logits=clean[idx],
+        start="gaussian",
+        unroll=True,
+      )
 
     kl = lambda v: losses.kl_divergence(clean, fn(v))
     ce = lambda v: losses.cross_entropy(fn(v), y)
-    return dict(fused=fused, adv=separate(adv, attacks.LOSS_KL, 1.0),
-                anti=separate(anti, attacks.LOSS_CE, -1.0), kl=kl(fused), kl_corner=kl(corner),
-                ce=ce(fused), ce_corner=ce(corner), ce_clean=ce(x))
+    return dict(
+      fused=fused,
+      adv=separate(adv, attacks.LOSS_KL, 1.0),
+      anti=separate(anti, attacks.LOSS_CE, -1.0),
+      kl=kl(fused),
+      kl_corner=kl(corner),
+      ce=ce(fused),
+      ce_corner=ce(corner),
+      ce_clean=ce(x),
+    )
 
   out = jax.tree.map(np.asarray, compute())
   np.testing.assert_allclose(out["fused"][adv], out["adv"], atol=1e-6)

@@ -5,18 +5,19 @@ and the strategy update exactly every K steps.
 Also: the anti-adversaries' bounds, and N devices = 1 with the policy
 actually updating."""
 
-from tests.helpers import (check_devices_agree, digits_config, first_training_attack)
 import flax.linen as nn
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from caat_jax import losses, state as state_lib
+
+from caat_jax import losses
+from caat_jax import state as state_lib
 from caat_jax.caat import features, objective, reinforce
 from caat_jax.methods import base, perturb, reinforce_caat, strategy_stats
-import jax.flatten_util
-
+from tests.helpers import check_devices_agree, digits_config, first_training_attack
 
 B, M, C = 16, 8, 10  # batch, meta batch, classes
 
@@ -39,14 +40,24 @@ def _setup(dtype=jnp.float32, **overrides):
   config = digits_config(method="reinforce_caat", **overrides)
   tx = optax.sgd(LR)
   ctx = base.StepContext(
-      model=TinyNet(), tx=tx, num_classes=C, class_counts=(10,) * C, axis_name=None,
-      attack=base.AttackSettings.from_config(config.attack, unroll=True),
-      schedule=lambda step: jnp.asarray(LR, dtype))
+    model=TinyNet(),
+    tx=tx,
+    num_classes=C,
+    class_counts=(10,) * C,
+    axis_name=None,
+    attack=base.AttackSettings.from_config(config.attack, unroll=True),
+    schedule=lambda step: jnp.asarray(LR, dtype),
+  )
   rng = np.random.default_rng(0)
   img = lambda n: jnp.asarray(np.round(rng.uniform(size=(n, 8, 8, 1)) * 16) / 16, dtype)
   lab = lambda n: jnp.asarray(rng.integers(0, C, n), jnp.int32)
-  batch = {"image": img(B), "label": lab(B), "meta_image": img(M), "meta_label": lab(M),
-           "corrupted": jnp.asarray(rng.integers(0, 2, B).astype(bool))}
+  batch = {
+    "image": img(B),
+    "label": lab(B),
+    "meta_image": img(M),
+    "meta_label": lab(M),
+    "corrupted": jnp.asarray(rng.integers(0, 2, B).astype(bool)),
+  }
   key = jax.random.PRNGKey(0)
   params = TinyNet().init(key, batch["image"])["params"]
   params = jax.tree.map(lambda a: a.astype(dtype), params)
@@ -62,13 +73,22 @@ def _strategies(config, ctx, state, batch, key):
   k_policy, k_attack, _ = jax.random.split(key, 3)
   attack_fn = ctx.eval_logits_fn(state.params, state.batch_stats)
   clean = attack_fn(x)
-  z, _ = features.strategy_inputs(clean, y, ctx.class_counts, state.extra["stats"],
-                                         config.caat, None)
+  z, _ = features.strategy_inputs(
+    clean, y, ctx.class_counts, state.extra["stats"], config.caat, None
+  )
   logits = reinforce_caat.policy_net(config).apply({"params": state.extra["policy"]}, z)
   d, k = reinforce.sample(ctx.sample_keys(k_policy, B), logits)
   eps = reinforce_caat.bound_values(config)[k]
-  x_tilde = perturb.perturb(ctx, attack_fn, x, y, clean, eps=eps,
-                            keys=ctx.sample_keys(k_attack, B), adversary=d == reinforce.ADVERSARY)
+  x_tilde = perturb.perturb(
+    ctx,
+    attack_fn,
+    x,
+    y,
+    clean,
+    eps=eps,
+    keys=ctx.sample_keys(k_attack, B),
+    adversary=d == reinforce.ADVERSARY,
+  )
   return d, k, eps, x_tilde
 
 
@@ -80,8 +100,7 @@ def test_eq31_classifier_loss_by_hand():
   key = jax.random.PRNGKey(5)
   step = jax.jit(reinforce_caat.make_step(config, ctx))
   new_state, metrics = step(state, batch, key)
-  d, _, eps, x_tilde = jax.jit(lambda s, b, k: _strategies(config, ctx, s, b, k))(
-      state, batch, key)
+  d, _, eps, x_tilde = jax.jit(lambda s, b, k: _strategies(config, ctx, s, b, k))(state, batch, key)
   d, x_tilde = np.asarray(d), np.asarray(x_tilde)
   assert 0 < d.sum() < B  # both directions drawn
   assert np.all(np.abs(x_tilde - batch["image"]).reshape(B, -1).max(1) <= eps + 1e-6)
@@ -112,10 +131,12 @@ def test_paper_policy_step_sign_and_pairing():
   lr2 / n (sum_adv L0_i + sum_anti L1_i) > 0. Dropping the ascent sign makes
   it negative; pairing rewards with other samples' actions changes it."""
   lr2 = 0.01
-  config, ctx, state, batch = _setup(**{"reinforce.reward": "paper", "reinforce.k": 1,
-                                        "reinforce.learning_rate": lr2})
+  config, ctx, state, batch = _setup(
+    **{"reinforce.reward": "paper", "reinforce.k": 1, "reinforce.learning_rate": lr2}
+  )
   new_state, metrics = jax.jit(reinforce_caat.make_step(config, ctx))(
-      state, batch, jax.random.PRNGKey(3))
+    state, batch, jax.random.PRNGKey(3)
+  )
   assert float(metrics["policy_updated"]) == 1.0
   num = np.asarray(metrics["ratio/paper_reward_per_direction/num"])  # [sum_adv L0, -sum_anti L1]
   den = np.asarray(metrics["ratio/paper_reward_per_direction/den"])
@@ -152,12 +173,26 @@ def test_lookahead_reward_equals_finite_difference():
     l0 = l1 = jnp.zeros(B)
     k_meta = jax.random.PRNGKey(9)
     reward_fn = reinforce_caat._reward_fn(config, ctx)  # pylint: disable=protected-access
-    _, info = reward_fn(state, batch, attack_fn=attack_fn, per_sample_fn=per_sample_fn,
-                        direction=d, l0=l0, l1=l1, lr=LR, key=k_meta)
+    _, info = reward_fn(
+      state,
+      batch,
+      attack_fn=attack_fn,
+      per_sample_fn=per_sample_fn,
+      direction=d,
+      l0=l0,
+      l1=l1,
+      lr=LR,
+      key=k_meta,
+    )
     r = np.asarray(info["lookahead"])
     # the same meta loss (same meta adversaries) at a shifted W
-    meta_fn = objective.meta_loss_fn("robust", config.reinforce.meta_lam, ctx, perturb.meta_perturbations(ctx), adversary_at="current")(
-        state, attack_fn, batch, *jax.random.split(k_meta), state.extra["fair"])
+    meta_fn = objective.meta_loss_fn(
+      "robust",
+      config.reinforce.meta_lam,
+      ctx,
+      perturb.meta_perturbations(ctx),
+      adversary_at="current",
+    )(state, attack_fn, batch, *jax.random.split(k_meta), state.extra["fair"])
     base_loss = meta_fn(state.params)
     for i in [int(np.argmax(is_adv)), int(np.argmin(is_adv)), 3, 7]:
       g_i = jax.grad(lambda p: per_sample_fn(p)[0][i, 0])(state.params)
@@ -191,8 +226,9 @@ def test_lookahead_policy_updates_exactly_every_k_steps():
   assert [float(m["policy_updated"]) for m in records] == [0, 0, 1, 0, 0, 1, 0]
   assert [float(m["ratio/meta_loss/den"][0]) for m in records] == [0, 0, 1, 0, 0, 1, 0]
   assert all(m["ratio/meta_loss/num"][0] > 0 for m in records if m["policy_updated"])
-  assert all(m["ratio/lookahead_reward_per_direction/den"].sum() == B
-             for m in records if m["policy_updated"])
+  assert all(
+    m["ratio/lookahead_reward_per_direction/den"].sum() == B for m in records if m["policy_updated"]
+  )
   first = records[0]
   np.testing.assert_allclose(first["entropy"], np.log(26), rtol=1e-5)
   np.testing.assert_allclose(first["entropy_direction"], np.log(2), rtol=1e-5)
@@ -223,9 +259,13 @@ def test_fairness_margins_scale_the_learned_bounds():
   bound by its class's margin m_c; the same strategies are drawn."""
   outs = []
   for enabled in (False, True):
-    config, ctx, state, batch = _setup(**{"reinforce.reward": "paper",
-                                          "fairness.enabled": enabled,
-                                          "fairness.mode": "reweight_remargin"})
+    config, ctx, state, batch = _setup(
+      **{
+        "reinforce.reward": "paper",
+        "fairness.enabled": enabled,
+        "fairness.mode": "reweight_remargin",
+      }
+    )
     lambda2 = jnp.linspace(-0.2, 0.4, C)
     state = state.replace(extra=dict(state.extra, fair=dict(state.extra["fair"], lambda2=lambda2)))
     _, m = jax.jit(reinforce_caat.make_step(config, ctx))(state, batch, jax.random.PRNGKey(2))
@@ -234,10 +274,14 @@ def test_fairness_margins_scale_the_learned_bounds():
   assert reinforce_caat.METHOD.epoch_hook.validation(config) is not None
   seen = off["ratio/eps_per_class/den"] > 0
   margin = np.clip(np.exp(2 * np.asarray(lambda2)), 0.98, 2.5)
-  np.testing.assert_allclose(on["ratio/eps_per_class/num"][seen],
-                             off["ratio/eps_per_class/num"][seen] * margin[seen], rtol=1e-5)
-  np.testing.assert_array_equal(on["ratio/adv_ratio_per_class/num"],
-                                off["ratio/adv_ratio_per_class/num"])
+  np.testing.assert_allclose(
+    on["ratio/eps_per_class/num"][seen],
+    off["ratio/eps_per_class/num"][seen] * margin[seen],
+    rtol=1e-5,
+  )
+  np.testing.assert_array_equal(
+    on["ratio/adv_ratio_per_class/num"], off["ratio/adv_ratio_per_class/num"]
+  )
 
 
 def test_strategy_stats_bin_samples_by_bound_for_fig_8c():
@@ -247,8 +291,9 @@ def test_strategy_stats_bin_samples_by_bound_for_fig_8c():
   eps = jnp.asarray([0.0, 0.012, 0.05, 0.0999, 0.1, 0.3, 0.051], jnp.float32)
   y = jnp.asarray(rng.integers(0, C, len(eps)), jnp.int32)
   logits = jnp.asarray(rng.normal(size=(len(eps), C)), jnp.float32)
-  out = strategy_stats.strategy_stats(jnp.ones_like(eps), eps, y, {}, C, None, clean_logits=logits,
-                            eps_max=0.1)
+  out = strategy_stats.strategy_stats(
+    jnp.ones_like(eps), eps, y, {}, C, None, clean_logits=logits, eps_max=0.1
+  )
   num, den = np.zeros(10), np.zeros(10)
   bnum = np.zeros(10)
   for e, yi, z in zip(np.asarray(eps), np.asarray(y), np.asarray(logits, np.float64)):
@@ -262,7 +307,8 @@ def test_strategy_stats_bin_samples_by_bound_for_fig_8c():
   np.testing.assert_allclose(out["ratio/margin_by_bound/num"], num, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(out["ratio/bound_by_bound_bin/num"], bnum, rtol=1e-6)
   assert "ratio/margin_by_bound/num" not in strategy_stats.strategy_stats(
-      jnp.ones_like(eps), eps, y, {}, C, None)  # not asked for: not logged
+    jnp.ones_like(eps), eps, y, {}, C, None
+  )  # not asked for: not logged
 
 
 def test_reinforce_step_logs_fig_8c_over_its_bound_range():
@@ -278,12 +324,16 @@ def test_reinforce_step_logs_fig_8c_over_its_bound_range():
   for k in np.flatnonzero(den):
     mean = m["ratio/bound_by_bound_bin/num"][k] / den[k]
     assert k * width - 1e-7 <= mean <= (k + 1) * width + 1e-7
-  np.testing.assert_allclose(m["ratio/bound_by_bound_bin/num"].sum(),
-                             m["ratio/eps_per_class/num"].sum(), rtol=1e-5)
+  np.testing.assert_allclose(
+    m["ratio/bound_by_bound_bin/num"].sum(), m["ratio/eps_per_class/num"].sum(), rtol=1e-5
+  )
   clean = ctx.eval_logits_fn(state.params, state.batch_stats)(batch["image"])
-  np.testing.assert_allclose(m["ratio/margin_by_bound/num"].sum(),
-                             float(losses.probability_margin(clean, batch["label"]).sum()),
-                             rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(
+    m["ratio/margin_by_bound/num"].sum(),
+    float(losses.probability_margin(clean, batch["label"]).sum()),
+    rtol=1e-4,
+    atol=1e-5,
+  )
 
 
 @pytest.mark.parametrize("scale,cap", [(0.5, 0.0), (0.5, 0.1)])
@@ -291,9 +341,17 @@ def test_reinforce_caat_anti_bound(scale, cap):
   """Reinforce-CAAT: the drawn bound (one choice, 12/255) for adversaries;
   min(scale * 12/255, cap * attack.eps) for anti-adversaries (0.1 * 0.1
   binds)."""
-  config = digits_config(method="reinforce_caat", batch_size=16, **{
-      "attack.num_steps": 1, "reinforce.reward": "paper", "reinforce.bound_set": (12,),
-      "caat.anti_bound_scale": scale, "caat.anti_bound_cap": cap})
+  config = digits_config(
+    method="reinforce_caat",
+    batch_size=16,
+    **{
+      "attack.num_steps": 1,
+      "reinforce.reward": "paper",
+      "reinforce.bound_set": (12,),
+      "caat.anti_bound_scale": scale,
+      "caat.anti_bound_cap": cap,
+    },
+  )
   *_, eps, sign = first_training_attack(config)
   drawn = 12 / 255
   want_at = scale * drawn if cap == 0 else min(scale * drawn, cap * config.attack.eps)
@@ -308,5 +366,7 @@ def test_eight_devices_equal_one_with_policy_updates(reward):
   """tests/test_parallel.py covers the default k = 20 (no policy update in its
   two steps); here Omega updates every step: the look-ahead reward's meta
   batch, JVP and cross-device standardisation, or the paper's reward."""
-  check_devices_agree("reinforce_caat", **{"reinforce.k": 1, "reinforce.reward": reward,
-                                           "reinforce.entropy_bonus": 0.01})
+  check_devices_agree(
+    "reinforce_caat",
+    **{"reinforce.k": 1, "reinforce.reward": reward, "reinforce.entropy_bonus": 0.01},
+  )

@@ -22,34 +22,59 @@ C = 3  # classes
 def _record(row: int, seed: int, step: int, noisy: bool = True) -> dict:
   """Training record of a Reinforce-like row (0) or a Meta-like row (1)."""
   v = lambda base: round(base + 0.01 * step + 0.1 * seed + 0.5 * row, 6)
-  rec = {"step": step, "epoch": step // 20, "lr": 0.1,
-         "train/loss": v(1.0), "train/clean_acc": v(0.2), "train/adv_acc": v(0.1),
-         "train/meta_loss": [v(2.0)],
-         "train/adv_ratio_per_class": [v(0.1 * k) for k in range(C)],
-         "train/eps_per_class": [v(0.01 * k) / 10 for k in range(C)],
-         "train/adv_ratio_clean_noisy": [v(0.3), v(0.6) if noisy else None],
-         "train/eps_clean_noisy": [v(0.02) / 10, v(0.04) / 10 if noisy else None]}
+  rec = {
+    "step": step,
+    "epoch": step // 20,
+    "lr": 0.1,
+    "train/loss": v(1.0),
+    "train/clean_acc": v(0.2),
+    "train/adv_acc": v(0.1),
+    "train/meta_loss": [v(2.0)],
+    "train/adv_ratio_per_class": [v(0.1 * k) for k in range(C)],
+    "train/eps_per_class": [v(0.01 * k) / 10 for k in range(C)],
+    "train/adv_ratio_clean_noisy": [v(0.3), v(0.6) if noisy else None],
+    "train/eps_clean_noisy": [v(0.02) / 10, v(0.04) / 10 if noisy else None],
+  }
   if row == 0:
     # Fig. 8c: 4 bound bins; bin 1 never filled, bin 3 empty at step 30
     late = None if step == 30 else 0
-    rec.update({"train/margin_by_bound": [v(0.1), None, v(0.2), late if late is None else v(0.4)],
-                "train/bound_by_bound_bin": [0.01 + 0.001 * seed + 0.0001 * step, None,
-                                             0.03 + 0.001 * seed, late if late is None else 0.04]})
-    rec.update({"train/entropy": v(3.0), "train/entropy_direction": v(0.6),
-                "train/entropy_bound": v(2.4), "train/p_adv_clean_noisy": [v(0.5), v(0.4)],
-                "train/eps_direction_clean_noisy": [v(0.01), v(0.02), v(0.03), v(0.04)]})
+    rec.update(
+      {
+        "train/margin_by_bound": [v(0.1), None, v(0.2), late if late is None else v(0.4)],
+        "train/bound_by_bound_bin": [
+          0.01 + 0.001 * seed + 0.0001 * step,
+          None,
+          0.03 + 0.001 * seed,
+          late if late is None else 0.04,
+        ],
+      }
+    )
+    rec.update(
+      {
+        "train/entropy": v(3.0),
+        "train/entropy_direction": v(0.6),
+        "train/entropy_bound": v(2.4),
+        "train/p_adv_clean_noisy": [v(0.5), v(0.4)],
+        "train/eps_direction_clean_noisy": [v(0.01), v(0.02), v(0.03), v(0.04)],
+      }
+    )
   return rec
 
 
 def _doc(row: int, seed: int, attack: str = "pgd20") -> dict:
   nat = [10.0 * (k + 1) + 5 * seed + row for k in range(C)]
   rob = [50.0 + 10 * k + 3 * seed + row for k in range(C)]
-  return {"method": f"m{row}", "dataset": "digits", "model": "small_cnn", "attack": attack,
-          "eps": 0.1, "num_examples": 90,
-          "avg": {"natural": float(np.mean(nat)), "boundary": 0.0, "robust": float(np.mean(rob))},
-          "worst": {"natural": max(nat), "boundary": 0.0, "robust": max(rob)},
-          "per_class": {"natural": nat, "boundary": [r - n for r, n in zip(rob, nat)],
-                        "robust": rob}}
+  return {
+    "method": f"m{row}",
+    "dataset": "digits",
+    "model": "small_cnn",
+    "attack": attack,
+    "eps": 0.1,
+    "num_examples": 90,
+    "avg": {"natural": float(np.mean(nat)), "boundary": 0.0, "robust": float(np.mean(rob))},
+    "worst": {"natural": max(nat), "boundary": 0.0, "robust": max(rob)},
+    "per_class": {"natural": nat, "boundary": [r - n for r, n in zip(rob, nat)], "robust": rob},
+  }
 
 
 def _write_run(d, row: int, seed: int, noisy: bool = True, records=None):
@@ -86,10 +111,16 @@ def _lines(ax):
 def test_draw_all_writes_png_and_svg(experiment, tmp_path, capsys):
   out = str(tmp_path / "figs")
   paths = plots.draw_all(experiment, out)
-  stems = ("per_class_errors_digits_pgd20", "training_curves", "strategy_per_class",
-           "clean_vs_corrupted", "bound_vs_margin")
-  assert sorted(paths) == sorted(os.path.join(out, f"{s}.{e}") for s in stems
-                                 for e in ("png", "svg"))
+  stems = (
+    "per_class_errors_digits_pgd20",
+    "training_curves",
+    "strategy_per_class",
+    "clean_vs_corrupted",
+    "bound_vs_margin",
+  )
+  assert sorted(paths) == sorted(
+    os.path.join(out, f"{s}.{e}") for s in stems for e in ("png", "svg")
+  )
   for p in paths:
     with open(p, "rb") as f:
       head = f.read(400)
@@ -108,11 +139,16 @@ def test_bound_vs_margin_is_the_late_training_mean_per_bin(experiment):
   line = bars.lines[0]
   assert bars.get_label() == "rowA (2 seeds)"
   v = lambda base, step, seed: round(base + 0.01 * step + 0.1 * seed, 6)
-  margin = {0: lambda s: (v(0.1, 20, s) + v(0.1, 30, s)) / 2,
-            2: lambda s: (v(0.2, 20, s) + v(0.2, 30, s)) / 2,
-            3: lambda s: v(0.4, 20, s)}  # None at step 30: one record
-  bound = {0: lambda s: 0.01 + 0.001 * s + 0.0001 * 25, 2: lambda s: 0.03 + 0.001 * s,
-           3: lambda s: 0.04}
+  margin = {
+    0: lambda s: (v(0.1, 20, s) + v(0.1, 30, s)) / 2,
+    2: lambda s: (v(0.2, 20, s) + v(0.2, 30, s)) / 2,
+    3: lambda s: v(0.4, 20, s),
+  }  # None at step 30: one record
+  bound = {
+    0: lambda s: 0.01 + 0.001 * s + 0.0001 * 25,
+    2: lambda s: 0.03 + 0.001 * s,
+    3: lambda s: 0.04,
+  }
   want_x = [_mean_std(0, bound[k])[0] * 255 for k in (0, 2, 3)]
   want_y = [_mean_std(0, margin[k])[0] for k in (0, 2, 3)]
   np.testing.assert_allclose(line.get_xdata(), want_x, rtol=1e-9)
@@ -124,11 +160,17 @@ def test_bound_vs_margin_is_the_late_training_mean_per_bin(experiment):
 def test_discovery_rows_seeds_and_labels(experiment):
   runs = plots.discover_runs(experiment)
   assert sorted((r.row, r.seed) for r in runs) == [
-      ("rowA", 0), ("rowA", 1), ("rowB", 0), ("rowB", 1)]
+    ("rowA", 0),
+    ("rowA", 1),
+    ("rowB", 0),
+    ("rowB", 1),
+  ]
   assert all(len(r.records) == len(STEPS) + 1 for r in runs)  # the cut line is dropped
   groups = plots.group_runs(runs, {"rowB": "Method B", "rowA": "Method A"})
   assert [(g.row, g.label, g.legend) for g in groups] == [
-      ("rowB", "Method B", "Method B (2 seeds)"), ("rowA", "Method A", "Method A (2 seeds)")]
+    ("rowB", "Method B", "Method B (2 seeds)"),
+    ("rowA", "Method A", "Method A (2 seeds)"),
+  ]
   # one run given directly: its row is its directory, or the parent of seed<k>
   one = plots.discover_runs(os.path.join(experiment, "rowA", "seed1"))
   assert [(r.row, r.seed) for r in one] == [("rowA", 1)]
@@ -145,7 +187,9 @@ def test_eval_attack_file_replaces_eval_json(tmp_path):
   (run,) = plots.discover_runs(str(d))
   assert run.row == "run"
   assert {doc["attack"]: doc["per_class"]["natural"] for doc in run.eval_docs} == {
-      "pgd20": [1.0, 2.0, 3.0], "apgd-ce": _doc(0, 0)["per_class"]["natural"]}
+    "pgd20": [1.0, 2.0, 3.0],
+    "apgd-ce": _doc(0, 0)["per_class"]["natural"],
+  }
 
 
 def test_per_class_bars_are_means_over_seeds(experiment):
@@ -174,9 +218,12 @@ def test_training_curves_are_means_over_seeds(experiment):
   groups = plots.group_runs(plots.discover_runs(experiment))
   fig = plots.draw_training_curves(groups)["training_curves"]
   titles = [ax.get_title() for ax in fig.axes if ax.axison]
-  assert titles == ["training loss", "accuracy on the training batches",
-                    "meta loss (meta batch, at meta-update steps)",
-                    "policy entropy (Reinforce strategy)"]
+  assert titles == [
+    "training loss",
+    "accuracy on the training batches",
+    "meta loss (meta batch, at meta-update steps)",
+    "policy entropy (Reinforce strategy)",
+  ]
   loss, acc, meta, ent = [ax for ax in fig.axes if ax.axison]
   assert all(ax.get_xlabel() == "training step" for ax in (loss, acc, meta, ent))
   assert acc.get_ylabel() == "accuracy (%)"
@@ -184,17 +231,23 @@ def test_training_curves_are_means_over_seeds(experiment):
     recs = lambda s, row=row: [_record(row, s, t) for t in STEPS]
     line = _lines(loss)[f"{name} (2 seeds)"]
     np.testing.assert_allclose(line.get_xdata(), STEPS)
-    np.testing.assert_allclose(line.get_ydata(),
-                               _mean_std(row, lambda s: [r["train/loss"] for r in recs(s)])[0])
     np.testing.assert_allclose(
-        _lines(acc)[f"{name} (2 seeds): adversarial"].get_ydata(),
-        100 * _mean_std(row, lambda s: [r["train/adv_acc"] for r in recs(s)])[0])
+      line.get_ydata(), _mean_std(row, lambda s: [r["train/loss"] for r in recs(s)])[0]
+    )
     np.testing.assert_allclose(
-        _lines(meta)[f"{name} (2 seeds)"].get_ydata(),
-        _mean_std(row, lambda s: [r["train/meta_loss"][0] for r in recs(s)])[0])
+      _lines(acc)[f"{name} (2 seeds): adversarial"].get_ydata(),
+      100 * _mean_std(row, lambda s: [r["train/adv_acc"] for r in recs(s)])[0],
+    )
+    np.testing.assert_allclose(
+      _lines(meta)[f"{name} (2 seeds)"].get_ydata(),
+      _mean_std(row, lambda s: [r["train/meta_loss"][0] for r in recs(s)])[0],
+    )
   # only row A logs a policy: its three entropies, row B draws none
-  assert sorted(_lines(ent)) == ["rowA (2 seeds): bound", "rowA (2 seeds): direction",
-                                 "rowA (2 seeds): joint (direction, bound)"]
+  assert sorted(_lines(ent)) == [
+    "rowA (2 seeds): bound",
+    "rowA (2 seeds): direction",
+    "rowA (2 seeds): joint (direction, bound)",
+  ]
 
 
 def test_strategy_per_class_lines(experiment):
@@ -218,15 +271,18 @@ def test_clean_vs_corrupted_series(experiment):
   for row in (0, 1):
     ratio, bound = grid[row][0], grid[row][1]
     for entry, name in ((0, "clean labels"), (1, "corrupted labels")):
-      want = _mean_std(row, lambda s: [_record(row, s, t)["train/adv_ratio_clean_noisy"][entry]
-                                       for t in STEPS])[0]
+      want = _mean_std(
+        row, lambda s: [_record(row, s, t)["train/adv_ratio_clean_noisy"][entry] for t in STEPS]
+      )[0]
       np.testing.assert_allclose(_lines(ratio)[name].get_ydata(), want)
-      want = _mean_std(row, lambda s: [_record(row, s, t)["train/eps_clean_noisy"][entry]
-                                       for t in STEPS])[0]
+      want = _mean_std(
+        row, lambda s: [_record(row, s, t)["train/eps_clean_noisy"][entry] for t in STEPS]
+      )[0]
       np.testing.assert_allclose(_lines(bound)[name].get_ydata(), 255 * want)
   direction = _lines(grid[0][3])
-  want = _mean_std(0, lambda s: [_record(0, s, t)["train/eps_direction_clean_noisy"][3]
-                                 for t in STEPS])[0]
+  want = _mean_std(
+    0, lambda s: [_record(0, s, t)["train/eps_direction_clean_noisy"][3] for t in STEPS]
+  )[0]
   np.testing.assert_allclose(direction["corrupted, anti-adversaries"].get_ydata(), 255 * want)
   assert not grid[1][2].axison and not grid[1][3].axison  # row B logs no policy
 
@@ -240,19 +296,24 @@ def test_missing_keys_skip_figures(tmp_path, capsys):
   _write_run(noisefree, 1, 0, noisy=False)
   paths = plots.draw_all(root)  # into root/figures
   assert sorted(paths) == sorted(
-      os.path.join(root, "figures", f"{s}.{e}")
-      for s in ("per_class_errors_digits_pgd20", "training_curves") for e in ("png", "svg"))
+    os.path.join(root, "figures", f"{s}.{e}")
+    for s in ("per_class_errors_digits_pgd20", "training_curves")
+    for e in ("png", "svg")
+  )
   assert all(os.path.getsize(p) > 0 for p in paths)
   assert len(plots.discover_runs(root)) == 1  # root/figures is not taken for a run
   lines = capsys.readouterr().out.splitlines()
   per_class = [l for l in lines if l.startswith("skipped adversary ratio and bound per class")]
   assert len(per_class) == 1 and "train/adv_ratio_per_class" in per_class[0]
-  assert any(l.startswith("skipped clean vs corrupted") and "train/eps_clean_noisy" in l
-             for l in lines)
+  assert any(
+    l.startswith("skipped clean vs corrupted") and "train/eps_clean_noisy" in l for l in lines
+  )
   groups = plots.group_runs(plots.discover_runs(root))
   fig = plots.draw_training_curves(groups)["training_curves"]
   assert [ax.get_title() for ax in fig.axes if ax.axison] == [
-      "training loss", "accuracy on the training batches"]
+    "training loss",
+    "accuracy on the training batches",
+  ]
   with pytest.raises(plots.Skip, match="no corrupted training labels"):
     plots.draw_clean_vs_corrupted(plots.group_runs(plots.discover_runs(noisefree)))
 
@@ -264,8 +325,14 @@ def test_no_runs_is_one_line_error(tmp_path):
   with pytest.raises(plots.NoRunsError, match="missing: no such directory"):
     plots.discover_runs(str(tmp_path / "missing"))
   env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  p = subprocess.run([sys.executable, "-m", "caat_jax.plots", f"--workdir={tmp_path}/missing"],
-                     capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+  p = subprocess.run(
+    [sys.executable, "-m", "caat_jax.plots", f"--workdir={tmp_path}/missing"],
+    capture_output=True,
+    text=True,
+    env=env,
+    cwd=ROOT,
+    timeout=60,
+  )
   assert p.returncode == 1
   want = f"error: --workdir={tmp_path}/missing: no such directory"
   assert p.stderr.strip().splitlines() == [want]
@@ -276,11 +343,18 @@ def test_only_labelled_rows_and_formats(experiment, tmp_path, monkeypatch):
   """An experiment's report draws its own rows only (its workdir may hold
   other experiments' runs), in the formats asked for."""
   out = str(tmp_path / "figs")
-  paths = plots.draw_all(experiment, out, labels={"rowB": "B only"}, only_labelled=True,
-                         formats=("png",))
+  paths = plots.draw_all(
+    experiment, out, labels={"rowB": "B only"}, only_labelled=True, formats=("png",)
+  )
   assert sorted(os.path.basename(p) for p in paths) == sorted(
-      f"{s}.png" for s in ("per_class_errors_digits_pgd20", "training_curves",
-                           "strategy_per_class", "clean_vs_corrupted"))
+    f"{s}.png"
+    for s in (
+      "per_class_errors_digits_pgd20",
+      "training_curves",
+      "strategy_per_class",
+      "clean_vs_corrupted",
+    )
+  )
   seen = []
 
   def probe(groups):

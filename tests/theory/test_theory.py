@@ -20,7 +20,8 @@ def _grid(case, param_values, key):
   for val, d, eta, sigma in itertools.product(param_values, (1, 2, 10), (1.0, 2.0), (0.5, 1.0)):
     model = models.Model(case, d=d, eta=eta, sigma=sigma, **{key: val})
     for frac, rho, rho_minus in itertools.product(
-        (0.0, 0.25, 0.6), (0.0, 0.5, 1.0, 1.5, -1.0), (1.0, -1.0)):
+      (0.0, 0.25, 0.6), (0.0, 0.5, 1.0, 1.5, -1.0), (1.0, -1.0)
+    ):
       eps = frac * eta
       if abs(rho * eps) < eta:
         yield model, eps, rho, rho_minus
@@ -35,20 +36,24 @@ def _assert_close(sol, cf):
 def test_theorem1_closed_form_equals_numerical_optimum():
   n = 0
   for model, eps, rho, rm in _grid("variance", (1.2, 2.0, 4.0), "K"):
-    _assert_close(exact.solve(model, eps, rho, rho_minus=rm),
-                  closed_form.theorem1(model, eps, rho, rm))
+    _assert_close(
+      exact.solve(model, eps, rho, rho_minus=rm), closed_form.theorem1(model, eps, rho, rm)
+    )
     n += 1
   assert n > 300
 
 
 def test_theorem3_closed_form_equals_numerical_optimum():
   for model, eps, rho, rm in _grid("imbalance", (1.0, 2.0, 10.0), "V"):
-    _assert_close(exact.solve(model, eps, rho, rho_minus=rm),
-                  closed_form.theorem3(model, eps, rho, rm))
+    _assert_close(
+      exact.solve(model, eps, rho, rho_minus=rm), closed_form.theorem3(model, eps, rho, rm)
+    )
 
 
-@pytest.mark.parametrize("case,key,val,fn", [("imbalance", "V", 5.0, closed_form.theorem2),
-                                             ("noise", "p", 0.3, closed_form.theorem4)])
+@pytest.mark.parametrize(
+  "case,key,val,fn",
+  [("imbalance", "V", 5.0, closed_form.theorem2), ("noise", "p", 0.3, closed_form.theorem4)],
+)
 def test_theorems_2_and_4_natural_training(case, key, val, fn):
   model = models.Model(case, d=3, eta=0.8, sigma=1.3, **{key: val})
   sol, cf = exact.natural_solution(model), fn(model)
@@ -59,8 +64,9 @@ def test_theorems_2_and_4_natural_training(case, key, val, fn):
 
 
 def test_theorem5_closed_form_is_the_optimum_of_its_per_class_surrogate():
-  for p, rho, d, frac in itertools.product((0.05, 0.2, 0.5), (0.0, 0.5, 1.0, 3.0), (1, 4),
-                                           (0.1, 0.3)):
+  for p, rho, d, frac in itertools.product(
+    (0.05, 0.2, 0.5), (0.0, 0.5, 1.0, 3.0), (1, 4), (0.1, 0.3)
+  ):
     model = models.Model("noise", d=d, eta=2.0, sigma=1.0, p=p)
     eps = frac * model.eta
     if (1 - p + p * rho) * eps >= model.eta:
@@ -82,11 +88,14 @@ def test_theorem5_disagrees_with_per_sample_bounds_on_eq11():
   _assert_close(exact.solve(clean, 0.2, -5.0), closed_form.theorem5(clean, 0.2, 5.0))
 
 
-@pytest.mark.parametrize("model,radii", [
+@pytest.mark.parametrize(
+  "model,radii",
+  [
     (models.Model("variance", d=2, eta=1.0, K=2.5), [0.3, -0.5]),
     (models.Model("imbalance", d=2, eta=1.5, sigma=0.7, V=4.0), [-0.4, 0.9]),
     (models.Model("noise", d=2, eta=1.0, p=0.3), [0.2, 0.2, -0.6]),
-])
+  ],
+)
 def test_brute_force_2d_finds_no_better_direction(model, radii):
   radii = np.array(radii)
   w, b, risk = exact.brute_force_2d(model, radii)
@@ -108,12 +117,15 @@ def test_skew_normal_cdf_and_sampler():
   assert ks.pvalue > 1e-3
 
 
-@pytest.mark.parametrize("model,eps,rho,rm", [
+@pytest.mark.parametrize(
+  "model,eps,rho,rm",
+  [
     (models.Model("variance", d=2, eta=1.0, K=2.0), 0.2, 2.0, 1.0),
     (models.Model("imbalance", d=3, eta=0.7, V=3.0), 0.2, 1.5, -1.0),
     (models.Model("noise", d=2, eta=1.0, p=0.3), 0.2, -1.5, 1.0),
     (models.Model("skew", d=1, eta=1.0, alpha=-3.0), 0.2, -2.0, 1.0),
-])
+  ],
+)
 def test_monte_carlo_errors_of_the_optimum_within_3_se(model, eps, rho, rm):
   sol = exact.solve(model, eps, rho, rho_minus=rm)
   mc = simulate.monte_carlo_optimum(model, sol, eps, n=200_000, seed=7)
@@ -122,14 +134,18 @@ def test_monte_carlo_errors_of_the_optimum_within_3_se(model, eps, rho, rm):
     assert np.all(np.abs(z) < 3), (key, z)
 
 
-@pytest.mark.parametrize("model,eps,rho", [
+@pytest.mark.parametrize(
+  "model,eps,rho",
+  [
     (models.Model("imbalance", d=2, eta=1.0, V=3.0), 0.3, 2.0),
     (models.Model("noise", d=2, eta=1.0, p=0.3), 0.2, 1.5),
-])
+  ],
+)
 def test_logistic_regression_reaches_the_exact_errors(model, eps, rho):
   """Equal-variance Gaussians: robust logistic regression is well specified."""
-  out = simulate.simulate(model, simulate.default_regimes(model, eps, rho), n=200_000,
-                          seed=1, eps_eval=eps)
+  out = simulate.simulate(
+    model, simulate.default_regimes(model, eps, rho), n=200_000, seed=1, eps_eval=eps
+  )
   for name, r in out.items():
     tau = exact.optimal_threshold(model, r["radii"])
     sol = exact.errors_at(model, tau, r["radii"], eps)
@@ -143,8 +159,9 @@ def _rhos(model, eps):
   return np.linspace(0.0, 0.98 * corollaries.rho_limit(model, eps), 25)
 
 
-@pytest.mark.parametrize("case,key,vals", [("variance", "K", (1.1, 2.0, 5.0)),
-                                           ("imbalance", "V", (1.5, 3.0, 20.0))])
+@pytest.mark.parametrize(
+  "case,key,vals", [("variance", "K", (1.1, 2.0, 5.0)), ("imbalance", "V", (1.5, 3.0, 20.0))]
+)
 def test_corollaries_1_to_4_gap_shrinks_where_condition_holds(case, key, vals):
   held = 0
   for val, d, eta, frac in itertools.product(vals, (1, 4), (1.0, 2.0), (0.2, 0.5)):
@@ -197,22 +214,34 @@ def test_boundary_scope_without_imbalance_is_d_eta_and_2_d_eta():
 
 
 def test_cli_json_matches_library(capsys):
-  argv = ["--case=imbalance", "--d=2", "--eta=2", "--sigma=1", "--eps=0.8", "--rho=1.5",
-          "--V=2", "--json"]
+  argv = [
+    "--case=imbalance",
+    "--d=2",
+    "--eta=2",
+    "--sigma=1",
+    "--eps=0.8",
+    "--rho=1.5",
+    "--V=2",
+    "--json",
+  ]
   assert cli.main(argv) == 0
   got = json.loads(capsys.readouterr().out)
   want = exact.solve(models.Model("imbalance", d=2, eta=2.0, V=2.0), 0.8, 1.5).as_dict()
   assert set(got) == {"natural_error", "robust_error", "boundary_error", "threshold"}
   for k, v in want.items():
     np.testing.assert_allclose(got[k], v, rtol=1e-12)
-  assert cli.main(["--case=noise", "--d=2", "--eta=2", "--eps=0.2", "--rho=-1", "--p=0.2",
-                   "--json"]) == 0
+  assert (
+    cli.main(["--case=noise", "--d=2", "--eta=2", "--eps=0.2", "--rho=-1", "--p=0.2", "--json"])
+    == 0
+  )
   got = json.loads(capsys.readouterr().out)
   want = exact.solve(models.Model("noise", d=2, eta=2.0, p=0.2), 0.2, -1.0).as_dict()
   np.testing.assert_allclose(got["natural_error"], want["natural_error"], rtol=1e-12)
 
 
-@pytest.mark.parametrize("argv,flag", [
+@pytest.mark.parametrize(
+  "argv,flag",
+  [
     (["--case=foo", "--eta=2", "--eps=0.2"], "--case"),
     (["--case=variance", "--eta=2", "--eps=0.2"], "--K"),
     (["--case=imbalance", "--eta=2", "--eps=2.5", "--V=2"], "--eps"),
@@ -220,7 +249,8 @@ def test_cli_json_matches_library(capsys):
     (["--case=noise", "--eta=2", "--eps=0.5", "--p=1"], "--p"),
     (["--case=skew", "--d=2", "--eta=2", "--eps=0.5", "--alpha=1"], "--d"),
     (["--case=skew", "--eta=2", "--eps=0.5", "--alpha=1", "--V=3"], "--V"),
-])
+  ],
+)
 def test_cli_bad_flag_one_line(argv, flag, capsys):
   assert cli.main(argv) == 1
   cap = capsys.readouterr()
@@ -230,15 +260,24 @@ def test_cli_bad_flag_one_line(argv, flag, capsys):
 
 
 def test_cli_subprocess_exit_code():
-  r = subprocess.run([sys.executable, "-m", "caat_jax.theory", "--case=variance", "--eta=2",
-                      "--eps=0.2"], capture_output=True, text=True, check=False)
+  r = subprocess.run(
+    [sys.executable, "-m", "caat_jax.theory", "--case=variance", "--eta=2", "--eps=0.2"],
+    capture_output=True,
+    text=True,
+    check=False,
+  )
   assert r.returncode == 1
   assert r.stderr.strip().splitlines() == [
-      "error: --K: --case=variance needs --K=<variance ratio sigma_+1 / sigma_-1 >= 1 (Eq. 3)>"]
+    "error: --K: --case=variance needs --K=<variance ratio sigma_+1 / sigma_-1 >= 1 (Eq. 3)>"
+  ]
 
 
 @pytest.mark.slow
 def test_cli_draws_figures(tmp_path):
-  assert cli.main(["--case=skew", "--eta=1.2", "--eps=0.2", "--rho=2", "--alpha=3",
-                   f"--figures={tmp_path}"]) == 0
+  assert (
+    cli.main(
+      ["--case=skew", "--eta=1.2", "--eps=0.2", "--rho=2", "--alpha=3", f"--figures={tmp_path}"]
+    )
+    == 0
+  )
   assert (tmp_path / "theory_skew.png").stat().st_size > 10_000
