@@ -233,7 +233,7 @@ def test_apgd_is_per_sample_and_deterministic():
 # --- EOT ---------------------------------------------------------------------
 
 
-C = 5
+EOT_CLASSES = 5  # the randomised model's classes (C above is the reference model's)
 
 
 def _noisy_tanh_model(seed=0):
@@ -242,7 +242,7 @@ def _noisy_tanh_model(seed=0):
   time), so gradients differ from draw to draw."""
   rng = np.random.default_rng(seed)
   w1 = jnp.asarray(rng.normal(size=(64, 16)) / 4, jnp.float32)
-  w2 = jnp.asarray(rng.normal(size=(16, C)), jnp.float32)
+  w2 = jnp.asarray(rng.normal(size=(16, EOT_CLASSES)), jnp.float32)
 
   def fn(x, key):
     h = jnp.tanh(x.reshape(x.shape[0], -1) @ w1)
@@ -255,7 +255,7 @@ def _noisy_tanh_model(seed=0):
 def _inputs(n=4, seed=1):
   rng = np.random.default_rng(seed)
   x = jnp.asarray(rng.uniform(0.2, 0.8, size=(n, 8, 8, 1)), jnp.float32)
-  y = jnp.asarray(rng.integers(0, C, size=n), jnp.int32)
+  y = jnp.asarray(rng.integers(0, EOT_CLASSES, size=n), jnp.int32)
   keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(n) + 100)
   return x, y, keys
 
