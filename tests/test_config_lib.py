@@ -226,3 +226,33 @@ def test_bad_values_name_the_key(key, value, message):
     config_lib.validate(config)
   assert message in str(err.value)
   assert "\n" not in str(err.value)
+
+
+def test_config_files_load_from_any_working_directory(tmp_path):
+  """A config that builds on a sibling (svhn -> cifar10 -> default) loads with
+  another working directory and nothing of the repository on sys.path."""
+  script = (
+    "import sys\n"
+    "from caat_jax import cli\n"
+    f"assert {ROOT!r} not in sys.path\n"
+    f"config, error = cli.load_config({os.path.join(ROOT, 'configs', 'svhn.py')!r}, root='/')\n"
+    "assert error is None, error\n"
+    "print(config.data.name, config.model, config.optimizer.learning_rate)\n"
+  )
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  out = subprocess.run(
+    [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True
+  )
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.split() == ["svhn", "preact_resnet18", "0.01"]
+
+
+def test_config_sibling_is_loaded_once():
+  from caat_jax import config_files
+
+  here = os.path.join(ROOT, "configs", "svhn.py")
+  first = config_files.sibling(here, "default")
+  assert config_files.sibling(here, "default") is first
+  assert first.get_config().to_dict() == config_module("default").get_config().to_dict()
+  with pytest.raises(FileNotFoundError, match="nope.py"):
+    config_files.sibling(here, "nope")
