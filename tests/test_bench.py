@@ -5,7 +5,7 @@ output); what can be wrong is the accounting and the report's arithmetic."""
 
 import pytest
 
-from caat_jax import bench
+from caat_jax import bench, config_lib
 from tests.helpers import digits_config
 
 
@@ -81,22 +81,22 @@ def test_bench_entries_apply_overrides_and_name_bad_ones():
   cfg = bench.bench_config(c, "pgd_at --config.attack.unroll=false --config.meta.batch_size=16")
   assert (cfg.method, cfg.attack.unroll, cfg.meta.batch_size) == ("pgd_at", "false", 16)
   assert cfg.batch_size == c.bench.batch_size
-  with pytest.raises(bench.config_lib.ConfigError, match="no config key 'attack.unrol'"):
+  with pytest.raises(config_lib.ConfigError, match="no config key 'attack.unrol'"):
     bench.bench_config(c, "pgd_at --config.attack.unrol=false")
-  with pytest.raises(bench.config_lib.ConfigError, match="meta.batch_size='x': expected a int"):
+  with pytest.raises(config_lib.ConfigError, match="meta.batch_size='x': expected a int"):
     bench.bench_config(c, "pgd_at --config.meta.batch_size=x")
   with pytest.raises(
-    bench.config_lib.ConfigError,
+    config_lib.ConfigError,
     match="bench entry 'meta_caat --config.meta.variant=fast'.*meta.variant",
   ):
     bench.bench_config(c, "meta_caat --config.meta.variant=fast")
   # a bad entry anywhere in the list stops the run before anything compiles
   c.bench.methods = ("pgd_at", "pgd_at --config.attack.unroll=maybe")
-  with pytest.raises(bench.config_lib.ConfigError, match="attack.unroll"):
+  with pytest.raises(config_lib.ConfigError, match="attack.unroll"):
     bench.run_bench(c)
-  with pytest.raises(bench.config_lib.ConfigError, match="--attacks contains 'apgd'"):
+  with pytest.raises(config_lib.ConfigError, match="--attacks contains 'apgd'"):
     bench.check_attack_args(["pgd20", "apgd"], [])
-  with pytest.raises(bench.config_lib.ConfigError, match="unknown model 'resnet18'"):
+  with pytest.raises(config_lib.ConfigError, match="unknown model 'resnet18'"):
     bench.check_attack_args(["pgd20"], ["resnet18"])
 
 

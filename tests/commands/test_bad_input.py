@@ -231,7 +231,7 @@ def test_cli_meta_per_class_too_large(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_tfds(tmp_path_factory):
-  from tests.test_data import CaatTestTiny  # pylint: disable=g-import-not-at-top
+  from tests.data.test_data import CaatTestTiny  # pylint: disable=g-import-not-at-top
 
   base = str(tmp_path_factory.mktemp("tfds"))
   CaatTestTiny(data_dir=base, file_format="array_record").download_and_prepare()
@@ -387,7 +387,7 @@ _RESTORE_TRUNCATED = textwrap.dedent("""
     from absl import logging
     logging.set_verbosity(logging.WARNING)
     from caat_jax import checkpointing
-    from tests.test_bad_input import _tiny_state
+    from tests.commands.test_bad_input import _tiny_state
     ckpt = checkpointing.Checkpointer(sys.argv[1], async_save=False)
     print(ckpt.restore(_tiny_state(), move_aside=False)[1])
     ckpt.close()
