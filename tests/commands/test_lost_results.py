@@ -86,3 +86,62 @@ def test_a_torn_record_is_written_again_or_said_lost(finished_run, tmp_path, dam
     final = json.loads(after[-1])
     want = json.loads(lines[-1])
     assert final == want  # restored from eval.json: the same record
+
+
+# --- bench: nothing to measure, and never a result replaced by less ----------
+
+
+def _bench(*flags, timeout=300):
+  return subprocess.run(
+    [sys.executable, "-m", "caat_jax.bench", "--config=configs/digits.py", *flags],
+    cwd=ROOT,
+    env=subprocess_env(1),
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
+
+
+_EARLIER = '{"backend": "cpu", "rows": [{"method": "pgd_at", "step_s": 1.0}]}'
+
+
+@pytest.mark.parametrize(
+  "flags, named",
+  [
+    (["--skip_train_bench"], "--skip_train_bench"),
+    (["--config.bench.methods=()"], "--config.bench.methods is empty"),
+  ],
+)
+def test_bench_with_nothing_to_measure_is_refused(tmp_path, flags, named):
+  out = tmp_path / "bench.json"
+  out.write_text(_EARLIER)
+  res = _bench(*flags, f"--out={out}")
+  assert res.returncode == 1, res.stderr
+  assert "Traceback" not in res.stderr
+  assert _messages(res.stderr) == [
+    f"error: nothing to measure: {named} and no --attacks; "
+    "name methods in --config.bench.methods or attacks in --attacks"
+  ]
+  assert out.read_text() == _EARLIER
+  assert sorted(os.listdir(tmp_path)) == ["bench.json"]
+
+
+def test_bench_writes_beside_a_result_it_would_shrink(tmp_path):
+  out = tmp_path / "bench.json"
+  out.write_text(_EARLIER)
+  res = _bench(
+    "--skip_train_bench",
+    "--attacks=pgd2",
+    "--attack_batch=4",
+    "--config.model_width=4",
+    f"--out={out}",
+  )
+  assert res.returncode == 0, res.stderr
+  assert "Traceback" not in res.stderr
+  beside = tmp_path / "bench.new.json"
+  assert _messages(res.stderr) == [
+    f"bench: {out} holds rows (rows: pgd_at) that this run did not measure; "
+    f"kept it as it was and wrote this run's results to {beside}"
+  ]
+  assert out.read_text() == _EARLIER
+  assert [r["attack"] for r in json.loads(beside.read_text())["attacks"]["rows"]] == ["pgd2"]
