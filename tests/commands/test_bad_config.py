@@ -85,6 +85,13 @@ CASES = [
     "config.caat.anti_bound_cap=2.0 caps nothing with config.caat.anti_bound_scale=0",
   ),
   (
+    "fairness switch no method reads",
+    "main",
+    [_DIGITS, "--config.suite=()", "--config.method=trades", "--config.fairness.enabled=true"],
+    "config.fairness.enabled=True does nothing with config.method='trades'; only meta_caat, "
+    "reinforce_caat read it",
+  ),
+  (
     "batch over devices",
     "main",
     [_DIGITS, "--config.batch_size=63"],
