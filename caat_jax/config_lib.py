@@ -107,6 +107,21 @@ def _check_numbers(config) -> None:
         raise ConfigError(f"config.{key}={value!r} is not valid: must be a finite number.")
 
 
+def _check_switches(config: ml_collections.ConfigDict) -> None:
+  """Refuses a method switch (``Method.switches``) set True that no method
+  of the run reads: it would do nothing."""
+  run = (config.method,) + tuple(config.suite)
+  used = {k for name in run for k in methods.get(name).switches}
+  for key in sorted({k for m in methods.REGISTRY.values() for k in m.switches} - used):
+    if get_dotted(config, key) is True:
+      readers = [m.name for m in methods.REGISTRY.values() if key in m.switches]
+      raise ConfigError(
+        f"config.{key}=True does nothing with config.method={config.method!r}"
+        + (f" and config.suite={tuple(config.suite)!r}" if config.suite else "")
+        + f"; only {', '.join(readers)} read it: set {key}=False or choose one of those."
+      )
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
   """Raises ConfigError naming the first invalid key.
 
@@ -150,6 +165,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         f"config.meta.batch_size={config.meta.batch_size} is not divisible by the "
         f"number of devices ({num_devices}); use a multiple of {num_devices}."
       )
+  _check_switches(config)
   if num_devices is not None and config.batch_size % num_devices:
     raise ConfigError(
       f"config.batch_size={config.batch_size} is not divisible by the number "

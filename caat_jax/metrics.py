@@ -54,35 +54,80 @@ class MetricWriter:
         tb.add_scalar(k, v, step)
     tb.flush()
 
-  def drop_after(self, step: int) -> None:
-    """Removes the records of steps after ``step``.
+  def drop_after(self, step: int, final_step: int | None = None) -> None:
+    """Removes the records of steps after ``step``, and unreadable lines.
 
     On resume from step s, records after s were written by the process that
     stopped (it ran on past its last checkpoint); the resumed run writes them
     again, so dropping them keeps ``metrics.jsonl`` as an uninterrupted run
-    writes it. A line cut short by a kill is dropped too. TensorBoard events
-    after s are purged by the next events file (see ``_tensorboard``).
+    writes it. TensorBoard events after s are purged by the next events file
+    (see ``_tensorboard``).
+
+    A line that is not a whole record (cut short by a crash while appending,
+    or overwritten) is dropped too, and the warning says what becomes of
+    what it held, judged from the record before it: after a record of a step
+    past s it was of a step past s (written again); in a run finished
+    before (s = ``final_step``) after the records of s it held the final
+    evaluation (written again by ``train``, from ``eval.json`` or by
+    evaluating); otherwise it is lost (training does not go back).
     """
     if not self.enabled:
       return
     self._purge_step = int(step) + 1
-    n = self._rewrite(lambda rec: int(rec.get("step", 0)) <= step)
-    if n:
+    after, torn = self._rewrite(lambda rec: rec["step"] <= step, step)
+    if after:
       logging.warning(
-        "metrics.jsonl: dropped %d records after step %d (resumed run writes them again)", n, step
+        "metrics.jsonl: dropped %d record(s) after step %d (the resumed run writes them again)",
+        after,
+        step,
+      )
+    finished = final_step is not None and step == final_step
+    final = [n for n, prev in torn if finished and prev == step]
+    lost = [(n, prev) for n, prev in torn if not (finished and prev == step)]
+    if final:
+      logging.warning(
+        "metrics.jsonl: dropped unreadable line %s (cut short or overwritten) after the records "
+        "of the last step %d: it held the final evaluation, which this run writes again",
+        ", ".join(map(str, final)),
+        step,
+      )
+    if lost:
+      where = ", ".join(f"{n} (after step {p})" if p is not None else str(n) for n, p in lost)
+      logging.warning(
+        "metrics.jsonl: dropped %d unreadable line(s) (cut short or overwritten): line %s; "
+        "what they held is not written again, unless it was a record of a step after %d "
+        "or the final evaluation",
+        len(lost),
+        where,
+        step,
       )
 
   def drop_eval_at(self, step: int) -> None:
     """Removes the evaluation records of ``step`` (before one replaces them)."""
     if self.enabled:
       self._rewrite(
-        lambda rec: (
-          not (int(rec.get("step", -1)) == step and any(k.startswith("eval/") for k in rec))
-        )
+        lambda rec: not (rec["step"] == step and any(k.startswith("eval/") for k in rec))
       )
 
-  def _rewrite(self, keep_record) -> int:
-    """Keeps the parseable records ``keep_record`` accepts; returns how many went.
+  def has_eval_at(self, step: int) -> bool:
+    """Whether ``metrics.jsonl`` holds an evaluation record of ``step``."""
+    if not self.enabled:
+      return True
+    self._jsonl.flush()
+    with open(self._path) as f:
+      for line in f:
+        rec = _parse(line)
+        if rec is not None and rec["step"] == step and any(k.startswith("eval/") for k in rec):
+          return True
+    return False
+
+  def _rewrite(self, keep_record, step: int | None = None) -> tuple[int, list]:
+    """Keeps the readable records ``keep_record`` accepts.
+
+    Returns (how many readable records went, [(line number, step of the
+    readable record before it or None)] of the unreadable lines that are
+    not after a record of a step past ``step``; those after one count with
+    the records that went).
 
     The file is rewritten to a temporary copy and renamed over the original,
     so a kill during this leaves either the old or the new file, never half
@@ -91,14 +136,20 @@ class MetricWriter:
     self._jsonl.close()
     with open(self._path) as f:
       lines = f.readlines()
-    keep = []
-    for line in lines:
-      try:
-        rec = json.loads(line)
-      except json.JSONDecodeError:
+    keep, went, torn, prev = [], 0, [], None
+    for n, line in enumerate(lines, start=1):
+      rec = _parse(line)
+      if rec is None:
+        if step is not None and prev is not None and prev > step:
+          went += 1
+        else:
+          torn.append((n, prev))
         continue
+      prev = rec["step"]
       if keep_record(rec):
         keep.append(line if line.endswith("\n") else line + "\n")
+      else:
+        went += 1
     if len(keep) != len(lines):
       tmp = self._path + ".tmp"
       with open(tmp, "w") as f:
@@ -107,13 +158,24 @@ class MetricWriter:
         os.fsync(f.fileno())
       os.replace(tmp, self._path)
     self._jsonl = open(self._path, "a")
-    return len(lines) - len(keep)
+    return went, torn
 
   def close(self) -> None:
     if self.enabled:
       self._jsonl.close()
       if self._tb is not None:
         self._tb.close()
+
+
+def _parse(line: str) -> dict | None:
+  """The record of one ``metrics.jsonl`` line, or None if it is not a whole one."""
+  try:
+    rec = json.loads(line)
+  except json.JSONDecodeError:
+    return None
+  if not isinstance(rec, dict) or not isinstance(rec.get("step"), int):
+    return None
+  return rec
 
 
 class Window:

@@ -188,7 +188,7 @@ def train_and_evaluate(
       state, step0 = restored
       logging.info("resumed from %s at step %d", ckpt.directory, step0)
     start = int(state.step)
-    writer.drop_after(start)
+    writer.drop_after(start, final_step=total)
     rstate = run.parallel.replicate(state)
     del state
     watcher = stack.enter_context(ckpt_lib.PreemptionWatcher(ckpt))
@@ -283,6 +283,8 @@ def _final_evaluation(
       writer.drop_eval_at(step)  # a finished run evaluated again: replace, not append
       writer.write(step, metrics.eval_record(docs, config.num_epochs - 1))
       evaluators.write_json(eval_path, docs)
+  elif not writer.has_eval_at(step):  # its record was lost (a torn last line): from eval.json
+    writer.write(step, metrics.eval_record(docs, config.num_epochs - 1))
   return docs
 
 

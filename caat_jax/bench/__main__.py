@@ -6,6 +6,7 @@ rows finish and writes ``--out`` (JSON).
 """
 
 import json
+import os
 import sys
 
 from absl import app, flags
@@ -84,6 +85,12 @@ def main(argv):
   config = cli.config_flag()
   names = [a.strip() for a in FLAGS.attacks.split(",") if a.strip()]
   model_names = [m.strip() for m in FLAGS.attack_models.split(",") if m.strip()]
+  if not names and (FLAGS.skip_train_bench or not config.bench.methods):
+    sys.exit(
+      "error: nothing to measure: "
+      + ("--skip_train_bench" if FLAGS.skip_train_bench else "--config.bench.methods is empty")
+      + " and no --attacks; name methods in --config.bench.methods or attacks in --attacks"
+    )
   try:
     if FLAGS.attacks:
       check_attack_args(names, model_names)
@@ -117,9 +124,61 @@ def main(argv):
       repeats=FLAGS.attack_repeats,
       pack=FLAGS.attack_pack,
     )
-  with open(FLAGS.out, "w") as f:
+  out = FLAGS.out
+  lost = _not_kept(out, result)
+  if lost:
+    out = _beside(FLAGS.out)
+    sys.stderr.write(
+      f"bench: {FLAGS.out} holds {lost} that this run did not measure; "
+      f"kept it as it was and wrote this run's results to {out}\n"
+    )
+  with open(out, "w") as f:
     json.dump(result, f, indent=1)
-  print(f"wrote {FLAGS.out}")
+  print(f"wrote {out}")
+
+
+def _entries(result: dict, prefix: tuple = ()) -> set:
+  """What a result holds: ("key", ...) paths, and ("row", where, method,
+  attack, model) for each row of a list."""
+  out = set()
+  for key, value in result.items():
+    out.add(prefix + (key,))
+    if isinstance(value, dict):
+      out |= _entries(value, prefix + (key,))
+    for r in value if isinstance(value, list) else ():
+      if isinstance(r, dict):
+        ident = " ".join(str(r[k]) for k in ("method", "attack", "model") if r.get(k))
+        out.add(("row", "/".join(prefix + (key,)), ident))
+  return out
+
+
+def _not_kept(path: str, result: dict) -> str:
+  """What the file at ``path`` holds that ``result`` would not ('' if nothing)."""
+  if not os.path.exists(path):
+    return ""
+  try:
+    with open(path) as f:
+      old = json.load(f)
+  except (OSError, ValueError):
+    return "" if os.path.getsize(path) == 0 else "data that is not a readable result"
+  if not isinstance(old, dict):
+    return "data that is not a result"
+  gone = _entries(old) - _entries(result)
+  rows = sorted(f"{e[1]}: {e[2]}" for e in gone if e[0] == "row")
+  keys = sorted("/".join(e) for e in gone if e[0] != "row")
+  if rows:
+    return "rows (" + ", ".join(rows) + ")"
+  return "keys (" + ", ".join(keys) + ")" if keys else ""
+
+
+def _beside(path: str) -> str:
+  """A free name next to ``path``: ``bench.new.json``, ``bench.new2.json``..."""
+  base, ext = os.path.splitext(path)
+  n, candidate = 1, f"{base}.new{ext}"
+  while os.path.exists(candidate):
+    n += 1
+    candidate = f"{base}.new{n}{ext}"
+  return candidate
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from caat_jax import attacks, losses
 from caat_jax.caat import fairness
-from caat_jax.checks import check
+from caat_jax.checks import ConfigError, check
 
 BOUNDS = ("fixed", "remargin", "grad")
 
@@ -190,3 +190,9 @@ def validate_anti_bound(config) -> None:
     c.anti_bound_cap,
     ">= 0 (a multiple of attack.eps; 0 = no cap)",
   )
+  if c.anti_bound_scale == 0 and c.anti_bound_cap > 0:
+    raise ConfigError(
+      f"config.caat.anti_bound_cap={c.anti_bound_cap!r} caps nothing with "
+      "config.caat.anti_bound_scale=0 (the anti-adversary is the clean input); "
+      "set anti_bound_scale > 0 or anti_bound_cap=0."
+    )

@@ -171,6 +171,12 @@ def validate_config(cfg: Any) -> None:
   checks.choice("data.noise_type", cfg["noise_type"], NOISE_TYPES)
   ok("noise_rate", _is_real(cfg["noise_rate"]) and 0 <= cfg["noise_rate"] < 1, "in [0, 1)")
   ok("drop_corrupted", isinstance(cfg["drop_corrupted"], (bool, np.bool_)), "True or False")
+  if cfg["noise_type"] == "none" and cfg["noise_rate"] > 0:
+    raise checks.ConfigError(
+      f"config.data.noise_rate={cfg['noise_rate']!r} corrupts no label with "
+      f"config.data.noise_type='none'; choose a noise_type ({', '.join(NOISE_TYPES[1:])}) "
+      f"or set noise_rate=0."
+    )
   if cfg["drop_corrupted"] and not has_label_noise(cfg):
     raise checks.ConfigError(
       f"config.data.drop_corrupted=True drops the examples whose label noise changed, "
@@ -237,8 +243,6 @@ def load_dataset(cfg: Any) -> Dataset:
       the command that prepares it.
   """
   validate_config(cfg)
-  if cfg["noise_type"] == "none" and cfg["noise_rate"] > 0:
-    logging.warning("data.noise_rate=%s is ignored with data.noise_type='none'.", cfg["noise_rate"])
   name = cfg["name"]
   spec = _DATASETS[name]
   raw_train, test = _load_raw(cfg)

@@ -4,12 +4,14 @@
   python -m caat_jax.experiments run NAME --workdir=DIR [--seeds=3] [--rows=a,b] \
       [--config.key=value ...]
   python -m caat_jax.experiments emit NAME --workdir=DIR --launcher=slurm|tpu_pod|shell [...]
-  python -m caat_jax.experiments report NAME --workdir=DIR [--out=DIR]
+  python -m caat_jax.experiments report NAME --workdir=DIR [--out=DIR] [--strict]
 
 ``run`` trains rows x seeds one after another into DIR/<row>/seed<k>; run it
 again to resume (finished runs are skipped, a killed one resumes from its
 checkpoint). ``report`` writes DIR/report.md and DIR/report.csv (mean ± std
-over seeds beside the paper's number) and the figures (DIR/figures).
+over seeds beside the paper's number) and the figures (DIR/figures); it
+names on stderr each run it leaves out (missing, unfinished, unreadable, or
+trained otherwise than its row), and with --strict exits 1 if there is one.
 Exit status: 0 done, 1 an error (one line on stderr), 130/143 interrupted or
 preempted (run the same command again).
 """
@@ -43,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
       s.add_argument("--out", default=None, help="default: WORKDIR")
       s.add_argument("--no_figures", action="store_true")
       s.add_argument("--formats", default="png,svg", help="figure file types")
+      s.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 if any run is missing, unfinished, unreadable or trained otherwise",
+      )
   return p
 
 
@@ -69,6 +76,12 @@ def main(argv=None) -> int:
     if args.command == "emit":
       print("\n".join(runner.emit(exp, args.workdir, args.launcher, args.seeds, rows, overrides)))
       return 0
+    problems = []
+
+    def on_problem(message):
+      problems.append(message)
+      sys.stderr.write(message + "\n")
+
     written = report.write(
       exp,
       args.workdir,
@@ -77,9 +90,11 @@ def main(argv=None) -> int:
       rows=rows,
       figures=not args.no_figures,
       formats=tuple(f for f in args.formats.split(",") if f),
+      extra=overrides,
+      on_problem=on_problem,
     )
     print("\n".join(written))
-    return 0
+    return 1 if problems and args.strict else 0
   except (KeyError, ValueError, FileNotFoundError, config_lib.ConfigError) as e:
     message = e.args[0] if isinstance(e, KeyError) and e.args else e
     sys.stderr.write(f"error: {message}\n")

@@ -10,10 +10,10 @@ Reads every ``WORKDIR/<row>/seed<k>`` run's evaluation documents
 import csv
 import math
 import os
-import re
+import sys
 from collections.abc import Sequence
 
-from caat_jax.experiments import paper, runner
+from caat_jax.experiments import counted, paper
 from caat_jax.experiments.registry import Experiment
 
 ERROR_COLUMNS = (
@@ -49,34 +49,38 @@ def mean_std(xs: Sequence[float]) -> tuple[float, float]:
   return m, (math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1)) if n > 1 else 0.0)
 
 
-def _seed_dirs(row_dir: str, seeds: int | None) -> list[tuple[int, str]]:
-  if not os.path.isdir(row_dir):
-    return []
-  out = []
-  for name in os.listdir(row_dir):
-    m = re.fullmatch(r"seed(\d+)", name)
-    if m and (seeds is None or int(m.group(1)) < seeds):
-      out.append((int(m.group(1)), os.path.join(row_dir, name)))
-  return sorted(out)
-
-
 def collect(
-  exp: Experiment, workdir: str, seeds: int | None = None, rows: Sequence[str] | None = None
+  exp: Experiment,
+  workdir: str,
+  seeds: int | None = None,
+  rows: Sequence[str] | None = None,
+  extra: Sequence[str] = (),
+  on_problem=None,
 ) -> list[dict]:
-  """[{row, label, paper_row, attack, seeds: [k], columns: {col: [per seed]}}].
+  """[{row, label, paper_row, attack, seeds: [k], expected, columns: {col: [per seed]}}].
 
-  A seed counts when its run holds the attack's document (unfinished runs
-  are left out, and reported by ``table`` as missing seeds)."""
+  A seed counts when its run holds the attack's document and was trained as
+  the row defines it (``counted.check``); ``expected`` is how many seeds the
+  row should have. ``on_problem(message)`` is called once for each run left
+  out (in part or in full), with the reason."""
   selected = [exp.row(r) for r in rows] if rows else list(exp.rows)
+  checked = {}
+  for row in selected:
+    for seed in counted.seeds_of(os.path.join(workdir, row.name), seeds, exp.seeds):
+      run = counted.check(exp, row, seed, workdir, extra)
+      checked[row.name, seed] = run
+      if run.problems and on_problem is not None:
+        on_problem(run.message())
   out = []
   for attack in exp.attacks:
     for row in selected:
+      runs = [r for (name, _), r in checked.items() if name == row.name]
       found, cols = [], {}
-      for seed, d in _seed_dirs(os.path.join(workdir, row.name), seeds):
-        doc = runner.documents(d).get(attack)
+      for run in runs:
+        doc = run.docs.get(attack)
         if doc is None:
           continue
-        found.append(seed)
+        found.append(run.seed)
         for k, v in values(doc).items():
           cols.setdefault(k, []).append(v)
       out.append(
@@ -86,10 +90,17 @@ def collect(
           paper_row=row.paper,
           attack=attack,
           seeds=found,
+          expected=len(runs),
           columns=cols,
         )
       )
   return out
+
+
+def seeds_cell(r: dict) -> str:
+  """'2', or '1/2' for a row missing seeds."""
+  n, want = len(r["seeds"]), r.get("expected", len(r["seeds"]))
+  return str(n) if n >= want else f"{n}/{want}"
 
 
 def columns_for(attack: str) -> tuple[str, ...]:
@@ -115,7 +126,9 @@ def markdown(exp: Experiment, results: list[dict], workdir: str) -> str:
     lines += [exp.note, ""]
   lines += [
     f"Runs: `{workdir}`. Cells: mean ± sample standard deviation over the seeds "
-    "found (percent)" + (", the paper's number in parentheses" if table else "") + ".",
+    "counted (percent; one seed: no spread)"
+    + (", the paper's number in parentheses" if table else "")
+    + ". Seeds `1/2`: a row missing runs (each run left out is named when the report is made).",
     "",
   ]
   for attack in exp.attacks:
@@ -131,7 +144,7 @@ def markdown(exp: Experiment, results: list[dict], workdir: str) -> str:
         continue
       refs = [table.value(r["paper_row"], c) if table and r["paper_row"] else None for c in cols]
       cells = [_cell(r["columns"].get(c), ref) for c, ref in zip(cols, refs)]
-      lines.append(f"| {r['label']} | {len(r['seeds'])} | " + " | ".join(cells) + " |")
+      lines.append(f"| {r['label']} | {seeds_cell(r)} | " + " | ".join(cells) + " |")
     lines.append("")
   return "\n".join(lines)
 
@@ -153,6 +166,7 @@ def write_csv(path: str, exp: Experiment, results: list[dict]) -> None:
         "paper",
         "seeds",
         "values",
+        "seeds_expected",
       ]
     )
     for r in results:
@@ -168,11 +182,12 @@ def write_csv(path: str, exp: Experiment, results: list[dict]) -> None:
             r["attack"],
             c,
             f"{m:.4f}",
-            f"{s:.4f}",
+            f"{s:.4f}" if len(vals) > 1 else "",  # no spread from one seed
             len(vals),
             "" if ref is None else ref,
             ";".join(map(str, r["seeds"])),
             ";".join(f"{v:.4f}" for v in vals),
+            r.get("expected", len(vals)),
           ]
         )
 
@@ -185,17 +200,26 @@ def write(
   rows: Sequence[str] | None = None,
   figures: bool = True,
   formats: tuple[str, ...] = ("png", "svg"),
+  extra: Sequence[str] = (),
+  on_problem=None,
 ) -> list[str]:
   """Writes report.md, report.csv (and the figures of the selected rows) into
-  ``out``; returns the paths."""
+  ``out``; returns the paths. Each run left out is named through
+  ``on_problem(message)`` (default: a line on stderr); ``extra``: the
+  ``--config`` overrides the runs were trained with."""
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f"--workdir={workdir}: no such directory")
-  results = collect(exp, workdir, seeds, rows)
+  if on_problem is None:
+    on_problem = lambda m: sys.stderr.write(m + "\n")
+  problems = []
+  results = collect(exp, workdir, seeds, rows, extra, problems.append)
   if not any(r["seeds"] for r in results):
     raise FileNotFoundError(
       f"no finished run of {exp.name} under {workdir} (expected {workdir}/<row>/seed<k>/"
       f"eval.json; rows: {', '.join(r.name for r in exp.rows)})"
     )
+  for message in problems:  # named once some run counts (else the error above says it)
+    on_problem(message)
   out = out or workdir
   os.makedirs(out, exist_ok=True)
   md, csv_path = os.path.join(out, "report.md"), os.path.join(out, "report.csv")

@@ -61,14 +61,13 @@ def plan(
   n = exp.seeds if seeds is None else int(seeds)
   if n < 1:
     raise ValueError(f"--seeds={n}: must be >= 1")
-  specs = []
-  for seed in range(n):
-    for row in selected:
-      overrides = (
-        exp.overrides + row.overrides + eval_overrides(exp) + (f"seed={seed}",) + tuple(extra)
-      )
-      specs.append(RunSpec(row, seed, os.path.join(workdir, row.name, f"seed{seed}"), overrides))
-  return specs
+  return [spec(exp, row, seed, workdir, extra) for seed in range(n) for row in selected]
+
+
+def spec(exp: Experiment, row: Row, seed: int, workdir: str, extra: Sequence[str] = ()) -> RunSpec:
+  """Row ``row``'s run of seed ``seed``: its workdir and its overrides."""
+  overrides = exp.overrides + row.overrides + eval_overrides(exp) + (f"seed={seed}",) + tuple(extra)
+  return RunSpec(row, seed, os.path.join(workdir, row.name, f"seed{seed}"), overrides)
 
 
 def build_config(spec: RunSpec) -> ml_collections.ConfigDict:

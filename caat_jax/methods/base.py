@@ -221,6 +221,9 @@ class Method(NamedTuple):
       examples).
     needs_meta_set: ``config -> bool``, whether the run needs a meta /
       validation set (``data.meta_per_class >= 1``).
+    switches: the boolean config keys (outside its own section) the method
+      reads; one set True with no method of the run reading it is refused
+      (``config_lib.validate``: it would do nothing).
   """
 
   name: str
@@ -231,6 +234,7 @@ class Method(NamedTuple):
   epoch_hook: EpochHook | None = None
   meta_batch: Callable[[ml_collections.ConfigDict], bool] = lambda config: False
   needs_meta_set: Callable[[ml_collections.ConfigDict], bool] = lambda config: False
+  switches: tuple[str, ...] = ()
 
 
 def attack_units(config) -> float:

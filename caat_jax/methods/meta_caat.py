@@ -320,4 +320,5 @@ METHOD = base.Method(
   epoch_hook=base.EpochHook(fairness.epoch_validation, fairness.epoch_update),
   meta_batch=lambda config: True,
   needs_meta_set=lambda config: True,
+  switches=("fairness.enabled",),
 )

@@ -362,4 +362,5 @@ METHOD = base.Method(
   epoch_hook=base.EpochHook(fairness.epoch_validation, fairness.epoch_update),
   meta_batch=lambda config: config.reinforce.reward == "lookahead",
   needs_meta_set=lambda config: config.reinforce.reward == "lookahead" or config.fairness.enabled,
+  switches=("fairness.enabled",),
 )

@@ -68,6 +68,30 @@ CASES = [
     "config.data.noise_rate=0.0",
   ),
   (
+    "noise rate without a noise type",
+    "main",
+    [_DIGITS, "--config.data.noise_rate=0.2"],
+    "config.data.noise_rate=0.2 corrupts no label with config.data.noise_type='none'",
+  ),
+  (
+    "anti-adversary cap without anti-adversaries",
+    "main",
+    [
+      _DIGITS,
+      "--config.method=meta_caat",
+      "--config.caat.anti_bound_scale=0",
+      "--config.caat.anti_bound_cap=2",
+    ],
+    "config.caat.anti_bound_cap=2.0 caps nothing with config.caat.anti_bound_scale=0",
+  ),
+  (
+    "fairness switch no method reads",
+    "main",
+    [_DIGITS, "--config.suite=()", "--config.method=trades", "--config.fairness.enabled=true"],
+    "config.fairness.enabled=True does nothing with config.method='trades'; only meta_caat, "
+    "reinforce_caat read it",
+  ),
+  (
     "batch over devices",
     "main",
     [_DIGITS, "--config.batch_size=63"],
