@@ -33,7 +33,8 @@ def _method_recipe():
   code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
   path = re.match(r"# (caat_jax/methods/\w+\.py)\n", code).group(1)
   name = re.search(r'`"(\w+)",` in `_MODULES` of `caat_jax/methods/__init__.py`', section).group(1)
-  assert os.path.basename(path) == name + ".py" and f'base.Method("{name}"' in code, section
+  registered = re.search(r'base\.Method\(\s*"' + re.escape(name) + '"', code)
+  assert os.path.basename(path) == name + ".py" and registered, section
   return path, code, name
 
 
