@@ -19,7 +19,7 @@ preempted (run the same command again).
 import argparse
 import sys
 
-from caat_jax import config_lib
+from caat_jax import cli, config_lib
 from caat_jax.experiments import cost, registry, report, runner
 
 
@@ -63,6 +63,13 @@ def main(argv=None) -> int:
   try:
     exp = registry.get(args.name)
     rows = [r for r in args.rows.split(",") if r]
+    if args.seeds is not None and args.seeds < 1:
+      raise ValueError(f"--seeds={args.seeds}: must be >= 1")
+    # Before any run: the output folder is checked once, up front.
+    if args.command == "run":
+      cli.check_output_dir("workdir", args.workdir)
+    elif args.command == "report":
+      cli.check_output_dir(*(("out", args.out) if args.out else ("workdir", args.workdir)))
     if args.command == "run":
       outcomes = runner.run(exp, args.workdir, args.seeds, rows, overrides)
       failed = [s for s, o in outcomes if o.startswith("failed")]
