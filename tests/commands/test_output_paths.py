@@ -42,6 +42,12 @@ FILE_CASES = [
   ),
   ("plots out under a file", "caat_jax.plots", ["--workdir={d}", "--out={f}/figs"], "--out"),
   ("plots workdir is a file", "caat_jax.plots", ["--workdir={f}"], "--workdir"),
+  (
+    "prepare data_dir under a file",
+    "caat_jax.data.prepare",
+    ["--dataset=cifar10", "--data_dir={f}/tfds"],
+    "--data_dir",
+  ),
   ("theory figures under a file", "caat_jax.theory", [*_THEORY, "--figures={f}/figs"], "--figures"),
   (
     "experiments run workdir is a file",
