@@ -176,3 +176,26 @@ def test_output_checks_create_nothing(tmp_path):
     with pytest.raises(cli.OutputPathError, match=text):
       check("flag", path)
   assert sorted(os.listdir(tmp_path)) == ["f"]
+
+
+def test_a_folder_without_write_permission_is_refused(tmp_path, monkeypatch):
+  """The permission branch, for root too (whom chmod does not stop): the
+  folder reported as not writable by ``os.access``."""
+  from caat_jax import cli
+
+  ro = str(tmp_path / "ro")
+  os.makedirs(ro)
+  real = os.access
+  monkeypatch.setattr(cli.os, "access", lambda p, mode: p != ro and real(p, mode))
+  for check, path, text in (
+    (cli.check_output_dir, ro, "is not writable"),
+    (
+      cli.check_output_dir,
+      os.path.join(ro, "run", "x"),
+      f"cannot be created: {ro} is not writable",
+    ),
+    (cli.check_output_file, os.path.join(ro, "b.json"), f"its folder {ro} is not writable"),
+  ):
+    with pytest.raises(cli.OutputPathError, match=text):
+      check("out", path)
+  assert os.listdir(ro) == []
