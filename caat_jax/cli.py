@@ -5,6 +5,10 @@ one clear line instead of a traceback.
 exist or does not load, a ``:variant`` on a config that takes none, an unknown
 ``--config.KEY`` (with the closest valid keys) or a value of the wrong type
 each print ``error: ...`` naming the flag, and exit with status 1.
+
+``check_output_dir`` / ``check_output_file``: every path a user names for
+output is checked first, before any work and without creating anything, so
+that a folder that cannot be written ends in one line naming the flag.
 """
 
 import difflib
@@ -112,3 +116,70 @@ def config_flag(argv=None, name: str = "config"):
   except Exception as e:  # pylint: disable=broad-except
     sys.stderr.write(f"error: {diagnose(argv, e)}\n")
     sys.exit(1)
+
+
+class OutputPathError(ValueError):
+  """A path given for output cannot be used (message names the flag)."""
+
+
+def _dir_problem(path: str) -> str | None:
+  """Why ``path`` cannot be (or become) a writable directory; None if it can.
+
+  Creates nothing: the nearest existing ancestor must be a directory this
+  process may write into, and no component of the path may be a file.
+  """
+  if not path:
+    return "is empty; pass a directory"
+  path = os.path.abspath(path)
+  here = path
+  while not os.path.lexists(here):
+    parent = os.path.dirname(here)
+    if parent == here:
+      break
+    here = parent
+  if not os.path.isdir(here):
+    if here == path:
+      return "is a file, not a directory; pass a directory (it is created if missing)"
+    return f"cannot be created: {here} is a file, not a directory"
+  if not os.access(here, os.W_OK | os.X_OK):
+    if here == path:
+      return "is not writable; pass a directory you can write to"
+    return f"cannot be created: {here} is not writable"
+  return None
+
+
+def check_output_dir(flag: str, path: str | None) -> None:
+  """Raises OutputPathError (one line naming ``--flag``) unless ``path`` is a
+  directory that exists or can be created, and can be written to. Nothing is
+  created. ``None`` (the flag not given) passes."""
+  if path is None:
+    return
+  problem = _dir_problem(path)
+  if problem:
+    raise OutputPathError(f"--{flag}={path} {problem}")
+
+
+def check_output_file(flag: str, path: str | None) -> None:
+  """As ``check_output_dir`` for a file to write: its folder exists or can be
+  created and is writable; the path is not a directory; an existing file is
+  writable. Nothing is created or changed."""
+  if path is None:
+    return
+  if not path or path.endswith(os.sep):
+    raise OutputPathError(f"--{flag}={path} names no file; pass a file path")
+  if os.path.isdir(path):
+    raise OutputPathError(f"--{flag}={path} is a directory; pass a file path")
+  folder = os.path.dirname(os.path.abspath(path))
+  problem = _dir_problem(folder)
+  if problem:
+    raise OutputPathError(f"--{flag}={path}: its folder {folder} {problem}")
+  if os.path.lexists(path) and not os.access(path, os.W_OK):
+    raise OutputPathError(f"--{flag}={path} is not writable; pass a file you can write")
+
+
+def require_output(check, flag: str, path: str | None) -> None:
+  """``check(flag, path)``; a problem exits 1 with its one line on stderr."""
+  try:
+    check(flag, path)
+  except OutputPathError as e:
+    sys.exit(f"error: {e}")

@@ -304,6 +304,19 @@ def main(argv):
   f = flags.FLAGS
   if not f["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+  from caat_jax import cli  # pylint: disable=g-import-not-at-top
+
+  # Before any attack: where the results go (--out_dir, else the run's own
+  # directory) must be writable; nothing is created yet.
+  if f.out_dir is not None:
+    cli.require_output(cli.check_output_dir, "out_dir", f.out_dir)
+  elif os.path.isdir(f.workdir):
+    cli.require_output(cli.check_output_dir, "workdir", f.workdir)
+  for name, value, low in (("num_examples", f.num_examples, 0), ("batch_size", f.batch_size, 1)):
+    if value is not None and value < low:
+      raise SystemExit(f"error: --{name}={value}: must be >= {low}")
+  if f.eps is not None and not 0 <= f.eps <= 1:  # also NaN
+    raise SystemExit(f"error: --eps={f.eps}: must be in [0, 1] (pixel units, e.g. 8/255)")
   try:
     attacks_to_run = apply_version(
       [a.strip() for a in f.attacks.split(",") if a.strip()], f.version

@@ -61,6 +61,8 @@ def main(argv):
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   config = cli.config_flag()
+  # Checked first, created only once the config is valid (workdir_lib.lock).
+  cli.require_output(cli.check_output_dir, "workdir", FLAGS.workdir)
   try:
     config_lib.validate(config)
     # Before anything touches a device: jax.devices() must list every host's.
@@ -74,8 +76,10 @@ def main(argv):
   try:
     # One run per workdir: process 0 holds an exclusive lock for the run's
     # life (the workdir is checked and created first); every process checks
-    # it can write there (multi-host runs need not share a filesystem).
-    workdir_lib.check(FLAGS.workdir)
+    # it can write there (multi-host runs need not share a filesystem). The
+    # lock removes a workdir it created if the run fails before writing to it.
+    if jax.process_index() != 0:
+      workdir_lib.check(FLAGS.workdir)
     with workdir_lib.lock(FLAGS.workdir, enabled=jax.process_index() == 0):
       if config.suite:
         run_suite(config, FLAGS.workdir, FLAGS.allow_config_change)

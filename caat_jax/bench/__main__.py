@@ -46,7 +46,9 @@ flags.DEFINE_float(
   None,
   "L-inf bound for the timed attacks (default 0, or the trained run's config.eval.eps).",
 )
-flags.DEFINE_integer("attack_points", 0, "Points to attack (default --attack_batch).")
+flags.DEFINE_integer(
+  "attack_points", 0, "Points to attack (default --attack_batch).", lower_bound=0
+)
 flags.DEFINE_bool(
   "no_compact",
   False,
@@ -74,7 +76,10 @@ flags.DEFINE_string(
   "(default config.model), on the config's dataset shape.",
 )
 flags.DEFINE_integer(
-  "attack_batch", 0, "Examples per timed attack call (default config.bench.batch_size)."
+  "attack_batch",
+  0,
+  "Examples per timed attack call (default config.bench.batch_size).",
+  lower_bound=0,
 )
 flags.DEFINE_bool("skip_train_bench", False, "Only time the attacks.")
 flags.mark_flags_as_required(["config"])
@@ -83,6 +88,11 @@ flags.mark_flags_as_required(["config"])
 def main(argv):
   del argv
   config = cli.config_flag()
+  # Before any timing: a result that cannot be written is refused up front.
+  cli.require_output(cli.check_output_file, "out", FLAGS.out)
+  eps = FLAGS.attack_eps
+  if eps is not None and not 0 <= eps <= 1:  # also NaN
+    sys.exit(f"error: --attack_eps={eps}: must be in [0, 1] (pixel units, e.g. 8/255 = 0.0314)")
   names = [a.strip() for a in FLAGS.attacks.split(",") if a.strip()]
   model_names = [m.strip() for m in FLAGS.attack_models.split(",") if m.strip()]
   if not names and (FLAGS.skip_train_bench or not config.bench.methods):

@@ -43,6 +43,8 @@ def check(path: str) -> str:
   Raises:
     WorkdirError: ``path`` is a file, cannot be created, or is not writable.
   """
+  if not path:
+    raise WorkdirError("--workdir is empty; pass a directory (it is created if missing).")
   path = os.path.abspath(path)
   if os.path.exists(path) and not os.path.isdir(path):
     raise WorkdirError(
@@ -113,7 +115,12 @@ def lock(path: str, enabled: bool = True) -> Iterator[None]:
   Checks the directory (``check``), then takes the lock or raises
   ``WorkdirError`` naming the holder. On exit the record is cleared and the
   lock released; the (empty) lock file stays, so that a run starting at that
-  moment cannot lock a file that is about to be deleted.
+  moment cannot lock a file that is about to be deleted. The one exception:
+  a run that fails before writing anything (a config error found once the
+  data is loaded) removes the lock file it created and the directories
+  ``check`` created, so a refused command leaves nothing behind (a second
+  run racing for that brand-new, empty workdir is the only one that could
+  see its lock file go).
 
   Args:
     path: the run's workdir (created if missing).
@@ -122,8 +129,10 @@ def lock(path: str, enabled: bool = True) -> Iterator[None]:
   if not enabled:
     yield
     return
+  created = _missing(path)  # removed again if the run fails before writing anything
   path = check(path)
   lock_path = os.path.join(path, LOCK_FILE)
+  new_lock = not os.path.lexists(lock_path)
   try:
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
   except OSError as e:
@@ -147,12 +156,35 @@ def lock(path: str, enabled: bool = True) -> Iterator[None]:
     os.fsync(fd)
     try:
       yield
+    except BaseException:
+      # Refused before writing anything (a config error found once the data
+      # is loaded, Ctrl-C while compiling): leave no workdir holding only
+      # the lock. Removed while still held; a directory with anything else
+      # in it is kept.
+      if new_lock and os.listdir(path) == [LOCK_FILE]:
+        with contextlib.suppress(OSError):
+          os.remove(lock_path)
+          for d in created:
+            os.rmdir(d)
+      raise
     finally:
       os.ftruncate(fd, 0)  # no record left: the next run starts without a warning
       with contextlib.suppress(OSError):
         fcntl.flock(fd, fcntl.LOCK_UN)
   finally:
     os.close(fd)
+
+
+def _missing(path: str) -> list[str]:
+  """The directories ``check(path)`` would create, deepest first."""
+  out, here = [], os.path.abspath(path)
+  while not os.path.lexists(here):
+    out.append(here)
+    parent = os.path.dirname(here)
+    if parent == here:
+      break
+    here = parent
+  return out
 
 
 def _take(fd: int, path: str) -> dict:

@@ -16,6 +16,7 @@ import sys
 
 from absl import app, flags
 
+from caat_jax import cli
 from caat_jax.data import sources
 
 _DATASET = flags.DEFINE_enum(
@@ -46,14 +47,16 @@ def prepare(dataset: str, data_dir: str | None) -> str:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  # Fail before any download: without TensorFlow, TFDS can only read.
+  data_dir = _DATA_DIR.value or sources.default_data_dir()
+  # Fail before any download: a folder that cannot be written, or no
+  # TensorFlow (without it, TFDS can only read).
+  cli.require_output(cli.check_output_dir, "data_dir", data_dir)
   if importlib.util.find_spec("tensorflow") is None:
     sys.exit(
       "Preparing a TFDS dataset needs TensorFlow, which is not installed. "
       "Install the prepare extra: pip install 'caat_jax[prepare]' "
       "(reading prepared data for training does not need it)."
     )
-  data_dir = _DATA_DIR.value or sources.default_data_dir()
   where = prepare(_DATASET.value, data_dir)
   print(f"Prepared {sources.TFDS_NAMES[_DATASET.value]} in {where}")
   print(
@@ -64,4 +67,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -19,7 +19,7 @@ preempted (run the same command again).
 import argparse
 import sys
 
-from caat_jax import config_lib
+from caat_jax import cli, config_lib
 from caat_jax.experiments import cost, registry, report, runner
 
 
@@ -53,6 +53,11 @@ def _parser() -> argparse.ArgumentParser:
   return p
 
 
+def _log(line: str) -> None:
+  """Progress to stdout; a run that failed to stderr (errors go to stderr)."""
+  print(line, file=sys.stderr if ": FAILED: " in line else sys.stdout, flush=True)
+
+
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
   overrides = [a[len("--config.") :] for a in argv if a.startswith("--config.")]
@@ -63,14 +68,22 @@ def main(argv=None) -> int:
   try:
     exp = registry.get(args.name)
     rows = [r for r in args.rows.split(",") if r]
+    if args.seeds is not None and args.seeds < 1:
+      raise ValueError(f"--seeds={args.seeds}: must be >= 1")
+    # Before any run: the output folder is checked once, up front.
     if args.command == "run":
-      outcomes = runner.run(exp, args.workdir, args.seeds, rows, overrides)
+      cli.check_output_dir("workdir", args.workdir)
+    elif args.command == "report":
+      cli.check_output_dir(*(("out", args.out) if args.out else ("workdir", args.workdir)))
+    if args.command == "run":
+      outcomes = runner.run(exp, args.workdir, args.seeds, rows, overrides, log=_log)
       failed = [s for s, o in outcomes if o.startswith("failed")]
       print(
         f"{exp.name}: {len(outcomes) - len(failed)} of {len(outcomes)} runs done"
         + (f"; failed: {', '.join(f'{s.row.name}/seed{s.seed}' for s in failed)}" if failed else "")
         + f". Report: python -m caat_jax.experiments report "
-        f"{exp.name} --workdir={args.workdir}"
+        f"{exp.name} --workdir={args.workdir}",
+        file=sys.stderr if failed else sys.stdout,
       )
       return 1 if failed else 0
     if args.command == "emit":

@@ -181,8 +181,7 @@ def run(
     doing = {"resume": "resuming", "new": "training"}.get(state, "evaluating")
     log(f"{where}: {doing} -> {spec.workdir}")
     try:
-      workdir_lib.check(spec.workdir)
-      with workdir_lib.lock(spec.workdir):
+      with workdir_lib.lock(spec.workdir):  # checks (and creates) it first
         if state != "evaluate":
           train.train_and_evaluate(config, spec.workdir)
         have = documents(spec.workdir)

@@ -10,6 +10,8 @@ per figure skipped for want of data. Exit status 1 with one line when DIR
 does not exist or holds no run.
 """
 
+import os
+
 from absl import app, flags
 
 from caat_jax import cli
@@ -20,6 +22,12 @@ def main(argv):
   if len(argv) > 1:
     raise SystemExit(f"error: unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
+  # Before drawing anything: the figures' folder must be writable.
+  if f.out is not None:
+    cli.require_output(cli.check_output_dir, "out", f.out)
+  elif f.workdir:  # WORKDIR/figures
+    cli.require_output(cli.check_output_dir, "workdir", f.workdir)
+    cli.require_output(cli.check_output_dir, "workdir", os.path.join(f.workdir, "figures"))
   try:
     paths = draw_all(f.workdir, f.out)
   except NoRunsError as e:

@@ -16,6 +16,7 @@ import sys
 
 import numpy as np
 
+from caat_jax import cli
 from caat_jax.theory import closed_form, exact, models
 
 _CASE_PARAM = {"variance": "K", "imbalance": "V", "noise": "p", "skew": "alpha"}
@@ -74,6 +75,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _check(a) -> models.Model:
   """Validates the flags (the theorems' ranges) and builds the model."""
+  for name in ("eta", "sigma", "eps", "rho", "rho_minus", "eps_eval", *_PARAM_HELP):
+    value = getattr(a, name)
+    if value is not None and not np.isfinite(value):
+      raise UsageError(f"--{name}: must be a finite number, got {value:g}")
   if a.d < 1:
     raise UsageError(f"--d: must be a positive integer, got {a.d}")
   if a.case == "skew" and a.d != 1:
@@ -86,7 +91,7 @@ def _check(a) -> models.Model:
     raise UsageError(f"--eps: must satisfy 0 <= eps < eta = {a.eta:g}, got {a.eps:g}")
   for flag in ("rho", "rho_minus"):
     r = getattr(a, flag)
-    if not abs(r * a.eps) < a.eta:
+    if not abs(r * a.eps) < a.eta:  # eps > 0 here: eps = 0 bounds nothing
       lim = a.eta / a.eps
       raise UsageError(
         f"--{flag}: must satisfy -eta/eps < {flag} < eta/eps, i.e. "
@@ -126,7 +131,8 @@ def main(argv=None) -> int:
   try:
     a = _parser().parse_args(argv)
     model = _check(a)
-  except UsageError as e:
+    cli.check_output_dir("figures", a.figures)  # before solving: nothing is lost
+  except (UsageError, cli.OutputPathError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   sol = exact.solve(

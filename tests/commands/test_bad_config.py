@@ -14,6 +14,7 @@ import sys
 from tests.helpers import ROOT, subprocess_env
 
 _DIGITS = "--config=configs/digits.py"
+_THEORY = ["--case=variance", "--eta=1", "--eps=0.1", "--K=2"]
 
 # (name, module, args, text the message must contain)
 CASES = [
@@ -106,6 +107,19 @@ CASES = [
     [_DIGITS, "--config.bench.methods=('pgd_at --config.x=1',)"],
     "no config key 'x'",
   ),
+  # Each command's own flags: named, with the valid range, before any work.
+  ("negative attack points", "bench", [_DIGITS, "--attack_points=-3"], "--attack_points=-3"),
+  ("negative attack batch", "bench", [_DIGITS, "--attack_batch=-1"], "--attack_batch=-1"),
+  ("negative attack eps", "bench", [_DIGITS, "--attack_eps=-0.1"], "--attack_eps=-0.1: must be"),
+  ("nan attack eps", "bench", [_DIGITS, "--attack_eps=nan"], "--attack_eps=nan: must be"),
+  ("zero eval batch", "evaluate", ["--batch_size=0"], "--batch_size=0: must be >= 1"),
+  ("negative eval points", "evaluate", ["--num_examples=-1"], "--num_examples=-1: must be"),
+  ("nan eval eps", "evaluate", ["--eps=nan"], "--eps=nan: must be in [0, 1]"),
+  ("nan theory eta", "theory", _THEORY + ["--eta=nan"], "--eta: must be a finite number"),
+  ("infinite theory K", "theory", _THEORY + ["--K=inf"], "--K: must be a finite number"),
+  ("zero theory sigma", "theory", _THEORY + ["--sigma=0"], "--sigma: must be > 0"),
+  ("infinite rho at eps 0", "theory", _THEORY + ["--eps=0", "--rho=inf"], "--rho: must be"),
+  ("negative theory eps", "theory", _THEORY + ["--eps=-0.1"], "--eps: must satisfy"),
 ]
 
 
@@ -131,6 +145,8 @@ def _run(case, tmp):
   extra = [] if module == "bench" else [f"--workdir={workdir}"]
   if module == "bench":
     extra = [f"--out={os.path.join(workdir, 'bench.json')}"]
+  if module == "theory":
+    extra = []
   env = subprocess_env(8)
   before = _tree_digest(workdir)
   proc = subprocess.run(
