@@ -496,5 +496,8 @@ def test_drop_corrupted_needs_noise(overrides):
   with pytest.raises(config_lib.ConfigError) as err:
     config_lib.validate(config)
   message = str(err.value)
-  assert "config.data.drop_corrupted=True" in message and "config.data.noise_rate=" in message
+  if overrides == {"data.noise_rate": 0.4}:  # a rate with no noise type is refused first
+    assert "config.data.noise_rate=0.4" in message and "noise_type='none'" in message
+  else:
+    assert "config.data.drop_corrupted=True" in message and "config.data.noise_rate=" in message
   assert "\n" not in message
