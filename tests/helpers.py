@@ -1,6 +1,7 @@
 """Small configs, problems and checks shared by the tests."""
 
 import dataclasses
+import glob
 import importlib.util
 import json
 import os
@@ -295,3 +296,14 @@ def hand_kl(p_logits, q_logits):
 
 def hand_forward(ctx, params, batch_stats, x):
   return ctx.train_logits(params, batch_stats, x)[0]
+
+
+def truncate_checkpoint(workdir, step):
+  """Cuts every array data file of checkpoint ``step`` in half (a half-written save)."""
+  files = glob.glob(
+    os.path.join(ckpt_lib.checkpoint_dir(workdir), str(step), "state", "**", "d", "*"),
+    recursive=True,
+  )
+  assert files
+  for f in files:
+    os.truncate(f, os.path.getsize(f) // 2)

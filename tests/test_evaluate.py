@@ -2,7 +2,6 @@
 one document per attack, bad attack names from the command line, old
 checkpoints."""
 
-import glob  # pylint: disable=g-import-not-at-top,wrong-import-position
 import json  # pylint: disable=g-import-not-at-top,wrong-import-position
 import os  # pylint: disable=g-import-not-at-top,wrong-import-position
 import shutil  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -14,7 +13,7 @@ import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from caat_jax import checkpointing as ckpt_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from caat_jax import evaluate, train  # pylint: disable=g-import-not-at-top,wrong-import-position
-from tests.helpers import ROOT, digits_config
+from tests.helpers import ROOT, digits_config, truncate_checkpoint
 
 TINY = {"apgd-ce": {"num_iters": 5}}
 
@@ -29,20 +28,9 @@ def short_run(tmp_path_factory):
   return workdir
 
 
-def _truncate(workdir, step):
-  """Cuts every array data file of ``step`` in half (a half-written save)."""
-  files = glob.glob(
-    os.path.join(ckpt_lib.checkpoint_dir(workdir), str(step), "state", "**", "d", "*"),
-    recursive=True,
-  )
-  assert files
-  for f in files:
-    os.truncate(f, os.path.getsize(f) // 2)
-
-
 def test_load_run_falls_back_past_an_unreadable_checkpoint(short_run, tmp_path, caplog):
   workdir = shutil.copytree(short_run, str(tmp_path / "run"))
-  _truncate(workdir, 20)
+  truncate_checkpoint(workdir, 20)
   with caplog.at_level("WARNING"):
     _, _, step = evaluate.load_run(workdir)
   assert step == 15
@@ -50,7 +38,7 @@ def test_load_run_falls_back_past_an_unreadable_checkpoint(short_run, tmp_path, 
   assert len(lines) == 1 and "[20]" in lines[0] and "step 15" in lines[0]
   assert os.path.exists(os.path.join(ckpt_lib.checkpoint_dir(workdir), "20"))  # left alone
   for s in (10, 15):
-    _truncate(workdir, s)
+    truncate_checkpoint(workdir, s)
   with pytest.raises(ckpt_lib.CheckpointError, match="no readable checkpoint in .*checkpoints"):
     evaluate.load_run(workdir)
 

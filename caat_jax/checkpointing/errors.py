@@ -186,12 +186,16 @@ def _drop_closed_loop_callbacks(unraisable) -> None:
 
 
 class _DropUnretrievedReadErrors(logging.Filter):
-  """asyncio's 'Future exception was never retrieved' for tensorstore reads."""
+  """asyncio's 'Future (or Task) exception was never retrieved' for
+  tensorstore reads: which of the two asyncio logs depends on whether the
+  read was wrapped in a task, i.e. on timing."""
 
   def filter(self, record: logging.LogRecord) -> bool:
     exc = record.exc_info[1] if record.exc_info else None
     return not (
-      str(record.msg).startswith("Future exception was never retrieved")
+      str(record.msg).startswith(
+        ("Future exception was never retrieved", "Task exception was never retrieved")
+      )
       and exc is not None
       and "tensorstore_spec" in str(exc)
     )

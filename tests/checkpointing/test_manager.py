@@ -16,7 +16,14 @@ import pytest
 
 from caat_jax import checkpointing as ckpt_lib
 from caat_jax import methods, metrics, train
-from tests.helpers import ROOT, digits_config, records, restore_final_state, subprocess_env
+from tests.helpers import (
+  ROOT,
+  digits_config,
+  records,
+  restore_final_state,
+  subprocess_env,
+  truncate_checkpoint,
+)
 
 
 def _assert_bitwise_equal(a, b):
@@ -152,23 +159,12 @@ def _copy(src, dst):
   return dst
 
 
-def _truncate_data(workdir, step):
-  """Cuts every array data file of ``step`` in half (a half-written save)."""
-  files = glob.glob(
-    os.path.join(ckpt_lib.checkpoint_dir(workdir), str(step), "state", "**", "d", "*"),
-    recursive=True,
-  )
-  assert files
-  for f in files:
-    os.truncate(f, os.path.getsize(f) // 2)
-
-
 def test_truncated_latest_checkpoint_falls_back_to_previous(short_run, tmp_path, caplog):
   config, src = short_run
   workdir = _copy(src, str(tmp_path / "run"))
   ckdir = ckpt_lib.checkpoint_dir(workdir)
   assert sorted(_committed_steps(workdir)) == [10, 15, 20]
-  _truncate_data(workdir, 20)
+  truncate_checkpoint(workdir, 20)
 
   template = train.Run(config).init_state()
   ckpt = ckpt_lib.Checkpointer(ckdir)
@@ -192,7 +188,7 @@ def test_all_checkpoints_unreadable_raises_instead_of_starting_afresh(short_run,
   config, src = short_run
   workdir = _copy(src, str(tmp_path / "run"))
   for s in (10, 15, 20):
-    _truncate_data(workdir, s)
+    truncate_checkpoint(workdir, s)
   with pytest.raises(ckpt_lib.CheckpointError, match="refusing to start afresh"):
     train.train_and_evaluate(config, workdir)
   assert sorted(_committed_steps(workdir)) == [10, 15, 20]  # nothing overwritten
