@@ -151,8 +151,9 @@ def test_a_file_in_an_output_path_is_refused_before_any_work(tmp_path):
 
 @pytest.mark.skipif(
   hasattr(os, "geteuid") and os.geteuid() == 0,
-  reason="runs as root: chmod 0o555 does not stop root writing (the file-in-path cases "
-  "cover the same check for every user)",
+  reason="runs as root: chmod 0o555 does not stop root writing, so the folder is writable "
+  "and nothing is refused; the unwritable branch is tested for every user by faking "
+  "os.access (test below) and the file-in-path cases",
 )
 def test_a_read_only_output_folder_is_refused_before_any_work(tmp_path):
   _check(READ_ONLY_CASES, str(tmp_path))
