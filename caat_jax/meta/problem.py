@@ -51,6 +51,7 @@ class MetaProblem:
     meta_loss_fn: W -> scalar meta loss on the local meta batch.
     lr: the look-ahead step size eta_1.
     axis_name: device axis, or None.
+    key: PRNG key for stochastic variants (``Variant.stochastic``), else None.
   """
 
   weights_fn: Callable[[PyTree], jax.Array]
@@ -59,6 +60,7 @@ class MetaProblem:
   meta_loss_fn: Callable[[PyTree], jax.Array]
   lr: jax.Array | float
   axis_name: str | None = None
+  key: jax.Array | None = None
 
   def pmean(self, tree):
     return tree if self.axis_name is None else jax.lax.pmean(tree, self.axis_name)
@@ -96,12 +98,14 @@ class Variant(NamedTuple):
     cost: ``cost(costs: Costs, **options) -> F`` per example, for the
       benchmark's bound.
     options: ``config.meta`` keys passed to ``make`` and ``cost`` (e.g. 'k').
+    stochastic: the variant draws random numbers from ``MetaProblem.key``.
   """
 
   name: str
   make: Callable[..., VariantFn]
   cost: Callable[..., float]
   options: tuple[str, ...] = ()
+  stochastic: bool = False
 
 
 class Lookahead(NamedTuple):
