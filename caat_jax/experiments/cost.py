@@ -1,5 +1,5 @@
 """Estimated cost of an experiment: the pass-count model (docs/method.md §11) times the
-model's FLOPs per forward, over an assumed sustained throughput.
+model's FLOPs per forward, over a sustained throughput.
 
 An estimate, not a measurement. Training: each method's ``cost(config)``
 (forward-pass units F per example per step, the same numbers the benchmark
@@ -7,9 +7,15 @@ prints as its bound) x epochs x training examples; evaluation: PGD-k costs
 (2k + 1) F per test point, AutoAttack about ``AUTOATTACK_F`` (half of its
 worst case: most points of a robust model fall to the first attacks).
 FLOPs per forward are XLA's cost analysis of each model's inference
-function (``jax.jit(model.apply).lower(...).cost_analysis()``). The
-throughputs are assumptions: measure yours with ``python -m caat_jax.bench``
-(its step times give F per second on your device) and scale.
+function (``jax.jit(model.apply).lower(...).cost_analysis()``).
+
+Throughputs: one NVIDIA H200 is *measured* (``H200_BENCH``: the PGD-AT row
+of docs/benchmarks.md, PreAct-ResNet-18 at CIFAR-10 shapes, batch 128,
+float32, which sustains about 110 TFLOP/s; the Meta-CAAT row of the same
+table gives 106, so the figure holds across methods). Larger models
+(WRN-34-10, ResNet-50) are assumed to sustain the same FLOP/s, which their
+bigger kernels should if anything beat. The v4-32 slice is an assumption
+(no TPU was measured). The CPU figure is measured on two cores.
 """
 
 from collections.abc import Iterable
@@ -30,14 +36,21 @@ FORWARD_FLOPS = {
 TRAIN_SIZE = {"cifar10": 47_000, "svhn": 70_257, "digits": 1_337, "imagenet2012": 1_281_167}
 TEST_SIZE = {"cifar10": 10_000, "svhn": 26_032, "digits": 360, "imagenet2012": 50_000}
 AUTOATTACK_F = 5_000.0
-# Assumed sustained FLOP/s, far below peak: adversarial training at batch 128
-# on 32x32 images is small-kernel, float32-attack work. 15 TFLOP/s on one
-# H100 makes PGD-AT on PreAct-ResNet-18 (100 CIFAR-10 epochs) about 2 hours,
-# the order of published wall times; a v4-32 slice (16 chips) at 8 TFLOP/s
-# per chip (a global batch of 128 leaves each core only 4 examples). The
-# digits figure: two CPU cores, measured on TRADES digits (about 13 GFLOP/s),
-# plus about 30 s of compilation and start-up per run.
-THROUGHPUT = {"H100": 15e12, "v4-32": 16 * 8e12}
+# Measured on one H200 (docs/benchmarks.md, `python -m caat_jax.bench
+# --config=configs/cifar10.py`): PGD-AT with a 10-step attack is 23 F per
+# example (2 x 10 attack passes + 3 for the training step), run at 4,985
+# img/s on PreAct-ResNet-18 (FORWARD_FLOPS below), float32.
+H200_BENCH = {"method": "pgd_at", "forward_units": 23.0, "images_per_s": 4985.0}
+# A v4-32 slice (16 chips) at an *assumed* 8 TFLOP/s per chip: a global batch
+# of 128 leaves each core only 4 examples. The digits figure: two CPU cores,
+# measured on TRADES digits (about 13 GFLOP/s), plus about 30 s of
+# compilation and start-up per run.
+THROUGHPUT = {
+  "H200": H200_BENCH["forward_units"]
+  * H200_BENCH["images_per_s"]
+  * FORWARD_FLOPS[("preact_resnet18", "cifar10")],
+  "v4-32": 16 * 8e12,
+}
 CPU_FLOPS, CPU_RUN_OVERHEAD_S = 13e9, 30.0
 
 
@@ -61,7 +74,7 @@ def run_flops(config, attacks: Iterable[str], eval_examples: int = 0) -> float:
 
 
 def estimate(exp: Experiment, seeds: int | None = None) -> dict[str, float]:
-  """{'H100': hours, 'v4-32': hours, 'cpu': hours, 'runs': n} for the whole experiment."""
+  """{'H200': hours, 'v4-32': hours, 'cpu': hours, 'runs': n} for the whole experiment."""
   from caat_jax.experiments import runner  # pylint: disable=import-outside-toplevel
 
   n = exp.seeds if seeds is None else seeds
@@ -78,10 +91,10 @@ def estimate(exp: Experiment, seeds: int | None = None) -> dict[str, float]:
 def listing(experiments: Iterable[Experiment]) -> str:
   """What ``experiments list`` prints."""
   lines = [
-    "Estimated cost: the pass-count model (docs/method.md §11) x FLOPs per forward, at an "
-    f"assumed {THROUGHPUT['H100'] / 1e12:.0f} TFLOP/s on one H100 and "
-    f"{THROUGHPUT['v4-32'] / 1e12:.0f} TFLOP/s on a v4-32 slice (estimates: calibrate with "
-    "python -m caat_jax.bench).",
+    "Estimated cost: the pass-count model (docs/method.md §11) x FLOPs per forward, at "
+    f"{THROUGHPUT['H200'] / 1e12:.0f} TFLOP/s on one H200 (measured: PGD-AT, PreAct-ResNet-18, "
+    f"float32) and an assumed {THROUGHPUT['v4-32'] / 1e12:.0f} TFLOP/s on a v4-32 slice "
+    "(calibrate for your device with python -m caat_jax.bench).",
     "",
   ]
   for exp in experiments:
@@ -94,7 +107,7 @@ def listing(experiments: Iterable[Experiment]) -> str:
       if exp.name.startswith("digits"):
         where = f"~{c['cpu']:.1f} h on 2 CPU cores"
       else:
-        where = f"~{c['H100']:.0f} GPU-h on one H100, ~{c['v4-32']:.0f} h on a v4-32"
+        where = f"~{c['H200']:.1f} GPU-h on one H200, ~{c['v4-32']:.0f} h on a v4-32"
       cost_text = f"{int(c['runs'])} runs, {where}"
     except KeyError as e:
       cost_text = f"cost unknown ({e.args[0]})"

@@ -11,6 +11,7 @@ from caat_jax import methods
 from caat_jax.experiments import __main__ as cli
 from caat_jax.experiments import cost, paper, registry, report, runner
 from caat_jax.experiments.registry import Experiment, Row
+from tests import helpers
 
 TINY = (
   "suite=()",
@@ -262,6 +263,19 @@ def test_cli_errors_are_one_line(capsys, tmp_path):
   assert not os.listdir(tmp_path)  # nothing started
 
 
+def test_h200_throughput_is_the_benchmarked_pgd_at_step():
+  """The measured H200 figure is PGD-AT's forward units on configs/cifar10.py
+  (as the method accounts for them now) x the benchmarked images/s x FLOPs
+  per forward: a change to the pass-count model must re-derive it."""
+  config = helpers.config_module("cifar10").get_config()
+  config.method = cost.H200_BENCH["method"]
+  assert methods.get(config.method).cost(config) == cost.H200_BENCH["forward_units"]
+  flops = cost.FORWARD_FLOPS[("preact_resnet18", "cifar10")]
+  expected = cost.H200_BENCH["forward_units"] * cost.H200_BENCH["images_per_s"] * flops
+  assert cost.THROUGHPUT["H200"] == pytest.approx(expected)
+  assert 100e12 < cost.THROUGHPUT["H200"] < 120e12  # docs/benchmarks.md: about 110 TFLOP/s
+
+
 def test_cost_is_the_pass_count_model():
   exp = registry.get("digits_table6")
   one = Experiment(
@@ -273,6 +287,6 @@ def test_cost_is_the_pass_count_model():
   assert methods.get(config.method).cost(config) == 27
   got = cost.estimate(one)
   assert got["runs"] == 3
-  assert got["H100"] * 3600 * cost.THROUGHPUT["H100"] == pytest.approx(by_hand)
+  assert got["H200"] * 3600 * cost.THROUGHPUT["H200"] == pytest.approx(by_hand)
   text = cost.listing([registry.get("table4"), one])
   assert "not runnable yet: ImageNet" in text and "3 runs" in text
