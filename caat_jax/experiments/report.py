@@ -182,7 +182,8 @@ def markdown(exp: Experiment, results: list[dict], workdir: str, reference: str 
     lines.append("")
     lines += _selection_lines(results, attack)
     if attack == exp.attacks[0]:
-      notes = [f"- {r.label}: {r.note}" for r in exp.rows if r.note]
+      shown = {r["row"] for r in results}
+      notes = [f"- {r.label}: {r.note}" for r in exp.rows if r.note and r.name in shown]
       lines += ["Rows run otherwise than the paper's:", "", *notes, ""] if notes else []
     lines += _paired_lines(results, attack, reference)
   return "\n".join(lines)

@@ -85,6 +85,7 @@ def test_report_writes_the_paired_difference_with_unequal_seeds(tmp_path):
   md = open(os.path.join(out, "report.md")).read()
   assert "Paired difference to TRADES (1/λ = 6)" in md
   assert f"{diff:+.2f} [{lo:+.2f}, {hi:+.2f}], p {p:.3f} (n 3)" in md
+  assert "FRL (ReWeight): trained from scratch" not in md  # notes of the rows shown only
 
 
 def test_reference_flag_overrides_and_unknown_is_named(tmp_path):
