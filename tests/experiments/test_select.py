@@ -214,3 +214,21 @@ def test_a_tiny_grid_for_real_hands_the_evaluator_the_meta_split(tmp_path, monke
   values = {t: d["avg"]["robust"] for t, d in given.items()}
   with open(select.record_path(os.path.join(str(tmp_path), "nat"), 0)) as f:
     assert json.load(f)["chosen"] == min(values, key=values.get)
+
+
+def test_the_papers_lambda_protocol_is_registered():
+  from caat_jax.experiments import registry  # pylint: disable=import-outside-toplevel
+
+  for name in ("digits_table1", "digits_table5", "digits_table6", "digits_table7", "digits_table8"):
+    exp = registry.get(name)
+    for base in ("meta-caat-grad", "meta-caat-remargin"):
+      fixed, chosen = exp.row(base), exp.row(base + "-select")
+      assert fixed.label.endswith("λ = 1 fixed") and fixed.paper is None
+      assert chosen.paper in exp.paper_table.rows and "selected" in chosen.label
+      assert chosen.select.grid == (("caat.lam", (2 / 3, 1.0, 1.5, 6.0)),)
+      assert chosen.select.criterion == "meta_pgd20"
+      assert chosen.overrides == fixed.overrides  # the grid is the only difference
+    for text in ("10 images per class", "from scratch", "λ = 0.1", "other classes"):
+      assert text in exp.note
+  fig15 = registry.get("digits_fig15")
+  assert "fixed bound" in fig15.row("meta-caat-all").note
