@@ -13,7 +13,7 @@ test and training splits as in the other digits configs.
 --config.reinforce.reward=paper gives Eq. 34's literal reward for contrast.
 What to expect (docs/results/noise.md, 40% uniform noise, 3 seeds, 10
 epochs): at lam = 0.1 Eq. 31's KL term is too weak for any robustness (robust
-error 99.5%, TRADES beta 6: 23.5%); --config.reinforce.lam=6 gives 35.9%. The
+error 99.5%, TRADES beta 6: 23.5%); --config.reinforce.lam=6 gives 35.8%. The
 policy does not collapse and gives clean samples more adversaries than
 corrupted ones.
 Watch train/p_adv, train/alpha (adversary fraction), train/eps,

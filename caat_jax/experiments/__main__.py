@@ -4,12 +4,15 @@
   python -m caat_jax.experiments run NAME --workdir=DIR [--seeds=3] [--rows=a,b] \
       [--config.key=value ...]
   python -m caat_jax.experiments emit NAME --workdir=DIR --launcher=slurm|tpu_pod|shell [...]
-  python -m caat_jax.experiments report NAME --workdir=DIR [--out=DIR] [--strict]
+  python -m caat_jax.experiments report NAME --workdir=DIR [--out=DIR] [--strict] \
+      [--reference=ROW]
 
 ``run`` trains rows x seeds one after another into DIR/<row>/seed<k>; run it
 again to resume (finished runs are skipped, a killed one resumes from its
 checkpoint). ``report`` writes DIR/report.md and DIR/report.csv (mean ± std
-over seeds beside the paper's number) and the figures (DIR/figures); it
+over seeds beside the paper's number, and each row's paired difference to a
+reference row: 95% interval and paired t-test over the seeds both ran;
+``--reference=ROW`` picks it) and the figures (DIR/figures); it
 names on stderr each run it leaves out (missing, unfinished, unreadable, or
 trained otherwise than its row), and with --strict exits 1 if there is one.
 Exit status: 0 done, 1 an error (one line on stderr), 130/143 interrupted or
@@ -44,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     if name == "report":
       s.add_argument("--out", default=None, help="default: WORKDIR")
       s.add_argument("--no_figures", action="store_true")
+      s.add_argument(
+        "--reference",
+        default=None,
+        help="row the paired differences (95%% CI, paired t-test) are taken to; "
+        "default the experiment's, '' for none",
+      )
       s.add_argument("--formats", default="png,svg", help="figure file types")
       s.add_argument(
         "--strict",
@@ -105,6 +114,7 @@ def main(argv=None) -> int:
       formats=tuple(f for f in args.formats.split(",") if f),
       extra=overrides,
       on_problem=on_problem,
+      reference=args.reference,
     )
     print("\n".join(written))
     return 1 if problems and args.strict else 0

@@ -18,7 +18,7 @@ import re
 from collections.abc import Sequence
 
 from caat_jax import config_lib
-from caat_jax.experiments import runner
+from caat_jax.experiments import runner, select
 from caat_jax.experiments.registry import Experiment, Row
 
 
@@ -31,6 +31,7 @@ class Run:
   path: str
   docs: dict  # attack -> evaluation document, of a run trained as the row says
   problems: list  # why (part of) it is left out; [] when it counts in full
+  chosen: str = ""  # a selection row: the grid point chosen for this seed
 
   def message(self) -> str:
     return f"report: {self.row}/seed{self.seed} ({self.path}): " + "; ".join(self.problems)
@@ -45,6 +46,8 @@ def seeds_of(row_dir: str, seeds: int | None, default: int) -> list[int]:
       m = re.fullmatch(r"seed(\d+)", name)
       if m:
         want.add(int(m.group(1)))
+      elif os.path.isdir(os.path.join(row_dir, name)) and "=" in name:  # a selection's grid point
+        want.update(seeds_of(os.path.join(row_dir, name), None, 0))
   return sorted(want)
 
 
@@ -83,10 +86,22 @@ def _differences(spec: runner.RunSpec, docs: dict) -> list[tuple]:
 
 
 def check(exp: Experiment, row: Row, seed: int, workdir: str, extra: Sequence[str] = ()) -> Run:
-  """Row ``row``'s run of ``seed`` under ``workdir``, checked."""
-  spec = runner.spec(exp, row, seed, workdir, extra)
+  """Row ``row``'s run of ``seed`` under ``workdir``, checked; for a
+  selection row, the run of the grid point its criterion chose."""
+  tag = ""
+  if row.select:
+    tag, values, missing = select.chosen(row.select, workdir, row.name, seed)
+    if tag is None:
+      path = os.path.join(workdir, row.name)
+      run = Run(row.name, seed, path, {}, [])
+      run.problems.append(
+        f"selection incomplete: {row.select.criterion} not measured for {', '.join(missing)} "
+        f"({len(values)} of {len(values) + len(missing)} grid points done); left out"
+      )
+      return run
+  spec = runner.spec(exp, row, seed, workdir, extra, tag)
   path = spec.workdir
-  run = Run(row.name, seed, path, {}, [])
+  run = Run(row.name, seed, path, {}, [], tag)
   if not os.path.isdir(path):
     run.problems.append("missing (no run directory); left out")
     return run

@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from caat_jax.experiments import counted, paper
+from caat_jax.experiments import counted, paired, paper
 from caat_jax.experiments.registry import Experiment
 
 ERROR_COLUMNS = (
@@ -75,12 +75,13 @@ def collect(
   for attack in exp.attacks:
     for row in selected:
       runs = [r for (name, _), r in checked.items() if name == row.name]
-      found, cols = [], {}
+      found, cols, chosen = [], {}, []
       for run in runs:
         doc = run.docs.get(attack)
         if doc is None:
           continue
         found.append(run.seed)
+        chosen.append(run.chosen)
         for k, v in values(doc).items():
           cols.setdefault(k, []).append(v)
       out.append(
@@ -92,9 +93,42 @@ def collect(
           seeds=found,
           expected=len(runs),
           columns=cols,
+          chosen=chosen if row.select else [],
+          select=row.select,
         )
       )
   return out
+
+
+def reference_of(exp: Experiment, results: list[dict], reference: str | None) -> str:
+  """The row the paired differences are taken to: ``reference`` (the
+  ``--reference`` flag), else the experiment's; "" for none. An unknown row
+  raises ``KeyError`` naming the valid ones."""
+  rows = {r["row"] for r in results}
+  if reference is None:  # the experiment's, unless --rows left it out
+    return exp.reference if exp.reference in rows else ""
+  name = reference
+  if name and name not in rows:
+    raise KeyError(
+      f"--reference={name!r}: not a row of this report; rows: "
+      + ", ".join(dict.fromkeys(r["row"] for r in results))
+    )
+  return name
+
+
+def add_paired(results: list[dict], reference: str) -> None:
+  """Each result gets ``paired``: {column: paired.paired(...)} against the
+  reference row's result of the same attack (the reference itself: none)."""
+  refs = {r["attack"]: r for r in results if r["row"] == reference}
+  for r in results:
+    ref = refs.get(r["attack"])
+    r["paired"] = {}
+    if not reference or ref is None or r is ref:
+      continue
+    for c in columns_for(r["attack"]):
+      mine = dict(zip(r["seeds"], r["columns"].get(c, [])))
+      theirs = dict(zip(ref["seeds"], ref["columns"].get(c, [])))
+      r["paired"][c] = paired.paired(mine, theirs)
 
 
 def seeds_cell(r: dict) -> str:
@@ -119,7 +153,7 @@ def _cell(vals: Sequence[float] | None, ref: float | None) -> str:
   return text
 
 
-def markdown(exp: Experiment, results: list[dict], workdir: str) -> str:
+def markdown(exp: Experiment, results: list[dict], workdir: str, reference: str = "") -> str:
   table = exp.paper_table
   lines = [f"# {exp.title}", ""]
   if exp.note:
@@ -146,10 +180,51 @@ def markdown(exp: Experiment, results: list[dict], workdir: str) -> str:
       cells = [_cell(r["columns"].get(c), ref) for c, ref in zip(cols, refs)]
       lines.append(f"| {r['label']} | {seeds_cell(r)} | " + " | ".join(cells) + " |")
     lines.append("")
+    lines += _selection_lines(results, attack)
+    if attack == exp.attacks[0]:
+      shown = {r["row"] for r in results}
+      notes = [f"- {r.label}: {r.note}" for r in exp.rows if r.note and r.name in shown]
+      lines += ["Rows run otherwise than the paper's:", "", *notes, ""] if notes else []
+    lines += _paired_lines(results, attack, reference)
   return "\n".join(lines)
 
 
-def write_csv(path: str, exp: Experiment, results: list[dict]) -> None:
+def _selection_lines(results: list[dict], attack: str) -> list[str]:
+  """Which grid point each seed of a selection row chose, and by what."""
+  out = []
+  for r in results:
+    if r["attack"] != attack or not r.get("select"):
+      continue
+    picks = ", ".join(f"seed {k}: {t}" for k, t in zip(r["seeds"], r["chosen"])) or "none yet"
+    out.append(
+      f"- {r['label']}: selected from {r['select'].text()} by {r['select'].description} "
+      f"(never the test set); chosen per seed: {picks}. Its cells are the chosen models' "
+      "test numbers."
+    )
+  return out + [""] if out else []
+
+
+def _paired_lines(results: list[dict], attack: str, reference: str) -> list[str]:
+  rows = [r for r in results if r["attack"] == attack and r.get("paired")]
+  if not rows:
+    return []
+  label = next(r["label"] for r in results if r["row"] == reference)
+  cols = columns_for(attack)
+  return [
+    f"Paired difference to {label} (row minus reference, over the seeds both ran; "
+    "95% confidence interval, paired t-test p; n: seeds paired):",
+    "",
+    "| Method | " + " | ".join(paper.COLUMNS[c] for c in cols) + " |",
+    "|---|" + "---|" * len(cols),
+    *(
+      f"| {r['label']} | " + " | ".join(paired.cell(r["paired"][c]) for c in cols) + " |"
+      for r in rows
+    ),
+    "",
+  ]
+
+
+def write_csv(path: str, exp: Experiment, results: list[dict], reference: str = "") -> None:
   table = exp.paper_table
   with open(path, "w", newline="") as f:
     w = csv.writer(f)
@@ -167,6 +242,13 @@ def write_csv(path: str, exp: Experiment, results: list[dict]) -> None:
         "seeds",
         "values",
         "seeds_expected",
+        "chosen",
+        "reference",
+        "n_paired",
+        "diff",
+        "ci_low",
+        "ci_high",
+        "p",
       ]
     )
     for r in results:
@@ -188,8 +270,18 @@ def write_csv(path: str, exp: Experiment, results: list[dict]) -> None:
             ";".join(map(str, r["seeds"])),
             ";".join(f"{v:.4f}" for v in vals),
             r.get("expected", len(vals)),
+            ";".join(r.get("chosen", [])),
+            *_paired_fields(r, c, reference),
           ]
         )
+
+
+def _paired_fields(r: dict, column: str, reference: str) -> list[str]:
+  p = r.get("paired", {}).get(column)
+  if p is None:
+    return ["", "", "", "", "", ""]
+  f = lambda x: "" if math.isnan(x) else f"{x:.4f}"
+  return [reference, str(p["n"]), f(p["diff"]), f(p["ci_low"]), f(p["ci_high"]), f(p["p"])]
 
 
 def write(
@@ -202,11 +294,13 @@ def write(
   formats: tuple[str, ...] = ("png", "svg"),
   extra: Sequence[str] = (),
   on_problem=None,
+  reference: str | None = None,
 ) -> list[str]:
   """Writes report.md, report.csv (and the figures of the selected rows) into
   ``out``; returns the paths. Each run left out is named through
   ``on_problem(message)`` (default: a line on stderr); ``extra``: the
-  ``--config`` overrides the runs were trained with."""
+  ``--config`` overrides the runs were trained with; ``reference``: the row
+  the paired differences are taken to (default the experiment's, "" none)."""
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f"--workdir={workdir}: no such directory")
   if on_problem is None:
@@ -220,12 +314,14 @@ def write(
     )
   for message in problems:  # named once some run counts (else the error above says it)
     on_problem(message)
+  reference = reference_of(exp, results, reference)
+  add_paired(results, reference)
   out = out or workdir
   os.makedirs(out, exist_ok=True)
   md, csv_path = os.path.join(out, "report.md"), os.path.join(out, "report.csv")
   with open(md, "w") as f:
-    f.write(markdown(exp, results, workdir))
-  write_csv(csv_path, exp, results)
+    f.write(markdown(exp, results, workdir, reference))
+  write_csv(csv_path, exp, results, reference)
   written = [md, csv_path]
   if figures:
     from caat_jax import plots  # pylint: disable=import-outside-toplevel

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import ml_collections
 
 from caat_jax import cli, config_lib
+from caat_jax.experiments import select
 from caat_jax.experiments.registry import Experiment, Row
 from caat_jax.plots import runs as plots_runs
 
@@ -31,6 +32,7 @@ class RunSpec:
   seed: int
   workdir: str
   overrides: tuple[str, ...]
+  candidate: str = ""  # a selection row's grid point (``select.py``); "" otherwise
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:
@@ -61,13 +63,38 @@ def plan(
   n = exp.seeds if seeds is None else int(seeds)
   if n < 1:
     raise ValueError(f"--seeds={n}: must be >= 1")
-  return [spec(exp, row, seed, workdir, extra) for seed in range(n) for row in selected]
+  return [
+    s
+    for seed in range(n)
+    for row in selected
+    for s in (
+      [spec(exp, row, seed, workdir, extra, tag) for tag, _ in row.select.candidates()]
+      if row.select
+      else [spec(exp, row, seed, workdir, extra)]
+    )
+  ]
 
 
-def spec(exp: Experiment, row: Row, seed: int, workdir: str, extra: Sequence[str] = ()) -> RunSpec:
-  """Row ``row``'s run of seed ``seed``: its workdir and its overrides."""
-  overrides = exp.overrides + row.overrides + eval_overrides(exp) + (f"seed={seed}",) + tuple(extra)
-  return RunSpec(row, seed, os.path.join(workdir, row.name, f"seed{seed}"), overrides)
+def spec(
+  exp: Experiment,
+  row: Row,
+  seed: int,
+  workdir: str,
+  extra: Sequence[str] = (),
+  candidate: str = "",
+) -> RunSpec:
+  """Row ``row``'s run of seed ``seed`` (of grid point ``candidate`` for a
+  selection row): its workdir and its overrides."""
+  grid = dict(row.select.candidates())[candidate] if candidate else ()
+  overrides = (
+    exp.overrides + row.overrides + grid + eval_overrides(exp) + (f"seed={seed}",) + tuple(extra)
+  )
+  where = (
+    select.candidate_dir(workdir, row.name, candidate, seed)
+    if candidate
+    else os.path.join(workdir, row.name, f"seed{seed}")
+  )
+  return RunSpec(row, seed, where, overrides, candidate)
 
 
 def build_config(spec: RunSpec) -> ml_collections.ConfigDict:
@@ -87,7 +114,8 @@ def status(spec: RunSpec, exp: Experiment) -> str:
   """'done', 'evaluate' (trained, evaluations missing), 'resume' or 'new'."""
   if os.path.isfile(os.path.join(spec.workdir, "eval.json")):
     have = documents(spec.workdir)
-    return "done" if all(a in have for a in exp.attacks) else "evaluate"
+    done = all(a in have for a in exp.attacks) and select.done(spec)
+    return "done" if done else "evaluate"
   if os.path.isdir(os.path.join(spec.workdir, "checkpoints")):
     return "resume"
   return "new"
@@ -156,7 +184,8 @@ def run(
   configs = [build_config(s) for s in specs]
   outcomes = []
   for i, (spec, config) in enumerate(zip(specs, configs)):
-    where = f"[{i + 1}/{len(specs)}] {spec.row.name} seed {spec.seed}"
+    name = spec.row.name + (f"/{spec.candidate}" if spec.candidate else "")
+    where = f"[{i + 1}/{len(specs)}] {name} seed {spec.seed}"
     state = status(spec, exp)
     if state in ("done", "evaluate"):
       # A finished run is reused only if it was trained with this row's
@@ -190,6 +219,7 @@ def run(
           evaluate.evaluate_checkpoint(
             spec.workdir, missing, num_examples=exp.eval_examples or None, progress=False
           )
+        select.step(spec)  # a selection candidate's criterion, on its split
       outcomes.append((spec, "ran"))
     except (checkpointing.Preempted, KeyboardInterrupt):
       raise
@@ -201,6 +231,7 @@ def run(
     ) as e:
       log(f"{where}: FAILED: {e}")
       outcomes.append((spec, f"failed: {e}"))
+  select.record_all(specs, workdir, log)
   return outcomes
 
 

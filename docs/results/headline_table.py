@@ -34,7 +34,9 @@ def robust(table: str) -> dict[str, tuple[float, float, str, np.ndarray]]:
 
 
 def main() -> None:
-  print("| setting | TRADES β = 6 | Meta-CAAT λ = 1 | Meta-CAAT λ = 6 | Reinforce-CAAT λ = 6 |")
+  print(
+    "| setting | TRADES β = 6 | Meta-CAAT λ = 1 fixed | Meta-CAAT λ = 6 | Reinforce-CAAT λ = 6 |"
+  )
   print("|---|---|---|---|---|")
   for name, table in SETTINGS:
     d = robust(table)
