@@ -40,7 +40,7 @@ AUTOATTACK_F = 5_000.0
 # --config=configs/cifar10.py`): PGD-AT with a 10-step attack is 23 F per
 # example (2 x 10 attack passes + 3 for the training step), run at 4,985
 # img/s on PreAct-ResNet-18 (FORWARD_FLOPS below), float32.
-H200_BENCH = {"method": "pgd_at", "forward_units": 23.0, "images_per_s": 4985.0}
+H200_BENCH = {"forward_units": 23.0, "images_per_s": 4985.0}  # the PGD-AT row
 # A v4-32 slice (16 chips) at an *assumed* 8 TFLOP/s per chip: a global batch
 # of 128 leaves each core only 4 examples. The digits figure: two CPU cores,
 # measured on TRADES digits (about 13 GFLOP/s), plus about 30 s of

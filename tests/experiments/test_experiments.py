@@ -270,7 +270,7 @@ def test_h200_throughput_is_the_benchmarked_pgd_at_step():
   (as the method accounts for them now) x the benchmarked images/s x FLOPs
   per forward: a change to the pass-count model must re-derive it."""
   config = helpers.config_module("cifar10").get_config()
-  config.method = cost.H200_BENCH["method"]
+  config.method = "pgd_at"
   assert methods.get(config.method).cost(config) == cost.H200_BENCH["forward_units"]
   flops = cost.FORWARD_FLOPS[("preact_resnet18", "cifar10")]
   expected = cost.H200_BENCH["forward_units"] * cost.H200_BENCH["images_per_s"] * flops
