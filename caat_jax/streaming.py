@@ -129,7 +129,10 @@ class StreamingTrainInput:
 
   def batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
     import grain  # pylint: disable=g-import-not-at-top
+    from absl import flags  # pylint: disable=g-import-not-at-top
 
+    if not flags.FLAGS.is_parsed():  # grain reads its settings from absl flags:
+      flags.FLAGS.mark_as_parsed()  # their defaults, outside an absl app (tests, notebooks)
     ds = grain.MapDataset.range(start, self.steps_per_epoch).map(_LoadBatch(self._plan, epoch))
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
     if self.num_workers:
