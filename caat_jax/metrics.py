@@ -12,7 +12,6 @@ import numpy as np
 
 from caat_jax.state import NONFINITE_STATE
 
-
 # Record keys that measure time (they differ between identical runs): the
 # step rate, and the time steps wait for their batch (``streaming.WaitTimer``)
 # and the streamed input's delivered rate.

@@ -83,7 +83,9 @@ class _Plan:
       rng = np.random.default_rng([self.seed, epoch, step, 0x3E7A])  # as pipeline.train_batches
       pos = self.local(mb)
       m = rng.choice(n, mb, replace=mb > n)[pos]
-      rngs = [np.random.default_rng([self.seed, epoch, step, int(j), _META_AUGMENT_STREAM]) for j in pos]
+      rngs = [
+        np.random.default_rng([self.seed, epoch, step, int(j), _META_AUGMENT_STREAM]) for j in pos
+      ]
       out["meta_image"] = self._augmented(self.meta_images, m, rngs)
       out["meta_label"] = self.meta_labels[m]
     return out

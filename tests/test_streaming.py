@@ -91,7 +91,9 @@ def test_make_train_input_keeps_in_memory_datasets_in_memory(dataset):
   config = digits_config()
   digits = data.load_dataset(config.data)
   assert isinstance(streaming.make_train_input(digits, config, meta=False), pipeline.TrainInput)
-  assert isinstance(streaming.make_train_input(ds, config, meta=True), streaming.StreamingTrainInput)
+  assert isinstance(
+    streaming.make_train_input(ds, config, meta=True), streaming.StreamingTrainInput
+  )
 
 
 def test_prefetch_runs_ahead_and_keeps_order():

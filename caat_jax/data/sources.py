@@ -131,9 +131,7 @@ def _unreadable(
   )
 
 
-def open_tfds_source(
-  dataset: str, split: str, data_dir: str | None, decoders: Any = None
-) -> Any:
+def open_tfds_source(dataset: str, split: str, data_dir: str | None, decoders: Any = None) -> Any:
   """Opens one split of a prepared TFDS dataset as a random-access source.
 
   Args:
