@@ -143,3 +143,24 @@ def test_main_trains_on_streamed_imagenet_and_logs_input_wait(dataset, tmp_path)
   for r in recs:
     assert r["input/wait_ms"] >= 0 and 0 <= r["input/wait_fraction"] <= 1
     assert r["input/images_per_sec"] > 0
+
+
+def test_no_transfer_to_host_in_the_steady_state():
+  """The loop's per-step work (next device batch, step, metrics window) runs
+  under ``jax.transfer_guard('disallow')`` once compiled: no implicit
+  transfer either way, so nothing waits on the device between steps."""
+  from caat_jax import metrics, train
+
+  run = train.Run(digits_config(batch_size=32))
+  rstate = run.parallel.replicate(run.init_state())
+  batches = run.device_steps(0)
+  window = metrics.Window()
+  _, batch = next(batches)
+  rstate, m = run.train_step(rstate, batch)  # compiles
+  window.add(m)
+  with jax.transfer_guard("disallow"):
+    for _ in range(3):
+      _, batch = next(batches)  # prefetched: explicit device_put only
+      rstate, m = run.train_step(rstate, batch)
+      window.add(m)
+  assert int(run.parallel.fetch(rstate).step) == 4
