@@ -197,10 +197,11 @@ def validate_config(cfg: Any) -> None:
   )
   ok("test_fraction", _is_real(cfg["test_fraction"]) and 0 < cfg["test_fraction"] < 1, "in (0, 1)")
   ok("seed", _is_int(cfg["seed"]), "an int")
-  get = lambda key: cfg[key] if key in cfg else STREAM_KEYS[key]
-  ok("image_size", _is_int(get("image_size")) and get("image_size") >= 8, "an int >= 8 (pixels)")
-  ok("num_workers", _is_int(get("num_workers")) and get("num_workers") >= 0, "an int >= 0")
-  ok("prefetch", _is_int(get("prefetch")) and get("prefetch") >= 1, "an int >= 1")
+  for key, low, what in (("image_size", 8, "pixels"), ("num_workers", 0, ""), ("prefetch", 1, "")):
+    value = stream_setting(cfg, key)
+    checks.check(
+      f"data.{key}", _is_int(value) and value >= low, value, f"an int >= {low} {what}".strip()
+    )
 
 
 def stream_setting(cfg: Any, key: str) -> Any:

@@ -115,3 +115,9 @@ def test_random_resized_crop_flip_deterministic_in_its_rng():
   assert outs[0].shape == (8, 8, 3)
   np.testing.assert_array_equal(outs[0], outs[1])
   assert not np.array_equal(outs[0], outs[2])
+
+
+@pytest.mark.parametrize("key, value", [("image_size", 4), ("num_workers", -1), ("prefetch", 0)])
+def test_invalid_stream_setting_names_key(key, value):
+  with pytest.raises(ValueError, match=f"data.{key}"):
+    data.validate_config(imagenet_config(None, **{key: value}))

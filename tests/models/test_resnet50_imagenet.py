@@ -20,9 +20,7 @@ def test_resnet50_64px_steps_8_devices_equal_1(method, monkeypatch):
 
   # 64 x 64 x 3 random images in place of the digits: the model sees ImageNet-like shapes.
   real = pipeline.data.load_dataset
-  monkeypatch.setattr(
-    pipeline.data, "load_dataset", lambda cfg: _imagenet_like(real(cfg), cfg)
-  )
+  monkeypatch.setattr(pipeline.data, "load_dataset", lambda cfg: _imagenet_like(real(cfg), cfg))
   check_devices_agree(method, **RESNET50_64PX)
 
 
