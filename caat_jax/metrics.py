@@ -12,6 +12,11 @@ import numpy as np
 
 from caat_jax.state import NONFINITE_STATE
 
+# Record keys that measure time (they differ between identical runs): the
+# step rate, and the time steps wait for their batch (``streaming.WaitTimer``)
+# and the streamed input's delivered rate.
+TIMING_KEYS = ("steps_per_sec", "input/wait_ms", "input/wait_fraction", "input/images_per_sec")
+
 
 class NonFiniteLossError(FloatingPointError):
   """A training metric became NaN or Inf."""

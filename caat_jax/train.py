@@ -18,7 +18,17 @@ import ml_collections
 from tqdm import tqdm
 
 from caat_jax import checkpointing as ckpt_lib
-from caat_jax import config_lib, data, evaluators, methods, metrics, models, optim, pipeline
+from caat_jax import (
+  config_lib,
+  data,
+  evaluators,
+  methods,
+  metrics,
+  models,
+  optim,
+  pipeline,
+  streaming,
+)
 from caat_jax import state as state_lib
 from caat_jax.parallel import REPLICATED, SHARDED, Parallel
 
@@ -42,13 +52,8 @@ class Run:
     self.config = config
     self.dataset = ds = dataset if dataset is not None else data.load_dataset(config.data)
     self.method = methods.get(config.method)
-    self.input = pipeline.TrainInput(
-      ds.train,
-      batch_size=config.batch_size,
-      seed=config.seed,
-      meta=ds.meta if self.method.meta_batch(config) else None,
-      meta_batch_size=config.meta.batch_size,
-    )
+    # In memory, or streamed (ImageNet): one interface (caat_jax.streaming).
+    self.input = streaming.make_train_input(ds, config, meta=self.method.meta_batch(config))
     self.steps_per_epoch = self.input.steps_per_epoch
     if self.steps_per_epoch == 0:
       raise config_lib.ConfigError(
@@ -145,6 +150,13 @@ class Run:
       for i, batch in enumerate(self.input.batches(epoch, start=offset)):
         yield epoch * spe + offset + i + 1, batch
 
+  def device_steps(self, start: int):
+    """``steps`` with each batch already on the devices, transferred
+    ``config.data.prefetch`` steps ahead of the step that uses it."""
+    depth = data.stream_setting(self.config.data, "prefetch")
+    put = lambda item: (item[0], self.parallel.shard(item[1]))
+    return streaming.prefetch(self.steps(start), put, depth)
+
 
 def itstime(step: int, every: int) -> bool:
   """Periodic work due after ``step`` (``every`` 0: never)."""
@@ -203,6 +215,7 @@ def train_and_evaluate(
       )
     )
     window = metrics.Window()
+    input_wait = streaming.WaitTimer()  # the time steps wait for their batch
     if start == 0:
       rstate, record = run.epoch_start(rstate, 0)
       if record:
@@ -227,11 +240,14 @@ def train_and_evaluate(
         run.parallel.fetch, step, spe, run.schedule, on_bad_state=bad_state, note=kept
       )
       if record is not None:
+        record.update(input_wait.record())
+        if isinstance(run.input, streaming.StreamingTrainInput):
+          record["input/images_per_sec"] = run.input.throughput
         writer.write(step, record)
         bar.set_postfix(loss=f"{record['train/loss']:.3f}")
 
-    for step, batch in run.steps(start):
-      rstate, step_metrics = run.train_step(rstate, run.parallel.shard(batch))
+    for step, batch in input_wait.wrap(run.device_steps(start)):
+      rstate, step_metrics = run.train_step(rstate, batch)
       window.add(step_metrics)
       bar.update(1)
       epoch, end_of_epoch = (step - 1) // spe, step % spe == 0

@@ -23,7 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.dtype = "float32"  # compute dtype of the model: float32 | bfloat16
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = "digits"  # digits | cifar10 | svhn
+  c.data.name = "digits"  # digits | cifar10 | svhn | imagenet2012
   c.data.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS dir
   c.data.meta_per_class = 10  # clean balanced hold-out (meta / validation set)
   # none | uniform (new label uniform over the other classes) | pairflip
@@ -39,6 +39,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.imbalance_factor = 1.0  # long-tailed train set if > 1 (class 0 head)
   c.data.test_fraction = 0.2  # digits only: stratified test split (fixed seed)
   c.data.seed = c.get_ref("seed") + 0  # follows seed; overriding it leaves seed alone
+  # Streamed datasets (imagenet2012, docs/running.md "ImageNet"): the side of
+  # the training crops and evaluation centre crops, the grain worker processes
+  # that decode and augment (0: in the training process), and how many steps
+  # ahead batches are put on the devices (every dataset).
+  c.data.image_size = 224
+  c.data.num_workers = 8
+  c.data.prefetch = 2
 
   c.num_epochs = 30
   c.batch_size = 128  # global batch, over all devices and hosts

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from caat_jax import attacks, config_lib, train
+from caat_jax import attacks, config_lib, metrics, train
 from caat_jax import checkpointing as ckpt_lib
 from caat_jax.data import augment as augment_lib
 from caat_jax.parallel import Parallel
@@ -67,10 +67,14 @@ def restore_final_state(workdir, config):
 # --- runs and subprocesses ---------------------------------------------------
 
 
-def records(workdir, drop=()):
-  """The records of ``workdir/metrics.jsonl``, without the keys in ``drop``."""
+def records(workdir, drop=(), keep_timing=False):
+  """The records of ``workdir/metrics.jsonl``, without the keys in ``drop``
+  nor (unless ``keep_timing``) the timings that differ between identical
+  runs (``metrics.TIMING_KEYS`` but the step rate, which callers drop)."""
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     recs = [json.loads(line) for line in f]
+  if not keep_timing:
+    drop = set(drop) | (set(metrics.TIMING_KEYS) - {"steps_per_sec"})
   return [{k: v for k, v in r.items() if k not in drop} for r in recs]
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from absl import logging
 
 from caat_jax import checks
-from caat_jax.data import sources, transforms
+from caat_jax.data import imagenet, sources, transforms
 from caat_jax.data.augment import AUGMENTATIONS, augment_fn, random_crop_flip
 from caat_jax.data.sources import DatasetNotFoundError
 from caat_jax.data.transforms import NOISE_TYPES, ArraySplit, noise_transition_matrix
@@ -41,9 +41,9 @@ __all__ = [
   "NOISE_TYPES",
 ]
 
-DATASETS = ("digits", "cifar10", "svhn")
-# Reserved names with a known plan but no implementation yet.
-_NOT_YET = ("imagenet",)
+DATASETS = ("digits", "cifar10", "svhn", "imagenet2012")
+# Names people try for a dataset that has another name here.
+_RENAMED = {"imagenet": "imagenet2012"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +64,12 @@ _DATASETS = {
   ),
   # No flip for SVHN: mirrored digits are not digits.
   "svhn": _Spec(10, (32, 32, 3), (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), "none"),
+  # Streamed (caat_jax.streaming): random-resized crop and flip on the host,
+  # so nothing on device. The shape is at data.image_size (224 here).
+  "imagenet2012": _Spec(1000, (224, 224, 3), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "none"),
 }
+# Keys only the streamed datasets read, with their defaults.
+STREAM_KEYS = {"image_size": 224, "num_workers": 8, "prefetch": 2}
 
 
 def spec(name: str) -> _Spec:
@@ -157,9 +162,10 @@ def validate_config(cfg: Any) -> None:
       raise checks.ConfigError(
         f"config.data.{key} is missing from the data config (expected keys: {', '.join(_KEYS)})."
       )
-  if cfg["name"] in _NOT_YET:
+  if cfg["name"] in _RENAMED:
     raise checks.ConfigError(
-      f"config.data.name={cfg['name']!r} is not supported yet; supported: {', '.join(DATASETS)}."
+      f"config.data.name={cfg['name']!r}: the dataset is called {_RENAMED[cfg['name']]!r} "
+      f"(TFDS's name); valid: {', '.join(DATASETS)}."
     )
   checks.choice("data.name", cfg["name"], DATASETS)
   ok(
@@ -191,6 +197,16 @@ def validate_config(cfg: Any) -> None:
   )
   ok("test_fraction", _is_real(cfg["test_fraction"]) and 0 < cfg["test_fraction"] < 1, "in (0, 1)")
   ok("seed", _is_int(cfg["seed"]), "an int")
+  for key, low, what in (("image_size", 8, "pixels"), ("num_workers", 0, ""), ("prefetch", 1, "")):
+    value = stream_setting(cfg, key)
+    checks.check(
+      f"data.{key}", _is_int(value) and value >= low, value, f"an int >= {low} {what}".strip()
+    )
+
+
+def stream_setting(cfg: Any, key: str) -> Any:
+  """``config.data.<key>`` of ``STREAM_KEYS``, its default where the config lacks it."""
+  return cfg[key] if key in cfg else STREAM_KEYS[key]
 
 
 # ----------------------------------------------------------------------------
@@ -198,15 +214,20 @@ def validate_config(cfg: Any) -> None:
 # ----------------------------------------------------------------------------
 
 
-def _load_raw(cfg: Any) -> tuple[ArraySplit, ArraySplit]:
-  """(raw train, test) clean splits of the configured dataset."""
+def _load_raw(cfg: Any) -> tuple[ArraySplit, ArraySplit, int]:
+  """(raw train, test) clean splits of the configured dataset, and its class
+  count (0: the spec's)."""
+  num_classes = 0
   if cfg["name"] == "digits":
     train, test = sources.load_digits(cfg["test_fraction"])
+  elif cfg["name"] == "imagenet2012":  # lazy images (data.imagenet)
+    size = stream_setting(cfg, "image_size")
+    train, test, num_classes = imagenet.load_splits(cfg["data_dir"], size)
   else:
     train_split, test_split = sources.TFDS_SPLITS[cfg["name"]]
     train = sources.load_tfds_split(cfg["name"], train_split, cfg["data_dir"])
     test = sources.load_tfds_split(cfg["name"], test_split, cfg["data_dir"])
-  return transforms.clean_split(*train), transforms.clean_split(*test)
+  return transforms.clean_split(*train), transforms.clean_split(*test), num_classes
 
 
 def _pixel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -245,7 +266,10 @@ def load_dataset(cfg: Any) -> Dataset:
   validate_config(cfg)
   name = cfg["name"]
   spec = _DATASETS[name]
-  raw_train, test = _load_raw(cfg)
+  raw_train, test, num_classes = _load_raw(cfg)
+  if isinstance(raw_train.images, imagenet.RecordImages):  # its size and classes, as prepared
+    size = raw_train.images.size
+    spec = dataclasses.replace(spec, image_shape=(size, size, 3), num_classes=num_classes)
   if raw_train.images.shape[1:] != spec.image_shape:
     raise ValueError(
       f"{name}: images have shape {raw_train.images.shape[1:]}, expected {spec.image_shape}."

@@ -6,9 +6,8 @@ array_record files, which needs no TensorFlow; only *preparing* them does
 (`python -m caat_jax.data.prepare`, the `prepare` extra).
 
 CIFAR-10 and SVHN fit in host memory (150 MB / 220 MB as uint8), so they are
-loaded whole. ImageNet will need a streaming source behind the same
-`ArraySplit`-like interface (not written yet: ImageNet is named but not
-runnable, docs/experiments.md).
+loaded whole. ImageNet does not: `caat_jax.data.imagenet` opens the same
+sources lazily, and `caat_jax.streaming` streams its training batches.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ import numpy as np
 from absl import logging
 
 # Our dataset name -> TFDS builder name.
-TFDS_NAMES = {"cifar10": "cifar10", "svhn": "svhn_cropped"}
+TFDS_NAMES = {"cifar10": "cifar10", "svhn": "svhn_cropped", "imagenet2012": "imagenet2012"}
 # TFDS split names of the raw train / test splits.
 TFDS_SPLITS = {"cifar10": ("train", "test"), "svhn": ("train", "test")}
 
@@ -132,13 +131,15 @@ def _unreadable(
   )
 
 
-def open_tfds_source(dataset: str, split: str, data_dir: str | None) -> Any:
+def open_tfds_source(dataset: str, split: str, data_dir: str | None, decoders: Any = None) -> Any:
   """Opens one split of a prepared TFDS dataset as a random-access source.
 
   Args:
     dataset: our name, a key of `TFDS_NAMES`.
     split: TFDS split name, e.g. 'train'.
     data_dir: TFDS data dir, None for TFDS's default.
+    decoders: tfds decoders, e.g. `{'image': tfds.decode.SkipDecoding()}`
+      for the encoded bytes.
 
   Returns:
     A sequence-like source (`len`, `[i]`, usually `__getitems__`) of example
@@ -157,6 +158,7 @@ def open_tfds_source(dataset: str, split: str, data_dir: str | None) -> Any:
       split=split,
       data_dir=data_dir,
       download=False,
+      decoders=decoders,
       builder_kwargs={"file_format": "array_record"},
     )
   except Exception as e:  # pylint: disable=broad-exception-caught

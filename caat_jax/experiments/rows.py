@@ -183,6 +183,12 @@ FAMILIES: dict[str, dict[str, str]] = {
     "reinforce": "configs/cifar10_reinforce_caat.py",
   },
   "svhn": {"base": "configs/svhn.py", "reinforce": "configs/svhn_reinforce_caat.py"},
+  # Table 4. FRL rows: configs/imagenet.py with method=frl (no fine-tuning config).
+  "imagenet": {
+    "base": "configs/imagenet.py",
+    "meta": "configs/imagenet_meta_caat.py",
+    "reinforce": "configs/imagenet_reinforce_caat.py",
+  },
   "digits": {
     "base": "configs/digits.py",
     "meta": "configs/digits_meta_caat.py",

@@ -242,8 +242,8 @@ def test_invalid_config_names_key(key, value):
     data.load_dataset(data_config(**{key: value}))
 
 
-def test_imagenet_is_reserved():
-  with pytest.raises(ValueError, match="not supported yet"):
+def test_imagenet_points_to_its_tfds_name():
+  with pytest.raises(ValueError, match="called 'imagenet2012'"):
     data.load_dataset(data_config(name="imagenet"))
 
 
