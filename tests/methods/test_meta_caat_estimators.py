@@ -17,7 +17,7 @@ import pytest
 from caat_jax import bench, config_lib, train
 from caat_jax.checks import ConfigError
 from caat_jax.parallel import Parallel
-from tests.helpers import digits_config
+from tests.helpers import check_devices_agree, digits_config
 
 KW = {
   "batch_size": 32,
@@ -163,3 +163,18 @@ def test_valid_reuse_combinations_pass():
     config_lib.validate(
       digits_config(method="meta_caat", **overrides, **{"meta.schedule": "reuse_step"})
     )
+
+
+@pytest.mark.slow  # compiles Meta-CAAT on 1 and 8 devices (both backends)
+@pytest.mark.parametrize(
+  "overrides",
+  [
+    # the same perturbations on every device, the scores averaged over the global batch
+    {"meta.variant": "evograd", "meta.evograd_sigma": 0.01, "meta.evograd_tau": 1.0},
+    {"meta.variant": "neumann", "meta.neumann_steps": 2},
+    {"meta.variant": "layerwise", "meta.layer_scope": "subset"},
+    {"meta.schedule": "reuse_step"},
+  ],
+)
+def test_eight_devices_equal_one(overrides):
+  check_devices_agree("meta_caat", **{"attack.num_steps": 1, **overrides})
