@@ -120,8 +120,24 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Meta-CAAT's meta step (docs/method.md §5).
   c.meta = ml_collections.ConfigDict()
-  c.meta.variant = "jvp"  # nested_grad | jvp | first_order | k_step
+  # nested_grad | jvp | first_order | k_step | layerwise | neumann | evograd
+  c.meta.variant = "jvp"
   c.meta.k = 1  # k_step: look-ahead steps
+  c.meta.fd_eps = 0.0  # jvp: central difference at W +- (fd_eps/|v|) v; 0 = exact JVP
+  # layerwise (FaMUS): inner products over these top-level modules only: head |
+  # last_block | a comma list of module names (e.g. "stage4_block2,head")
+  c.meta.layers = "head"
+  c.meta.layer_scope = "full"  # full (exact look-ahead) | subset (look-ahead moves S only)
+  c.meta.neumann_steps = 1  # neumann: J, the Neumann series' last power (0 = jvp)
+  c.meta.neumann_alpha = 0.0  # neumann: series step; 0 = the look-ahead lr
+  c.meta.evograd_k = 2  # evograd: perturbed copies (Bohdal et al.: 2)
+  c.meta.evograd_sigma = 1e-3  # evograd: perturbation scale
+  c.meta.evograd_tau = 0.05  # evograd: softmax temperature of the merge weights
+  # lookahead: the meta gradient through a look-ahead step, then the real step
+  # with the new Omega | reuse_step: the real step (with the current Omega)
+  # serves as the look-ahead, Omega is updated one step stale; saves the
+  # look-ahead pass (jvp, layerwise with layer_scope=full, neumann with 0 steps)
+  c.meta.schedule = "lookahead"
   c.meta.objective = "robust"  # robust | clean_ce | official
   c.meta.lookahead = "sgd"  # sgd (Meta-Weight-Net) | sgd_momentum_wd (official)
   # Where the meta batch's adversaries are made: lookahead (at W_hat, as the

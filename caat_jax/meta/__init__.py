@@ -24,6 +24,9 @@ _MODULES = (
   "jvp",
   "first_order",
   "k_step",
+  "layerwise",
+  "neumann",
+  "evograd",
 )
 
 VARIANTS: dict[str, Variant] = {}
@@ -49,6 +52,21 @@ def make(meta_cfg):
   return v.make(**options_from(meta_cfg, v))
 
 
+def validate(meta_cfg) -> None:
+  """Checks the configured variant's options by value (``checks.ConfigError``)."""
+  v = get(meta_cfg.variant)
+  if v.validate is not None:
+    v.validate(**options_from(meta_cfg, v))
+
+
+def reuses_lookahead(meta_cfg) -> bool:
+  """Whether the configured variant can take its meta gradient at a look-ahead
+  it is handed (``MetaProblem.lookahead_point``)."""
+  v = get(meta_cfg.variant)
+  r = v.reuses_lookahead
+  return bool(r(**options_from(meta_cfg, v)) if callable(r) else r)
+
+
 def cost(meta_cfg, costs: Costs) -> float:
   """Forward units F per example of the configured variant (docs/method.md §11)."""
   v = get(meta_cfg.variant)
@@ -64,7 +82,9 @@ __all__ = [
   "cost",
   "get",
   "make",
+  "reuses_lookahead",
   "sgd_lookahead",
   "sgd_momentum_wd_lookahead",
+  "validate",
   "weighted_loss",
 ]

@@ -51,7 +51,13 @@ class MetaProblem:
     meta_loss_fn: W -> scalar meta loss on the local meta batch.
     lr: the look-ahead step size eta_1.
     axis_name: device axis, or None.
-    key: PRNG key for stochastic variants (``Variant.stochastic``), else None.
+    key: PRNG key for stochastic variants (``Variant.stochastic``), else None;
+      the same on every device.
+    lookahead_point: W_hat already taken, or None. Meta-CAAT's
+      ``meta.schedule=reuse_step`` passes the real optimiser's update here (it
+      is affine in g with slope -lr as well), and the variants that can reuse
+      a look-ahead (``Variant.reuses_lookahead``) take their meta gradient
+      there instead of computing ``lookahead_fn(W, g)``.
   """
 
   weights_fn: Callable[[PyTree], jax.Array]
@@ -61,6 +67,7 @@ class MetaProblem:
   lr: jax.Array | float
   axis_name: str | None = None
   key: jax.Array | None = None
+  lookahead_point: PyTree | None = None
 
   def pmean(self, tree):
     return tree if self.axis_name is None else jax.lax.pmean(tree, self.axis_name)
@@ -68,6 +75,19 @@ class MetaProblem:
   def train_grad(self, params, w):
     """Global-batch gradient of the weighted training loss."""
     return self.pmean(jax.grad(lambda p: weighted_loss(self.per_sample_fn, p, w)[0])(params))
+
+  def lookahead(self, params, w):
+    """W_hat: ``lookahead_point`` when given, else ``lookahead_fn(W, g(w))``."""
+    if self.lookahead_point is not None:
+      return self.lookahead_point
+    return self.lookahead_fn(params, self.train_grad(params, w))
+
+  def require_key(self, variant: str) -> jax.Array:
+    if self.key is None:
+      raise ValueError(
+        f"meta variant {variant!r} is stochastic: MetaProblem.key must be a PRNG key"
+      )
+    return self.key
 
 
 class Costs(NamedTuple):
@@ -87,6 +107,12 @@ class Costs(NamedTuple):
   jvp: float
   second_order: float
 
+  @property
+  def forward(self) -> float:
+    """One forward pass of the per-sample losses over the step's inputs
+    (a third of the look-ahead's forward and backward)."""
+    return self.lookahead / 3.0
+
 
 class Variant(NamedTuple):
   """A meta-gradient variant: one module, one line in ``meta.VARIANTS``.
@@ -99,6 +125,11 @@ class Variant(NamedTuple):
       benchmark's bound.
     options: ``config.meta`` keys passed to ``make`` and ``cost`` (e.g. 'k').
     stochastic: the variant draws random numbers from ``MetaProblem.key``.
+    reuses_lookahead: ``fn(**options) -> bool``, or a bool: the variant's
+      meta gradient is taken at a look-ahead W_hat it can be handed
+      (``MetaProblem.lookahead_point``, Meta-CAAT's ``meta.schedule=reuse_step``).
+    validate: ``fn(**options)`` raising ``checks.ConfigError`` naming the
+      ``config.meta`` key of a bad option value, or None.
   """
 
   name: str
@@ -106,6 +137,8 @@ class Variant(NamedTuple):
   cost: Callable[..., float]
   options: tuple[str, ...] = ()
   stochastic: bool = False
+  reuses_lookahead: bool | Callable[..., bool] = False
+  validate: Callable[..., None] | None = None
 
 
 class Lookahead(NamedTuple):

@@ -12,6 +12,9 @@ One step, per device:
      one-step look-ahead W_hat(Omega) (``meta.variant``), Adam step on Omega;
   5. [alpha, beta] recomputed with the new Omega (no gradient), real
      optimiser step on W with the same batch and perturbations.
+``meta.schedule=reuse_step`` swaps 4 and 5: the real step, with the current
+weights, is the look-ahead of the meta step (``MetaProblem.lookahead_point``),
+so Omega's update is one step stale and the look-ahead pass is saved.
 
 Per-sample training loss (Eq. 27):
   l_i = alpha_i (f0_i CE(f(x_i), y_i) + lam f1_i KL(f(x_i) || f(x_adv_i)))
@@ -31,6 +34,7 @@ from caat_jax.methods import base, perturb, strategy_stats
 DIRECTIONS = ("combined", "adversarial_only", "rule", "oracle")
 FIXED_DIRECTIONS = ("rule", "oracle")  # no learned weights: the fixed bound
 LOOKAHEADS = ("sgd", "sgd_momentum_wd")
+SCHEDULES = ("lookahead", "reuse_step")
 WEIGHTS = ("soft", "hard")
 
 
@@ -142,6 +146,7 @@ def make_step(config, ctx: base.StepContext):
     factors=factors,
   )
   variant = meta.make(m)
+  reuse = m.schedule == "reuse_step"
   meta_tx = optax.adam(m.learning_rate)
   interval = int(m.interval)
   feature_cfg = c
@@ -189,9 +194,10 @@ def make_step(config, ctx: base.StepContext):
       return terms, (bs, logits_clean, logits_adv, logits_anti)
 
     lr = ctx.schedule(state.step)
+    k_variant = jax.random.fold_in(key, 0x5A3E)  # stochastic variants; same on every device
 
-    # 4. meta step on Omega.
-    def do_meta(omega, opt):
+    # 4. meta step on Omega (with ``point``: the look-ahead W_hat already taken).
+    def do_meta(omega, opt, point):
       problem = meta.MetaProblem(
         weights_fn=weights_fn,
         per_sample_fn=per_sample_fn,
@@ -199,34 +205,44 @@ def make_step(config, ctx: base.StepContext):
         meta_loss_fn=meta_loss(state, attack_fn, batch, k_meta_adv, k_meta_at, extra["fair"]),
         lr=lr,
         axis_name=axis,
+        key=k_variant,
+        lookahead_point=point,
       )
       grad, info = variant(problem, omega, state.params)
       updates, opt = meta_tx.update(grad, opt, omega)
       return optax.apply_updates(omega, updates), opt, info["meta_loss"], optax.tree.norm(grad)
 
-    def skip_meta(omega, opt):
+    def skip_meta(omega, opt, point):
       return omega, opt, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)
 
-    if not learned:
-      meta_now = jnp.asarray(False)
-      omega, wnet_opt, m_loss, m_norm = skip_meta(extra["wnet"], extra["wnet_opt"])
-    elif interval == 1:  # no cond: XLA optimises a branch-free step better
-      meta_now = jnp.asarray(True)
-      omega, wnet_opt, m_loss, m_norm = do_meta(extra["wnet"], extra["wnet_opt"])
-    else:
-      meta_now = state.step % interval == 0
-      omega, wnet_opt, m_loss, m_norm = jax.lax.cond(
-        meta_now, do_meta, skip_meta, extra["wnet"], extra["wnet_opt"]
-      )
+    def meta_step(point):
+      if not learned:
+        return jnp.asarray(False), *skip_meta(extra["wnet"], extra["wnet_opt"], point)
+      if interval == 1:  # no cond: XLA optimises a branch-free step better
+        return jnp.asarray(True), *do_meta(extra["wnet"], extra["wnet_opt"], point)
+      now = state.step % interval == 0
+      return now, *jax.lax.cond(now, do_meta, skip_meta, extra["wnet"], extra["wnet_opt"], point)
 
-    # 5. the real update with the new weights.
-    w_new = jax.lax.stop_gradient(weights_fn(omega)) if learned else w_old
-    w_used = w_new if anti else w_new[:, :1]
-    (loss, (bs, logits_clean, logits_adv, logits_anti)), grads = jax.value_and_grad(
-      lambda p: meta.weighted_loss(per_sample_fn, p, w_used), has_aux=True
-    )(state.params)
+    def real_step(w_step):
+      w_used = w_step if anti else w_step[:, :1]
+      (loss, (bs, *logits)), grads = jax.value_and_grad(
+        lambda p: meta.weighted_loss(per_sample_fn, p, w_used), has_aux=True
+      )(state.params)
+      return loss, logits, base.apply_gradients(state, grads, bs, ctx)
+
+    if reuse:
+      # 5. first: the real update with the current weights; it is the
+      # look-ahead of 4., and Omega's update reaches the next step's weights.
+      w_new = w_old
+      loss, (logits_clean, logits_adv, logits_anti), stepped = real_step(w_old)
+      meta_now, omega, wnet_opt, m_loss, m_norm = meta_step(stepped.params)
+    else:
+      meta_now, omega, wnet_opt, m_loss, m_norm = meta_step(None)
+      # 5. the real update with the new weights.
+      w_new = jax.lax.stop_gradient(weights_fn(omega)) if learned else w_old
+      loss, (logits_clean, logits_adv, logits_anti), stepped = real_step(w_new)
     new_extra = dict(extra, wnet=omega, wnet_opt=wnet_opt, stats=stats)
-    new_state = base.apply_gradients(state, grads, bs, ctx, extra=new_extra)
+    new_state = stepped.replace(extra=new_extra)
 
     took_meta_step = meta_now.astype(jnp.float32)
     metrics = {
@@ -273,7 +289,10 @@ def cost(config) -> float:
     "official": 2 * attack + 1.0 + 9.0,
   }[m.objective]
   costs = meta.Costs(lookahead=9.0, objective=objective_cost, jvp=6.0, second_order=18.0)
-  meta_part = meta.cost(m, costs) * m.batch_size / config.batch_size
+  meta_part = meta.cost(m, costs)
+  if m.schedule == "reuse_step":  # the real update is the look-ahead
+    meta_part -= costs.lookahead
+  meta_part *= m.batch_size / config.batch_size
   return units + meta_part / m.interval
 
 
@@ -300,6 +319,8 @@ def validate(config) -> None:
   choice("meta.lookahead", m.lookahead, LOOKAHEADS)
   choice("meta.adversary_at", m.adversary_at, objective.ADVERSARY_AT)
   check("meta.k", m.k >= 1, m.k, ">= 1")
+  meta.validate(m)
+  _validate_schedule(config)
   check("meta.interval", m.interval >= 1, m.interval, ">= 1")
   check("meta.batch_size", m.batch_size >= 1, m.batch_size, ">= 1")
   check("meta.learning_rate", m.learning_rate > 0, m.learning_rate, "> 0")
@@ -308,6 +329,26 @@ def validate(config) -> None:
     raise ConfigError(
       "config.caat.bound='remargin' takes its margins from FRL's multipliers; "
       "set config.fairness.enabled=True (or use caat.bound='fixed' or 'grad')."
+    )
+
+
+def _validate_schedule(config) -> None:
+  m = config.meta
+  choice("meta.schedule", m.schedule, SCHEDULES)
+  if m.schedule != "reuse_step" or config.caat.direction != "combined":
+    return
+  if not meta.reuses_lookahead(m):
+    raise ConfigError(
+      f"config.meta.schedule='reuse_step' hands the variant the real update as its look-ahead, "
+      f"but config.meta.variant={m.variant!r} (with its options) cannot use it or saves nothing "
+      "by it; use jvp, layerwise with meta.layer_scope='full', or neumann with "
+      "meta.neumann_steps=0, or meta.schedule='lookahead'."
+    )
+  if config.optimizer.nesterov:
+    raise ConfigError(
+      "config.meta.schedule='reuse_step' needs the real update to be affine in the gradient "
+      "with slope -lr (the meta-gradient assumes it); config.optimizer.nesterov=True has slope "
+      "-lr (1 + momentum): set it False or use meta.schedule='lookahead'."
     )
 
 

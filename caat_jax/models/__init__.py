@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from caat_jax.models.names import module_order, select_modules
 from caat_jax.models.preact_resnet import PreActResNet, PreActResNet18
 from caat_jax.models.resnet import ResNet, ResNet50
 from caat_jax.models.small_cnn import SmallCNN
@@ -85,6 +86,8 @@ def get_model(
 __all__ = [
   "MODELS",
   "get_model",
+  "module_order",
+  "select_modules",
   "PreActResNet",
   "PreActResNet18",
   "ResNet",

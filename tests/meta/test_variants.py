@@ -215,6 +215,14 @@ def test_meta_gradient_alive_at_init_with_default_tau():
 
 
 def test_registry():
-  assert set(meta.VARIANTS) == {"nested_grad", "jvp", "first_order", "k_step"}
+  assert set(meta.VARIANTS) == {
+    "nested_grad",
+    "jvp",
+    "first_order",
+    "k_step",
+    "layerwise",
+    "neumann",
+    "evograd",
+  }
   with pytest.raises(ValueError, match="config.meta.variant='x'"):
     meta.get("x")
