@@ -170,8 +170,8 @@ def test_new_method_and_meta_variant_are_one_file_and_one_line(tmp_path):
   assert kl["units"] == 2 * 2 + 4.0
   assert mc["units"] > kl["units"]
   # the new variant's option (meta.k) and cost reach Meta-CAAT's accounting:
-  # 2 attacks (8) + clean (1) + update (9) + meta part (objective 4+1+6 + jvp 6
-  # + 0.5) * 32/64 meta batch
-  assert mc["units"] == 8 + 1 + 9 + (11 + 6 + 0.5) * 32 / 64
+  # 2 attacks (8) + clean (1) + update (9) + meta part: objective 4+1+6 on
+  # the meta batch (32 of 64) + jvp 6 + 0.5 on the training batch
+  assert mc["units"] == 8 + 1 + 9 + 11 * 32 / 64 + 6 + 0.5
   # its validation runs with the rest
   assert "config.trades.beta=1000.0" in out["bad"]

@@ -273,7 +273,7 @@ def make_step(config, ctx: base.StepContext):
 def cost(config) -> float:
   """F per example (docs/method.md §11): two attack passes, a clean forward and the real
   update over three inputs, plus the meta part of the configured variant
-  (scaled by meta batch / batch and divided by ``meta.interval``)."""
+  (its objective scaled by meta batch / batch; divided by ``meta.interval``)."""
   c, m = config.caat, config.meta
   attack = base.attack_units(config)
   if c.direction == "adversarial_only":  # TRADES with beta = lam (Setting I/II)
@@ -288,11 +288,17 @@ def cost(config) -> float:
     "robust": attack + 1.0 + 6.0,
     "official": 2 * attack + 1.0 + 9.0,
   }[m.objective]
-  costs = meta.Costs(lookahead=9.0, objective=objective_cost, jvp=6.0, second_order=18.0)
+  # The look-ahead, the JVP and a second-order pass run on the training batch
+  # (per_sample_fn); only the objective runs on the meta batch.
+  costs = meta.Costs(
+    lookahead=9.0,
+    objective=objective_cost * m.batch_size / config.batch_size,
+    jvp=6.0,
+    second_order=18.0,
+  )
   meta_part = meta.cost(m, costs)
   if m.schedule == "reuse_step":  # the real update is the look-ahead
     meta_part -= costs.lookahead
-  meta_part *= m.batch_size / config.batch_size
   return units + meta_part / m.interval
 
 
