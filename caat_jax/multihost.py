@@ -132,7 +132,8 @@ def exit_peer_lost(lost: list[int] | None = None) -> None:
   for it too.
   """
   try:
-    sys.stderr.write(peer_lost_message(lost) + "\n")
+    # Process 0's progress bar leaves its line open: start a new one.
+    sys.stderr.write(("\n" if jax.process_index() == 0 else "") + peer_lost_message(lost) + "\n")
     sys.stderr.flush()
   finally:
     os._exit(EXIT_PEER_LOST)  # pylint: disable=protected-access

@@ -135,7 +135,7 @@ class Checkpointer:
     failed save on any of them stops every one here (``many_hosts``).
     """
     step, self._pending = self._pending, None
-    many_hosts.wait_for_save(self.manager, self.directory, before)
+    many_hosts.wait_for_save(self.manager, self.directory, step, before)
     try:
       self.manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except

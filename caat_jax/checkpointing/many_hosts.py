@@ -33,6 +33,7 @@ import time
 import jax
 
 from caat_jax import multihost
+from caat_jax.checkpointing import orbax_internals, save_failure
 
 _KEY = "caat_jax/save_failed/"
 
@@ -63,13 +64,20 @@ def _where(step) -> str:
   return f"before saving step {step}" if step is not None else "at the end of training"
 
 
-def wait_for_save(manager, directory: str, before: int | None) -> None:
-  """Blocks until this process's part of the save in flight is done, unless
-  another process publishes a failed save first: then stops the job
-  (``stop_all``). ``before``: the step about to be saved (None: the end)."""
+_local_failure: list[BaseException] = []  # this process's failed background write
+
+
+def wait_for_save(manager, directory: str, step: int | None, before: int | None) -> None:
+  """Blocks until this process's part of the save of ``step`` in flight is
+  done, unless a process's part failed: then stops the job (``stop_all``).
+  ``before``: the step about to be saved (None: the end)."""
   if not active():
     return
+  orbax_internals.record_background_errors(manager, _local_failure.append)
   while manager.is_saving_in_progress():
+    if _local_failure:  # orbax now waits at its barrier for the others
+      err = save_failure.save_error(directory, step, _local_failure[0])
+      stop_on_save_error(err, directory, before)
     _stop_if_published(directory, before)
     time.sleep(0.1)
   _stop_if_published(directory, before)
@@ -111,7 +119,8 @@ def stop_all(code: int, line: str, directory: str) -> None:
   the save blocked at orbax's barrier would otherwise hold the interpreter's
   exit until orbax's own timeout.
   """
-  sys.stderr.write(line + "\n")
+  # Process 0's progress bar leaves its line open: start a new one.
+  sys.stderr.write(("\n" if jax.process_index() == 0 else "") + line + "\n")
   sys.stdout.flush()
   sys.stderr.flush()
   if jax.process_index() == 0:
