@@ -3,7 +3,8 @@
 Thin on purpose: parse flags, validate, join a multi-host run if there is
 one, hand over to ``train``. Run the same command again with the same
 ``--workdir`` to resume. Exit status: 0 done, 1 an error (message on
-stderr), 143 saved and stopped for a preemption (run again to resume).
+stderr), 143 saved and stopped for a preemption (run again to resume), 75 another
+process of a multi-host run was lost (docs/running.md, "Many hosts").
 """
 
 import copy

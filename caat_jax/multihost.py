@@ -124,6 +124,9 @@ def peer_lost_message(lost: list[int] | None = None) -> str:
   )
 
 
+_EXITING = threading.Lock()  # one line, from whichever thread notices first
+
+
 def exit_peer_lost(lost: list[int] | None = None) -> None:
   """Prints the peer-lost line and ends this process at once with status 75.
 
@@ -131,6 +134,9 @@ def exit_peer_lost(lost: list[int] | None = None) -> None:
   the dead peer) and join orbax's background threads, which may be waiting
   for it too.
   """
+  if not _EXITING.acquire(blocking=False):  # another thread is ending the process
+    while True:
+      time.sleep(1.0)
   try:
     # Process 0's progress bar leaves its line open: start a new one.
     sys.stderr.write(("\n" if jax.process_index() == 0 else "") + peer_lost_message(lost) + "\n")
@@ -198,7 +204,7 @@ def start_watch(cfg) -> None:
     _watch = PeerWatch().__enter__()
 
 
-def stop_watch() -> None:
+def stop_watch(disconnect: bool = True) -> None:
   """Stops the peer watch, then waits (at most ``shutdown_timeout_s``) for
   every other process to get here: a process done with its part must not
   leave while the others still work, or they would take it for lost."""
@@ -214,21 +220,26 @@ def stop_watch() -> None:
     client.wait_at_barrier("caat_jax_exit", _shutdown_s * 1000)
   except Exception:  # pylint: disable=broad-except
     pass  # a peer gone or late: this process has finished its part
-  leave_in_order()
+  leave_in_order(disconnect=disconnect)
 
 
-def leave_in_order(timeout_s: float | None = None) -> None:
+def leave_in_order(timeout_s: float | None = None, disconnect: bool = True) -> None:
   """Disconnects from the coordination service, the coordinator last.
 
   A process still connected when the coordinator (process 0, which hosts
   the service) exits is aborted by JAX's client (exit 134). So every other
-  process disconnects now, and process 0 waits (at most ``timeout_s``,
-  default ``shutdown_timeout_s``) until the service sees none of them.
+  process disconnects now (``disconnect``; else the caller ends it at once,
+  and the service notices within the heartbeat timeout), and process 0
+  waits (at most ``timeout_s``, default ``shutdown_timeout_s``, or the
+  heartbeat timeout for a process that did not disconnect) until the
+  service sees none of them.
   """
   client = _client()
   if client is None:
     return
   if jax.process_index() != 0:
+    if not disconnect:
+      return
     try:
       jax.distributed.shutdown()
     except Exception:  # pylint: disable=broad-except

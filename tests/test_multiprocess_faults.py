@@ -33,7 +33,7 @@ _ARGS = [
 ]
 _LOST = "of this multi-host job stopped responding"
 
-# Process 1 only: the disk fills up while step 15 is written.
+# On one process: the disk fills up while step 15 is written.
 _DISK_FULL_AT_15 = textwrap.dedent("""
     import errno, os, runpy, sys
     from orbax.checkpoint._src.checkpointers import async_checkpointer as ac
@@ -57,12 +57,12 @@ def _free_port() -> int:
 class _Pair:
   """Both processes of one run; their stderr in files (read when done)."""
 
-  def __init__(self, workdir, tag, inject=None):
+  def __init__(self, workdir, tag, inject=None, inject_on=1):
     port = _free_port()
     self.errs = [f"{workdir}.{tag}.err{i}" for i in range(2)]
     self.procs = []
     for i in range(2):
-      entry = ["-c", inject] if inject and i == 1 else ["-m", "caat_jax.main"]
+      entry = ["-c", inject] if inject and i == inject_on else ["-m", "caat_jax.main"]
       self.procs.append(
         subprocess.Popen(
           [
@@ -182,16 +182,19 @@ def test_sigterm_one_process_all_save_at_one_step_and_exit_143(tmp_path, uninter
 
 
 @pytest.mark.slow
-def test_failed_save_on_one_process_stops_all_at_one_step(tmp_path, uninterrupted):
+@pytest.mark.parametrize("failing", [1, 0])
+def test_failed_save_on_one_process_stops_all_at_one_step(failing, tmp_path, uninterrupted):
+  """Process 0 writes the (replicated) state, so its disk filling up is the
+  likely case; process 1's part of a save can fail too (its own I/O)."""
   workdir = str(tmp_path / "run")
-  pair = _Pair(workdir, "full", inject=_DISK_FULL_AT_15)
+  pair = _Pair(workdir, "full", inject=_DISK_FULL_AT_15, inject_on=failing)
   codes = pair.wait(timeout=400)
   errs = [pair.stderr(i) for i in range(2)]
   assert codes == [1, 1], [e[-3000:] for e in errs]
   lines = [[ln for ln in e.splitlines() if ln.startswith("error:")] for e in errs]
   assert all(len(ls) == 1 for ls in lines), lines
-  assert "a checkpoint save failed on process 1" in lines[0][0]
-  assert "a checkpoint save failed on this process" in lines[1][0]
+  assert "a checkpoint save failed on this process" in lines[failing][0]
+  assert f"a checkpoint save failed on process {failing}" in lines[1 - failing][0]
   for ln in (lines[0][0], lines[1][0]):
     assert "saving step 15" in ln and "No space left on device" in ln
   # Both stop at the same step: where they wait for step 15's save, before

@@ -125,7 +125,11 @@ def stop_all(code: int, line: str, directory: str) -> None:
   sys.stderr.flush()
   if jax.process_index() == 0:
     _remove_tmp_dirs(directory)
-  multihost.stop_watch()  # a barrier, then the others disconnect before process 0
+  # A barrier, then the others leave before process 0. They do not
+  # disconnect first: their part of the save may still be blocked at an
+  # orbax barrier through the same connection (disconnecting under it
+  # aborted the process); process 0 waits until the service has seen them go.
+  multihost.stop_watch(disconnect=False)
   logging.shutdown()
   os._exit(code)  # pylint: disable=protected-access
 
