@@ -149,9 +149,9 @@ class PeerWatch:
   """Watches the other processes in a background thread; when one is lost,
   prints one line naming it and exits 75 (``exit_peer_lost``).
 
-  Without it a survivor notices only when JAX's coordination service does
-  (its heartbeat timeout) and then aborts with C++ log lines, or blocks in
-  the next collective. The watch polls ``get_live_nodes`` every ``period``
+  Without it a survivor would block in the next collective with the lost
+  process, or fail in it with a traceback (the service, made recoverable by
+  ``prepare``, no longer aborts it). The watch polls ``get_live_nodes`` every ``period``
   seconds, so it reacts within about ``period`` of the service marking a
   process dead (the heartbeat timeout after a kill, at once after a clean
   disconnect).
