@@ -13,7 +13,7 @@ import os
 
 import ml_collections
 
-from caat_jax import data, evaluators, methods, optim
+from caat_jax import data, evaluators, methods, multihost, optim
 from caat_jax.checks import ConfigError, check, choice
 from caat_jax.models import MODELS
 from caat_jax.parallel import BACKENDS
@@ -195,3 +195,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
       "run's workdir or its checkpoints/ directory (or '' to start fresh)."
     )
   choice("parallel.backend", config.parallel.backend, BACKENDS)
+  try:
+    multihost.validate(config.parallel)
+  except ValueError as e:
+    raise ConfigError(str(e)) from e

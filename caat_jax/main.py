@@ -3,7 +3,8 @@
 Thin on purpose: parse flags, validate, join a multi-host run if there is
 one, hand over to ``train``. Run the same command again with the same
 ``--workdir`` to resume. Exit status: 0 done, 1 an error (message on
-stderr), 143 saved and stopped for a preemption (run again to resume).
+stderr), 143 saved and stopped for a preemption (run again to resume), 75 another
+process of a multi-host run was lost (docs/running.md, "Many hosts").
 """
 
 import copy
@@ -14,7 +15,16 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from caat_jax import checkpointing, cli, config_lib, evaluators, metrics, parallel, train
+from caat_jax import (
+  checkpointing,
+  cli,
+  config_lib,
+  evaluators,
+  metrics,
+  multihost,
+  parallel,
+  train,
+)
 from caat_jax.checkpointing import workdir as workdir_lib
 from caat_jax.data import DatasetNotFoundError
 from caat_jax.data.transforms import DataConfigError
@@ -110,4 +120,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+  # A lost peer of a multi-host run: one line and exit 75 (caat_jax.multihost).
+  app.run(multihost.guarded(main), flags_parser=cli.parse_flags)

@@ -24,6 +24,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from caat_jax import multihost
+
 BACKENDS = ("pmap", "shard_map")
 REPLICATED = "r"
 SHARDED = "s"
@@ -181,7 +183,9 @@ def initialize_distributed(cfg) -> bool:
   Must run before anything touches a JAX device. With
   ``parallel.coordinator_address`` (plus ``num_processes`` and
   ``process_id``) the run is set up explicitly, e.g. two processes on one
-  machine. Without it ``jax.distributed.initialize()`` reads everything from
+  machine. The coordination service's timeouts come from
+  ``parallel.init_timeout_s`` / ``heartbeat_timeout_s`` / ``shutdown_timeout_s``
+  (``caat_jax.multihost``). Without it ``jax.distributed.initialize()`` reads everything from
   the environment (Cloud TPU metadata, SLURM, Open MPI). On CPU, cross-process
   collectives use gloo (this JAX's default).
 
@@ -189,12 +193,16 @@ def initialize_distributed(cfg) -> bool:
   """
   if not distributed_requested(cfg):
     return False
+  multihost.prepare()
+  timeouts = multihost.initialize_kwargs(cfg)  # bounded waits on a lost host
   if cfg.coordinator_address:
     jax.distributed.initialize(
       cfg.coordinator_address,
       num_processes=cfg.num_processes if cfg.num_processes > 0 else None,
       process_id=cfg.process_id if cfg.process_id >= 0 else None,
+      **timeouts,
     )
   else:
-    jax.distributed.initialize()
+    jax.distributed.initialize(**timeouts)
+  multihost.start_watch(cfg)  # a lost peer: one line and exit 75, not a hang
   return True

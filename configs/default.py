@@ -215,6 +215,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.parallel.coordinator_address = ""  # "host:port" of process 0; "" = from env
   c.parallel.num_processes = 0  # with coordinator_address; 0 = from env
   c.parallel.process_id = -1  # this process's id; -1 = from env
+  # JAX coordination service timeouts, in seconds (caat_jax/multihost.py):
+  # start-up wait for every process to join; a process silent this long is
+  # declared lost and the others stop (exit 75); wait at the end for the rest.
+  c.parallel.init_timeout_s = 300
+  c.parallel.heartbeat_timeout_s = 60
+  c.parallel.shutdown_timeout_s = 60
 
   c.bench = ml_collections.ConfigDict()
   # "method [--config.KEY=VALUE ...]": each entry benches one method with the

@@ -34,7 +34,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from caat_jax.checkpointing import errors, restoring, save_failure
+from caat_jax.checkpointing import errors, many_hosts, restoring, save_failure
 from caat_jax.checkpointing.config_compat import config_as_json, upgrade_config
 from caat_jax.checkpointing.errors import CheckpointSaveError
 
@@ -97,7 +97,7 @@ class Checkpointer:
     """
     # Finish the previous save first (orbax would wait for it anyway), so
     # that its error is reported under its own step.
-    self.wait()
+    self.wait(before=step)
     if step in self.manager.all_steps():
       return False
     state_dict = jax.tree.map(np.asarray, flax.serialization.to_state_dict(state))
@@ -110,7 +110,9 @@ class Checkpointer:
         force=force,
       )
     except Exception as e:  # pylint: disable=broad-except
-      raise self._save_error(step, e) from e
+      err = self._save_error(step, e)
+      many_hosts.stop_on_save_error(err, self.directory, step)  # several hosts: exits
+      raise err from e
     if started:
       self._pending = step
     return started
@@ -121,16 +123,25 @@ class Checkpointer:
     Does not wait for a save that is still writing: cheap enough for every
     step, so a failed write (disk full) is reported at the step it failed.
     """
+    if many_hosts.active():  # acted on at the next wait, by every process alike
+      return
     if self._pending is not None and not self.manager.is_saving_in_progress():
       self.wait()
 
-  def wait(self) -> None:
-    """Blocks until the save in flight is written; raises ``CheckpointSaveError``."""
+  def wait(self, before: int | None = None) -> None:
+    """Blocks until the save in flight is written; raises ``CheckpointSaveError``.
+
+    ``before``: the step about to be saved, if any. On several processes a
+    failed save on any of them stops every one here (``many_hosts``).
+    """
     step, self._pending = self._pending, None
+    many_hosts.wait_for_save(self.manager, self.directory, step, before)
     try:
       self.manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
-      raise self._save_error(step, e) from e
+      err = self._save_error(step, e)
+      many_hosts.stop_on_save_error(err, self.directory, before)  # several hosts: exits
+      raise err from e
 
   def close(self) -> None:
     """Waits for the save in flight (raising its error), then closes."""

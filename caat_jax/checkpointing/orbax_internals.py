@@ -83,3 +83,34 @@ def wait_for_abandoned_writes(manager: ocp.CheckpointManager, timeout: float = 6
     wait_for_metadata()
   except Exception:  # pylint: disable=broad-except
     pass
+
+
+_RECORD_PURPOSE = (
+  "notice, on a multi-host job, that this process's part of a save failed while orbax "
+  "still waits for the other processes at its barrier"
+)
+
+
+def record_background_errors(manager: ocp.CheckpointManager, record) -> None:
+  """Calls ``record(error)`` when the background write of a save fails.
+
+  orbax raises that error in its finalize thread, which then waits at a
+  barrier for the other processes (which wait at another one for this
+  process): ``is_saving_in_progress`` stays true until orbax's timeout, and
+  the error reaches the caller only then. ``_checkpointer._async_manager``'s
+  ``check_for_errors`` is where it is raised first; it is wrapped, once.
+  """
+  async_manager = _require(manager, "_checkpointer._async_manager", _RECORD_PURPOSE)
+  original = _require(async_manager, "check_for_errors", _RECORD_PURPOSE)
+  if getattr(original, "_caat_recording", False):
+    return
+
+  def check_for_errors():
+    try:
+      return original()
+    except BaseException as e:
+      record(e)
+      raise
+
+  check_for_errors._caat_recording = True  # pylint: disable=protected-access
+  async_manager.check_for_errors = check_for_errors
