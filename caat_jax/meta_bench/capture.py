@@ -148,23 +148,29 @@ def checkpoint_steps(saved: list[int], total: int, names) -> dict[str, int]:
   return {n: pick[n] for n in names}
 
 
-def train_or_restore(config, workdir: str, log=print) -> tuple[Any, dict[str, int]]:
-  """Trains ``config`` into ``workdir/run`` (resuming or reusing what is
-  there) and returns the ``train.Run`` and its saved steps."""
+def make_run(config):
+  """The ``train.Run`` of ``config`` as trained here (``train_config``),
+  with a checkpoint every tenth of training unless the config sets
+  ``checkpoint_every_steps``."""
   cfg = train_config(config)
   run = train.Run(cfg)
   if not cfg.checkpoint_every_steps:
     with cfg.unlocked():
       cfg.checkpoint_every_steps = max(1, math.ceil(run.total_steps / 10))
+  return run
+
+
+def train_or_restore(run, workdir: str, log=print) -> list[int]:
+  """Trains ``run.config`` into ``workdir/run`` with the trainer (resuming,
+  or reusing a finished run, from what is there); returns the saved steps."""
   run_dir = f"{workdir}/{RUN_DIR}"
-  log(f"meta_bench: training {cfg.method} into {run_dir} ({run.total_steps} steps)")
-  train.train_and_evaluate(cfg, run_dir, allow_config_change=False)
+  log(f"meta_bench: training {run.config.method} into {run_dir} ({run.total_steps} steps)")
+  train.train_and_evaluate(run.config, run_dir)
   ckpt = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(run_dir), async_save=False)
   try:
-    saved = ckpt.all_steps()
+    return ckpt.all_steps()
   finally:
     ckpt.close()
-  return run, saved
 
 
 def restore(run, workdir: str, step: int):

@@ -53,8 +53,9 @@ def run_meta_bench(
   config_lib.validate(config)
   for name in variants:  # each variant's options read before any training
     probe.variant_fn(name, config.meta)
-  run, saved = capture.train_or_restore(config, workdir, log=log)
+  run = capture.make_run(config)
   capture.check_takes_meta_step(config, run)
+  saved = capture.train_or_restore(run, workdir, log=log)
   steps = capture.checkpoint_steps(saved, run.total_steps, checkpoints)
   keys = list(jax.random.split(jax.random.PRNGKey(config.seed + 0x3E7B), num_keys))
   timer = cost.StepTimer(config, run)
