@@ -52,6 +52,12 @@ def run_meta_bench(
     raise config_lib.ConfigError(f"--keys={num_keys}: must be >= 1")
   config_lib.validate(config)
   for name in variants:  # each variant's options read before any training
+    v = meta.get(name)
+    missing = [k for k in v.options if k not in config.meta]
+    if missing:
+      raise config_lib.ConfigError(
+        f"--variants names {name!r}, whose options {', '.join(missing)} config.meta lacks"
+      )
     probe.variant_fn(name, config.meta)
   run = capture.make_run(config)
   capture.check_takes_meta_step(config, run)
