@@ -3,6 +3,8 @@
 Speed itself is not asserted here (speed goals live in the benchmark's
 output); what can be wrong is the accounting and the report's arithmetic."""
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from caat_jax import bench, config_lib
@@ -72,7 +74,26 @@ def test_run_bench_reports_ratios():
     assert r["step_s"] > 0 and r["compile_s"] > 0
     assert r["images_per_s"] == pytest.approx(16 / r["step_s"])
     assert r["measured_over_bound"] == pytest.approx(r["ratio_to_pgd_at"] / r["bound_ratio"])
-  assert "pgd_at" in bench.format_rows(out)
+  # XLA's analysis joins every row: PGD-AT's step (two attack steps, then
+  # the update) does more than the natural update
+  for r in rows.values():
+    assert r["xla_peak_bytes"] > 0 and r["xla_flops"] > 0
+    if jax.default_backend() == "cpu":
+      assert r["peak_memory_bytes"] is None  # no allocator statistics on a CPU
+  assert rows["pgd_at"]["xla_flops"] > rows["natural"]["xla_flops"]
+  text = bench.format_rows(out)
+  assert "pgd_at" in text and "peak MiB" in text and "GFLOP" in text
+
+
+def test_xla_cost_of_a_known_function():
+  """A [32, 64] @ [64, 16] matmul: 2 * 32 * 64 * 16 FLOPs; its buffers: the
+  two arguments and the output, at least (32 * 64 + 64 * 16 + 32 * 16) * 4 bytes."""
+  from caat_jax.bench import xla  # pylint: disable=import-outside-toplevel
+
+  a, b = jnp.ones((32, 64)), jnp.ones((64, 16))
+  compiled = jax.jit(jnp.matmul).lower(a, b).compile()
+  assert xla.xla_flops(compiled) == pytest.approx(2 * 32 * 64 * 16, rel=0.05)
+  assert xla.xla_peak_bytes(compiled) >= (32 * 64 + 64 * 16 + 32 * 16) * 4
 
 
 def test_bench_entries_apply_overrides_and_name_bad_ones():

@@ -9,7 +9,10 @@ the configured dataset's shape, and reports:
   waited for with ``block_until_ready``), images per second,
 * the step time as a ratio to PGD-AT's, beside the ratio docs/method.md §11's
   forward-pass accounting allows (``bound``), and measured / bound,
-* peak device memory where the backend reports it.
+* peak memory: XLA's analysis of the compiled step (temp + argument +
+  output bytes, ``bench.xla``) on every backend, and the allocator's peak
+  (``memory_stats()['peak_bytes_in_use']``) where the backend reports one (GPU);
+* XLA's FLOP count of the compiled step (``cost_analysis()``).
 
 Output: a table on stdout and ``--out`` (JSON). Speed goals live here, not in
 tests.
@@ -21,17 +24,13 @@ import time
 import jax
 
 from caat_jax import config_lib, methods, pipeline, train
+from caat_jax.bench import xla
 
 
 def forward_units(config) -> float:
   """Forward-pass units F per training example of one step of
   ``config.method`` (docs/method.md §11), as the method itself accounts for it."""
   return methods.get(config.method).cost(config)
-
-
-def _peak_memory_bytes() -> int | None:
-  stats = jax.local_devices()[0].memory_stats() or {}
-  return stats.get("peak_bytes_in_use")
 
 
 def bench_config(config, entry: str):
@@ -79,7 +78,9 @@ def bench_method(config, name: str) -> dict:
     "step_s": step_s,
     "images_per_s": cfg.batch_size / step_s,
     "units_F": forward_units(cfg),
-    "peak_memory_bytes": _peak_memory_bytes(),
+    "peak_memory_bytes": xla.device_peak_bytes(),
+    "xla_peak_bytes": xla.xla_peak_bytes(compiled),
+    "xla_flops": xla.xla_flops(compiled),
   }
 
 
@@ -116,7 +117,7 @@ def run_bench(config, on_row=None) -> dict:
 def format_rows(result: dict) -> str:
   head = (
     f"{'method':<16} {'compile s':>9} {'step ms':>9} {'img/s':>9} "
-    f"{'x pgd_at':>8} {'bound':>6} {'meas/bnd':>8}"
+    f"{'x pgd_at':>8} {'bound':>6} {'meas/bnd':>8} {'peak MiB':>9} {'GFLOP':>8}"
   )
   lines = [
     f"{result['model']} on {result['dataset']}-shaped data, batch "
@@ -130,6 +131,18 @@ def format_rows(result: dict) -> str:
       f"{r['method']:<16} {r['compile_s']:9.2f} {1e3 * r['step_s']:9.1f} "
       f"{r['images_per_s']:9.1f} {r.get('ratio_to_pgd_at', float('nan')):8.2f} "
       f"{r.get('bound_ratio', float('nan')):6.2f} "
-      f"{r.get('measured_over_bound', float('nan')):8.2f}"
+      f"{r.get('measured_over_bound', float('nan')):8.2f} "
+      f"{_mib(r):>9} {_gflop(r):>8}"
     )
   return "\n".join(lines)
+
+
+def _mib(r: dict) -> str:
+  """The allocator's peak where there is one (GPU), else XLA's analysis."""
+  b = r.get("peak_memory_bytes") or r.get("xla_peak_bytes")
+  return "-" if b is None else f"{b / 2**20:.1f}"
+
+
+def _gflop(r: dict) -> str:
+  f = r.get("xla_flops")
+  return "-" if f is None else f"{f / 1e9:.3f}"

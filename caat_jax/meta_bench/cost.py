@@ -1,0 +1,105 @@
+"""What each variant costs inside the method's real step.
+
+``StepTimer`` builds the method's whole train step with the variant as
+``config.meta.variant`` (a meta step at every step), wrapped and compiled
+as the trainer runs it, once per variant, and times it on a checkpoint's
+state and batch. ``units`` reads the forward-pass accounting of
+docs/method.md §11 from the method itself: the whole step's F per example,
+and its meta part as 2 (F(interval=1) - F(interval=2)) (the meta part is
+divided by ``meta.interval``, nothing else is). ``add_ratios`` sets every
+row's ratios to the reference's row of the same checkpoint.
+"""
+
+import functools
+import statistics
+import time
+
+import jax
+
+from caat_jax import methods
+from caat_jax.bench import xla
+from caat_jax.parallel import REPLICATED, SHARDED
+
+
+def variant_config(config, name: str, interval: int = 1):
+  cfg = config.copy_and_resolve_references()
+  with cfg.unlocked():
+    cfg.meta.variant = name
+    cfg.meta.interval = interval
+  return cfg
+
+
+def units(config, name: str) -> tuple[float, float]:
+  """(F per example of the whole step, F of its meta part) with ``name``."""
+  cost = methods.get(config.method).cost
+  one, two = cost(variant_config(config, name, 1)), cost(variant_config(config, name, 2))
+  return one, 2.0 * (one - two)
+
+
+class StepTimer:
+  """The whole train step of each variant, compiled once, timed per call."""
+
+  def __init__(self, config, run):
+    self.config, self.run = config, run
+    self._compiled = {}
+
+  def compiled(self, name: str, rstate, batch):
+    if name not in self._compiled:
+      run = self.run
+      step = functools.partial(
+        methods.train_step,
+        method_step=run.method.make_step(variant_config(self.config, name), run.ctx),
+        ctx=run.ctx,
+      )
+      wrapped = run.parallel.wrap(
+        step, (REPLICATED, SHARDED), (REPLICATED, REPLICATED), donate_argnums=(0,)
+      )
+      t = time.perf_counter()
+      compiled = wrapped.lower(rstate, batch).compile()
+      self._compiled[name] = (compiled, time.perf_counter() - t)
+    return self._compiled[name]
+
+  def measure(self, name: str, state, host_batch, repeats: int = 5) -> dict:
+    """Compile time, median step time (after one warm-up step), XLA FLOPs
+    and peak memory of the whole step with variant ``name``."""
+    par = self.run.parallel
+    rstate, batch = par.replicate(state), par.shard(host_batch)
+    compiled, compile_s = self.compiled(name, rstate, batch)
+    times = []
+    for i in range(max(repeats, 1) + 1):
+      t = time.perf_counter()
+      rstate, metrics = compiled(rstate, batch)
+      jax.block_until_ready((rstate, metrics))
+      if i:
+        times.append(time.perf_counter() - t)
+    step_units, meta_units = units(self.config, name)
+    return {
+      "step_compile_s": compile_s,
+      "step_s": statistics.median(times),
+      "step_peak_bytes": xla.xla_peak_bytes(compiled),
+      "step_flops": xla.xla_flops(compiled),
+      "units_F": step_units,
+      "meta_units_F": meta_units,
+    }
+
+
+def _ratio(a, b):
+  return a / b if a is not None and b else float("nan")
+
+
+def add_ratios(rows: list[dict], reference: str) -> None:
+  """Each row's cost as a ratio to ``reference``'s row of its checkpoint:
+  measured time, the §11 bound, measured / bound, XLA FLOPs and peak memory."""
+  refs = {r["checkpoint"]: r for r in rows if r["variant"] == reference}
+  for r in rows:
+    ref = refs.get(r["checkpoint"])
+    if ref is None:
+      continue
+    r["meta_ratio"] = _ratio(r["meta_s"], ref["meta_s"])
+    r["step_ratio"] = _ratio(r["step_s"], ref["step_s"])
+    r["meta_bound_ratio"] = _ratio(r["meta_units_F"], ref["meta_units_F"])
+    r["step_bound_ratio"] = _ratio(r["units_F"], ref["units_F"])
+    r["meta_measured_over_bound"] = _ratio(r["meta_ratio"], r["meta_bound_ratio"])
+    r["step_measured_over_bound"] = _ratio(r["step_ratio"], r["step_bound_ratio"])
+    r["meta_flops_ratio"] = _ratio(r["meta_flops"], ref["meta_flops"])
+    r["meta_peak_ratio"] = _ratio(r["meta_peak_bytes"], ref["meta_peak_bytes"])

@@ -1,0 +1,106 @@
+"""``run_meta_bench``: train or restore, capture, probe, cost, report."""
+
+import jax
+
+from caat_jax import config_lib, meta
+from caat_jax.meta_bench import capture, cost, probe, report
+
+
+def check_variants(names) -> None:
+  """Raises ``ConfigError`` naming ``--variants`` for an empty list or an
+  unknown name (read from ``meta.VARIANTS`` now, so new variants count)."""
+  valid = [v for v in meta.VARIANTS if v != capture.CAPTURE]
+  if not names:
+    raise config_lib.ConfigError(f"--variants is empty; name some of: {', '.join(valid)}")
+  bad = [n for n in names if n not in valid]
+  if bad:
+    raise config_lib.ConfigError(
+      f"--variants contains {', '.join(map(repr, bad))}; valid: {', '.join(valid)}"
+    )
+
+
+def check_checkpoints(names) -> None:
+  if not names:
+    raise config_lib.ConfigError(
+      f"--checkpoints is empty; name some of: {', '.join(capture.CHECKPOINTS)}"
+    )
+  bad = [n for n in names if n not in capture.CHECKPOINTS]
+  if bad:
+    raise config_lib.ConfigError(
+      f"--checkpoints contains {', '.join(map(repr, bad))}; valid: {', '.join(capture.CHECKPOINTS)}"
+    )
+
+
+def run_meta_bench(
+  config,
+  variants,
+  workdir: str,
+  *,
+  checkpoints=capture.CHECKPOINTS,
+  num_keys: int = 16,
+  repeats: int = 5,
+  log=print,
+) -> dict:
+  """Trains (or restores) ``config`` in ``workdir/run``; at each checkpoint
+  captures one step's meta-gradient problem and measures every variant of
+  ``variants`` (plus the reference) on it; writes the reports into
+  ``workdir``. Everything is checked before training starts."""
+  variants, checkpoints = list(variants), list(checkpoints)
+  check_variants(variants)
+  check_checkpoints(checkpoints)
+  if num_keys < 1:
+    raise config_lib.ConfigError(f"--keys={num_keys}: must be >= 1")
+  config_lib.validate(config)
+  for name in variants:  # each variant's options read before any training
+    v = meta.get(name)
+    missing = [k for k in v.options if k not in config.meta]
+    if missing:
+      raise config_lib.ConfigError(
+        f"--variants names {name!r}, whose options {', '.join(missing)} config.meta lacks"
+      )
+    probe.variant_fn(name, config.meta)
+  run = capture.make_run(config)
+  capture.check_takes_meta_step(config, run)
+  saved = capture.train_or_restore(run, workdir, log=log)
+  steps = capture.checkpoint_steps(saved, run.total_steps, checkpoints)
+  keys = list(jax.random.split(jax.random.PRNGKey(config.seed + 0x3E7B), num_keys))
+  timer = cost.StepTimer(config, run)
+  names = [probe.REFERENCE] + [v for v in variants if v != probe.REFERENCE]
+  rows = []
+  for ckpt_name, step in steps.items():
+    state = capture.restore(run, workdir, step)
+    batch = capture.next_batch(run, step)
+    cap = capture.capture(config, run, state, batch, step=step, checkpoint=ckpt_name)
+    log(f"meta_bench: {ckpt_name} checkpoint, step {step}")
+    for r in probe.probe_checkpoint(cap, names, config.meta, keys=keys, repeats=repeats):
+      r.update(checkpoint=ckpt_name, step=step)
+      r.update(timer.measure(r["variant"], state, batch, repeats=repeats))
+      rows.append(r)
+      log(
+        f"  {r['variant']:<14} cos {r['cosine']:.6f} rel {r['rel_error']:.2e} "
+        f"rho(c) {r['spearman_c']:.3f} meta {1e3 * r['meta_s']:.1f} ms "
+        f"step {1e3 * r['step_s']:.1f} ms"
+      )
+  cost.add_ratios(rows, probe.REFERENCE)
+  result = {
+    "backend": jax.default_backend(),
+    "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+    "reference": probe.REFERENCE,
+    "num_keys": num_keys,
+    "repeats": repeats,
+    "checkpoints": steps,
+    "total_steps": run.total_steps,
+    "config": {
+      "method": config.method,
+      "dataset": config.data.name,
+      "model": config.model,
+      "batch_size": config.batch_size,
+      "meta_batch_size": config.meta.batch_size,
+      "num_epochs": config.num_epochs,
+      "noise": f"{config.data.noise_type} {config.data.noise_rate}",
+      "meta": {k: probe.plain(v) for k, v in config.meta.items()},
+    },
+    "rows": rows,
+  }
+  result["files"] = report.write(result, workdir)
+  return result
