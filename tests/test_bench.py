@@ -78,11 +78,15 @@ def test_run_bench_reports_ratios():
   # the update) does more than the natural update
   for r in rows.values():
     assert r["xla_peak_bytes"] > 0 and r["xla_flops"] > 0
+    n = jax.device_count()  # the step's program is one device's share of 16 images
+    assert r["flops_per_image"] == pytest.approx(r["xla_flops"] * n / 16)
+    assert r["achieved_flops_per_s"] == pytest.approx(r["xla_flops"] / r["step_s"])
     if jax.default_backend() == "cpu":
       assert r["peak_memory_bytes"] is None  # no allocator statistics on a CPU
+      assert r["mfu"] is None  # no published peak for a CPU
   assert rows["pgd_at"]["xla_flops"] > rows["natural"]["xla_flops"]
   text = bench.format_rows(out)
-  assert "pgd_at" in text and "peak MiB" in text and "GFLOP" in text
+  assert "pgd_at" in text and "peak MiB" in text and "GFLOP" in text and "MFU %" in text
 
 
 def test_xla_cost_of_a_known_function():

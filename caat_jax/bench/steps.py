@@ -12,7 +12,9 @@ the configured dataset's shape, and reports:
 * peak memory: XLA's analysis of the compiled step (temp + argument +
   output bytes, ``bench.xla``) on every backend, and the allocator's peak
   (``memory_stats()['peak_bytes_in_use']``) where the backend reports one (GPU);
-* XLA's FLOP count of the compiled step (``cost_analysis()``).
+* XLA's FLOP count of the compiled step (``cost_analysis()``, one device's
+  program), FLOPs per image, achieved FLOP/s and MFU against the device
+  kind's published peak for ``config.dtype`` (``bench.peaks``; none on a CPU).
 
 Output: a table on stdout and ``--out`` (JSON). Speed goals live here, not in
 tests.
@@ -24,7 +26,7 @@ import time
 import jax
 
 from caat_jax import config_lib, methods, pipeline, train
-from caat_jax.bench import xla
+from caat_jax.bench import peaks, xla
 
 
 def forward_units(config) -> float:
@@ -72,6 +74,8 @@ def bench_method(config, name: str) -> dict:
     if i >= 2:
       times.append(time.perf_counter() - t)
   step_s = statistics.median(times)
+  flops = xla.xla_flops(compiled)  # one device's program
+  devices = jax.device_count()
   return {
     "method": name,
     "compile_s": compile_s,
@@ -80,7 +84,13 @@ def bench_method(config, name: str) -> dict:
     "units_F": forward_units(cfg),
     "peak_memory_bytes": xla.device_peak_bytes(),
     "xla_peak_bytes": xla.xla_peak_bytes(compiled),
-    "xla_flops": xla.xla_flops(compiled),
+    "xla_flops": flops,
+    "dtype": cfg.dtype,
+    # against the hardware: XLA's FLOPs per image and per second, and MFU
+    # against the device kind's published peak (bench.peaks; None on a CPU)
+    "flops_per_image": None if flops is None else flops * devices / cfg.batch_size,
+    "achieved_flops_per_s": None if flops is None else flops / step_s,
+    "mfu": peaks.mfu(flops, step_s, str(jax.devices()[0].device_kind), cfg.dtype),
   }
 
 
@@ -117,7 +127,7 @@ def run_bench(config, on_row=None) -> dict:
 def format_rows(result: dict) -> str:
   head = (
     f"{'method':<16} {'compile s':>9} {'step ms':>9} {'img/s':>9} "
-    f"{'x pgd_at':>8} {'bound':>6} {'meas/bnd':>8} {'peak MiB':>9} {'GFLOP':>8}"
+    f"{'x pgd_at':>8} {'bound':>6} {'meas/bnd':>8} {'peak MiB':>9} {'GFLOP':>8} {'MFU %':>6}"
   )
   lines = [
     f"{result['model']} on {result['dataset']}-shaped data, batch "
@@ -132,7 +142,7 @@ def format_rows(result: dict) -> str:
       f"{r['images_per_s']:9.1f} {r.get('ratio_to_pgd_at', float('nan')):8.2f} "
       f"{r.get('bound_ratio', float('nan')):6.2f} "
       f"{r.get('measured_over_bound', float('nan')):8.2f} "
-      f"{_mib(r):>9} {_gflop(r):>8}"
+      f"{_mib(r):>9} {_gflop(r):>8} {_mfu(r):>6}"
     )
   return "\n".join(lines)
 
@@ -146,3 +156,8 @@ def _mib(r: dict) -> str:
 def _gflop(r: dict) -> str:
   f = r.get("xla_flops")
   return "-" if f is None else f"{f / 1e9:.3f}"
+
+
+def _mfu(r: dict) -> str:
+  m = r.get("mfu")
+  return "-" if m is None else f"{100 * m:.1f}"
