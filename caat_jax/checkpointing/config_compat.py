@@ -34,6 +34,8 @@ SAFE_TO_CHANGE = (
   "suite",
   "init_from",
   "data.data_dir",
+  "data.num_workers",  # host-side decode processes: the order is (seed, epoch, step)'s
+  "data.prefetch",
 )
 
 
@@ -63,6 +65,16 @@ ADDED_KEYS = {
   "caat.anti_bound_scale": 1.0,
   "caat.anti_bound_cap": 0.0,
   "caat.weights": "soft",
+  "data.image_size": 224,  # read by the ImageNet pipeline only
+  "meta.fd_eps": 0.0,
+  "meta.layers": "head",
+  "meta.layer_scope": "full",
+  "meta.neumann_steps": 1,
+  "meta.neumann_alpha": 0.0,
+  "meta.evograd_k": 2,
+  "meta.evograd_sigma": 1e-3,
+  "meta.evograd_tau": 0.05,
+  "meta.schedule": "lookahead",
 }
 
 
