@@ -1,0 +1,144 @@
+"""Faults that used to end noisily or misleadingly (issue 28, section 3),
+through the real command line: the exit code, the one expected line on
+stderr and no traceback, and what was written before left intact."""
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tests.helpers import ROOT, subprocess_env
+
+_TINY = [
+  "--config=configs/digits.py",
+  "--config.num_epochs=1",
+  "--config.suite=()",
+  "--config.method=natural",
+  "--config.model_width=4",
+  "--config.eval.num_examples=60",
+  "--config.eval.attacks=('pgd2',)",
+  "--config.checkpoint_every_steps=5",
+]
+
+
+def _python(*args, timeout=300, **kwargs):
+  return subprocess.run(
+    [sys.executable, *args],
+    cwd=ROOT,
+    env=subprocess_env(1),
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    **kwargs,
+  )
+
+
+def _main(workdir, *extra, timeout=300):
+  return _python("-m", "caat_jax.main", f"--workdir={workdir}", *_TINY, *extra, timeout=timeout)
+
+
+def _messages(stderr):
+  """stderr's non-blank lines less progress bars (tqdm)."""
+  return [l for l in stderr.splitlines() if l.strip() and not re.search(r"\d+it \[|\d+%\|", l)]
+
+
+def _assert_one_line(res, code, *needles):
+  """Exit ``code``, no traceback, exactly one message line holding ``needles``."""
+  assert res.returncode == code, res.stderr
+  assert "Traceback" not in res.stderr, res.stderr
+  messages = _messages(res.stderr)
+  assert len(messages) == 1, res.stderr
+  for needle in needles:
+    assert needle in messages[0], (needle, messages[0])
+  return messages[0]
+
+
+def _snapshot(path):
+  """{relative path: sha256} of every file under ``path``."""
+  out = {}
+  for root, _, files in os.walk(path):
+    for name in files:
+      full = os.path.join(root, name)
+      with open(full, "rb") as f:
+        out[os.path.relpath(full, path)] = hashlib.sha256(f.read()).hexdigest()
+  return out
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+  """A finished tiny run (20 steps, checkpoints at 10, 15, 20, eval.json)."""
+  workdir = str(tmp_path_factory.mktemp("finished") / "run")
+  res = _main(workdir)
+  assert res.returncode == 0, res.stderr
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "15", "20"]
+  return workdir
+
+
+def _copy(src, tmp_path):
+  dst = str(tmp_path / "run")
+  shutil.copytree(src, dst)
+  return dst
+
+
+# --- 7. two experiment runners sharing one experiment --------------------------
+
+_HOLD = textwrap.dedent("""
+    import sys
+    from caat_jax.checkpointing import workdir
+    with workdir.lock(sys.argv[1]):
+      print("held", flush=True)
+      sys.stdin.read()  # until the test closes stdin
+""")
+
+
+def test_a_run_held_by_another_runner_is_not_reported_failed(tmp_path):
+  exp = str(tmp_path / "exp")
+  held = os.path.join(exp, "pgd-at", "seed0")
+  os.makedirs(held)
+  with open(os.path.join(held, "metrics.jsonl"), "w") as f:
+    f.write('{"step": 5, "train/loss": 2.0}\n')
+  # Seed 1 cannot run at all (its workdir is a file): a real failure.
+  with open(os.path.join(exp, "pgd-at", "seed1"), "w") as f:
+    f.write("not a directory\n")
+  holder = subprocess.Popen(
+    [sys.executable, "-c", _HOLD, held],
+    cwd=ROOT,
+    env=subprocess_env(1),
+    stdin=subprocess.PIPE,
+    stdout=subprocess.PIPE,
+    text=True,
+  )
+  try:
+    assert holder.stdout.readline().strip() == "held"
+    before = _snapshot(exp)
+    cmd = ["-m", "caat_jax.experiments", "run", "digits_table1", f"--workdir={exp}"]
+    res = _python(*cmd, "--rows=pgd-at", "--seeds=2")
+    alone = _python(*cmd, "--rows=pgd-at", "--seeds=1")  # only the held run
+  finally:
+    holder.stdin.close()
+    holder.wait(timeout=60)
+  # The held run: one progress line on stdout, not a failure.
+  assert res.returncode == 1, res.stderr  # seed 1 failed
+  assert "Traceback" not in res.stderr
+  assert f"pgd-at seed 0: held by another runner (pid {holder.pid} on host" in res.stdout
+  assert "left to it" in res.stdout
+  assert "seed 0: FAILED" not in res.stderr + res.stdout
+  failures = [l for l in _messages(res.stderr) if ": FAILED: " in l]
+  assert len(failures) == 1 and "pgd-at seed 1: FAILED" in failures[0], res.stderr
+  assert "digits_table1: 2 runs: 0 done, 1 failed (pgd-at/seed1), 1 elsewhere (held by " in (
+    res.stderr
+  )
+  # With nothing failed, the summary says so and the exit status is 0.
+  assert alone.returncode == 0, alone.stderr
+  assert _messages(alone.stderr) == []
+  assert "digits_table1: 1 runs: 0 done, 0 failed, 1 elsewhere (held by another runner: " in (
+    alone.stdout
+  )
+  # The held run's files untouched (its lock record is cleared by its holder).
+  drop_lock = lambda snap: {k: v for k, v in snap.items() if not k.endswith(".lock")}
+  assert drop_lock(_snapshot(exp)) == drop_lock(before)
