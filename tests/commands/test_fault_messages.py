@@ -142,3 +142,38 @@ def test_a_run_held_by_another_runner_is_not_reported_failed(tmp_path):
   # The held run's files untouched (its lock record is cleared by its holder).
   drop_lock = lambda snap: {k: v for k, v in snap.items() if not k.endswith(".lock")}
   assert drop_lock(_snapshot(exp)) == drop_lock(before)
+
+
+# --- 6. plots names what it skips ----------------------------------------------
+
+
+def test_plots_names_each_skipped_file_and_counts_skipped_lines(tmp_path):
+  from tests.plots.test_plots import _write_run  # pylint: disable=import-outside-toplevel
+
+  root = str(tmp_path / "exp")
+  seed0, seed1 = (os.path.join(root, "rowA", f"seed{k}") for k in (0, 1))
+  _write_run(seed0, 0, 0)  # each metrics.jsonl ends in a line cut short by a kill
+  _write_run(seed1, 0, 1)
+  path0 = os.path.join(seed0, "metrics.jsonl")
+  with open(path0) as f:
+    lines = f.readlines()
+  lines.insert(1, "#!garbage{\n")  # line 2
+  with open(path0, "w") as f:
+    f.writelines(lines)
+  with open(os.path.join(seed1, "eval.json"), "w") as f:
+    f.write("[{not json")
+  before = _snapshot(root)
+
+  res = _python("-m", "caat_jax.plots", f"--workdir={root}", f"--out={tmp_path / 'fig'}")
+
+  assert res.returncode == 0, res.stderr
+  assert "Traceback" not in res.stderr
+  messages = _messages(res.stderr)
+  assert messages == [
+    f"plots: {path0}: skipped 2 unreadable line(s) of 6 (line(s) 2, 6)",
+    f"plots: {seed1}/metrics.jsonl: skipped 1 unreadable line(s) of 5 (line(s) 5)",
+    f"plots: skipped {seed1}/eval.json: JSONDecodeError: Expecting property name enclosed in "
+    "double quotes: line 1 column 3 (char 2)",
+  ], res.stderr
+  assert "per_class_errors" in res.stdout  # the figures were drawn from the rest
+  assert _snapshot(root) == before
