@@ -83,11 +83,18 @@ def restore_newest(
       # the state fail to read, and that must surface as a config error,
       # not as a corrupt checkpoint.
       stored = ckpt.restore_config(s) if config is not None else None
+      # The stored shapes (metadata only): orbax would hand back the stored
+      # shapes, or fail as if the checkpoint were corrupt. Read before the
+      # config is judged, so that its error offers only what would work.
+      try:
+        diffs = errors.layout_differences(stored_layout(ckpt.directory, s), target)
+      except Exception:  # pylint: disable=broad-except  (unreadable: said below)
+        diffs = None
       if stored is not None:
-        check_config_compatible(stored, config, s, ckpt.directory, allow_config_change)
-      # Then the stored shapes (metadata only): orbax would hand back the
-      # stored shapes, or fail as if the checkpoint were corrupt.
-      diffs = errors.layout_differences(stored_layout(ckpt.directory, s), target)
+        reshaped = [f"{k}: checkpoint {o} -> now {n}" for k, o, n in diffs or ()]
+        check_config_compatible(stored, config, s, ckpt.directory, allow_config_change, reshaped)
+      if diffs is None:
+        diffs = errors.layout_differences(stored_layout(ckpt.directory, s), target)
       if diffs:
         raise errors.layout_error(diffs, s, ckpt.directory)
       restored = ckpt.manager.restore(

@@ -177,3 +177,36 @@ def test_plots_names_each_skipped_file_and_counts_skipped_lines(tmp_path):
   ], res.stderr
   assert "per_class_errors" in res.stdout  # the figures were drawn from the rest
   assert _snapshot(root) == before
+
+
+# --- 4. a model change on resume -----------------------------------------------
+
+
+def test_a_model_change_on_resume_offers_only_what_works(finished, tmp_path):
+  workdir = _copy(finished, tmp_path)
+  before = _snapshot(workdir)
+
+  res = _main(workdir, "--config.model_width=8")
+
+  assert res.returncode == 1, res.stderr
+  assert "Traceback" not in res.stderr
+  messages = _messages(res.stderr)
+  assert messages[0].startswith("error: the checkpoint at step 20 in "), res.stderr
+  assert "  model_width: checkpoint 4 -> now 8" in messages, res.stderr
+  assert messages[-1].startswith(
+    "They change the model's parameters (params.BatchNorm_0.bias: checkpoint (4,) float32 "
+    "-> now (8,) float32 and 25 more)"
+  ), res.stderr
+  assert messages[-1].endswith(
+    "which no resume can carry over (--allow_config_change neither): use the original "
+    "values or another --workdir."
+  ), res.stderr
+  assert len(messages) == 3, res.stderr
+  assert "pass --allow_config_change" not in res.stderr
+  # (That --allow_config_change is then refused: test_bad_input's
+  # test_cli_allow_config_change_never_changes_parameter_shapes.)
+  # A change that keeps every shape is still offered the flag.
+  seed = _main(workdir, "--config.seed=1")
+  assert seed.returncode == 1 and "Traceback" not in seed.stderr
+  assert "pass --allow_config_change to resume anyway" in seed.stderr
+  assert _snapshot(workdir) == before
