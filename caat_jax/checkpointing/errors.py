@@ -35,7 +35,15 @@ EXIT_INTERRUPTED = 128 + signal.SIGINT
 
 
 class CheckpointError(RuntimeError):
-  """Checkpoints exist but none of them can be read (or one cannot be written)."""
+  """Checkpoints exist but none of them can be read (or one cannot be written).
+
+  ``reasons``: [(step, why)] for each step tried, ``why`` in full on one line
+  (empty when the error is not about reading steps).
+  """
+
+  def __init__(self, message: str, reasons: list[tuple[int, str]] = ()):
+    super().__init__(message)
+    self.reasons = list(reasons)
 
 
 class CheckpointSaveError(CheckpointError):
@@ -65,12 +73,13 @@ class Preempted(Exception):
     self.exit_code = EXIT_INTERRUPTED if interrupted else EXIT_PREEMPTED
 
 
-def one_line(err: BaseException, limit: int = 300) -> str:
-  """``Type: message`` on one line, without tensorstore's JSON spec."""
+def one_line(err: BaseException, limit: int | None = 300) -> str:
+  """``Type: message`` on one line, without tensorstore's JSON spec; longer
+  than ``limit`` characters (None: never cut), cut at a word boundary."""
   text = str(err).split(" [tensorstore_spec=")[0]
   text = " ".join(text.split())
-  if len(text) > limit:
-    text = text[:limit] + "..."
+  if limit is not None and len(text) > limit:
+    text = text[:limit].rsplit(" ", 1)[0] + " ..."
   return f"{type(err).__name__}: {text}"
 
 

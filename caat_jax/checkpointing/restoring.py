@@ -104,20 +104,26 @@ def restore_newest(
     except IncompatibleConfigError:
       raise
     except Exception as e:  # pylint: disable=broad-except
-      logging.warning(
-        "checkpoint step %d in %s is unreadable (%s); trying an older one",
-        s,
-        ckpt.directory,
-        errors.one_line(e, limit=160),
-      )
-      errs.append(f"step {s}: {errors.one_line(e, limit=160)}")
+      if s != steps[-1]:  # the last one's failure is the error raised below
+        logging.warning(
+          "checkpoint step %d in %s is unreadable (%s); trying an older one",
+          s,
+          ckpt.directory,
+          errors.one_line(e, limit=160),
+        )
+      errs.append((s, errors.one_line(e, limit=None)))
       unreadable.append(s)
       continue
     if unreadable and move_unreadable:
       move_aside(ckpt.manager, ckpt.directory, unreadable)
     return state, s
+  # The caller that only reads (move_unreadable False: evaluation, init_from)
+  # gives its own advice from ``reasons``; this one fits the trainer.
   raise CheckpointError(
     f"no readable checkpoint in {ckpt.directory} (tried steps {steps}); "
-    "refusing to start afresh over existing checkpoints. Move the directory "
-    "away to start a new run. Errors: " + "; ".join(errs)
+    "refusing to start afresh over existing checkpoints:\n"
+    + "".join(f"  step {s}: {why}\n" for s, why in errs)
+    + "Put readable checkpoints back (from a copy), or move the directory away to "
+    "start a new run.",
+    reasons=errs,
   )

@@ -6,7 +6,9 @@ removed here (older checkpoints are never touched), and the error names the
 step, the path, the free space and the checkpoints that are kept.
 """
 
+import logging
 import os
+import re
 import shutil
 
 import jax
@@ -28,6 +30,32 @@ def remove_tmp(manager: ocp.CheckpointManager, directory: str, step: int | None)
     for name in os.listdir(directory):
       if name.startswith(f"{step}.orbax-checkpoint-tmp"):
         shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+
+
+# orbax's temporary step directory: "40.orbax-checkpoint-tmp" or "...-tmp-<timestamp>".
+_TMP_STEP_DIR = re.compile(r"\d+\.orbax-checkpoint-tmp(-\d+)?")
+
+
+def remove_stale_tmp(directory: str) -> list[str]:
+  """Removes the temporary step directories a killed save left in ``directory``.
+
+  Called by a run about to resume in its own checkpoint directory, before it
+  saves anything: no save of this run is in flight, so every such directory
+  is left by a process that died mid-save (a preemption at a save). Only
+  orbax's own ``<step>.orbax-checkpoint-tmp[-<timestamp>]`` directories
+  directly in ``directory`` are removed, on process 0. Returns their names.
+  """
+  if jax.process_index() != 0 or not os.path.isdir(directory):
+    return []
+  removed = []
+  for name in sorted(os.listdir(directory)):
+    path = os.path.join(directory, name)
+    if _TMP_STEP_DIR.fullmatch(name) and os.path.isdir(path) and not os.path.islink(path):
+      shutil.rmtree(path, ignore_errors=True)
+      removed.append(name)
+  if removed:
+    logging.info("removed %s from %s (left by a save cut short)", removed, directory)
+  return removed
 
 
 def save_error(directory: str, step: int | None, err: BaseException) -> CheckpointSaveError:

@@ -2,7 +2,9 @@
 through the real command line: the exit code, the one expected line on
 stderr and no traceback, and what was written before left intact."""
 
+import glob
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -43,8 +45,9 @@ def _main(workdir, *extra, timeout=300):
 
 
 def _messages(stderr):
-  """stderr's non-blank lines less progress bars (tqdm)."""
-  return [l for l in stderr.splitlines() if l.strip() and not re.search(r"\d+it \[|\d+%\|", l)]
+  """stderr's non-blank lines less progress bars (tqdm, and its cursor moves)."""
+  lines = (re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", l) for l in stderr.splitlines())
+  return [l for l in lines if l.strip() and not re.search(r"\d+it \[|\d+%\|", l)]
 
 
 def _assert_one_line(res, code, *needles):
@@ -210,3 +213,69 @@ def test_a_model_change_on_resume_offers_only_what_works(finished, tmp_path):
   assert seed.returncode == 1 and "Traceback" not in seed.stderr
   assert "pass --allow_config_change to resume anyway" in seed.stderr
   assert _snapshot(workdir) == before
+
+
+# --- 5. evaluate on a run whose checkpoints are all unreadable -----------------
+
+
+def test_evaluate_with_every_checkpoint_unreadable_says_each_step_in_full(finished, tmp_path):
+  workdir = _copy(finished, tmp_path)
+  ckdir = os.path.join(workdir, "checkpoints")
+  for f in glob.glob(os.path.join(ckdir, "*", "state", "**", "d", "*"), recursive=True):
+    os.truncate(f, os.path.getsize(f) // 2)  # data files cut short
+  before = _snapshot(workdir)
+
+  res = _python(
+    "-m", "caat_jax.evaluate", f"--workdir={workdir}", "--attacks=pgd2", "--num_examples=60"
+  )
+
+  assert res.returncode == 1, res.stderr
+  assert "Traceback" not in res.stderr
+  messages = _messages(res.stderr)
+  assert messages[0] == (
+    f"error: no readable checkpoint in {ckdir} (tried steps [20, 15, 10]); nothing was evaluated:"
+  ), res.stderr
+  assert len(messages) == 5, res.stderr  # the first line, one per step, the advice
+  for line, step in zip(messages[1:4], (20, 15, 10)):
+    assert line.startswith(f"  step {step}: ValueError: OUT_OF_RANGE: "), line
+    # The reason in full: it ends as tensorstore's message does, not cut off.
+    assert re.search(r"is not valid for value of size \d+$", line), line
+  assert messages[4] == (
+    "Put readable checkpoints back in that directory (from a copy), or evaluate another copy "
+    "of the run with --checkpoint=DIR."
+  )
+  assert "CheckpointError" not in res.stderr  # not nested
+  assert "start a new run" not in res.stderr  # the trainer's advice
+  assert _snapshot(workdir) == before
+
+
+# --- 3. a resume after a preemption at a save -------------------------------------
+
+
+def test_a_resume_removes_the_temporary_folder_of_a_save_cut_short(finished, tmp_path):
+  workdir = _copy(finished, tmp_path)
+  ckdir = os.path.join(workdir, "checkpoints")
+  # Killed while saving step 20: orbax had not renamed its temporary folder.
+  tmp = os.path.join(ckdir, "20.orbax-checkpoint-tmp-1764750000")
+  os.rename(os.path.join(ckdir, "20"), tmp)
+  for f in glob.glob(os.path.join(tmp, "**", "commit_success.txt"), recursive=True):
+    os.remove(f)
+  os.remove(os.path.join(workdir, "eval.json"))
+  # Not orbax's temporary step folders: left alone.
+  for name in ("notes.orbax-checkpoint-tmp", "mine"):
+    os.makedirs(os.path.join(ckdir, name))
+  kept = {n: _snapshot(os.path.join(ckdir, n)) for n in ("10", "15")}
+
+  res = _main(workdir)
+
+  assert res.returncode == 0, res.stderr
+  assert "Traceback" not in res.stderr
+  # The only message: the records after step 15 are written again.
+  (message,) = _messages(res.stderr)
+  assert message.endswith(
+    "metrics.jsonl: dropped 2 record(s) after step 15 (the resumed run writes them again)"
+  ), res.stderr
+  assert sorted(os.listdir(ckdir)) == ["10", "15", "20", "mine", "notes.orbax-checkpoint-tmp"]
+  assert {n: _snapshot(os.path.join(ckdir, n)) for n in ("10", "15")} == kept
+  with open(os.path.join(workdir, "eval.json")) as f:
+    assert json.load(f)[0]["step"] == 20  # resumed from 15, trained to the end
