@@ -5,8 +5,11 @@ statuses that go with stopping early, and the two pieces of orbax noise that
 would otherwise bury those one-line messages under tracebacks:
 
 * a background save that fails is logged by orbax with a traceback, from its
-  own thread, before the error reaches the trainer; ``CheckpointSaveError``
-  reports it instead, so those records are dropped (``quiet_orbax_save_errors``);
+  own threads (the data, the metadata), before the error reaches the trainer;
+  ``CheckpointSaveError`` reports it instead, so those records are dropped
+  (``quiet_orbax_save_errors``), and the "Event loop is closed" echoes of its
+  writes still in flight too (``quiet_failed_restore_noise``, which the
+  ``Checkpointer`` installs for saves as well);
 * a restore that fails part way (a truncated checkpoint) leaves tensorstore
   reads in flight whose callbacks land on the event loop orbax has already
   closed; each prints "RuntimeError: Event loop is closed" through
@@ -83,14 +86,21 @@ def one_line(err: BaseException, limit: int | None = 300) -> str:
   return f"{type(err).__name__}: {text}"
 
 
+def _size(n: int) -> str:
+  for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+    if n >= scale:
+      return f"{n / scale:.1f} {unit}"
+  return f"{n} bytes"
+
+
 def disk_space(path: str) -> str:
-  """'1.2 GiB free of 50.0 GiB' for the filesystem of ``path`` ('' if unknown)."""
+  """'1.2 GiB free of 50.0 GiB' for the filesystem of ``path`` ('' if unknown);
+  smaller sizes in MiB, KiB or bytes ('0 bytes free of 152.0 KiB')."""
   try:
     usage = shutil.disk_usage(path)
   except OSError:
     return ""
-  gib = 1024**3
-  return f"{usage.free / gib:.1f} GiB free of {usage.total / gib:.1f} GiB"
+  return f"{_size(usage.free)} free of {_size(usage.total)}"
 
 
 # -- parameter shapes ---------------------------------------------------------
@@ -156,15 +166,27 @@ _ORBAX_SAVE_FAILURE_LOGS = (
   "Save Finalize thread",
   "Checkpointer failed",
   "_SignalingThread.run() raised an exception",
+  "Failed to write metadata",
 )
+# Any orbax warning or error about a save's temporary folder, or a full disk,
+# is about a failed save too (its metadata written or read back there).
+_ORBAX_SAVE_FAILURE_TEXT = (".orbax-checkpoint-tmp", "No space left on device")
 
 
 class _DropOrbaxSaveFailures(logging.Filter):
   def filter(self, record: logging.LogRecord) -> bool:
-    if "orbax" not in record.pathname or record.levelno < logging.ERROR:
+    if "orbax" not in record.pathname or record.levelno < logging.WARNING:
       return True
     msg = str(record.msg)
-    return not any(m in msg for m in _ORBAX_SAVE_FAILURE_LOGS)
+    if any(m in msg for m in _ORBAX_SAVE_FAILURE_LOGS):
+      return False
+    try:
+      text = record.getMessage()
+    except Exception:  # pylint: disable=broad-except  (a bad format: keep it)
+      return True
+    if record.exc_info and record.exc_info[1] is not None:
+      text += f" {record.exc_info[1]}"
+    return not any(t in text for t in _ORBAX_SAVE_FAILURE_TEXT)
 
 
 _SAVE_FILTER = _DropOrbaxSaveFailures()

@@ -67,9 +67,17 @@ def save_error(directory: str, step: int | None, err: BaseException) -> Checkpoi
   )
   space = errors.disk_space(directory)
   where = f"step {step}" if step is not None else "a checkpoint"
+  if kept:
+    after = (
+      f"The previous checkpoints (steps {kept}) are kept: free some space and run the "
+      "same command again to resume."
+    )
+  else:  # the very first save: there is nothing to resume from
+    after = (
+      "No checkpoint of this run was saved before: free some space and run the same "
+      "command again (it starts from the beginning)."
+    )
   return CheckpointSaveError(
-    f"saving {where} to {directory} failed ({errors.one_line(err)}; "
-    f"{space or 'free space unknown'}). The previous checkpoints "
-    f"{'(steps ' + str(kept) + ') ' if kept else ''}are kept: free some space "
-    "and run the same command again to resume."
+    f"saving {where} to {directory} failed ({errors.one_line(err, limit=None)}; "
+    f"{space or 'free space unknown'}). {after}"
   )

@@ -8,9 +8,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -279,3 +281,185 @@ def test_a_resume_removes_the_temporary_folder_of_a_save_cut_short(finished, tmp
   assert {n: _snapshot(os.path.join(ckdir, n)) for n in ("10", "15")} == kept
   with open(os.path.join(workdir, "eval.json")) as f:
     assert json.load(f)[0]["step"] == 20  # resumed from 15, trained to the end
+
+
+# --- 1. disk full during a save --------------------------------------------------
+
+# Runs each stage in one private mount namespace (``unshare -rm``: no root
+# needed where unprivileged user namespaces are allowed) holding a small
+# tmpfs as the run's checkpoints/ folder, resized between the stages (the
+# user "frees some space"). Per stage: rc<k>, err<k>, ls<k> (the folder).
+_DISK_FULL = r"""
+set -u
+ck="$WORKDIR/checkpoints"
+mount -t tmpfs -o size=$1 tmpfs "$ck" || exit 99
+shift
+k=0
+for size in "$@" ""; do
+  k=$((k + 1))
+  "$PYTHON" -m caat_jax.main --workdir="$WORKDIR" $FLAGS >"$OUT/out$k" 2>"$OUT/err$k"
+  echo $? >"$OUT/rc$k"
+  ls -A "$ck" >"$OUT/ls$k"
+  cp "$WORKDIR/metrics.jsonl" "$OUT/metrics$k" 2>/dev/null
+  [ -n "$size" ] && { mount -o remount,size=$size "$ck" || exit 98; }
+done
+exit 0
+"""
+
+
+def _unshare_reason():
+  """Why a private tmpfs cannot be mounted here ('' if it can)."""
+  if not shutil.which("unshare"):
+    return "no unshare command"
+  try:
+    res = subprocess.run(
+      ["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"],
+      capture_output=True,
+      text=True,
+      timeout=30,
+    )
+  except (OSError, subprocess.TimeoutExpired) as e:
+    return f"unshare failed: {e}"
+  if res.returncode:
+    return f"cannot mount a private tmpfs (unshare -rm): {res.stderr.strip()}"
+  return ""
+
+
+def _disk_full_stages(tmp_path, *sizes):
+  """Runs the tiny run once per size (the first the tmpfs's size at start);
+  returns [(rc, stderr, listing, metrics.jsonl lines)] per stage."""
+  reason = _unshare_reason()
+  if reason:
+    pytest.skip(f"a full disk needs a small private tmpfs: {reason}")
+  workdir, out = tmp_path / "run", tmp_path / "out"
+  (workdir / "checkpoints").mkdir(parents=True)
+  out.mkdir()
+  env = dict(
+    subprocess_env(1),
+    WORKDIR=str(workdir),
+    OUT=str(out),
+    PYTHON=sys.executable,
+    FLAGS=" ".join(_TINY),
+  )
+  res = subprocess.run(
+    ["unshare", "-rm", "sh", "-c", _DISK_FULL, "sh", *sizes],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
+  assert res.returncode == 0, res.stderr
+  stages = []
+  for k in range(1, len(sizes) + 1):
+    read = lambda name: (out / f"{name}{k}").read_text() if (out / f"{name}{k}").exists() else ""
+    stages.append(
+      (int(read("rc")), read("err"), read("ls").split(), read("metrics").splitlines(True))
+    )
+  return workdir, stages
+
+
+def test_disk_full_at_the_first_save_is_one_true_line(tmp_path):
+  workdir, [(rc, err, listing, _)] = _disk_full_stages(tmp_path, "20k")
+  ckdir = os.path.join(workdir, "checkpoints")
+  line = _assert_one_line(
+    subprocess.CompletedProcess([], rc, "", err),
+    1,
+    f"error: saving step 5 to {ckdir} failed (ValueError: RESOURCE_EXHAUSTED: ",
+    "free of 20.0 KiB).",
+    "No checkpoint of this run was saved before: free some space and run the same command "
+    "again (it starts from the beginning).",
+  )
+  assert "are kept" not in line  # there are none
+  assert "Event loop is closed" not in err
+  assert listing == []  # no half-written temporary folder left
+
+
+@pytest.mark.slow
+def test_disk_full_keeps_the_last_checkpoint_and_the_run_resumes(tmp_path):
+  # 20 KiB: the first save fails; 160 KiB holds one or two checkpoints (about
+  # 100 KiB each on disk), not three; then 10 MiB, room for all.
+  workdir, stages = _disk_full_stages(tmp_path, "20k", "160k", "10m")
+  ckdir = os.path.join(workdir, "checkpoints")
+  (rc1, err1, ls1, _), (rc2, err2, ls2, metrics2), (rc3, err3, ls3, metrics3) = stages
+  _assert_one_line(
+    subprocess.CompletedProcess([], rc1, "", err1), 1, "No checkpoint of this run was saved"
+  )
+  assert ls1 == [] and "Event loop is closed" not in err1
+  # Stage 2 starts afresh (the records stage 1 logged are dropped, said in a
+  # warning), saves what fits, and fails at the next save.
+  assert rc2 == 1 and "Traceback" not in err2 and "Event loop is closed" not in err2
+  messages = _messages(err2)
+  assert len(messages) == 2 and "dropped" in messages[0] and "after step 0" in messages[0], err2
+  m = re.fullmatch(
+    rf"error: saving step (\d+) to {re.escape(ckdir)} failed \(ValueError: RESOURCE_EXHAUSTED: "
+    r".*No space left on device.*; [\d.]+ (KiB|bytes) free of 160\.0 KiB\)\. The previous "
+    r"checkpoints \(steps \[([\d, ]+)\]\) are kept: free some space and run the same command "
+    r"again to resume\.",
+    messages[1],
+  )
+  assert m, messages[1]
+  failed, kept = int(m.group(1)), [int(k) for k in m.group(3).split(", ")]
+  assert sorted(int(n) for n in ls2) == kept and failed > max(kept)  # no temporary folder
+  # With space again: resumes from the newest kept checkpoint and finishes.
+  assert rc3 == 0, err3
+  assert "Traceback" not in err3
+  assert ls3 == ["10", "15", "20"]
+  upto = lambda lines: [l for l in lines if json.loads(l)["step"] <= max(kept)]
+  assert upto(metrics3) == upto(metrics2) and upto(metrics2)  # written before: intact
+  assert '"eval/' in metrics3[-1]
+  with open(os.path.join(workdir, "eval.json")) as f:
+    assert json.load(f)[0]["step"] == 20
+
+
+# --- 2. SIGTERM after the last training step -------------------------------------
+
+
+@pytest.mark.slow
+def test_sigterm_after_the_last_step_saves_exits_143_and_the_rerun_evaluates(tmp_path):
+  workdir = str(tmp_path / "run")
+  # A final evaluation long enough to be caught in it (compiling the attack).
+  flags = ["--config.eval.num_examples=200"]
+  proc = subprocess.Popen(
+    [sys.executable, "-m", "caat_jax.main", f"--workdir={workdir}", *_TINY, *flags],
+    cwd=ROOT,
+    env=subprocess_env(1),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  last = os.path.join(workdir, "checkpoints", "20", "commit_success.txt")
+  deadline = time.time() + 300
+  while not os.path.exists(last):  # the last step is trained and its checkpoint committed
+    assert proc.poll() is None, proc.stderr.read()
+    assert time.time() < deadline, "no checkpoint of the last step appeared"
+    time.sleep(0.005)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=300)
+
+  res = subprocess.CompletedProcess([], proc.returncode, "", err)
+  _assert_one_line(
+    res,
+    143,
+    "caat_jax: preempted (SIGTERM): saved a checkpoint at step 20 and stopped; run the same "
+    "command again to resume.",
+  )
+  assert not os.path.exists(os.path.join(workdir, "eval.json"))  # not evaluated
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    before = f.readlines()
+  assert not any('"eval/' in l for l in before)
+  ckpt_before = _snapshot(os.path.join(workdir, "checkpoints"))
+
+  rerun = _main(workdir, *flags)
+
+  assert rerun.returncode == 0, rerun.stderr
+  assert "Traceback" not in rerun.stderr and _messages(rerun.stderr) == [], rerun.stderr
+  with open(os.path.join(workdir, "eval.json")) as f:
+    assert [(d["attack"], d["step"], d["num_examples"]) for d in json.load(f)] == [
+      ("pgd2", 20, 200)
+    ]
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    after = f.readlines()
+  assert after[: len(before)] == before and len(after) == len(before) + 1
+  assert '"eval/pgd2/' in after[-1]
+  assert _snapshot(os.path.join(workdir, "checkpoints")) == ckpt_before  # nothing retrained
