@@ -218,8 +218,9 @@ def _drop_closed_loop_callbacks(unraisable) -> None:
 
 class _DropUnretrievedReadErrors(logging.Filter):
   """asyncio's 'Future (or Task) exception was never retrieved' for
-  tensorstore reads: which of the two asyncio logs depends on whether the
-  read was wrapped in a task, i.e. on timing."""
+  tensorstore reads, and for the writes of a failed save (into its temporary
+  folder, reported as ``CheckpointSaveError``): which of the two asyncio logs
+  depends on whether the I/O was wrapped in a task, i.e. on timing."""
 
   def filter(self, record: logging.LogRecord) -> bool:
     exc = record.exc_info[1] if record.exc_info else None
@@ -228,7 +229,7 @@ class _DropUnretrievedReadErrors(logging.Filter):
         ("Future exception was never retrieved", "Task exception was never retrieved")
       )
       and exc is not None
-      and "tensorstore_spec" in str(exc)
+      and ("tensorstore_spec" in str(exc) or ".orbax-checkpoint-tmp" in str(exc))
     )
 
 
