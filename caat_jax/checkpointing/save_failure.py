@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import shutil
+import time
 
 import jax
 import orbax.checkpoint as ocp
@@ -26,10 +27,23 @@ def remove_tmp(manager: ocp.CheckpointManager, directory: str, step: int | None)
   (``orbax_internals.wait_for_abandoned_writes``).
   """
   orbax_internals.wait_for_abandoned_writes(manager)
-  if jax.process_index() == 0 and step is not None and os.path.isdir(directory):
-    for name in os.listdir(directory):
-      if name.startswith(f"{step}.orbax-checkpoint-tmp"):
-        shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+  if jax.process_index() != 0 or step is None:
+    return
+  # Tensorstore writes orbax no longer tracks (its event loop closed on the
+  # first failure) may still create folders in it (a full disk still has
+  # inodes): removed until it stays gone for half a second (at most 5 s).
+  deadline, gone = time.monotonic() + 5, 0
+  while gone < 10 and time.monotonic() < deadline:
+    names = [
+      n
+      for n in (os.listdir(directory) if os.path.isdir(directory) else ())
+      if n.startswith(f"{step}.orbax-checkpoint-tmp")
+    ]
+    for name in names:
+      shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+    gone = 0 if names else gone + 1
+    if gone < 10:
+      time.sleep(0.05)
 
 
 # orbax's temporary step directory: "40.orbax-checkpoint-tmp" or "...-tmp-<timestamp>".
