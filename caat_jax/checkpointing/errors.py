@@ -201,19 +201,28 @@ def quiet_orbax_save_errors() -> None:
 
 
 _previous_unraisablehook = None
+_previous_excepthook = None
 
 
-def _drop_closed_loop_callbacks(unraisable) -> None:
-  exc = unraisable.exc_value
-  tb = unraisable.exc_traceback
-  if (
+def _is_closed_loop_callback(exc, tb) -> bool:
+  """Tensorstore's callback of a finished read or write landing on a closed loop."""
+  return (
     isinstance(exc, RuntimeError)
     and str(exc) == "Event loop is closed"
     and tb is not None
     and tb.tb_frame.f_code.co_name == "call_soon_threadsafe"
-  ):
-    return
-  _previous_unraisablehook(unraisable)
+  )
+
+
+def _drop_closed_loop_callbacks(unraisable) -> None:
+  if not _is_closed_loop_callback(unraisable.exc_value, unraisable.exc_traceback):
+    _previous_unraisablehook(unraisable)
+
+
+def _drop_closed_loop_excepthook(exc_type, exc, tb) -> None:
+  # Tensorstore prints some of them with PyErr_Print, i.e. sys.excepthook.
+  if not _is_closed_loop_callback(exc, tb):
+    _previous_excepthook(exc_type, exc, tb)
 
 
 class _DropUnretrievedReadErrors(logging.Filter):
@@ -241,16 +250,21 @@ def quiet_failed_restore_noise() -> None:
 
   When one array of a checkpoint fails to read, orbax stops waiting and
   closes its event loop; the other reads then finish into nothing, and each
-  prints an "Event loop is closed" traceback (``sys.unraisablehook``) or an
-  asyncio "Future exception was never retrieved" error. The first error is
+  prints an "Event loop is closed" traceback (``sys.unraisablehook``, or
+  ``sys.excepthook`` through tensorstore's ``PyErr_Print``) or an asyncio
+  "Future exception was never retrieved" error. The same happens to the
+  other writes of a failed save. The first error is
   reported (as one warning line); these echoes, and only these, are dropped.
   Installed before the first restore, for the rest of the process: they
   arrive later, from tensorstore's threads or the garbage collector.
   """
-  global _previous_unraisablehook
+  global _previous_unraisablehook, _previous_excepthook
   if _previous_unraisablehook is None:
     _previous_unraisablehook = sys.unraisablehook
     sys.unraisablehook = _drop_closed_loop_callbacks
+  if _previous_excepthook is None:
+    _previous_excepthook = sys.excepthook
+    sys.excepthook = _drop_closed_loop_excepthook
   logger = logging.getLogger("asyncio")
   if _READ_FILTER not in logger.filters:
     logger.addFilter(_READ_FILTER)
