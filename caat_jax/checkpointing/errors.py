@@ -200,29 +200,34 @@ def quiet_orbax_save_errors() -> None:
     logger.addFilter(_SAVE_FILTER)
 
 
-_previous_unraisablehook = None
-_previous_excepthook = None
+_HOOKED = {}  # "unraisablehook" / "excepthook" -> the hook it replaced
 
 
-def _is_closed_loop_callback(exc, tb) -> bool:
+def _is_closed_loop_callback(exc, tb, _type=RuntimeError) -> bool:
   """Tensorstore's callback of a finished read or write landing on a closed loop."""
   return (
-    isinstance(exc, RuntimeError)
+    isinstance(exc, _type)
     and str(exc) == "Event loop is closed"
     and tb is not None
     and tb.tb_frame.f_code.co_name == "call_soon_threadsafe"
   )
 
 
-def _drop_closed_loop_callbacks(unraisable) -> None:
-  if not _is_closed_loop_callback(unraisable.exc_value, unraisable.exc_traceback):
-    _previous_unraisablehook(unraisable)
+def _closed_loop_filters(previous_unraisable, previous_except):
+  """The two hooks, holding all they use in default arguments: some echoes
+  arrive while the interpreter exits, after this module's globals are
+  cleared (a hook that then fails prints the echo after all)."""
 
+  def unraisable(u, _is=_is_closed_loop_callback, _previous=previous_unraisable) -> None:
+    if not _is(u.exc_value, u.exc_traceback):
+      _previous(u)
 
-def _drop_closed_loop_excepthook(exc_type, exc, tb) -> None:
   # Tensorstore prints some of them with PyErr_Print, i.e. sys.excepthook.
-  if not _is_closed_loop_callback(exc, tb):
-    _previous_excepthook(exc_type, exc, tb)
+  def excepthook(t, exc, tb, _is=_is_closed_loop_callback, _previous=previous_except) -> None:
+    if not _is(exc, tb):
+      _previous(t, exc, tb)
+
+  return unraisable, excepthook
 
 
 class _DropUnretrievedReadErrors(logging.Filter):
@@ -258,13 +263,9 @@ def quiet_failed_restore_noise() -> None:
   Installed before the first restore, for the rest of the process: they
   arrive later, from tensorstore's threads or the garbage collector.
   """
-  global _previous_unraisablehook, _previous_excepthook
-  if _previous_unraisablehook is None:
-    _previous_unraisablehook = sys.unraisablehook
-    sys.unraisablehook = _drop_closed_loop_callbacks
-  if _previous_excepthook is None:
-    _previous_excepthook = sys.excepthook
-    sys.excepthook = _drop_closed_loop_excepthook
+  if not _HOOKED:
+    _HOOKED.update(unraisablehook=sys.unraisablehook, excepthook=sys.excepthook)
+    sys.unraisablehook, sys.excepthook = _closed_loop_filters(sys.unraisablehook, sys.excepthook)
   logger = logging.getLogger("asyncio")
   if _READ_FILTER not in logger.filters:
     logger.addFilter(_READ_FILTER)
