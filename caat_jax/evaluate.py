@@ -24,6 +24,7 @@ from absl import logging
 from caat_jax import checkpointing as ckpt_lib
 from caat_jax import config_lib, evaluators, train
 from caat_jax.attacks.autoattack import VERSIONS
+from caat_jax.checkpointing.errors import one_line
 from caat_jax.evaluators import AUTOATTACK, AUTOATTACK_RAND
 
 
@@ -76,7 +77,7 @@ def load_run(
       try:
         stored = ckpt.restore_config(s)
       except Exception as e:  # pylint: disable=broad-except
-        errors.append(_one_line(s, e))
+        errors.append((s, one_line(e, limit=None)))
         skipped.append(s)
         continue
       key = json.dumps(stored, sort_keys=True)
@@ -86,12 +87,20 @@ def load_run(
       try:
         restored = ckpt.restore(run.init_state(), step=s, move_aside=False)
         break
+      except ckpt_lib.CheckpointError as e:  # the step's reason, as restore found it
+        errors.extend(e.reasons or [(s, one_line(e, limit=None))])
+        skipped.append(s)
       except Exception as e:  # pylint: disable=broad-except
-        errors.append(_one_line(s, e))
+        errors.append((s, one_line(e, limit=None)))
         skipped.append(s)
     if restored is None:
       raise ckpt_lib.CheckpointError(
-        f"no readable checkpoint in {directory} (tried steps {steps}): " + "; ".join(errors)
+        f"no readable checkpoint in {directory} (tried steps {steps}); nothing was "
+        "evaluated:\n"
+        + "".join(f"  step {s}: {why}\n" for s, why in errors)
+        + "Put readable checkpoints back in that directory (from a copy), or evaluate "
+        "another copy of the run with --checkpoint=DIR.",
+        reasons=errors,
       )
   finally:
     ckpt.close()
@@ -102,12 +111,6 @@ def load_run(
     )
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   return run, run.parallel.replicate(variables), step
-
-
-def _one_line(step: int, e: Exception) -> str:
-  """An exception as one short line (orbax's messages run over many)."""
-  first = (str(e).splitlines() or [""])[0]
-  return f"step {step}: {type(e).__name__}: {first[:200]}"
 
 
 def _eval_config(stored: dict, overrides: Mapping[str, object] | None):

@@ -274,7 +274,11 @@ def train_and_evaluate(
         raise ckpt_lib.Preempted(step, reason)
     ckpt.wait()
     step = max(start, total)
-    docs = _final_evaluation(run, rstate, workdir, writer, step, finished_before=start == total)
+    # A preemption noticed from here on (the last checkpoint is committed)
+    # stops before or during the final evaluation: the rerun does it.
+    docs = _final_evaluation(
+      run, rstate, workdir, writer, step, start == total, watcher.stop_at_once(step)
+    )
   if is_main:
     print(f"\n{config.method} on {config.data.name} ({config.model}), step {step}:")
     print(evaluators.format_table(docs))
@@ -283,18 +287,21 @@ def train_and_evaluate(
 
 
 def _final_evaluation(
-  run: Run, rstate, workdir: str, writer, step: int, finished_before: bool
+  run: Run, rstate, workdir: str, writer, step: int, finished_before: bool, interruptible
 ) -> list[dict]:
-  """The final evaluation documents, written to ``eval.json`` and metrics."""
+  """The final evaluation documents, written to ``eval.json`` and metrics.
+
+  ``interruptible``: a context manager around the evaluation itself (not
+  the writes), within which a preemption stops at once.
+  """
   config = run.config
   eval_path = os.path.join(workdir, "eval.json")
   docs = _saved_final_eval(eval_path, run, step) if finished_before else None
   if docs is None:
     is_main = jax.process_index() == 0
-    docs = [
-      dict(d, step=step, step_size=config.eval.step_size)
-      for d in run.evaluate(rstate, progress=is_main)
-    ]
+    with interruptible:
+      docs = run.evaluate(rstate, progress=is_main)
+    docs = [dict(d, step=step, step_size=config.eval.step_size) for d in docs]
     if is_main:
       writer.drop_eval_at(step)  # a finished run evaluated again: replace, not append
       writer.write(step, metrics.eval_record(docs, config.num_epochs - 1))

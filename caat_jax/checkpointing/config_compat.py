@@ -110,13 +110,32 @@ def config_differences(
 
 
 def check_config_compatible(
-  stored: dict, config: ml_collections.ConfigDict, step: int, directory: str, allow_change: bool
+  stored: dict,
+  config: ml_collections.ConfigDict,
+  step: int,
+  directory: str,
+  allow_change: bool,
+  reshaped: list[str] = (),
 ) -> None:
-  """Raises ``IncompatibleConfigError`` listing differing keys (unless allowed)."""
+  """Raises ``IncompatibleConfigError`` listing differing keys (unless allowed).
+
+  ``reshaped``: the parameters the change gives another shape or dtype
+  ("params.Dense_0.kernel: checkpoint ... -> now ..."). Then
+  ``--allow_config_change`` would be refused too, so it is not offered.
+  """
   diffs = config_differences(stored, config_as_json(config))
   if not diffs:
     return
   lines = "\n".join(f"  {k}: checkpoint {o!r} -> now {n!r}" for k, o, n in diffs)
+  if reshaped and not allow_change:
+    more = f" and {len(reshaped) - 1} more" if len(reshaped) > 1 else ""
+    raise IncompatibleConfigError(
+      f"the checkpoint at step {step} in {directory} was written with a different "
+      f"config; these keys differ:\n{lines}\n"
+      f"They change the model's parameters ({reshaped[0]}{more}), which no resume can "
+      "carry over (--allow_config_change neither): use the original values or another "
+      "--workdir."
+    )
   if allow_change:
     logging.warning(
       "resuming from step %d with a changed config (--allow_config_change):\n%s", step, lines

@@ -5,8 +5,11 @@ statuses that go with stopping early, and the two pieces of orbax noise that
 would otherwise bury those one-line messages under tracebacks:
 
 * a background save that fails is logged by orbax with a traceback, from its
-  own thread, before the error reaches the trainer; ``CheckpointSaveError``
-  reports it instead, so those records are dropped (``quiet_orbax_save_errors``);
+  own threads (the data, the metadata), before the error reaches the trainer;
+  ``CheckpointSaveError`` reports it instead, so those records are dropped
+  (``quiet_orbax_save_errors``), and the "Event loop is closed" echoes of its
+  writes still in flight too (``quiet_failed_restore_noise``, which the
+  ``Checkpointer`` installs for saves as well);
 * a restore that fails part way (a truncated checkpoint) leaves tensorstore
   reads in flight whose callbacks land on the event loop orbax has already
   closed; each prints "RuntimeError: Event loop is closed" through
@@ -35,7 +38,15 @@ EXIT_INTERRUPTED = 128 + signal.SIGINT
 
 
 class CheckpointError(RuntimeError):
-  """Checkpoints exist but none of them can be read (or one cannot be written)."""
+  """Checkpoints exist but none of them can be read (or one cannot be written).
+
+  ``reasons``: [(step, why)] for each step tried, ``why`` in full on one line
+  (empty when the error is not about reading steps).
+  """
+
+  def __init__(self, message: str, reasons: list[tuple[int, str]] = ()):
+    super().__init__(message)
+    self.reasons = list(reasons)
 
 
 class CheckpointSaveError(CheckpointError):
@@ -65,23 +76,31 @@ class Preempted(Exception):
     self.exit_code = EXIT_INTERRUPTED if interrupted else EXIT_PREEMPTED
 
 
-def one_line(err: BaseException, limit: int = 300) -> str:
-  """``Type: message`` on one line, without tensorstore's JSON spec."""
+def one_line(err: BaseException, limit: int | None = 300) -> str:
+  """``Type: message`` on one line, without tensorstore's JSON spec; longer
+  than ``limit`` characters (None: never cut), cut at a word boundary."""
   text = str(err).split(" [tensorstore_spec=")[0]
   text = " ".join(text.split())
-  if len(text) > limit:
-    text = text[:limit] + "..."
+  if limit is not None and len(text) > limit:
+    text = text[:limit].rsplit(" ", 1)[0] + " ..."
   return f"{type(err).__name__}: {text}"
 
 
+def _size(n: int) -> str:
+  for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+    if n >= scale:
+      return f"{n / scale:.1f} {unit}"
+  return f"{n} bytes"
+
+
 def disk_space(path: str) -> str:
-  """'1.2 GiB free of 50.0 GiB' for the filesystem of ``path`` ('' if unknown)."""
+  """'1.2 GiB free of 50.0 GiB' for the filesystem of ``path`` ('' if unknown);
+  smaller sizes in MiB, KiB or bytes ('0 bytes free of 152.0 KiB')."""
   try:
     usage = shutil.disk_usage(path)
   except OSError:
     return ""
-  gib = 1024**3
-  return f"{usage.free / gib:.1f} GiB free of {usage.total / gib:.1f} GiB"
+  return f"{_size(usage.free)} free of {_size(usage.total)}"
 
 
 # -- parameter shapes ---------------------------------------------------------
@@ -147,15 +166,27 @@ _ORBAX_SAVE_FAILURE_LOGS = (
   "Save Finalize thread",
   "Checkpointer failed",
   "_SignalingThread.run() raised an exception",
+  "Failed to write metadata",
 )
+# Any orbax warning or error about a save's temporary folder, or a full disk,
+# is about a failed save too (its metadata written or read back there).
+_ORBAX_SAVE_FAILURE_TEXT = (".orbax-checkpoint-tmp", "No space left on device")
 
 
 class _DropOrbaxSaveFailures(logging.Filter):
   def filter(self, record: logging.LogRecord) -> bool:
-    if "orbax" not in record.pathname or record.levelno < logging.ERROR:
+    if "orbax" not in record.pathname or record.levelno < logging.WARNING:
       return True
     msg = str(record.msg)
-    return not any(m in msg for m in _ORBAX_SAVE_FAILURE_LOGS)
+    if any(m in msg for m in _ORBAX_SAVE_FAILURE_LOGS):
+      return False
+    try:
+      text = record.getMessage()
+    except Exception:  # pylint: disable=broad-except  (a bad format: keep it)
+      return True
+    if record.exc_info and record.exc_info[1] is not None:
+      text += f" {record.exc_info[1]}"
+    return not any(t in text for t in _ORBAX_SAVE_FAILURE_TEXT)
 
 
 _SAVE_FILTER = _DropOrbaxSaveFailures()
@@ -169,26 +200,41 @@ def quiet_orbax_save_errors() -> None:
     logger.addFilter(_SAVE_FILTER)
 
 
-_previous_unraisablehook = None
+_HOOKED = {}  # "unraisablehook" / "excepthook" -> the hook it replaced
 
 
-def _drop_closed_loop_callbacks(unraisable) -> None:
-  exc = unraisable.exc_value
-  tb = unraisable.exc_traceback
-  if (
-    isinstance(exc, RuntimeError)
+def _is_closed_loop_callback(exc, tb, _type=RuntimeError) -> bool:
+  """Tensorstore's callback of a finished read or write landing on a closed loop."""
+  return (
+    isinstance(exc, _type)
     and str(exc) == "Event loop is closed"
     and tb is not None
     and tb.tb_frame.f_code.co_name == "call_soon_threadsafe"
-  ):
-    return
-  _previous_unraisablehook(unraisable)
+  )
+
+
+def _closed_loop_filters(previous_unraisable, previous_except):
+  """The two hooks, holding all they use in default arguments: some echoes
+  arrive while the interpreter exits, after this module's globals are
+  cleared (a hook that then fails prints the echo after all)."""
+
+  def unraisable(u, _is=_is_closed_loop_callback, _previous=previous_unraisable) -> None:
+    if not _is(u.exc_value, u.exc_traceback):
+      _previous(u)
+
+  # Tensorstore prints some of them with PyErr_Print, i.e. sys.excepthook.
+  def excepthook(t, exc, tb, _is=_is_closed_loop_callback, _previous=previous_except) -> None:
+    if not _is(exc, tb):
+      _previous(t, exc, tb)
+
+  return unraisable, excepthook
 
 
 class _DropUnretrievedReadErrors(logging.Filter):
   """asyncio's 'Future (or Task) exception was never retrieved' for
-  tensorstore reads: which of the two asyncio logs depends on whether the
-  read was wrapped in a task, i.e. on timing."""
+  tensorstore reads, and for the writes of a failed save (into its temporary
+  folder, reported as ``CheckpointSaveError``): which of the two asyncio logs
+  depends on whether the I/O was wrapped in a task, i.e. on timing."""
 
   def filter(self, record: logging.LogRecord) -> bool:
     exc = record.exc_info[1] if record.exc_info else None
@@ -197,7 +243,7 @@ class _DropUnretrievedReadErrors(logging.Filter):
         ("Future exception was never retrieved", "Task exception was never retrieved")
       )
       and exc is not None
-      and "tensorstore_spec" in str(exc)
+      and ("tensorstore_spec" in str(exc) or ".orbax-checkpoint-tmp" in str(exc))
     )
 
 
@@ -209,16 +255,17 @@ def quiet_failed_restore_noise() -> None:
 
   When one array of a checkpoint fails to read, orbax stops waiting and
   closes its event loop; the other reads then finish into nothing, and each
-  prints an "Event loop is closed" traceback (``sys.unraisablehook``) or an
-  asyncio "Future exception was never retrieved" error. The first error is
+  prints an "Event loop is closed" traceback (``sys.unraisablehook``, or
+  ``sys.excepthook`` through tensorstore's ``PyErr_Print``) or an asyncio
+  "Future exception was never retrieved" error. The same happens to the
+  other writes of a failed save. The first error is
   reported (as one warning line); these echoes, and only these, are dropped.
   Installed before the first restore, for the rest of the process: they
   arrive later, from tensorstore's threads or the garbage collector.
   """
-  global _previous_unraisablehook
-  if _previous_unraisablehook is None:
-    _previous_unraisablehook = sys.unraisablehook
-    sys.unraisablehook = _drop_closed_loop_callbacks
+  if not _HOOKED:
+    _HOOKED.update(unraisablehook=sys.unraisablehook, excepthook=sys.excepthook)
+    sys.unraisablehook, sys.excepthook = _closed_loop_filters(sys.unraisablehook, sys.excepthook)
   logger = logging.getLogger("asyncio")
   if _READ_FILTER not in logger.filters:
     logger.addFilter(_READ_FILTER)

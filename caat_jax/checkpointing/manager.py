@@ -64,6 +64,7 @@ class Checkpointer:
   def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
     self.directory = os.path.abspath(directory)
     errors.quiet_orbax_save_errors()
+    errors.quiet_failed_restore_noise()
     self.manager = ocp.CheckpointManager(
       self.directory,
       options=ocp.CheckpointManagerOptions(
@@ -190,8 +191,9 @@ class Checkpointer:
         in ``SAFE_TO_CHANGE`` keys, or ``IncompatibleConfigError`` is raised.
       allow_config_change: only warn about config differences. Parameters of
         another shape or dtype are never allowed.
-      move_aside: move unreadable newer steps aside (False when reading
-        another run's checkpoints, e.g. ``init_from``, or when evaluating).
+      move_aside: move unreadable newer steps aside, and remove the temporary
+        directories of saves cut short (False when reading another run's
+        checkpoints, e.g. ``init_from``, or when evaluating).
     Returns:
       (state, step), or None when the directory holds no checkpoint.
     Raises:
@@ -200,6 +202,8 @@ class Checkpointer:
       IncompatibleConfigError: a changed config (unless allowed) or changed
         parameter shapes or dtypes.
     """
+    if move_aside:  # our own run, about to resume: no save of it is in flight
+      save_failure.remove_stale_tmp(self.directory)
     if step is not None:
       steps = [step]
     else:

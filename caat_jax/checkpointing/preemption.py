@@ -4,11 +4,15 @@ Kept apart from ``manager`` (the package re-exports ``PreemptionWatcher``) so
 each file stays readable; it needs nothing from it.
 """
 
+import contextlib
 import signal
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import jax
+
+from caat_jax.checkpointing.errors import Preempted
 
 
 class PreemptionWatcher:
@@ -36,6 +40,7 @@ class PreemptionWatcher:
       self._checkpointer, self._manager = None, checkpointer
     self._signal: str | None = None
     self._previous: dict[int, Any] = {}
+    self._stop_at_once: int | None = None  # the saved step, within ``stop_at_once``
 
   def __enter__(self) -> "PreemptionWatcher":
     if jax.process_count() == 1:
@@ -53,7 +58,11 @@ class PreemptionWatcher:
 
   def _on_signal(self, signum, frame) -> None:  # pylint: disable=unused-argument
     # Only set a flag: the handler runs between Python bytecodes, possibly
-    # while a step is dispatched or a save is in flight.
+    # while a step is dispatched or a save is in flight. Within
+    # ``stop_at_once`` (nothing left to save) it stops there and then.
+    if self._stop_at_once is not None:
+      self._signal = signal.Signals(signum).name
+      raise Preempted(self._stop_at_once, self._signal)
     if signum == signal.SIGINT:
       if self._signal == "SIGINT":  # asked twice: stop now, without saving
         signal.signal(signal.SIGINT, self._previous.pop(signal.SIGINT, signal.default_int_handler))
@@ -77,3 +86,20 @@ class PreemptionWatcher:
     if self._manager.reached_preemption(step):
       return "preemption notice"
     return None
+
+  @contextlib.contextmanager
+  def stop_at_once(self, step: int) -> Iterator[None]:
+    """Within: SIGTERM or Ctrl-C raises ``Preempted(step, ...)`` at once.
+
+    For work after the last checkpoint (``step``, committed) that a rerun
+    redoes, such as the final evaluation (hours on ImageNet, which a
+    scheduler will not wait for). A signal already noticed stops on entry.
+    Single process only (multi-process runs install no handler).
+    """
+    if self._signal:
+      raise Preempted(step, self._signal)
+    self._stop_at_once = step
+    try:
+      yield
+    finally:
+      self._stop_at_once = None

@@ -83,11 +83,18 @@ def restore_newest(
       # the state fail to read, and that must surface as a config error,
       # not as a corrupt checkpoint.
       stored = ckpt.restore_config(s) if config is not None else None
+      # The stored shapes (metadata only): orbax would hand back the stored
+      # shapes, or fail as if the checkpoint were corrupt. Read before the
+      # config is judged, so that its error offers only what would work.
+      try:
+        diffs = errors.layout_differences(stored_layout(ckpt.directory, s), target)
+      except Exception:  # pylint: disable=broad-except  (unreadable: said below)
+        diffs = None
       if stored is not None:
-        check_config_compatible(stored, config, s, ckpt.directory, allow_config_change)
-      # Then the stored shapes (metadata only): orbax would hand back the
-      # stored shapes, or fail as if the checkpoint were corrupt.
-      diffs = errors.layout_differences(stored_layout(ckpt.directory, s), target)
+        reshaped = [f"{k}: checkpoint {o} -> now {n}" for k, o, n in diffs or ()]
+        check_config_compatible(stored, config, s, ckpt.directory, allow_config_change, reshaped)
+      if diffs is None:
+        diffs = errors.layout_differences(stored_layout(ckpt.directory, s), target)
       if diffs:
         raise errors.layout_error(diffs, s, ckpt.directory)
       restored = ckpt.manager.restore(
@@ -97,20 +104,26 @@ def restore_newest(
     except IncompatibleConfigError:
       raise
     except Exception as e:  # pylint: disable=broad-except
-      logging.warning(
-        "checkpoint step %d in %s is unreadable (%s); trying an older one",
-        s,
-        ckpt.directory,
-        errors.one_line(e, limit=160),
-      )
-      errs.append(f"step {s}: {errors.one_line(e, limit=160)}")
+      if s != steps[-1]:  # the last one's failure is the error raised below
+        logging.warning(
+          "checkpoint step %d in %s is unreadable (%s); trying an older one",
+          s,
+          ckpt.directory,
+          errors.one_line(e, limit=160),
+        )
+      errs.append((s, errors.one_line(e, limit=None)))
       unreadable.append(s)
       continue
     if unreadable and move_unreadable:
       move_aside(ckpt.manager, ckpt.directory, unreadable)
     return state, s
+  # The caller that only reads (move_unreadable False: evaluation, init_from)
+  # gives its own advice from ``reasons``; this one fits the trainer.
   raise CheckpointError(
     f"no readable checkpoint in {ckpt.directory} (tried steps {steps}); "
-    "refusing to start afresh over existing checkpoints. Move the directory "
-    "away to start a new run. Errors: " + "; ".join(errs)
+    "refusing to start afresh over existing checkpoints:\n"
+    + "".join(f"  step {s}: {why}\n" for s, why in errs)
+    + "Put readable checkpoints back (from a copy), or move the directory away to "
+    "start a new run.",
+    reasons=errs,
   )

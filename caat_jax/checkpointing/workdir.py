@@ -32,6 +32,15 @@ class WorkdirError(RuntimeError):
   """The workdir cannot be used: not a directory, not writable, or in use."""
 
 
+class WorkdirInUseError(WorkdirError):
+  """The workdir is held by another run that is still going (``holder``: its record)."""
+
+  def __init__(self, message: str, holder: dict):
+    super().__init__(message)
+    self.holder = holder
+    self.holder_text = _describe(holder)
+
+
 def check(path: str) -> str:
   """Makes sure ``path`` can hold a run; creates it if missing.
 
@@ -101,10 +110,11 @@ def _alive(pid: int) -> bool:
   return True
 
 
-def _in_use(path: str, holder: dict) -> WorkdirError:
-  return WorkdirError(
+def _in_use(path: str, holder: dict) -> WorkdirInUseError:
+  return WorkdirInUseError(
     f"--workdir={path} is in use by {_describe(holder)}. One run per workdir: "
-    "wait for it to finish, stop it, or pass another --workdir."
+    "wait for it to finish, stop it, or pass another --workdir.",
+    holder,
   )
 
 

@@ -86,11 +86,9 @@ def main(argv=None) -> int:
       cli.check_output_dir(*(("out", args.out) if args.out else ("workdir", args.workdir)))
     if args.command == "run":
       outcomes = runner.run(exp, args.workdir, args.seeds, rows, overrides, log=_log)
-      failed = [s for s, o in outcomes if o.startswith("failed")]
+      line, failed = runner.summary(exp.name, outcomes)
       print(
-        f"{exp.name}: {len(outcomes) - len(failed)} of {len(outcomes)} runs done"
-        + (f"; failed: {', '.join(f'{s.row.name}/seed{s.seed}' for s in failed)}" if failed else "")
-        + f". Report: python -m caat_jax.experiments report "
+        f"{line}. Report: python -m caat_jax.experiments report "
         f"{exp.name} --workdir={args.workdir}",
         file=sys.stderr if failed else sys.stdout,
       )

@@ -22,6 +22,8 @@ from caat_jax.plots import runs as plots_runs
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LAUNCHERS = ("shell", "slurm", "tpu_pod")
+# The outcome of a run another runner holds (its workdir lock): "elsewhere: <holder>".
+ELSEWHERE = "elsewhere"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,6 +171,9 @@ def run(
 ) -> list[tuple[RunSpec, str]]:
   """Runs every missing run of ``exp``; returns [(spec, outcome)].
 
+  An outcome is "ran", "skipped" (done before), "failed: <why>" or
+  "elsewhere: <holder>" (another runner holds the run's workdir lock).
+
   Every config is built and validated before the first run starts, so a bad
   override fails at once. A run that raises (NaN, a bad checkpoint) is
   reported and the others go on; a preemption or Ctrl-C stops the whole
@@ -223,6 +228,11 @@ def run(
       outcomes.append((spec, "ran"))
     except (checkpointing.Preempted, KeyboardInterrupt):
       raise
+    except workdir_lib.WorkdirInUseError as e:
+      # Another runner (a second ``experiments run`` sharing the experiment)
+      # has this run: not a failure; that runner reports it.
+      log(f"{where}: held by another runner ({e.holder_text}); left to it")
+      outcomes.append((spec, f"{ELSEWHERE}: {e.holder_text}"))
     except (
       metrics.NonFiniteLossError,
       checkpointing.CheckpointError,
@@ -233,6 +243,23 @@ def run(
       outcomes.append((spec, f"failed: {e}"))
   select.record_all(specs, workdir, log)
   return outcomes
+
+
+def summary(name: str, outcomes: Sequence[tuple[RunSpec, str]]) -> tuple[str, bool]:
+  """The closing line of ``run`` (done / failed / elsewhere), and whether any failed."""
+  label = lambda s: f"{s.row.name}{'/' + s.candidate if s.candidate else ''}/seed{s.seed}"
+  failed = [label(s) for s, o in outcomes if o.startswith("failed")]
+  elsewhere = [label(s) for s, o in outcomes if o.startswith(ELSEWHERE)]
+  done = len(outcomes) - len(failed) - len(elsewhere)
+  text = f"{name}: {len(outcomes)} runs: {done} done, {len(failed)} failed"
+  text += f" ({', '.join(failed)})" if failed else ""
+  text += f", {len(elsewhere)} elsewhere"
+  if elsewhere:
+    text += (
+      f" (held by another runner: {', '.join(elsewhere)}; run again once it ends to "
+      "check they finished)"
+    )
+  return text, bool(failed)
 
 
 def _flags(overrides: Sequence[str]) -> str:

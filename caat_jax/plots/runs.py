@@ -11,7 +11,9 @@ import glob
 import json
 import os
 import re
+import sys
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 
@@ -49,17 +51,22 @@ class Group:
     return f"{self.label} ({n} seeds)" if n > 1 else self.label
 
 
-def read_records(path: str) -> list[dict]:
-  """The JSON objects of a ``metrics.jsonl``; a cut-short or non-object line is skipped."""
+def read_records(path: str, bad_lines: list[int] | None = None) -> list[dict]:
+  """The JSON objects of a ``metrics.jsonl``; a cut-short or non-object line is
+  skipped, and its (1-based) number appended to ``bad_lines`` if given."""
   out = []
-  with open(path) as f:
-    for line in f:
+  with open(path, errors="replace") as f:
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
       try:
         rec = json.loads(line)
       except json.JSONDecodeError:
-        continue
+        rec = None
       if isinstance(rec, dict) and isinstance(rec.get("step"), (int, float)):
         out.append(rec)
+      elif bad_lines is not None:
+        bad_lines.append(number)
   return out
 
 
@@ -72,12 +79,13 @@ def _is_doc(d) -> bool:
   )
 
 
-def read_eval_docs(run_dir: str) -> list[dict]:
+def read_eval_docs(run_dir: str, unreadable: list[str] | None = None) -> list[dict]:
   """Evaluation documents: ``eval.json``'s list and each ``eval_<attack>.json``.
 
   Where both hold the same attack and eps, ``eval_<attack>.json`` is kept (it
   is written by ``caat_jax.evaluate`` after training, often on more points).
-  Other JSON files (``eval_sanity.json``, unreadable ones) are ignored.
+  Other JSON files (``eval_sanity.json``) are ignored; an unreadable one is
+  skipped, and "<path>: <why>" appended to ``unreadable`` if given.
   """
   docs = {}
   paths = [os.path.join(run_dir, "eval.json")]
@@ -88,11 +96,16 @@ def read_eval_docs(run_dir: str) -> list[dict]:
     try:
       with open(p) as f:
         content = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError) as e:
+      if unreadable is not None:
+        why = " ".join(str(e).split())
+        unreadable.append(f"{p}: {type(e).__name__}: {why}")
       continue
-    for d in content if isinstance(content, list) else [content]:
-      if _is_doc(d):
-        docs[(d["attack"], d.get("eps"))] = d
+    found = [d for d in (content if isinstance(content, list) else [content]) if _is_doc(d)]
+    for d in found:
+      docs[(d["attack"], d.get("eps"))] = d
+    if not found and unreadable is not None and os.path.basename(p) != "eval_sanity.json":
+      unreadable.append(f"{p}: holds no evaluation document")
   return list(docs.values())
 
 
@@ -112,8 +125,16 @@ def _row_and_seed(root: str, path: str) -> tuple[str, int | None]:
   return "/".join(parts), seed
 
 
-def discover_runs(root: str) -> list[RunRecord]:
+def _warn(message: str) -> None:
+  print(f"plots: {message}", file=sys.stderr, flush=True)
+
+
+def discover_runs(root: str, warn: Callable[[str], None] = _warn) -> list[RunRecord]:
   """Every run at any depth under ``root`` (``root`` itself included).
+
+  What cannot be read is skipped and said, one ``warn`` line (default: to
+  stderr) per file: the count and numbers of the unreadable lines of a
+  ``metrics.jsonl``, each unreadable evaluation file and why.
 
   Raises:
     NoRunsError: ``root`` is not a directory, or holds no run.
@@ -128,9 +149,21 @@ def discover_runs(root: str) -> list[RunRecord]:
     )
     if "metrics.jsonl" not in files and not has_eval:
       continue
-    records = read_records(os.path.join(d, "metrics.jsonl")) if "metrics.jsonl" in files else []
-    docs = read_eval_docs(d) if has_eval else []
+    bad_lines, unreadable = [], []
+    metrics_path = os.path.join(d, "metrics.jsonl")
+    records = read_records(metrics_path, bad_lines) if "metrics.jsonl" in files else []
+    docs = read_eval_docs(d, unreadable) if has_eval else []
+    if bad_lines:
+      shown = ", ".join(map(str, bad_lines[:10])) + (", ..." if len(bad_lines) > 10 else "")
+      warn(
+        f"{metrics_path}: skipped {len(bad_lines)} unreadable line(s) of "
+        f"{len(bad_lines) + len(records)} (line(s) {shown})"
+      )
+    for message in unreadable:
+      warn(f"skipped {message}")
     if not records and not docs:
+      if bad_lines or unreadable:
+        warn(f"{d}: nothing readable left; the run is left out")
       continue
     row, seed = _row_and_seed(root, d)
     runs.append(RunRecord(path=d, row=row, seed=seed, records=records, eval_docs=docs))
