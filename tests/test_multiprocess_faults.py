@@ -135,7 +135,8 @@ def _resumes_exactly(workdir, uninterrupted):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("victim", [1, 0])
+# process 0's case (extended: -m extended) differs only in which side is lost
+@pytest.mark.parametrize("victim", [1, pytest.param(0, marks=pytest.mark.extended)])
 def test_sigkill_one_process_survivor_exits_in_bounded_time(victim, tmp_path, uninterrupted):
   workdir = str(tmp_path / "run")
   pair = _Pair(workdir, "killed")
@@ -182,7 +183,7 @@ def test_sigterm_one_process_all_save_at_one_step_and_exit_143(tmp_path, uninter
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("failing", [1, 0])
+@pytest.mark.parametrize("failing", [1, pytest.param(0, marks=pytest.mark.extended)])
 def test_failed_save_on_one_process_stops_all_at_one_step(failing, tmp_path, uninterrupted):
   """Process 0 writes the (replicated) state, so its disk filling up is the
   likely case; process 1's part of a save can fail too (its own I/O)."""
