@@ -3,7 +3,6 @@ straight-through meta-gradient in every meta-gradient variant."""
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
@@ -90,7 +89,10 @@ def test_hard_meta_gradient_is_straight_through(variant):
 
   soft, omega = _weights("soft")
   hard, _ = _weights("hard")
-  cfg = ml_collections.ConfigDict({"variant": variant, "k": 1})
+  from tests.helpers import config_module  # pylint: disable=g-import-not-at-top
+
+  cfg = config_module("default").get_config().meta  # every variant's options
+  cfg.variant, cfg.k = variant, 1
   fn = meta.make(cfg)
   grads = {}
   for name, wf in (("soft", soft), ("hard", hard)):
