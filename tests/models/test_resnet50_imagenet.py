@@ -18,10 +18,26 @@ RESNET50_64PX = {
 @pytest.mark.slow  # ResNet-50 compiles for minutes on 2 CPU cores (~6 min per method)
 @pytest.mark.skipif(
   not os.environ.get("CAAT_RESNET50"),
-  reason="set CAAT_RESNET50=1: ~12 min on 2 cores, and pgd_at on 8 devices is off the "
-  "1-device step by more than 1% of the update (1 image per device; not diagnosed yet)",
+  reason="opt-in for CI time: ResNet-50 compiles for ~6 min per method on 2 cores; "
+  "set CAAT_RESNET50=1 to run it",
 )
-@pytest.mark.parametrize("method", ["pgd_at", "meta_caat"])
+@pytest.mark.parametrize(
+  "method",
+  [
+    # A known failure, shown rather than hidden: on 8 devices (1 image each)
+    # PGD-AT's two steps land more than 1% of the update away from one
+    # device's. Small CNN and PreAct-ResNet-18 at 1 image per device agree
+    # (checked 2026-12-03), so it is specific to ResNet-50; not diagnosed.
+    # strict: the day it passes, this marker must go.
+    pytest.param(
+      "pgd_at",
+      marks=pytest.mark.xfail(
+        strict=True, reason="ResNet-50 PGD-AT on 8 devices off the 1-device step by >1% (open)"
+      ),
+    ),
+    "meta_caat",
+  ],
+)
 def test_resnet50_64px_steps_8_devices_equal_1(method, monkeypatch):
   from caat_jax import pipeline
 
