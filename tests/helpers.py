@@ -94,6 +94,11 @@ def subprocess_env(num_devices):
 # --- pytrees and keys --------------------------------------------------------
 
 
+def flat(tree):
+  """The leaves of ``tree`` as one numpy vector."""
+  return np.concatenate([np.ravel(l) for l in jax.tree.leaves(tree)])
+
+
 def tree_dist(a, b):
   """Euclidean distance between two pytrees of the same structure, in float64."""
   return float(

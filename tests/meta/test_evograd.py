@@ -15,17 +15,10 @@ from caat_jax import meta
 from caat_jax.checks import ConfigError
 from caat_jax.meta.evograd import evograd, expected_scale, perturbed_copies
 from caat_jax.meta.first_order import first_order
+from tests.helpers import flat
 from tests.meta.test_variants import LR, _problem
 
-
-@pytest.fixture(autouse=True)
-def x64():
-  with jax.enable_x64(True):
-    yield
-
-
-def _flat(tree):
-  return np.concatenate([np.ravel(l) for l in jax.tree.leaves(tree)])
+pytestmark = pytest.mark.usefixtures("x64")  # tests/meta/conftest.py
 
 
 def test_one_key_is_the_covariance_formula():
@@ -45,17 +38,17 @@ def test_one_key_is_the_covariance_formula():
   a = np.exp(-(scores - scores.min()) / tau)
   a /= a.sum()
   merged = jax.tree.map(lambda *ts: sum(a[j] * t for j, t in enumerate(ts)), *thetas)
-  v = _flat(jax.grad(problem.meta_loss_fn)(merged))
-  x = np.array([v @ _flat(t) for t in thetas])  # <v*, theta_j>
+  v = flat(jax.grad(problem.meta_loss_fn)(merged))
+  x = np.array([v @ flat(t) for t in thetas])  # <v*, theta_j>
   cov = np.einsum("j,j,jbk->bk", a, x - a @ x, terms - np.einsum("j,jbk->bk", a, terms))
   (want,) = weights_vjp(jnp.asarray(-cov / (tau * w.shape[0])))
-  np.testing.assert_allclose(_flat(got), _flat(want), rtol=1e-9, atol=1e-14)
+  np.testing.assert_allclose(flat(got), flat(want), rtol=1e-9, atol=1e-14)
   np.testing.assert_allclose(info["meta_loss"], problem.meta_loss_fn(merged), rtol=1e-12)
   # a key is needed, and another key gives another estimate
   with pytest.raises(ValueError, match="MetaProblem.key"):
     evograd(dataclasses.replace(problem, key=None), omega, params)
   other, _ = est(jax.random.PRNGKey(6))
-  assert np.abs(_flat(other) - _flat(got)).max() > 1e-6
+  assert np.abs(flat(other) - flat(got)).max() > 1e-6
 
 
 def test_monte_carlo_mean_is_the_scaled_first_order_gradient():
@@ -64,7 +57,7 @@ def test_monte_carlo_mean_is_the_scaled_first_order_gradient():
   one = lambda key: evograd(dataclasses.replace(problem, key=key), omega, params, k, sigma, tau)[0]
   g = jax.jit(jax.vmap(one))(jax.random.split(jax.random.PRNGKey(1), n))
   samples = np.concatenate([np.asarray(l).reshape(n, -1) for l in jax.tree.leaves(g)], axis=1)
-  fo = _flat(first_order(problem, omega, params)[0])
+  fo = flat(first_order(problem, omega, params)[0])
   s = expected_scale(k, sigma, tau, LR)
   mean = samples.mean(0)
   cos = mean @ fo / (np.linalg.norm(mean) * np.linalg.norm(fo))

@@ -17,11 +17,7 @@ from caat_jax.meta.layerwise import layerwise, subset_dots
 from caat_jax.meta.nested_grad import nested_grad
 from tests.meta.test_variants import _problem
 
-
-@pytest.fixture(autouse=True)
-def x64():
-  with jax.enable_x64(True):
-    yield
+pytestmark = pytest.mark.usefixtures("x64")  # tests/meta/conftest.py
 
 
 def _close(a, b, rtol=1e-12, atol=1e-15):

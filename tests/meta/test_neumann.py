@@ -13,15 +13,13 @@ from caat_jax.caat import nets
 from caat_jax.checks import ConfigError
 from caat_jax.meta.jvp import jvp
 from caat_jax.meta.neumann import neumann
+from tests.helpers import flat
 from tests.meta.test_variants import _problem
 
 B, D, LAM, LR = 12, 5, 0.5, 0.2
 
 
-@pytest.fixture(autouse=True)
-def x64():
-  with jax.enable_x64(True):
-    yield
+pytestmark = pytest.mark.usefixtures("x64")  # tests/meta/conftest.py
 
 
 @pytest.mark.parametrize("lookahead", ["sgd", "sgd_momentum_wd"])
@@ -80,7 +78,6 @@ def _ridge():
 
 
 def _err(a, b):
-  flat = lambda t: np.concatenate([np.ravel(l) for l in jax.tree.leaves(t)])
   return float(np.linalg.norm(flat(a) - flat(b)) / np.linalg.norm(flat(b)))
 
 
