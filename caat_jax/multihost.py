@@ -176,14 +176,12 @@ class PeerWatch:
       client = _client()
       if client is None:
         return
-      try:
-        live = client.get_live_nodes(list(range(jax.process_count())))
-      except Exception:  # pylint: disable=broad-except
+      lost = _lost_processes(client)
+      if lost is None:
         if self._stop.is_set():
           return
         exit_peer_lost([])  # the coordinator itself is unreachable
         return
-      lost = sorted(set(range(jax.process_count())) - set(live))
       if lost and not self._stop.is_set():
         exit_peer_lost(lost)
         return
@@ -284,6 +282,17 @@ def guarded(fn):
   return run
 
 
+def _lost_processes(client) -> list[int] | None:
+  """The processes the coordination service no longer counts alive, or None
+  when the service itself cannot be asked (the coordinator is gone)."""
+  everyone = list(range(jax.process_count()))
+  try:
+    live = client.get_live_nodes(everyone)
+  except Exception:  # pylint: disable=broad-except
+    return None
+  return sorted(set(everyone) - set(live))
+
+
 def _wait_for_loss(seconds: float) -> None:
   """Exits 75 (``exit_peer_lost``) if a peer is, or within ``seconds``
   becomes, lost; returns otherwise."""
@@ -292,11 +301,9 @@ def _wait_for_loss(seconds: float) -> None:
     client = _client()
     if client is None:
       return
-    try:
-      live = client.get_live_nodes(list(range(jax.process_count())))
-    except Exception:  # pylint: disable=broad-except
-      exit_peer_lost([])
-    lost = sorted(set(range(jax.process_count())) - set(live))
+    lost = _lost_processes(client)
+    if lost is None:
+      exit_peer_lost([])  # the coordinator itself is unreachable
     if lost:
       exit_peer_lost(lost)
     if time.monotonic() > deadline:
