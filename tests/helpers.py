@@ -2,6 +2,7 @@
 
 import dataclasses
 import glob
+import hashlib
 import importlib.util
 import json
 import os
@@ -92,6 +93,18 @@ def subprocess_env(num_devices):
 
 
 # --- pytrees and keys --------------------------------------------------------
+
+
+def snapshot(path):
+  """{relative path: sha256} of every file under ``path`` (what a failure
+  must leave unchanged)."""
+  out = {}
+  for root, _, files in os.walk(path):
+    for name in files:
+      full = os.path.join(root, name)
+      with open(full, "rb") as f:
+        out[os.path.relpath(full, path)] = hashlib.sha256(f.read()).hexdigest()
+  return out
 
 
 def flat(tree):

@@ -7,7 +7,6 @@ pieces are tested directly so that they stand on their own."""
 
 import errno
 import glob
-import hashlib
 import json
 import os
 import re
@@ -25,7 +24,7 @@ import pytest
 from caat_jax import checkpointing as ckpt_lib
 from caat_jax.checkpointing import workdir as workdir_lib
 from caat_jax.data import sources, transforms
-from tests.helpers import ROOT, subprocess_env
+from tests.helpers import ROOT, snapshot, subprocess_env
 
 _FAST = [
   "--config=configs/digits.py",
@@ -44,17 +43,6 @@ def _cli(workdir, *extra, timeout=300):
     text=True,
     timeout=timeout,
   )
-
-
-def _snapshot(path):
-  """{relative path: sha256} of every file under ``path``."""
-  out = {}
-  for root, _, files in os.walk(path):
-    for name in files:
-      full = os.path.join(root, name)
-      with open(full, "rb") as f:
-        out[os.path.relpath(full, path)] = hashlib.sha256(f.read()).hexdigest()
-  return out
 
 
 def _assert_clear_failure(res, *needles, code=1, max_lines=6):
@@ -98,9 +86,9 @@ def test_check_names_the_workdir_and_what_is_valid(tmp_path, kind):
 def test_check_creates_a_missing_workdir_and_leaves_an_existing_one_alone(tmp_path):
   assert workdir_lib.check(str(tmp_path / "a" / "b")) == str(tmp_path / "a" / "b")
   (tmp_path / "a" / "b" / "x").write_text("keep")
-  before = _snapshot(str(tmp_path / "a"))
+  before = snapshot(str(tmp_path / "a"))
   workdir_lib.check(str(tmp_path / "a" / "b"))
-  assert _snapshot(str(tmp_path / "a")) == before
+  assert snapshot(str(tmp_path / "a")) == before
 
 
 @pytest.mark.parametrize("kind", ["file", "unwritable"])
@@ -146,14 +134,14 @@ def held_workdir(tmp_path):
 
 def test_lock_refuses_a_second_run_naming_the_holder(held_workdir):
   path, pid = held_workdir
-  before = _snapshot(path)
+  before = snapshot(path)
   with pytest.raises(workdir_lib.WorkdirError) as e:
     with workdir_lib.lock(path):
       pytest.fail("took a held lock")
   msg = str(e.value)
   assert f"pid {pid}" in msg and socket.gethostname() in msg and "since" in msg
   assert "another --workdir" in msg
-  assert _snapshot(path) == before
+  assert snapshot(path) == before
 
 
 def test_lock_disabled_is_a_no_op(held_workdir):
@@ -205,10 +193,10 @@ def test_without_flock_a_live_holder_on_this_host_still_refuses(tmp_path, monkey
 
 def test_cli_refuses_a_held_workdir(held_workdir):
   path, pid = held_workdir
-  before = _snapshot(path)
+  before = snapshot(path)
   res = _cli(path)
   _assert_clear_failure(res, path, f"pid {pid}")
-  assert _snapshot(path) == before
+  assert snapshot(path) == before
 
 
 def test_meta_per_class_names_the_smallest_class():
@@ -278,7 +266,7 @@ def test_corrupt_tfds_dataset_names_the_directory_and_the_prepare_command(
   shutil.copytree(tiny_tfds, data_dir)
   damage(glob.glob(os.path.join(data_dir, "caat_test_tiny", "*"))[0])
   monkeypatch.setattr(sources, "TFDS_NAMES", {**sources.TFDS_NAMES, "cifar10": "caat_test_tiny"})
-  before = _snapshot(data_dir)
+  before = snapshot(data_dir)
   with pytest.raises(sources.DatasetUnreadableError) as e:
     sources.load_tfds_split("cifar10", "train", data_dir)
   msg = str(e.value)
@@ -286,7 +274,7 @@ def test_corrupt_tfds_dataset_names_the_directory_and_the_prepare_command(
   assert os.path.join(data_dir, "caat_test_tiny") in msg and "cannot be read" in msg
   assert f"python -m caat_jax.data.prepare --dataset=cifar10 --data_dir={data_dir}" in msg
   assert len(msg.splitlines()) == 2
-  assert _snapshot(data_dir) == before
+  assert snapshot(data_dir) == before
 
 
 def test_missing_tfds_split_says_which_exist(tiny_tfds, monkeypatch):
@@ -347,7 +335,7 @@ def _saved(directory, steps, **kw):
 def test_changed_parameter_shapes_are_refused(tmp_path, change, shown):
   directory = str(tmp_path / "ck")
   _saved(directory, [1])
-  before = _snapshot(directory)
+  before = snapshot(directory)
   ckpt = ckpt_lib.Checkpointer(directory, async_save=False)
   try:
     with pytest.raises(ckpt_lib.IncompatibleConfigError) as e:
@@ -357,7 +345,7 @@ def test_changed_parameter_shapes_are_refused(tmp_path, change, shown):
   msg = str(e.value)
   assert shown in msg and "--allow_config_change never allows" in msg
   assert len(msg.splitlines()) <= 6
-  assert _snapshot(directory) == before
+  assert snapshot(directory) == before
 
 
 def _truncate_step(directory, step):
@@ -446,7 +434,7 @@ def test_failed_background_save_is_reported_at_once(tmp_path, monkeypatch):
   ckpt.save(1, _tiny_state(), _tiny_config())
   ckpt.save(2, _tiny_state(), _tiny_config())
   ckpt.wait()
-  before = _snapshot(directory)
+  before = snapshot(directory)
 
   def disk_full(*args, **kwargs):  # the background write of the data fails
     raise OSError(errno.ENOSPC, "No space left on device")
@@ -465,7 +453,7 @@ def test_failed_background_save_is_reported_at_once(tmp_path, monkeypatch):
   assert "No space left on device" in msg and "GiB free of" in msg
   assert "(steps [1, 2]) are kept" in msg
   assert not glob.glob(os.path.join(directory, "*orbax-checkpoint-tmp*"))
-  assert _snapshot(directory) == before  # the older checkpoints, untouched
+  assert snapshot(directory) == before  # the older checkpoints, untouched
 
 
 def test_check_for_errors_is_silent_while_saves_succeed(tmp_path):
@@ -521,14 +509,14 @@ def trained(tmp_path_factory):
 
 @pytest.mark.slow
 def test_cli_allow_config_change_never_changes_parameter_shapes(trained):
-  before = _snapshot(trained)
+  before = snapshot(trained)
   res = _cli(
     trained, "--config.checkpoint_every_steps=5", "--config.model_width=32", "--allow_config_change"
   )
   _assert_clear_failure(
     res, "params.", "-> now", "--allow_config_change never allows", max_lines=10
   )  # the allowed-change warning comes first
-  assert _snapshot(trained) == before
+  assert snapshot(trained) == before
 
 
 @pytest.mark.slow

@@ -3,7 +3,6 @@ through the real command line: the exit code, the one expected line on
 stderr and no traceback, and what was written before left intact."""
 
 import glob
-import hashlib
 import json
 import os
 import re
@@ -16,7 +15,7 @@ import time
 
 import pytest
 
-from tests.helpers import ROOT, subprocess_env
+from tests.helpers import ROOT, snapshot, subprocess_env
 
 _TINY = [
   "--config=configs/digits.py",
@@ -61,17 +60,6 @@ def _assert_one_line(res, code, *needles):
   for needle in needles:
     assert needle in messages[0], (needle, messages[0])
   return messages[0]
-
-
-def _snapshot(path):
-  """{relative path: sha256} of every file under ``path``."""
-  out = {}
-  for root, _, files in os.walk(path):
-    for name in files:
-      full = os.path.join(root, name)
-      with open(full, "rb") as f:
-        out[os.path.relpath(full, path)] = hashlib.sha256(f.read()).hexdigest()
-  return out
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +108,7 @@ def test_a_run_held_by_another_runner_is_not_reported_failed(tmp_path):
   )
   try:
     assert holder.stdout.readline().strip() == "held"
-    before = _snapshot(exp)
+    before = snapshot(exp)
     cmd = ["-m", "caat_jax.experiments", "run", "digits_table1", f"--workdir={exp}"]
     res = _python(*cmd, "--rows=pgd-at", "--seeds=2")
     alone = _python(*cmd, "--rows=pgd-at", "--seeds=1")  # only the held run
@@ -146,7 +134,7 @@ def test_a_run_held_by_another_runner_is_not_reported_failed(tmp_path):
   )
   # The held run's files untouched (its lock record is cleared by its holder).
   drop_lock = lambda snap: {k: v for k, v in snap.items() if not k.endswith(".lock")}
-  assert drop_lock(_snapshot(exp)) == drop_lock(before)
+  assert drop_lock(snapshot(exp)) == drop_lock(before)
 
 
 # --- 6. plots names what it skips ----------------------------------------------
@@ -167,7 +155,7 @@ def test_plots_names_each_skipped_file_and_counts_skipped_lines(tmp_path):
     f.writelines(lines)
   with open(os.path.join(seed1, "eval.json"), "w") as f:
     f.write("[{not json")
-  before = _snapshot(root)
+  before = snapshot(root)
 
   res = _python("-m", "caat_jax.plots", f"--workdir={root}", f"--out={tmp_path / 'fig'}")
 
@@ -181,7 +169,7 @@ def test_plots_names_each_skipped_file_and_counts_skipped_lines(tmp_path):
     "double quotes: line 1 column 3 (char 2)",
   ], res.stderr
   assert "per_class_errors" in res.stdout  # the figures were drawn from the rest
-  assert _snapshot(root) == before
+  assert snapshot(root) == before
 
 
 # --- 4. a model change on resume -----------------------------------------------
@@ -189,7 +177,7 @@ def test_plots_names_each_skipped_file_and_counts_skipped_lines(tmp_path):
 
 def test_a_model_change_on_resume_offers_only_what_works(finished, tmp_path):
   workdir = _copy(finished, tmp_path)
-  before = _snapshot(workdir)
+  before = snapshot(workdir)
 
   res = _main(workdir, "--config.model_width=8")
 
@@ -214,7 +202,7 @@ def test_a_model_change_on_resume_offers_only_what_works(finished, tmp_path):
   seed = _main(workdir, "--config.seed=1")
   assert seed.returncode == 1 and "Traceback" not in seed.stderr
   assert "pass --allow_config_change to resume anyway" in seed.stderr
-  assert _snapshot(workdir) == before
+  assert snapshot(workdir) == before
 
 
 # --- 5. evaluate on a run whose checkpoints are all unreadable -----------------
@@ -225,7 +213,7 @@ def test_evaluate_with_every_checkpoint_unreadable_says_each_step_in_full(finish
   ckdir = os.path.join(workdir, "checkpoints")
   for f in glob.glob(os.path.join(ckdir, "*", "state", "**", "d", "*"), recursive=True):
     os.truncate(f, os.path.getsize(f) // 2)  # data files cut short
-  before = _snapshot(workdir)
+  before = snapshot(workdir)
 
   res = _python(
     "-m", "caat_jax.evaluate", f"--workdir={workdir}", "--attacks=pgd2", "--num_examples=60"
@@ -248,7 +236,7 @@ def test_evaluate_with_every_checkpoint_unreadable_says_each_step_in_full(finish
   )
   assert "CheckpointError" not in res.stderr  # not nested
   assert "start a new run" not in res.stderr  # the trainer's advice
-  assert _snapshot(workdir) == before
+  assert snapshot(workdir) == before
 
 
 # --- 3. a resume after a preemption at a save -------------------------------------
@@ -266,7 +254,7 @@ def test_a_resume_removes_the_temporary_folder_of_a_save_cut_short(finished, tmp
   # Not orbax's temporary step folders: left alone.
   for name in ("notes.orbax-checkpoint-tmp", "mine"):
     os.makedirs(os.path.join(ckdir, name))
-  kept = {n: _snapshot(os.path.join(ckdir, n)) for n in ("10", "15")}
+  kept = {n: snapshot(os.path.join(ckdir, n)) for n in ("10", "15")}
 
   res = _main(workdir)
 
@@ -278,7 +266,7 @@ def test_a_resume_removes_the_temporary_folder_of_a_save_cut_short(finished, tmp
     "metrics.jsonl: dropped 2 record(s) after step 15 (the resumed run writes them again)"
   ), res.stderr
   assert sorted(os.listdir(ckdir)) == ["10", "15", "20", "mine", "notes.orbax-checkpoint-tmp"]
-  assert {n: _snapshot(os.path.join(ckdir, n)) for n in ("10", "15")} == kept
+  assert {n: snapshot(os.path.join(ckdir, n)) for n in ("10", "15")} == kept
   with open(os.path.join(workdir, "eval.json")) as f:
     assert json.load(f)[0]["step"] == 20  # resumed from 15, trained to the end
 
@@ -449,7 +437,7 @@ def test_sigterm_after_the_last_step_saves_exits_143_and_the_rerun_evaluates(tmp
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     before = f.readlines()
   assert not any('"eval/' in l for l in before)
-  ckpt_before = _snapshot(os.path.join(workdir, "checkpoints"))
+  ckpt_before = snapshot(os.path.join(workdir, "checkpoints"))
 
   rerun = _main(workdir, *flags)
 
@@ -463,4 +451,4 @@ def test_sigterm_after_the_last_step_saves_exits_143_and_the_rerun_evaluates(tmp
     after = f.readlines()
   assert after[: len(before)] == before and len(after) == len(before) + 1
   assert '"eval/pgd2/' in after[-1]
-  assert _snapshot(os.path.join(workdir, "checkpoints")) == ckpt_before  # nothing retrained
+  assert snapshot(os.path.join(workdir, "checkpoints")) == ckpt_before  # nothing retrained
