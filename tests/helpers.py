@@ -153,14 +153,14 @@ def _train_steps(method, backend, num_devices, steps=2, **overrides):
   return run.parallel.fetch(rstate), metrics
 
 
-def check_devices_agree(method, **overrides):
-  """Two steps of ``method`` on 8 devices (both backends) land where one
-  device lands, up to rounding (a small fraction of the update itself)."""
+def check_devices_agree(method, backends=("pmap", "shard_map"), **overrides):
+  """Two steps of ``method`` on 8 devices (each of ``backends``) land where
+  one device lands, up to rounding (a small fraction of the update itself)."""
   init, _ = _train_steps(method, "pmap", 1, steps=0, **overrides)
   ref, ref_metrics = _train_steps(method, "pmap", 1, **overrides)
   update = tree_dist(ref.params, init.params)
   assert update > 1e-3  # training really moved the parameters
-  for backend in ("pmap", "shard_map"):
+  for backend in backends:
     state, metrics = _train_steps(method, backend, 8, **overrides)
     assert int(state.step) == 2
     assert tree_dist(state.params, ref.params) < 1e-2 * update, backend

@@ -24,11 +24,12 @@ def test_eight_devices_equal_one(method):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", ["nested_grad", "k_step"])
-def test_meta_variants_eight_devices_equal_one(variant):
+@pytest.mark.parametrize("variant, backend", [("nested_grad", "pmap"), ("k_step", "shard_map")])
+def test_meta_variants_eight_devices_equal_one(variant, backend):
   """The variants that differentiate through the cross-device mean of the
-  look-ahead gradient (the jvp default never does)."""
-  check_devices_agree("meta_caat", **{"meta.variant": variant, "meta.k": 2})
+  look-ahead gradient (the jvp default never does), one backend each (pmap
+  is built on shard_map; both backends run every method in the test above)."""
+  check_devices_agree("meta_caat", backends=(backend,), **{"meta.variant": variant, "meta.k": 2})
 
 
 def test_conftest_gives_eight_devices():

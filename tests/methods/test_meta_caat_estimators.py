@@ -165,19 +165,27 @@ def test_valid_reuse_combinations_pass():
     )
 
 
-@pytest.mark.slow  # compiles Meta-CAAT on 1 and 8 devices (both backends)
+@pytest.mark.slow  # compiles Meta-CAAT on 1 and 8 devices
 @pytest.mark.parametrize(
-  "overrides",
+  "backend, overrides",
   [
     # the same perturbations on every device, the scores averaged over the global batch
-    {"meta.variant": "evograd", "meta.evograd_sigma": 0.01, "meta.evograd_tau": 1.0},
+    ("shard_map", {"meta.variant": "evograd", "meta.evograd_sigma": 0.01, "meta.evograd_tau": 1.0}),
     # (extended: run with -m extended; CI's slow step keeps within its time)
-    pytest.param({"meta.variant": "neumann", "meta.neumann_steps": 2}, marks=pytest.mark.extended),
     pytest.param(
-      {"meta.variant": "layerwise", "meta.layer_scope": "subset"}, marks=pytest.mark.extended
+      "pmap", {"meta.variant": "neumann", "meta.neumann_steps": 2}, marks=pytest.mark.extended
     ),
-    {"meta.schedule": "reuse_step"},
+    pytest.param(
+      "pmap",
+      {"meta.variant": "layerwise", "meta.layer_scope": "subset"},
+      marks=pytest.mark.extended,
+    ),
+    ("pmap", {"meta.schedule": "reuse_step"}),
   ],
 )
-def test_eight_devices_equal_one(overrides):
-  check_devices_agree("meta_caat", **{"attack.num_steps": 1, **overrides})
+def test_eight_devices_equal_one(backend, overrides):
+  # One backend per case (the variant's cross-device semantics are the
+  # method's; that both backends run the same program is
+  # tests/test_parallel.py's, for every method): CI's slow step keeps
+  # within its time.
+  check_devices_agree("meta_caat", backends=(backend,), **{"attack.num_steps": 1, **overrides})
