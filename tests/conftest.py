@@ -2,6 +2,8 @@
 
 import os
 import re
+import shutil
+import tempfile
 
 import pytest
 
@@ -12,6 +14,26 @@ _FLAGS = os.environ.get("XLA_FLAGS", "")
 if not re.search(r"--xla_force_host_platform_device_count=", _FLAGS):
   os.environ["XLA_FLAGS"] = f"{_FLAGS} --xla_force_host_platform_device_count=8".strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+# One persistent compilation cache for the whole test run, shared by the
+# xdist workers and every `python -m caat_jax...` the tests start (they
+# inherit os.environ): the same small programs are compiled by many tests
+# and subprocesses, and a cache hit loads in a fraction of the compile time.
+# Fresh per run, made by the first process to import this file (the xdist
+# controller, whose environment the workers inherit) and removed by it at
+# the end; a run that sets JAX_COMPILATION_CACHE_DIR itself keeps its own.
+_OWN_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _OWN_CACHE = tempfile.mkdtemp(prefix="caat_jax_tests_xla_cache_")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+def pytest_sessionfinish(session):
+  del session
+  if _OWN_CACHE:
+    shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
