@@ -34,6 +34,8 @@ RAND_OPTIONS = {
   "apgd-ce": {"num_restarts": 1, "eot_iter": 20},
   "apgd-dlr": {"num_restarts": 1, "eot_iter": 20},
 }
+# Attacks that only evaluate the model (no input gradient).
+GRADIENT_FREE = ("square",)
 VERSIONS = ("standard", "rand")  # the reference's set_version choices
 _KEY_TAG = 1000  # attack i of the ensemble draws from fold_in(key, 1000 + i)
 

@@ -8,9 +8,11 @@ FAB-T targets, restarts), gathers the points still robust and re-packs them
 into fixed-size buckets, so an attack's cost follows the points it still
 has to attack and only a handful of shapes ever compile.
 
-Buckets (:func:`bucket_sizes`) are ``batch_size, batch_size/2, ...`` down to
+Buckets (:func:`bucket_sizes`) are ``batch_size, batch_size/r, ...`` down to
 ``min_size``, all multiples of ``multiple`` (the device count, for a
-pmap/shard_map runner). ``n`` points take ``n // batch_size`` full buckets
+pmap/shard_map runner); r = 2 on an accelerator, 4 on a CPU, where each
+distinct size costs a compilation per attack (seconds) and a call costs
+little beyond its slots. ``n`` points take ``n // batch_size`` full buckets
 and the rest goes either greedily into the largest buckets that fit, the
 last one padded (fewest slots: a CPU's cost), or into the one smallest
 bucket that holds it (fewest calls: an accelerator's cost at these batch
@@ -57,11 +59,15 @@ def options_key(options: Mapping[str, Mapping] | None) -> str:
   return repr(sorted((k, sorted(dict(v).items())) for k, v in (options or {}).items()))
 
 
-def bucket_sizes(batch_size: int, min_size: int = 1, multiple: int = 1) -> list[int]:
-  """``batch_size, batch_size // 2, ...`` down to ``min_size``, each rounded
-  up to a multiple of ``multiple``; distinct, largest first."""
+def bucket_sizes(
+  batch_size: int, min_size: int = 1, multiple: int = 1, ratio: int = 2
+) -> list[int]:
+  """``batch_size, batch_size // ratio, ...`` down to ``min_size``, each
+  rounded up to a multiple of ``multiple``; distinct, largest first."""
   if batch_size % multiple:
     raise ValueError(f"batch_size {batch_size} is not a multiple of {multiple}")
+  if ratio < 2:
+    raise ValueError(f"ratio {ratio}: must be >= 2")
   sizes, b = [], batch_size
   while True:
     s = -(-max(b, min_size, 1) // multiple) * multiple
@@ -69,7 +75,7 @@ def bucket_sizes(batch_size: int, min_size: int = 1, multiple: int = 1) -> list[
       sizes.append(s)
     if b <= min_size or b <= 1:
       return sizes
-    b //= 2
+    b //= ratio
 
 
 PACKS = ("auto", "slots", "calls")
@@ -199,6 +205,7 @@ def autoattack_compact(
   multiple: int = 1,
   split_runs: bool = True,
   pack: str = "auto",
+  ratio: int | None = None,
   log: Callable[[str], None] | None = None,
 ):
   """The AutoAttack ensemble over ``N`` host points, attacking only the
@@ -222,6 +229,9 @@ def autoattack_compact(
     pack: how the points left fill the buckets (:func:`plan`): ``'slots'``,
       ``'calls'`` or ``'auto'`` (:func:`resolve_pack`). The flags and
       examples do not depend on it, only the cost.
+    ratio: between successive bucket sizes (:func:`bucket_sizes`); default
+      4 for ``pack='slots'`` (a CPU: fewer sizes to compile, and the padding
+      still under one smallest bucket), 2 for ``'calls'``.
     log: called with one line per attack (default silent).
   Returns:
     (x_adv [N, H, W, C], robust bool [N], stages, stats): ``stages`` maps
@@ -238,7 +248,7 @@ def autoattack_compact(
   n = len(labels)
   eps = np.broadcast_to(np.asarray(eps, np.float32), (n,)).copy()
   keys = jnp.asarray(keys)
-  sizes = bucket_sizes(batch_size, min_size, multiple)
+  sizes = bucket_sizes(batch_size, min_size, multiple, ratio or (4 if pack == "slots" else 2))
   x_adv = x.copy()
   robust = np.asarray(clean_correct, bool).copy()
   stages, stats = {"clean": robust.copy()}, {}

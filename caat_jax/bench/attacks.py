@@ -19,8 +19,10 @@ from caat_jax import config_lib, data, evaluators, train
 def attack_problem(
   config, model_name: str, num_points: int, *, source: str = "", eps: float | None = None
 ) -> dict:
-  """What the attack bench attacks: ``logits_fn`` on one device, ``x``
-  [n, H, W, C] float32, ``labels`` [n], ``eps``, ``num_classes``, ``model``.
+  """What the attack bench attacks: ``logits_fn`` on one device (jitted),
+  ``model_fn`` (the same, not jitted: for tracing inside an attack's
+  program), ``x`` [n, H, W, C] float32, ``labels`` [n], ``eps``,
+  ``num_classes``, ``model``.
 
   Without ``source``: a random-initialised ``model_name`` on random images of
   the configured dataset's shape, labels = its predictions, eps 0 unless
@@ -43,6 +45,7 @@ def attack_problem(
     x = np.asarray(to_float01(jnp.asarray(run.dataset.test.images[:num_points])))
     return dict(
       logits_fn=lambda z: apply(host, z),
+      model_fn=lambda z: run.eval_model.apply(host, z, train=False),
       x=x,
       labels=np.asarray(run.dataset.test.labels[: len(x)], np.int32),
       eps=float(run.config.eval.eps if eps is None else eps),
@@ -62,6 +65,7 @@ def attack_problem(
   labels = np.asarray(jnp.argmax(apply(x), -1), np.int32)
   return dict(
     logits_fn=apply,
+    model_fn=lambda z: model.apply(variables, z, train=False),
     x=np.asarray(x),
     labels=labels,
     eps=0.0 if eps is None else float(eps),
@@ -111,20 +115,33 @@ def bench_attack(
   from caat_jax import attacks
   from caat_jax.attacks import autoattack as aa_lib
   from caat_jax.attacks import compact as compact_lib
+  from caat_jax.models import layers
 
   logits_fn, x, labels, eps = (problem[k] for k in ("logits_fn", "x", "labels", "eps"))
   n = len(labels)
   keys = np.asarray(evaluators.named_attacks.aa_keys(np.arange(n)))
   clean = np.asarray(jnp.argmax(logits_fn(jnp.asarray(x)), -1)) == labels
   family = attack in evaluators.AA_FAMILY
+  # The attacks' loops compute convs as the evaluation's runner does.
+  loop_fn = lambda name: layers.traced_with_conv_impl(
+    problem["model_fn"], evaluators.ensemble.attack_conv_impl(name)
+  )
   names = evaluators.named_attacks.ensemble_attacks(attack) if family else ()
   options = evaluators.named_attacks.ensemble_options(attack) if family else {}
   opt_key = compact_lib.options_key(options)
   compile_s = 0.0
   if family and compact:
     cache = {} if cache is None else cache
-    runner = cache.setdefault(("runner", opt_key), compact_lib.local_runner(logits_fn, options))
-    sizes = compact_lib.bucket_sizes(batch_size, _min_bucket(batch_size))
+    runners = {
+      n: cache.setdefault(("runner", n, opt_key), compact_lib.local_runner(loop_fn(n), options))
+      for n in names
+    }
+    runner = lambda name, *args: runners[name](name, *args)
+    sizes = compact_lib.bucket_sizes(
+      batch_size,
+      _min_bucket(batch_size),
+      ratio=4 if compact_lib.resolve_pack(pack) == "slots" else 2,
+    )
     t = time.perf_counter()
     for name in names:  # compile each (attack, bucket) once, on inactive points
       for size in sizes:
@@ -180,13 +197,13 @@ def bench_attack(
         return active & (jnp.argmax(logits_fn(x_adv), -1) == y)
       if len(names) > 1:  # an ensemble: autoattack, autoattack-rand
         return attacks.run_autoattack(
-          logits_fn, x, y, eps=e, keys=k, attacks=names, options=options
+          loop_fn("autoattack"), x, y, eps=e, keys=k, attacks=names, options=options
         )[0].robust
       return (
         active
         & attacks.run_attack(
           attack,
-          logits_fn,
+          loop_fn(attack),
           x,
           y,
           eps=e,

@@ -14,6 +14,16 @@ def test_bucket_sizes_and_plan():
   assert compact.bucket_sizes(24, 4, multiple=8) == [24, 16, 8]
   with pytest.raises(ValueError, match="multiple"):
     compact.bucket_sizes(100, 8, multiple=8)
+  # a CPU's ladder (ratio 4): fewer sizes to compile, padding still under
+  # one smallest bucket
+  assert compact.bucket_sizes(512, 8, ratio=4) == [512, 128, 32, 8]
+  assert compact.bucket_sizes(96, 8, multiple=8, ratio=4) == [96, 24, 8]
+  with pytest.raises(ValueError, match="ratio 1"):
+    compact.bucket_sizes(64, 8, ratio=1)
+  coarse = compact.bucket_sizes(512, 8, ratio=4)
+  for n in range(1, 600):
+    p = compact.plan(n, coarse)
+    assert 0 <= sum(p) - n < coarse[-1] and set(p) <= set(coarse)
   sizes = compact.bucket_sizes(64, 8)
   assert compact.plan(0, sizes) == []
   assert compact.plan(200, sizes) == [64, 64, 64, 8]
