@@ -36,6 +36,10 @@ def get_config() -> ml_collections.ConfigDict:
   # changed (the rest keep their true labels): an upper bound for any
   # reweighting of the noisy set. Needs noise_rate > 0 and a noise_type.
   c.data.drop_corrupted = False
+  # A control for the methods that use no meta set: its clean examples are
+  # also appended to the training split (CAAT's meta set stays held out as
+  # well), so a baseline sees every clean example CAAT does.
+  c.data.meta_in_train = False
   c.data.imbalance_factor = 1.0  # long-tailed train set if > 1 (class 0 head)
   c.data.test_fraction = 0.2  # digits only: stratified test split (fixed seed)
   c.data.seed = c.get_ref("seed") + 0  # follows seed; overriding it leaves seed alone

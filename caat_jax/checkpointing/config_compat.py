@@ -61,6 +61,7 @@ def config_as_json(config: ml_collections.ConfigDict) -> dict:
 # belong here.
 ADDED_KEYS = {
   "data.drop_corrupted": False,
+  "data.meta_in_train": False,
   "attack.threat_model": "pixel",
   "caat.anti_bound_scale": 1.0,
   "caat.anti_bound_cap": 0.0,

@@ -126,6 +126,7 @@ _KEYS = (
   "noise_type",
   "noise_rate",
   "drop_corrupted",
+  "meta_in_train",
   "imbalance_factor",
   "test_fraction",
   "seed",
@@ -177,6 +178,18 @@ def validate_config(cfg: Any) -> None:
   checks.choice("data.noise_type", cfg["noise_type"], NOISE_TYPES)
   ok("noise_rate", _is_real(cfg["noise_rate"]) and 0 <= cfg["noise_rate"] < 1, "in [0, 1)")
   ok("drop_corrupted", isinstance(cfg["drop_corrupted"], (bool, np.bool_)), "True or False")
+  ok("meta_in_train", isinstance(cfg["meta_in_train"], (bool, np.bool_)), "True or False")
+  if cfg["meta_in_train"] and cfg["meta_per_class"] == 0:
+    raise checks.ConfigError(
+      "config.data.meta_in_train=True adds nothing with config.data.meta_per_class=0 "
+      "(an empty meta set); set meta_per_class > 0 or meta_in_train=False."
+    )
+  if cfg["meta_in_train"] and cfg["name"] == "imagenet2012":
+    raise checks.ConfigError(
+      "config.data.meta_in_train=True is for the in-memory datasets; imagenet2012 streams "
+      f"its training split; valid with it: False (datasets that take True: "
+      f"{', '.join(d for d in DATASETS if d != 'imagenet2012')})."
+    )
   if cfg["noise_type"] == "none" and cfg["noise_rate"] > 0:
     raise checks.ConfigError(
       f"config.data.noise_rate={cfg['noise_rate']!r} corrupts no label with "
@@ -247,12 +260,13 @@ def load_dataset(cfg: Any) -> Dataset:
   Order: raw train -> clean balanced meta hold-out (`meta_per_class`) ->
   long tail (`imbalance_factor`) -> label noise (`noise_type`,
   `noise_rate`) -> with `drop_corrupted`, the examples whose label the noise
-  changed are removed (an oracle); all of it deterministic in `seed`. The
+  changed are removed (an oracle) -> with `meta_in_train`, the meta examples
+  are appended to training (a control); all of it deterministic in `seed`. The
   test split is never modified.
 
   Args:
     cfg: the `config.data` ConfigDict (or a mapping) with keys name, data_dir,
-      meta_per_class, noise_type, noise_rate, drop_corrupted,
+      meta_per_class, noise_type, noise_rate, drop_corrupted, meta_in_train,
       imbalance_factor, test_fraction, seed.
 
   Returns:
@@ -290,6 +304,9 @@ def load_dataset(cfg: Any) -> Dataset:
       len(train),
     )
     train = train.take(np.flatnonzero(~train.corrupted))
+  if cfg["meta_in_train"]:  # the control: the clean meta examples trained on too
+    logging.info("data.meta_in_train: appending the %d meta examples to training.", len(meta))
+    train = transforms.concat(train, meta)
   if spec.mean is None:
     mean, std = _pixel_stats(raw_train.images)
   else:

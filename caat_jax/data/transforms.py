@@ -75,6 +75,16 @@ class ArraySplit:
     )
 
 
+def concat(a: ArraySplit, b: ArraySplit) -> ArraySplit:
+  """The examples of ``a`` then those of ``b`` (in-memory images only)."""
+  return ArraySplit(
+    images=np.concatenate([a.images, b.images]),
+    labels=np.concatenate([a.labels, b.labels]),
+    clean_labels=np.concatenate([a.clean_labels, b.clean_labels]),
+    source_index=np.concatenate([a.source_index, b.source_index]),
+  )
+
+
 def clean_split(images: np.ndarray, labels: np.ndarray) -> ArraySplit:
   """Wraps raw arrays (images [N,...], labels [N]) as an uncorrupted split."""
   labels = np.asarray(labels, np.int32)

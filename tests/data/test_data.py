@@ -30,6 +30,7 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
     noise_type="none",
     noise_rate=0.0,
     drop_corrupted=False,
+    meta_in_train=False,
     imbalance_factor=1.0,
     test_fraction=0.2,
     seed=0,
@@ -231,6 +232,7 @@ def test_same_seed_same_data_different_seed_different_noise():
     ("noise_rate", 1.0),
     ("noise_rate", -0.1),
     ("drop_corrupted", 1),
+    ("meta_in_train", "yes"),
     ("imbalance_factor", 0.5),
     ("test_fraction", 0.0),
     ("test_fraction", 1.0),
@@ -501,3 +503,47 @@ def test_drop_corrupted_needs_noise(overrides):
   else:
     assert "config.data.drop_corrupted=True" in message and "config.data.noise_rate=" in message
   assert "\n" not in message
+
+
+@pytest.mark.parametrize("noise", [(), ("uniform", 0.4)])
+def test_meta_in_train_appends_the_clean_meta_set_to_training(noise):
+  """The control: training = the same training examples (same labels, noisy
+  ones included) followed by the meta set with its clean labels; the meta
+  and test splits themselves unchanged."""
+  from caat_jax import data  # pylint: disable=g-import-not-at-top
+
+  over = {"data.noise_type": noise[0], "data.noise_rate": noise[1]} if noise else {}
+  cfg = digits_config(**over).data
+  base = data.load_dataset(cfg)
+  cfg.meta_in_train = True
+  control = data.load_dataset(cfg)
+  n, m = len(base.train), len(base.meta)
+  assert len(control.train) == n + m and m == 10 * base.num_classes
+  np.testing.assert_array_equal(control.train.source_index[:n], base.train.source_index)
+  np.testing.assert_array_equal(control.train.labels[:n], base.train.labels)
+  np.testing.assert_array_equal(control.train.source_index[n:], base.meta.source_index)
+  np.testing.assert_array_equal(control.train.labels[n:], base.meta.clean_labels)
+  np.testing.assert_array_equal(control.train.images[n:], base.meta.images)
+  assert not control.train.corrupted[n:].any()
+  np.testing.assert_array_equal(
+    control.class_counts, base.class_counts + np.bincount(base.meta.labels, minlength=10)
+  )
+  for split in ("meta", "test"):
+    np.testing.assert_array_equal(
+      getattr(control, split).source_index, getattr(base, split).source_index
+    )
+
+
+@pytest.mark.parametrize(
+  "overrides, named",
+  [
+    ({"data.meta_per_class": 0}, "config.data.meta_per_class=0"),
+    ({"data.name": "imagenet2012"}, "imagenet2012 streams"),
+  ],
+)
+def test_meta_in_train_refuses_what_it_cannot_do(overrides, named):
+  config = digits_config(**{"data.meta_in_train": True, **overrides})
+  with pytest.raises(config_lib.ConfigError) as err:
+    config_lib.validate(config)
+  assert "config.data.meta_in_train=True" in str(err.value) and named in str(err.value)
+  assert "\n" not in str(err.value)

@@ -28,6 +28,7 @@ def imagenet_config(data_dir, **overrides):
     noise_type="none",
     noise_rate=0.0,
     drop_corrupted=False,
+    meta_in_train=False,
     imbalance_factor=1.0,
     test_fraction=0.2,
     seed=0,
