@@ -15,6 +15,7 @@ it and the tests validate every row's config without training.
 
 import dataclasses
 
+from caat_jax.experiments.controls import control_experiments
 from caat_jax.experiments.meta_variants import meta_variant_experiments
 from caat_jax.experiments.rows import (
   DIGITS_NOTE,
@@ -343,6 +344,7 @@ def _build() -> dict[str, Experiment]:
   )
   exps.append(_noise_diagnostics())
   exps += meta_variant_experiments()
+  exps += control_experiments({e.name: e for e in exps})
   out = {e.name: e for e in exps}
   assert len(out) == len(exps), "duplicate experiment names"
   return out
