@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from caat_jax.experiments import counted, paired, paper
+from caat_jax.experiments import counted, masking, paired, paper
 from caat_jax.experiments.registry import Experiment
 
 ERROR_COLUMNS = (
@@ -319,8 +319,10 @@ def write(
   out = out or workdir
   os.makedirs(out, exist_ok=True)
   md, csv_path = os.path.join(out, "report.md"), os.path.join(out, "report.csv")
+  text = markdown(exp, results, workdir, reference)
+  checks = masking.row_checks(exp, workdir, seeds, rows, extra)
   with open(md, "w") as f:
-    f.write(markdown(exp, results, workdir, reference))
+    f.write(text + ("\n" + masking.section(checks) if checks else ""))
   write_csv(csv_path, exp, results, reference)
   written = [md, csv_path]
   if figures:
