@@ -73,7 +73,7 @@ def _capturing_variant(problem, omega, params):
 def capturing_variant():
   """``meta.VARIANTS[CAPTURE]`` registered for the duration."""
   meta.VARIANTS[CAPTURE] = meta.Variant(
-    CAPTURE, make=lambda: _capturing_variant, cost=lambda costs: 0.0
+    CAPTURE, make=lambda: _capturing_variant, cost=lambda costs: 0.0, reuses_lookahead=True
   )
   try:
     yield
@@ -81,16 +81,20 @@ def capturing_variant():
     meta.VARIANTS.pop(CAPTURE, None)
 
 
-def capture_config(config):
+SCHEDULES = ("lookahead", "reuse_step")
+
+
+def capture_config(config, schedule: str = "lookahead"):
   """``config`` with the capturing variant, a meta step at every step and,
-  where the config has a ``meta.schedule``, the look-ahead schedule (the
-  problem every variant answers)."""
+  where the config has a ``meta.schedule``, ``schedule``: the look-ahead
+  schedule (the problem every variant answers), or ``reuse_step`` (the
+  problem whose look-ahead point is the step's real update)."""
   cfg = config.copy_and_resolve_references()
   with cfg.unlocked():
     cfg.meta.variant = CAPTURE
     cfg.meta.interval = 1
     if "schedule" in cfg.meta:
-      cfg.meta.schedule = "lookahead"
+      cfg.meta.schedule = schedule
   return cfg
 
 
@@ -108,9 +112,9 @@ def _single_device_ctx(run):
   return dataclasses.replace(run.ctx, model=run.model.clone(axis_name=None), axis_name=None)
 
 
-def _step_fn(config, run):
+def _step_fn(config, run, schedule: str = "lookahead"):
   ctx = _single_device_ctx(run)
-  step = run.method.make_step(capture_config(config), ctx)
+  step = run.method.make_step(capture_config(config, schedule), ctx)
   return functools.partial(methods.train_step, method_step=step, ctx=ctx)
 
 
@@ -192,12 +196,16 @@ def next_batch(run, step: int) -> dict:
   return next(iter(run.input.batches(step // spe, start=step % spe)))
 
 
-def capture(config, run, state, batch, *, step: int = 0, checkpoint: str = "") -> Captured:
-  """The ``MetaProblem`` of the step ``state`` takes on ``batch`` (eagerly)."""
+def capture(
+  config, run, state, batch, *, step: int = 0, checkpoint: str = "", schedule: str = "lookahead"
+) -> Captured:
+  """The ``MetaProblem`` of the step ``state`` takes on ``batch`` (eagerly),
+  under Meta-CAAT's ``schedule`` (``reuse_step``: its ``lookahead_point`` is
+  the real update)."""
   state = jax.tree.map(jnp.asarray, state)
   with capturing_variant():
     try:
-      _step_fn(config, run)(state, batch)
+      _step_fn(config, run, schedule)(state, batch)
     except _Stop as stop:
       got = stop
     else:

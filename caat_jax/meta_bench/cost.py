@@ -20,12 +20,23 @@ from caat_jax import methods
 from caat_jax.bench import xla
 from caat_jax.parallel import REPLICATED, SHARDED
 
+REUSE = "@reuse_step"  # a row name's suffix: the variant under meta.schedule=reuse_step
+
+
+def split_name(name: str) -> tuple[str, str | None]:
+  """(variant, schedule) of a row name: ``'jvp@reuse_step'`` -> ('jvp',
+  'reuse_step'); a plain name keeps the config's schedule (None)."""
+  return (name[: -len(REUSE)], "reuse_step") if name.endswith(REUSE) else (name, None)
+
 
 def variant_config(config, name: str, interval: int = 1):
+  variant, schedule = split_name(name)
   cfg = config.copy_and_resolve_references()
   with cfg.unlocked():
-    cfg.meta.variant = name
+    cfg.meta.variant = variant
     cfg.meta.interval = interval
+    if schedule:
+      cfg.meta.schedule = schedule
   return cfg
 
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from caat_jax import meta
 from caat_jax.bench import xla
-from caat_jax.meta_bench import fidelity
+from caat_jax.meta_bench import cost, fidelity
 
 REFERENCE = "nested_grad"
 
@@ -149,9 +149,14 @@ def plain(value):
   return value if isinstance(value, (int, float, str, bool)) or value is None else str(value)
 
 
-def probe_checkpoint(cap, names, meta_cfg, *, keys, repeats: int = 5, on_row=None) -> list[dict]:
+def probe_checkpoint(
+  cap, names, meta_cfg, *, keys, repeats: int = 5, on_row=None, reuse_cap=None
+) -> list[dict]:
   """``probe_variant`` for the reference, then every name in ``names`` (the
-  reference's row first; it is always measured, the ratios need it)."""
+  reference's row first; it is always measured, the ratios need it). A
+  name ``'<variant>@reuse_step'`` is that variant on ``reuse_cap``, the
+  same step captured under ``meta.schedule=reuse_step`` (its look-ahead
+  point the real update), against the same exact gradient."""
   ref_row, exact = probe_variant(cap, REFERENCE, meta_cfg, None, keys=keys, repeats=repeats)
   rows = [ref_row]
   if on_row is not None:
@@ -159,7 +164,12 @@ def probe_checkpoint(cap, names, meta_cfg, *, keys, repeats: int = 5, on_row=Non
   for name in names:
     if name == REFERENCE:
       continue
-    row, _ = probe_variant(cap, name, meta_cfg, exact, keys=keys, repeats=repeats)
+    variant, schedule = cost.split_name(name)
+    on = cap if schedule is None else reuse_cap
+    if on is None:
+      raise ValueError(f"{name}: needs the step captured under meta.schedule={schedule!r}")
+    row, _ = probe_variant(on, variant, meta_cfg, exact, keys=keys, repeats=repeats)
+    row["variant"] = name
     rows.append(row)
     if on_row is not None:
       on_row(row)

@@ -12,10 +12,11 @@ def check_variants(names) -> None:
   valid = [v for v in meta.VARIANTS if v != capture.CAPTURE]
   if not names:
     raise config_lib.ConfigError(f"--variants is empty; name some of: {', '.join(valid)}")
-  bad = [n for n in names if n not in valid]
+  bad = [n for n in names if cost.split_name(n)[0] not in valid]
   if bad:
     raise config_lib.ConfigError(
-      f"--variants contains {', '.join(map(repr, bad))}; valid: {', '.join(valid)}"
+      f"--variants contains {', '.join(map(repr, bad))}; valid: {', '.join(valid)}, "
+      f"each also as <name>{cost.REUSE} (Meta-CAAT's meta.schedule='reuse_step')"
     )
 
 
@@ -51,7 +52,16 @@ def run_meta_bench(
   if num_keys < 1:
     raise config_lib.ConfigError(f"--keys={num_keys}: must be >= 1")
   config_lib.validate(config)
+  reuse = [n for n in variants if cost.split_name(n)[1]]
+  if reuse and "schedule" not in config.meta:
+    raise config_lib.ConfigError(
+      f"--variants names {reuse[0]!r}, but config.method={config.method!r} has no "
+      "meta.schedule (Meta-CAAT's)"
+    )
+  for name in reuse:  # the method's own check: the variant can use the real update
+    config_lib.validate(cost.variant_config(config, name))
   for name in variants:  # each variant's options read before any training
+    name = cost.split_name(name)[0]
     v = meta.get(name)
     missing = [k for k in v.options if k not in config.meta]
     if missing:
@@ -71,8 +81,17 @@ def run_meta_bench(
     state = capture.restore(run, workdir, step)
     batch = capture.next_batch(run, step)
     cap = capture.capture(config, run, state, batch, step=step, checkpoint=ckpt_name)
+    reuse_cap = (
+      capture.capture(
+        config, run, state, batch, step=step, checkpoint=ckpt_name, schedule="reuse_step"
+      )
+      if reuse
+      else None
+    )
     log(f"meta_bench: {ckpt_name} checkpoint, step {step}")
-    for r in probe.probe_checkpoint(cap, names, config.meta, keys=keys, repeats=repeats):
+    for r in probe.probe_checkpoint(
+      cap, names, config.meta, keys=keys, repeats=repeats, reuse_cap=reuse_cap
+    ):
       r.update(checkpoint=ckpt_name, step=step)
       r.update(timer.measure(r["variant"], state, batch, repeats=repeats))
       rows.append(r)
