@@ -21,7 +21,8 @@ flags.DEFINE_string(
   "variants",
   "nested_grad,jvp,first_order,k_step",
   "Comma-separated meta-gradient variants (config.meta.variant names) to measure "
-  "against nested_grad (always measured).",
+  "against nested_grad (always measured); <name>@reuse_step: that variant under "
+  "Meta-CAAT's meta.schedule='reuse_step' (the real update as its look-ahead).",
 )
 flags.DEFINE_string("workdir", None, "Where the run trains (DIR/run) and the reports go.")
 flags.DEFINE_string(
