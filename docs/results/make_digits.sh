@@ -24,6 +24,10 @@ report digits_table9 table7_200 table9
 [ -d "$runs/fig14" ] && report digits_fig14 fig14 fig14
 [ -d "$runs/table8" ] && report digits_table8 table8 table8
 [ -d "$runs/fig15" ] && report digits_fig15 fig15 fig15
+# Issue 24's outcome: Meta-CAAT trained with each meta-gradient estimator.
+[ -d "$runs/meta_variants" ] && report digits_meta_variants meta_variants meta_variants --no_figures
+[ -d "$runs/meta_variants_noise" ] &&
+  report digits_meta_variants_noise meta_variants_noise meta_variants_noise --no_figures
 python - <<'PY'
 import glob
 from PIL import Image
