@@ -93,6 +93,13 @@ def resolve_pack(pack: str) -> str:
   return pack
 
 
+def bucket_ratio(pack: str) -> int:
+  """Between successive bucket sizes: 4 when packing for the fewest slots
+  (a CPU: each distinct size is one more compilation per attack, and the
+  padding stays under one smallest bucket), 2 for the fewest calls."""
+  return 4 if resolve_pack(pack) == "slots" else 2
+
+
 def plan(n: int, sizes: Sequence[int], pack: str = "slots") -> list[int]:
   """The bucket sizes that hold ``n`` points: full largest buckets, then the
   rest. ``pack='slots'``: the rest in the largest buckets that fit it, the
@@ -230,8 +237,7 @@ def autoattack_compact(
       ``'calls'`` or ``'auto'`` (:func:`resolve_pack`). The flags and
       examples do not depend on it, only the cost.
     ratio: between successive bucket sizes (:func:`bucket_sizes`); default
-      4 for ``pack='slots'`` (a CPU: fewer sizes to compile, and the padding
-      still under one smallest bucket), 2 for ``'calls'``.
+      :func:`bucket_ratio` of ``pack``.
     log: called with one line per attack (default silent).
   Returns:
     (x_adv [N, H, W, C], robust bool [N], stages, stats): ``stages`` maps
@@ -248,7 +254,7 @@ def autoattack_compact(
   n = len(labels)
   eps = np.broadcast_to(np.asarray(eps, np.float32), (n,)).copy()
   keys = jnp.asarray(keys)
-  sizes = bucket_sizes(batch_size, min_size, multiple, ratio or (4 if pack == "slots" else 2))
+  sizes = bucket_sizes(batch_size, min_size, multiple, ratio or bucket_ratio(pack))
   x_adv = x.copy()
   robust = np.asarray(clean_correct, bool).copy()
   stages, stats = {"clean": robust.copy()}, {}

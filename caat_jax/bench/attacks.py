@@ -132,15 +132,12 @@ def bench_attack(
   compile_s = 0.0
   if family and compact:
     cache = {} if cache is None else cache
-    runners = {
-      n: cache.setdefault(("runner", n, opt_key), compact_lib.local_runner(loop_fn(n), options))
-      for n in names
-    }
-    runner = lambda name, *args: runners[name](name, *args)
+    for a in names:  # one runner per attack: each traces its own conv form
+      if ("runner", a, opt_key) not in cache:
+        cache["runner", a, opt_key] = compact_lib.local_runner(loop_fn(a), options)
+    runner = lambda name, *args: cache["runner", name, opt_key](name, *args)
     sizes = compact_lib.bucket_sizes(
-      batch_size,
-      _min_bucket(batch_size),
-      ratio=4 if compact_lib.resolve_pack(pack) == "slots" else 2,
+      batch_size, _min_bucket(batch_size), ratio=compact_lib.bucket_ratio(pack)
     )
     t = time.perf_counter()
     for name in names:  # compile each (attack, bucket) once, on inactive points
@@ -195,7 +192,7 @@ def bench_attack(
           unroll=train.resolve_unroll(config.attack.unroll),
         )
         return active & (jnp.argmax(logits_fn(x_adv), -1) == y)
-      if len(names) > 1:  # an ensemble: autoattack, autoattack-rand
+      if len(names) > 1:  # an ensemble in one program: one conv form for all its attacks
         return attacks.run_autoattack(
           loop_fn("autoattack"), x, y, eps=e, keys=k, attacks=names, options=options
         )[0].robust

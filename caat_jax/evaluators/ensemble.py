@@ -77,7 +77,7 @@ def make_runner(
   opt_key = compact.options_key(options)
 
   def runner(name, x, labels, eps, keys, active, runs):
-    key = (name, opt_key)
+    key = (name, opt_key, conv_impl)
     if key not in cache:
       fn = functools.partial(_per_device_attack, model=model, name=name, options=options)
       fn = layers.traced_with_conv_impl(fn, attack_conv_impl(name, conv_impl))

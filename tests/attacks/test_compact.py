@@ -20,6 +20,7 @@ def test_bucket_sizes_and_plan():
   assert compact.bucket_sizes(96, 8, multiple=8, ratio=4) == [96, 24, 8]
   with pytest.raises(ValueError, match="ratio 1"):
     compact.bucket_sizes(64, 8, ratio=1)
+  assert [compact.bucket_ratio(p) for p in ("slots", "calls", "auto")] == [4, 2, 4]  # auto: CPU
   coarse = compact.bucket_sizes(512, 8, ratio=4)
   for n in range(1, 600):
     p = compact.plan(n, coarse)
