@@ -11,7 +11,6 @@ to judge whether the robustness is real.
 * The reference's warnings carried by the AutoAttack documents.
 """
 
-import os
 from collections.abc import Sequence
 
 from caat_jax.experiments import counted
@@ -22,19 +21,18 @@ PGD, AA = "pgd20", "autoattack"
 
 def row_checks(
   exp: Experiment,
-  workdir: str,
-  seeds: int | None = None,
+  checked: dict[tuple[str, int], counted.Run],
   rows: Sequence[str] | None = None,
-  extra: Sequence[str] = (),
 ) -> list[dict]:
   """[{row, label, seeds, gap: [per seed], square_only: [per seed],
-  warnings: [distinct]}] for the rows with both documents in some seed."""
+  warnings: [distinct]}] for the rows with both documents in some run of
+  ``checked`` (``report.check_runs``)."""
   out = []
   for row in [exp.row(r) for r in rows] if rows else exp.rows:
     found, gap, square_only, warnings = [], [], [], []
-    for seed in counted.seeds_of(os.path.join(workdir, row.name), seeds, exp.seeds):
-      docs = counted.check(exp, row, seed, workdir, extra).docs
-      if PGD not in docs or AA not in docs:
+    for (name, seed), run in sorted(checked.items()):
+      docs = run.docs
+      if name != row.name or PGD not in docs or AA not in docs:
         continue
       pgd, aa = docs[PGD], docs[AA]
       found.append(seed)

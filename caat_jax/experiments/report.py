@@ -49,28 +49,39 @@ def mean_std(xs: Sequence[float]) -> tuple[float, float]:
   return m, (math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1)) if n > 1 else 0.0)
 
 
-def collect(
+def check_runs(
   exp: Experiment,
   workdir: str,
   seeds: int | None = None,
   rows: Sequence[str] | None = None,
   extra: Sequence[str] = (),
   on_problem=None,
-) -> list[dict]:
-  """[{row, label, paper_row, attack, seeds: [k], expected, columns: {col: [per seed]}}].
-
-  A seed counts when its run holds the attack's document and was trained as
-  the row defines it (``counted.check``); ``expected`` is how many seeds the
-  row should have. ``on_problem(message)`` is called once for each run left
-  out (in part or in full), with the reason."""
-  selected = [exp.row(r) for r in rows] if rows else list(exp.rows)
+) -> dict[tuple[str, int], counted.Run]:
+  """{(row, seed): ``counted.check``} of every run of the selected rows.
+  ``on_problem(message)`` is called once for each run left out (in part or
+  in full), with the reason."""
   checked = {}
-  for row in selected:
+  for row in [exp.row(r) for r in rows] if rows else exp.rows:
     for seed in counted.seeds_of(os.path.join(workdir, row.name), seeds, exp.seeds):
       run = counted.check(exp, row, seed, workdir, extra)
       checked[row.name, seed] = run
       if run.problems and on_problem is not None:
         on_problem(run.message())
+  return checked
+
+
+def collect(
+  exp: Experiment,
+  checked: dict[tuple[str, int], counted.Run],
+  rows: Sequence[str] | None = None,
+) -> list[dict]:
+  """[{row, label, paper_row, attack, seeds: [k], expected, columns: {col: [per seed]}}]
+  from ``check_runs``' runs.
+
+  A seed counts when its run holds the attack's document and was trained as
+  the row defines it (``counted.check``); ``expected`` is how many seeds the
+  row should have."""
+  selected = [exp.row(r) for r in rows] if rows else list(exp.rows)
   out = []
   for attack in exp.attacks:
     for row in selected:
@@ -306,7 +317,8 @@ def write(
   if on_problem is None:
     on_problem = lambda m: sys.stderr.write(m + "\n")
   problems = []
-  results = collect(exp, workdir, seeds, rows, extra, problems.append)
+  checked = check_runs(exp, workdir, seeds, rows, extra, problems.append)
+  results = collect(exp, checked, rows)
   if not any(r["seeds"] for r in results):
     raise FileNotFoundError(
       f"no finished run of {exp.name} under {workdir} (expected {workdir}/<row>/seed<k>/"
@@ -320,7 +332,7 @@ def write(
   os.makedirs(out, exist_ok=True)
   md, csv_path = os.path.join(out, "report.md"), os.path.join(out, "report.csv")
   text = markdown(exp, results, workdir, reference)
-  checks = masking.row_checks(exp, workdir, seeds, rows, extra)
+  checks = masking.row_checks(exp, checked, rows)
   with open(md, "w") as f:
     f.write(text + ("\n" + masking.section(checks) if checks else ""))
   write_csv(csv_path, exp, results, reference)

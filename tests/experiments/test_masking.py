@@ -43,7 +43,8 @@ def _runs(workdir):
 def test_row_checks_by_hand(tmp_path):
   workdir = str(tmp_path / "w")
   _runs(workdir)
-  (c,) = masking.row_checks(registry.get(EXP), workdir, seeds=2, rows=["pgd-at", "trades-b6"])
+  exp, rows = registry.get(EXP), ["pgd-at", "trades-b6"]
+  (c,) = masking.row_checks(exp, report.check_runs(exp, workdir, seeds=2, rows=rows), rows)
   assert c["row"] == "pgd-at" and c["seeds"] == [0, 1]  # trades-b6: no runs, no row
   assert c["gap"] == pytest.approx([2.5, 0.5])
   assert c["square_only"] == pytest.approx([1.5, 0.0])
@@ -69,5 +70,7 @@ def test_no_section_without_both_evaluations(tmp_path):
   os.makedirs(d)
   with open(os.path.join(d, "eval.json"), "w") as f:
     json.dump([_doc("pgd20", 40.0)], f)
-  assert masking.row_checks(registry.get(EXP), workdir, seeds=1, rows=["pgd-at"]) == []
+  exp = registry.get(EXP)
+  checked = report.check_runs(exp, workdir, seeds=1, rows=["pgd-at"])
+  assert masking.row_checks(exp, checked, ["pgd-at"]) == []
   assert masking.section([]) == ""
