@@ -76,7 +76,7 @@ def main(argv):
   try:
     config_lib.validate(config)
     # Before anything touches a device: jax.devices() must list every host's.
-    parallel.initialize_distributed(config.parallel)
+    parallel.initialize_distributed(config.parallel, supervise=True)
     # With the device count known, and before the workdir is created, so a
     # batch that does not divide over the devices leaves nothing behind.
     config_lib.validate(config, jax.device_count())

@@ -109,16 +109,27 @@ def lost_processes() -> list[int]:
   return sorted(set(range(jax.process_count())) - set(live))
 
 
-def peer_lost_message(lost: list[int] | None = None) -> str:
-  """The one line printed when another process of the job is gone."""
+def peer_lost_message(
+  lost: list[int] | None = None, index: int | None = None, count: int | None = None
+) -> str:
+  """The one line printed when another process of the job is gone.
+
+  ``index``/``count``: this process's place in the job (default: JAX's; the
+  supervising parent, which has no JAX backend, passes them or None when the
+  child never joined, and the line then says "a process").
+  """
   lost = lost_processes() if lost is None else lost
-  who = (
-    f"process{'es' if len(lost) > 1 else ''} {', '.join(map(str, lost))}"
-    if lost
-    else "another process (or the coordinator, process 0)"
-  )
+  if lost == [0]:
+    who = "the coordinator (process 0)"
+  elif lost:
+    who = f"process{'es' if len(lost) > 1 else ''} {', '.join(map(str, lost))}"
+  else:
+    who = "another process (or the coordinator, process 0)"
+  if index is None and count is None and _client() is not None:
+    index, count = jax.process_index(), jax.process_count()
+  me = f"process {index} of {count}" if index is not None else "a process"
   return (
-    f"caat_jax: process {jax.process_index()} of {jax.process_count()}: {who} of this "
+    f"caat_jax: {me}: {who} of this "
     "multi-host job stopped responding (killed, or its host failed); stopping. "
     "Run every process again to resume from the last checkpoint."
   )

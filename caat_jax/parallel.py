@@ -24,7 +24,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from caat_jax import multihost
+from caat_jax import multihost, supervisor
 
 BACKENDS = ("pmap", "shard_map")
 REPLICATED = "r"
@@ -177,7 +177,7 @@ def distributed_requested(cfg, environ=None) -> bool:
   )
 
 
-def initialize_distributed(cfg) -> bool:
+def initialize_distributed(cfg, supervise: bool = False) -> bool:
   """Multi-host start-up from the config's ``parallel`` block, if requested.
 
   Must run before anything touches a JAX device. With
@@ -189,10 +189,17 @@ def initialize_distributed(cfg) -> bool:
   the environment (Cloud TPU metadata, SLURM, Open MPI). On CPU, cross-process
   collectives use gloo (this JAX's default).
 
+  ``supervise`` (the command line's entry points): first fork a parent that
+  relays this process's stderr and turns the coordinator's loss, which JAX
+  reports by aborting from C++, into one line and exit 75
+  (``caat_jax.supervisor``).
+
   Returns whether distributed JAX was initialised.
   """
   if not distributed_requested(cfg):
     return False
+  if supervise:
+    supervisor.fork_and_relay()  # returns in the child only
   multihost.prepare()
   timeouts = multihost.initialize_kwargs(cfg)  # bounded waits on a lost host
   if cfg.coordinator_address:
@@ -205,4 +212,5 @@ def initialize_distributed(cfg) -> bool:
   else:
     jax.distributed.initialize(**timeouts)
   multihost.start_watch(cfg)  # a lost peer: one line and exit 75, not a hang
+  supervisor.report(jax.process_index(), jax.process_count())
   return True

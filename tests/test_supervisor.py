@@ -1,0 +1,170 @@
+"""The supervising parent of a multi-host process (caat_jax.supervisor): its
+stderr filter on byte streams with a fake clock, and the fork itself with a
+child that exits, is signalled, or aborts the way JAX's client does when the
+coordinator is lost (no JAX backend, so these are fast)."""
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from caat_jax import multihost, supervisor
+from tests.helpers import ROOT, subprocess_env
+
+_W = b"W1203 14:27:57.684391   11781 preemption_sync_manager.cc:147] Failed to retrieve\n"
+_MORE = b"Additional GRPC error information from remote target\n"
+_F = b"F1203 14:27:57.684559   11781 client.h:80] " + supervisor.FATAL_MARKER + b". absl::Status\n"
+
+
+class _Clock:
+  def __init__(self):
+    self.t = 0.0
+
+  def __call__(self):
+    return self.t
+
+
+def _relay():
+  out, clock = io.BytesIO(), _Clock()
+  return supervisor.Relay(out, clock=clock), out, clock
+
+
+def test_plain_output_and_progress_bars_pass_at_once():
+  relay, out, _ = _relay()
+  relay.feed(b"epoch 1\n 10%|#  | 4/40\r 20%")
+  assert out.getvalue() == b"epoch 1\n 10%|#  | 4/40\r"  # the open bar waits for its end
+  relay.feed(b"|## | 8/40\r")
+  assert out.getvalue().endswith(b" 20%|## | 8/40\r")
+
+
+def test_cpp_log_lines_are_held_then_relayed_with_their_continuations():
+  relay, out, clock = _relay()
+  relay.feed(_W + _MORE)
+  assert out.getvalue() == b""
+  clock.t = supervisor.HOLD_S - 0.01
+  relay.tick()
+  assert out.getvalue() == b""
+  clock.t = supervisor.HOLD_S
+  relay.tick()
+  assert out.getvalue() == _W + _MORE
+  assert not relay.fatal
+  relay.feed(b"I1203 14:00:00.000001 140 checkpoint.py:12] a Python absl line\n")
+  assert out.getvalue().endswith(b"a Python absl line\n")  # .py lines are not held
+
+
+def test_the_fatal_line_drops_what_was_held_and_everything_after():
+  relay, out, _ = _relay()
+  relay.feed(b"step 20\n" + _W + _MORE)
+  relay.feed(_F + b"*** Check failure stack trace: ***\nFatal Python error: Aborted\n")
+  relay.feed(b"Thread 0x00007 (most recent call first):\n  File")
+  relay.close()
+  assert relay.fatal
+  assert out.getvalue() == b"step 20\n"
+
+
+def test_close_relays_held_lines_and_an_unterminated_tail():
+  relay, out, _ = _relay()
+  relay.feed(_W + b"no newline at the end")
+  relay.close()
+  assert out.getvalue() == _W + b"no newline at the end"
+
+
+def test_the_coordinator_lost_line():
+  line = supervisor.coordinator_lost_message(1, 2)
+  assert line.startswith("caat_jax: process 1 of 2: the coordinator (process 0) of this")
+  assert "\n" not in line
+  assert supervisor.coordinator_lost_message(None, None).startswith("caat_jax: a process: ")
+
+
+_CHILD = textwrap.dedent("""
+    import os, sys, time
+    from caat_jax import supervisor
+    supervisor.fork_and_relay()
+    mode = sys.argv[1]
+    supervisor.report(1, 2)
+    if mode == "exit":
+      print("child output", file=sys.stderr)
+      sys.exit(3)
+    if mode == "abort":
+      sys.stderr.buffer.write(%r + %r)
+      sys.stderr.flush()
+      os.abort()
+    if mode == "wait":
+      print("ready", file=sys.stderr, flush=True)
+      time.sleep(60)
+""") % (_W, _F)
+
+
+def _start(mode):
+  return subprocess.Popen(
+    [sys.executable, "-c", _CHILD, mode],
+    cwd=ROOT,
+    env=subprocess_env(1),
+    stderr=subprocess.PIPE,
+    start_new_session=True,  # its own process group, as under a terminal
+  )
+
+
+def test_the_parent_exits_as_the_child_did():
+  proc = _start("exit")
+  _, err = proc.communicate(timeout=60)
+  assert proc.returncode == 3
+  assert err == b"child output\n"
+
+
+def test_an_abort_on_the_coordinators_loss_becomes_one_line_and_75():
+  proc = _start("abort")
+  _, err = proc.communicate(timeout=60)
+  assert proc.returncode == multihost.EXIT_PEER_LOST
+  assert err.decode() == supervisor.coordinator_lost_message(1, 2) + "\n"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_reaches_the_child_once_and_the_parent_ends_by_it(sig):
+  proc = _start("wait")
+  assert proc.stderr.readline() == b"ready\n"
+  children = _children(proc.pid)
+  assert len(children) == 1
+  # A terminal's Ctrl-C (or a kill of the group) signals every process of the
+  # foreground group: the child, in a group of its own, gets it once, from
+  # the parent (a second SIGINT would stop a run without saving).
+  assert os.getpgid(children[0]) == children[0] != os.getpgid(proc.pid)
+  proc.send_signal(sig)
+  proc.wait(timeout=60)
+  # SIGTERM kills the child; SIGINT raises KeyboardInterrupt, which Python
+  # ends (uncaught) by the same signal; the parent then ends by it too.
+  assert proc.returncode == -sig
+  assert not _alive(children[0])
+
+
+def test_the_child_dies_with_its_parent():
+  proc = _start("wait")
+  assert proc.stderr.readline() == b"ready\n"
+  (child,) = _children(proc.pid)
+  proc.kill()
+  proc.wait(timeout=60)
+  deadline = time.monotonic() + 10
+  while _alive(child) and time.monotonic() < deadline:
+    time.sleep(0.05)
+  assert not _alive(child)
+
+
+def _children(pid):
+  path = f"/proc/{pid}/task/{pid}/children"
+  if not os.path.exists(path):
+    pytest.skip("needs /proc/PID/task/PID/children (Linux) to find the child")
+  with open(path) as f:
+    return [int(p) for p in f.read().split()]
+
+
+def _alive(pid):
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().split(")")[-1].split()[0] != "Z"  # a zombie has ended
+  except FileNotFoundError:
+    return False
