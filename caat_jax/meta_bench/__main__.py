@@ -12,8 +12,11 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from caat_jax import cli, config_lib
-from caat_jax.meta_bench import runner
+from caat_jax import checkpointing, cli, config_lib
+from caat_jax.checkpointing import workdir as workdir_lib
+from caat_jax.data import DatasetNotFoundError
+from caat_jax.data.transforms import DataConfigError
+from caat_jax.meta_bench import cost, runner
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
@@ -21,8 +24,10 @@ flags.DEFINE_string(
   "variants",
   "nested_grad,jvp,first_order,k_step",
   "Comma-separated meta-gradient variants (config.meta.variant names) to measure "
-  "against nested_grad (always measured); <name>@reuse_step: that variant under "
-  "Meta-CAAT's meta.schedule='reuse_step' (the real update as its look-ahead).",
+  "against nested_grad (always measured); <name>[option=value;...]: that variant "
+  "with some of its config.meta options set, e.g. layerwise[layer_scope=subset]; "
+  "<name>@reuse_step: that variant under Meta-CAAT's meta.schedule='reuse_step' "
+  "(the real update as its look-ahead).",
 )
 flags.DEFINE_string("workdir", None, "Where the run trains (DIR/run) and the reports go.")
 flags.DEFINE_string(
@@ -37,6 +42,17 @@ def _names(text: str) -> list[str]:
   return [n.strip() for n in text.split(",") if n.strip()]
 
 
+# What a run in --workdir can refuse: one line each, as main says them.
+_USER_ERRORS = (
+  config_lib.ConfigError,
+  checkpointing.IncompatibleConfigError,
+  checkpointing.CheckpointError,
+  workdir_lib.WorkdirError,
+  DataConfigError,
+  DatasetNotFoundError,
+)
+
+
 def main(argv):
   del argv
   config = cli.config_flag()
@@ -45,7 +61,7 @@ def main(argv):
     sys.exit(f"error: --keys={FLAGS.keys}: must be >= 1")
   if FLAGS.repeats < 1:
     sys.exit(f"error: --repeats={FLAGS.repeats}: must be >= 1")
-  variants, checkpoints = _names(FLAGS.variants), _names(FLAGS.checkpoints)
+  variants, checkpoints = cost.split_names(FLAGS.variants), _names(FLAGS.checkpoints)
   try:
     runner.check_variants(variants)
     runner.check_checkpoints(checkpoints)
@@ -58,7 +74,9 @@ def main(argv):
       repeats=FLAGS.repeats,
       log=lambda s: print(s, flush=True),
     )
-  except config_lib.ConfigError as e:
+  except checkpointing.IncompatibleConfigError as e:
+    sys.exit(f"error: {runner.incompatible_message(e)}")
+  except _USER_ERRORS as e:
     sys.exit(f"error: {e}")
   with open(result["files"]["markdown"]) as f:
     print(f.read())

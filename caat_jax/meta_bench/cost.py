@@ -11,32 +11,118 @@ row's ratios to the reference's row of the same checkpoint.
 """
 
 import functools
+import re
 import statistics
 import time
+from typing import NamedTuple
 
 import jax
 
-from caat_jax import methods
+from caat_jax import config_lib, meta, methods
 from caat_jax.bench import xla
 from caat_jax.parallel import REPLICATED, SHARDED
 
 REUSE = "@reuse_step"  # a row name's suffix: the variant under meta.schedule=reuse_step
+_ROW = re.compile(r"^(\w+)(?:\[([^\[\]]*)\])?$")
+
+
+class Row(NamedTuple):
+  """What a row name asks for: ``layerwise[layer_scope=subset;layers=head]``
+  is ``layerwise`` with those two of its options set (the config's values
+  for the rest); a ``@reuse_step`` suffix puts it under that schedule."""
+
+  variant: str
+  schedule: str | None
+  options: dict
+
+
+def parse_name(name: str) -> Row:
+  """The ``Row`` of a row name; ``ConfigError`` naming ``--variants`` for one
+  that does not parse (the variant and option names are checked by
+  ``variant_config``)."""
+  base, schedule = (name[: -len(REUSE)], "reuse_step") if name.endswith(REUSE) else (name, None)
+  m = _ROW.match(base)
+  if m is None:
+    raise config_lib.ConfigError(
+      f"--variants: {name!r} is not <variant>, <variant>[option=value;...] or either with {REUSE}"
+    )
+  options = {}
+  for item in filter(None, (m.group(2) or "").split(";")):
+    key, eq, value = item.partition("=")
+    if not eq or not key.strip():
+      raise config_lib.ConfigError(f"--variants: {name!r}: {item!r} is not option=value")
+    options[key.strip()] = value.strip()
+  return Row(m.group(1), schedule, options)
 
 
 def split_name(name: str) -> tuple[str, str | None]:
   """(variant, schedule) of a row name: ``'jvp@reuse_step'`` -> ('jvp',
   'reuse_step'); a plain name keeps the config's schedule (None)."""
-  return (name[: -len(REUSE)], "reuse_step") if name.endswith(REUSE) else (name, None)
+  row = parse_name(name)
+  return row.variant, row.schedule
+
+
+def split_names(text: str) -> list[str]:
+  """``--variants``' row names: split at the commas outside brackets
+  (``layerwise[layers=conv1,head],jvp`` is two rows)."""
+  names, depth, start = [], 0, 0
+  for i, ch in enumerate(text + ","):
+    depth += {"[": 1, "]": -1}.get(ch, 0)
+    if ch == "," and depth == 0:
+      names.append(text[start:i].strip())
+      start = i + 1
+  return [n for n in names if n]
+
+
+def _typed(key: str, text: str, current):
+  """``text`` as the type of the config's value of ``meta.<key>``."""
+  try:
+    if isinstance(current, bool):
+      if text.lower() not in ("true", "false", "1", "0"):
+        raise ValueError
+      return text.lower() in ("true", "1")
+    if isinstance(current, (int, float)):
+      return type(current)(text)
+  except ValueError:
+    raise config_lib.ConfigError(
+      f"--variants: meta.{key}={text!r} is not a {type(current).__name__}"
+    ) from None
+  return text
 
 
 def variant_config(config, name: str, interval: int = 1):
-  variant, schedule = split_name(name)
+  """``config`` with the row's variant, options and schedule, a meta step
+  every ``interval`` steps; ``ConfigError`` for an option the variant does
+  not have or a value it refuses."""
+  row = parse_name(name)
   cfg = config.copy_and_resolve_references()
   with cfg.unlocked():
-    cfg.meta.variant = variant
+    cfg.meta.variant = row.variant
     cfg.meta.interval = interval
-    if schedule:
-      cfg.meta.schedule = schedule
+    if row.schedule:
+      cfg.meta.schedule = row.schedule
+    if row.options:
+      valid = meta.get(row.variant).options
+      for key, text in row.options.items():
+        if key not in valid or key not in cfg.meta:
+          raise config_lib.ConfigError(
+            f"--variants: {name!r}: {row.variant} has no option {key!r}; its options: "
+            f"{', '.join(valid) or '(none)'}"
+          )
+        cfg.meta[key] = _typed(key, text, cfg.meta[key])
+      meta.validate(cfg.meta)
+  return cfg
+
+
+def row_meta(meta_cfg, name: str):
+  """``config.meta`` as row ``name`` sees it (its options set)."""
+  row = parse_name(name)
+  if not row.options:
+    return meta_cfg
+  cfg = meta_cfg.copy_and_resolve_references()
+  with cfg.unlocked():
+    for key, text in row.options.items():
+      cfg[key] = _typed(key, text, cfg[key])
   return cfg
 
 

@@ -156,7 +156,9 @@ def probe_checkpoint(
   reference's row first; it is always measured, the ratios need it). A
   name ``'<variant>@reuse_step'`` is that variant on ``reuse_cap``, the
   same step captured under ``meta.schedule=reuse_step`` (its look-ahead
-  point the real update), against the same exact gradient."""
+  point the real update), against the same exact gradient; a name
+  ``'<variant>[option=value;...]'`` sets those of its options
+  (``cost.parse_name``)."""
   ref_row, exact = probe_variant(cap, REFERENCE, meta_cfg, None, keys=keys, repeats=repeats)
   rows = [ref_row]
   if on_row is not None:
@@ -168,7 +170,9 @@ def probe_checkpoint(
     on = cap if schedule is None else reuse_cap
     if on is None:
       raise ValueError(f"{name}: needs the step captured under meta.schedule={schedule!r}")
-    row, _ = probe_variant(on, variant, meta_cfg, exact, keys=keys, repeats=repeats)
+    row, _ = probe_variant(
+      on, variant, cost.row_meta(meta_cfg, name), exact, keys=keys, repeats=repeats
+    )
     row["variant"] = name
     rows.append(row)
     if on_row is not None:

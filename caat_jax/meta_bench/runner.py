@@ -16,8 +16,21 @@ def check_variants(names) -> None:
   if bad:
     raise config_lib.ConfigError(
       f"--variants contains {', '.join(map(repr, bad))}; valid: {', '.join(valid)}, "
-      f"each also as <name>{cost.REUSE} (Meta-CAAT's meta.schedule='reuse_step')"
+      f"each also as <name>[option=value;...] (some of its options set) and "
+      f"<name>{cost.REUSE} (Meta-CAAT's meta.schedule='reuse_step')"
     )
+
+
+def incompatible_message(error: Exception) -> str:
+  """An ``IncompatibleConfigError`` from resuming the run, with advice that
+  fits meta_bench (main's ``--allow_config_change`` is not a flag here)."""
+  first, *rest = str(error).split("\n")
+  keys = "\n".join([first] + [line for line in rest if line.startswith("  ")])
+  return (
+    f"{keys}\nmeta_bench measures the run as it was trained: use the original values or "
+    "another --workdir; to measure a variant with other options, set them in its row, "
+    "e.g. --variants=layerwise[layer_scope=subset]."
+  )
 
 
 def check_checkpoints(names) -> None:
@@ -60,15 +73,16 @@ def run_meta_bench(
     )
   for name in reuse:  # the method's own check: the variant can use the real update
     config_lib.validate(cost.variant_config(config, name))
-  for name in variants:  # each variant's options read before any training
-    name = cost.split_name(name)[0]
-    v = meta.get(name)
+  for name in variants:  # each row's options read and checked before any training
+    variant = cost.split_name(name)[0]
+    v = meta.get(variant)
     missing = [k for k in v.options if k not in config.meta]
     if missing:
       raise config_lib.ConfigError(
-        f"--variants names {name!r}, whose options {', '.join(missing)} config.meta lacks"
+        f"--variants names {variant!r}, whose options {', '.join(missing)} config.meta lacks"
       )
-    probe.variant_fn(name, config.meta)
+    cost.variant_config(config, name)
+    probe.variant_fn(variant, cost.row_meta(config.meta, name))
   run = capture.make_run(config)
   capture.check_takes_meta_step(config, run)
   saved = capture.train_or_restore(run, workdir, log=log)

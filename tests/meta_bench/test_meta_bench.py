@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from caat_jax import checkpointing as ckpt_lib
 from caat_jax import meta_bench, methods
 from caat_jax.meta_bench import capture, cost, report
 from caat_jax.parallel import REPLICATED, SHARDED
@@ -86,6 +87,17 @@ def test_meta_bench_writes_every_column_and_scores_exact_variants_exact(tmp_path
   before = snapshot(os.path.join(work, capture.RUN_DIR))
   assert step in capture.train_or_restore(run, work, log=lambda s: None)
   assert snapshot(os.path.join(work, capture.RUN_DIR)) == before
+  # A variant's option changed in the config is a changed run: refused, the
+  # run untouched, and the advice names the row syntax that measures it.
+  changed = _config()
+  with changed.unlocked():
+    changed.meta.layer_scope = "subset"
+  with pytest.raises(ckpt_lib.IncompatibleConfigError) as err:
+    meta_bench.run_meta_bench(changed, ["layerwise"], work, checkpoints=["early"], log=print)
+  assert snapshot(os.path.join(work, capture.RUN_DIR)) == before
+  text = meta_bench.runner.incompatible_message(err.value)
+  assert "meta.layer_scope: checkpoint 'full' -> now 'subset'" in text
+  assert "allow_config_change" not in text and "layerwise[layer_scope=subset]" in text
 
 
 def test_flags_and_arguments_are_refused_up_front(tmp_path):
