@@ -136,6 +136,27 @@ def check_takes_meta_step(config, run) -> None:
   )
 
 
+def check_rows_trace(run, configs: dict) -> None:
+  """Traces the whole step once per ``{row name: config}`` (``jax.eval_shape``,
+  before any training): ``ConfigError`` naming the row for one the model
+  refuses (e.g. layerwise's ``meta.layers`` naming a module it lacks)."""
+  if not configs:
+    return
+  state = run.init_state()
+  batch = next(iter(run.input.batches(0)))
+  ctx = _single_device_ctx(run)
+  for name, cfg in configs.items():
+    step = functools.partial(
+      methods.train_step, method_step=run.method.make_step(cfg, ctx), ctx=ctx
+    )
+    try:
+      jax.eval_shape(step, state, batch)
+    except (ValueError, KeyError, TypeError) as e:
+      raise config_lib.ConfigError(
+        f"--variants: {name!r} cannot run on config.model={cfg.model!r}: {e}"
+      ) from None
+
+
 def checkpoint_steps(saved: list[int], total: int, names) -> dict[str, int]:
   """The saved step each name stands for: ``early`` the first saved,
   ``mid`` the one nearest half-way, ``late`` the last before the end (the

@@ -75,19 +75,49 @@ def split_names(text: str) -> list[str]:
 
 
 def _typed(key: str, text: str, current):
-  """``text`` as the type of the config's value of ``meta.<key>``."""
-  try:
-    if isinstance(current, bool):
-      if text.lower() not in ("true", "false", "1", "0"):
-        raise ValueError
-      return text.lower() in ("true", "1")
-    if isinstance(current, (int, float)):
-      return type(current)(text)
-  except ValueError:
-    raise config_lib.ConfigError(
-      f"--variants: meta.{key}={text!r} is not a {type(current).__name__}"
-    ) from None
+  """``text`` as a value of ``meta.<key>``, read by the type of the config's
+  value: bool (true/false/1/0), int, float (an int is accepted), a tuple of
+  names (a comma list), and for a None default a number, None or the text."""
+  bad = lambda what: config_lib.ConfigError(f"--variants: meta.{key}={text!r} is not {what}")
+  if isinstance(current, bool):
+    if text.lower() not in ("true", "false", "1", "0"):
+      raise bad("true or false")
+    return text.lower() in ("true", "1")
+  if isinstance(current, (int, float)):
+    try:
+      return int(text) if isinstance(current, int) else float(text)
+    except ValueError:
+      raise bad("an integer" if isinstance(current, int) else "a number") from None
+  if isinstance(current, tuple):
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+  if current is None:
+    if text == "None":
+      return None
+    try:
+      return float(text) if any(c in text for c in ".eE") else int(text)
+    except ValueError:
+      return text
   return text
+
+
+def _set_options(meta_cfg, name: str, row: "Row") -> None:
+  """Sets ``row``'s options on ``meta_cfg`` (unlocked), each checked to be
+  one of its variant's options and typed as the config's value."""
+  valid = meta.get(row.variant).options
+  for key, text in row.options.items():
+    if key not in valid:
+      raise config_lib.ConfigError(
+        f"--variants: {name!r}: {row.variant} has no option {key!r}; its options: "
+        f"{', '.join(valid) or '(none)'}"
+      )
+    if key not in meta_cfg:
+      raise config_lib.ConfigError(
+        f"--variants: {name!r}: config.meta has no {key!r} (this config predates {row.variant})"
+      )
+    try:
+      meta_cfg[key] = _typed(key, text, meta_cfg[key])
+    except TypeError as e:  # ml_collections refuses the type
+      raise config_lib.ConfigError(f"--variants: {name!r}: meta.{key}: {e}") from None
 
 
 def variant_config(config, name: str, interval: int = 1):
@@ -102,14 +132,7 @@ def variant_config(config, name: str, interval: int = 1):
     if row.schedule:
       cfg.meta.schedule = row.schedule
     if row.options:
-      valid = meta.get(row.variant).options
-      for key, text in row.options.items():
-        if key not in valid or key not in cfg.meta:
-          raise config_lib.ConfigError(
-            f"--variants: {name!r}: {row.variant} has no option {key!r}; its options: "
-            f"{', '.join(valid) or '(none)'}"
-          )
-        cfg.meta[key] = _typed(key, text, cfg.meta[key])
+      _set_options(cfg.meta, name, row)
       meta.validate(cfg.meta)
   return cfg
 
@@ -121,8 +144,7 @@ def row_meta(meta_cfg, name: str):
     return meta_cfg
   cfg = meta_cfg.copy_and_resolve_references()
   with cfg.unlocked():
-    for key, text in row.options.items():
-      cfg[key] = _typed(key, text, cfg[key])
+    _set_options(cfg, name, row)
   return cfg
 
 

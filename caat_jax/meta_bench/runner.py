@@ -29,7 +29,7 @@ def incompatible_message(error: Exception) -> str:
   return (
     f"{keys}\nmeta_bench measures the run as it was trained: use the original values or "
     "another --workdir; to measure a variant with other options, set them in its row, "
-    "e.g. --variants=layerwise[layer_scope=subset]."
+    "e.g. --variants='layerwise[layer_scope=subset]'."
   )
 
 
@@ -71,8 +71,7 @@ def run_meta_bench(
       f"--variants names {reuse[0]!r}, but config.method={config.method!r} has no "
       "meta.schedule (Meta-CAAT's)"
     )
-  for name in reuse:  # the method's own check: the variant can use the real update
-    config_lib.validate(cost.variant_config(config, name))
+  configs = {}
   for name in variants:  # each row's options read and checked before any training
     variant = cost.split_name(name)[0]
     v = meta.get(variant)
@@ -81,10 +80,15 @@ def run_meta_bench(
       raise config_lib.ConfigError(
         f"--variants names {variant!r}, whose options {', '.join(missing)} config.meta lacks"
       )
-    cost.variant_config(config, name)
+    # the method's own checks too (e.g. a variant that cannot use the real
+    # update as its look-ahead under meta.schedule='reuse_step')
+    configs[name] = cost.variant_config(config, name)
+    config_lib.validate(configs[name])
     probe.variant_fn(variant, cost.row_meta(config.meta, name))
   run = capture.make_run(config)
   capture.check_takes_meta_step(config, run)
+  # options only the model can refuse (layerwise's layers naming no module)
+  capture.check_rows_trace(run, {n: c for n, c in configs.items() if cost.parse_name(n).options})
   saved = capture.train_or_restore(run, workdir, log=log)
   steps = capture.checkpoint_steps(saved, run.total_steps, checkpoints)
   keys = list(jax.random.split(jax.random.PRNGKey(config.seed + 0x3E7B), num_keys))

@@ -38,13 +38,32 @@ def test_row_options_are_typed_and_checked_before_training():
   assert config.meta.variant != "evograd" and config.meta.evograd_sigma != 0.01  # a copy
   with pytest.raises(config_lib.ConfigError, match=r"k_step has no option 'layers'.*: k"):
     cost.variant_config(config, "k_step[layers=head]")
-  with pytest.raises(config_lib.ConfigError, match=r"meta.k='two' is not a int"):
+  with pytest.raises(config_lib.ConfigError, match=r"meta.k='two' is not an integer"):
     cost.variant_config(config, "k_step[k=two]")
+  c = cost.variant_config(config, "evograd[evograd_sigma=1]")  # an int for a float
+  assert c.meta.evograd_sigma == 1.0 and isinstance(c.meta.evograd_sigma, float)
+  assert cost.variant_config(config, "neumann[neumann_alpha=0.05]").meta.neumann_alpha == 0.05
+  # a None default takes a number, None or text; a tuple default a comma list
+  typed = cost._typed  # pylint: disable=protected-access
+  assert [typed("x", t, None) for t in ("0.5", "3", "None", "head")] == [0.5, 3, None, "head"]
+  assert typed("layers", "conv1, head", ("head",)) == ("conv1", "head")
   with pytest.raises(config_lib.ConfigError, match=r"meta.layer_scope"):
     cost.variant_config(config, "layerwise[layer_scope=bogus]")
-  # run_meta_bench refuses them before it trains anything
+  # run_meta_bench refuses them before it trains anything, the model's refusals too
   with pytest.raises(config_lib.ConfigError, match=r"meta.layer_scope"):
     runner.run_meta_bench(config, ["layerwise[layer_scope=bogus]"], "/nonexistent/never")
+  with pytest.raises(config_lib.ConfigError, match=r"'layerwise\[layers=conv9,head\]' cannot run"):
+    runner.run_meta_bench(config, ["jvp", "layerwise[layers=conv9,head]"], "/nonexistent/never")
+
+
+def test_a_rows_options_reach_its_step_cost():
+  """The §11 bound of the row's whole step and meta part: the subset scope
+  drops the look-ahead's backward pass, the same F from both."""
+  config = digits_config(method="meta_caat")
+  full = cost.units(config, "layerwise")
+  subset = cost.units(config, "layerwise[layer_scope=subset]")
+  assert subset[1] < full[1]
+  assert full[0] - subset[0] == pytest.approx(full[1] - subset[1])
 
 
 def test_a_row_with_options_is_the_variant_configured_so():
