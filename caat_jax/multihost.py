@@ -109,6 +109,9 @@ def lost_processes() -> list[int]:
   return sorted(set(range(jax.process_count())) - set(live))
 
 
+PEER_LOST_TEXT = "of this multi-host job stopped responding"
+
+
 def peer_lost_message(
   lost: list[int] | None = None, index: int | None = None, count: int | None = None
 ) -> str:
@@ -129,8 +132,7 @@ def peer_lost_message(
     index, count = jax.process_index(), jax.process_count()
   me = f"process {index} of {count}" if index is not None else "a process"
   return (
-    f"caat_jax: {me}: {who} of this "
-    "multi-host job stopped responding (killed, or its host failed); stopping. "
+    f"caat_jax: {me}: {who} {PEER_LOST_TEXT} (killed, or its host failed); stopping. "
     "Run every process again to resume from the last checkpoint."
   )
 

@@ -36,10 +36,21 @@ def _relay():
 
 def test_plain_output_and_progress_bars_pass_at_once():
   relay, out, _ = _relay()
-  relay.feed(b"epoch 1\n 10%|#  | 4/40\r 20%")
-  assert out.getvalue() == b"epoch 1\n 10%|#  | 4/40\r"  # the open bar waits for its end
-  relay.feed(b"|## | 8/40\r")
-  assert out.getvalue().endswith(b" 20%|## | 8/40\r")
+  relay.feed(b"epoch 1\n\r 10%|#  | 4/40")  # tqdm redraws after "\r"
+  assert out.getvalue() == b"epoch 1\n\r 10%|#  | 4/40"
+  relay.feed(b"\r 20%|## | 8/40")
+  assert out.getvalue().endswith(b"\r 20%|## | 8/40")
+  # an open line that may become a C++ log line waits for its end; the rest
+  # of a line whose start was relayed is not taken for one
+  relay.feed(b"\nW1203 14:27:57.6")
+  assert out.getvalue().endswith(b"8/40\n")
+  relay.feed(b"84391 1178 x.py:1] Python's absl\n")
+  assert out.getvalue().endswith(b"8/40\nW1203 14:27:57.684391 1178 x.py:1] Python's absl\n")
+  relay.feed(b"loss 0.5 ")
+  relay.feed(b"W1203 14:27:57.684391 1178 x.cc:1] mid-line, not a log line\n")
+  assert out.getvalue().endswith(
+    b"loss 0.5 W1203 14:27:57.684391 1178 x.cc:1] mid-line, not a log line\n"
+  )
 
 
 def test_cpp_log_lines_are_held_then_relayed_with_their_continuations():
@@ -67,6 +78,12 @@ def test_the_fatal_line_drops_what_was_held_and_everything_after():
   assert out.getvalue() == b"step 20\n"
 
 
+def test_the_marker_counts_only_in_jaxs_own_fatal_line():
+  relay, out, _ = _relay()
+  relay.feed(b"a user printed: " + supervisor.FATAL_MARKER + b"\nstep 21\n")
+  assert not relay.fatal and out.getvalue().endswith(b"step 21\n")
+
+
 def test_close_relays_held_lines_and_an_unterminated_tail():
   relay, out, _ = _relay()
   relay.feed(_W + b"no newline at the end")
@@ -90,14 +107,24 @@ _CHILD = textwrap.dedent("""
     if mode == "exit":
       print("child output", file=sys.stderr)
       sys.exit(3)
-    if mode == "abort":
+    if mode in ("abort", "abort_after_own_line"):
+      if mode == "abort_after_own_line":
+        print(%r, file=sys.stderr, flush=True)
       sys.stderr.buffer.write(%r + %r)
       sys.stderr.flush()
       os.abort()
+    if mode == "marker_then_exit":
+      sys.stderr.buffer.write(%r)
+      sys.stderr.flush()
+      sys.exit(0)
+    if mode == "heir":  # a process it started outlives it, holding its stderr
+      import subprocess
+      subprocess.Popen(["sleep", "30"])
+      sys.exit(3)
     if mode == "wait":
       print("ready", file=sys.stderr, flush=True)
       time.sleep(60)
-""") % (_W, _F)
+""") % (supervisor.coordinator_lost_message(1, 2), _W, _F, _F)
 
 
 def _start(mode):
@@ -117,29 +144,55 @@ def test_the_parent_exits_as_the_child_did():
   assert err == b"child output\n"
 
 
-def test_an_abort_on_the_coordinators_loss_becomes_one_line_and_75():
-  proc = _start("abort")
+@pytest.mark.parametrize("mode", ["abort", "abort_after_own_line"])
+def test_an_abort_on_the_coordinators_loss_becomes_one_line_and_75(mode):
+  proc = _start(mode)
   _, err = proc.communicate(timeout=60)
   assert proc.returncode == multihost.EXIT_PEER_LOST
   assert err.decode() == supervisor.coordinator_lost_message(1, 2) + "\n"
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_reaches_the_child_once_and_the_parent_ends_by_it(sig):
+def test_the_fatal_line_without_an_abort_keeps_the_childs_status():
+  proc = _start("marker_then_exit")
+  proc.communicate(timeout=60)
+  assert proc.returncode == 0
+
+
+def test_a_process_the_child_started_does_not_hold_the_parent():
+  t = time.monotonic()
+  proc = _start("heir")
+  proc.communicate(timeout=60)
+  assert proc.returncode == 3
+  assert time.monotonic() - t < 20  # not the heir's 30 s
+
+
+@pytest.mark.parametrize("to_group", [False, True])
+def test_sigterm_reaches_the_child_and_the_parent_ends_by_it(to_group):
+  """A scheduler signals the pid it started (forwarded) or the whole group."""
   proc = _start("wait")
   assert proc.stderr.readline() == b"ready\n"
   children = _children(proc.pid)
   assert len(children) == 1
-  # A terminal's Ctrl-C (or a kill of the group) signals every process of the
-  # foreground group: the child, in a group of its own, gets it once, from
-  # the parent (a second SIGINT would stop a run without saving).
-  assert os.getpgid(children[0]) == children[0] != os.getpgid(proc.pid)
-  proc.send_signal(sig)
+  (os.killpg if to_group else os.kill)(proc.pid, signal.SIGTERM)
   proc.wait(timeout=60)
-  # SIGTERM kills the child; SIGINT raises KeyboardInterrupt, which Python
-  # ends (uncaught) by the same signal; the parent then ends by it too.
-  assert proc.returncode == -sig
+  assert proc.returncode == -signal.SIGTERM
   assert not _alive(children[0])
+
+
+def test_ctrl_c_and_job_control_reach_the_child_directly():
+  """One process group: a terminal's Ctrl-C (and Ctrl-Z, and reads from it)
+  reach the child as they would an unsupervised process; the parent ignores
+  Ctrl-C and ends as the child did."""
+  proc = _start("wait")
+  assert proc.stderr.readline() == b"ready\n"
+  (child,) = _children(proc.pid)
+  assert os.getpgid(child) == os.getpgid(proc.pid)
+  os.kill(proc.pid, signal.SIGINT)  # the parent alone: ignored
+  time.sleep(0.5)
+  assert proc.poll() is None and _alive(child)
+  os.killpg(proc.pid, signal.SIGINT)  # as a terminal sends it
+  proc.wait(timeout=60)
+  assert proc.returncode == -signal.SIGINT  # KeyboardInterrupt, uncaught
 
 
 def test_the_child_dies_with_its_parent():
