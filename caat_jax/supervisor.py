@@ -186,6 +186,7 @@ class Relay:
     # unless it may be the start of a C++ log line.
     if self._partial and not self.fatal and not self._held:
       if self._mid_line or not _CPP_START.match(self._partial):
+        self.peer_line = self.peer_line or _PEER_LOST in self._partial
         self._write(self._partial)
         self._partial, self._mid_line = b"", True
     self.tick()

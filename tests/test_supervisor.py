@@ -78,6 +78,14 @@ def test_the_fatal_line_drops_what_was_held_and_everything_after():
   assert out.getvalue() == b"step 20\n"
 
 
+def test_the_childs_own_peer_lost_line_is_noticed_in_pieces_too():
+  relay, _, _ = _relay()
+  line = supervisor.coordinator_lost_message(1, 2).encode()
+  relay.feed(line)  # Python writes the text, then its newline
+  relay.feed(b"\n")
+  assert relay.peer_line
+
+
 def test_the_marker_counts_only_in_jaxs_own_fatal_line():
   relay, out, _ = _relay()
   relay.feed(b"a user printed: " + supervisor.FATAL_MARKER + b"\nstep 21\n")
