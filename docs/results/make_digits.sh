@@ -26,6 +26,9 @@ report digits_table9 table7_200 table9
 [ -d "$runs/fig15" ] && report digits_fig15 fig15 fig15
 # Issue 25's controls (the baselines also trained on the meta set), in the table's workdir.
 [ -d "$runs/table6/pgd-at+meta" ] && report digits_table6_controls table6 table6_controls --no_figures
+[ -f "$runs/table6/meta-caat-grad/seed0/eval_autoattack.json" ] &&
+  report digits_table6_autoattack table6 table6_autoattack --no_figures \
+    --rows=pgd-at,trades-b6,frl-reweight,meta-caat-grad
 # Issue 24's outcome: Meta-CAAT trained with each meta-gradient estimator.
 [ -d "$runs/meta_variants" ] && report digits_meta_variants meta_variants meta_variants --no_figures
 [ -d "$runs/meta_variants_noise" ] &&
