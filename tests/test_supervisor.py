@@ -107,8 +107,10 @@ def test_the_coordinator_lost_line():
 
 
 _CHILD = textwrap.dedent("""
-    import os, sys, time
+    import os, signal, sys, time
     from caat_jax import supervisor
+    # Ctrl-C's default, whatever was inherited (xdist workers ignore SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     supervisor.fork_and_relay()
     mode = sys.argv[1]
     supervisor.report(1, 2)
