@@ -180,7 +180,9 @@ def run(
   experiment (run the command again to resume).
   """
   # Imported here: listing and emitting need neither JAX devices nor the trainer.
-  from caat_jax import checkpointing, evaluate, metrics, train  # pylint: disable=import-outside-toplevel  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+
+  from caat_jax import checkpointing, evaluate, metrics, train  # pylint: disable=import-outside-toplevel
   from caat_jax.checkpointing import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
 
   if exp.unavailable:
@@ -241,6 +243,13 @@ def run(
     ) as e:
       log(f"{where}: FAILED: {e}")
       outcomes.append((spec, f"failed: {e}"))
+    finally:
+      # Every run compiles its own executables (its step, each attack at
+      # each batch size): kept, they pile up in this one process until the
+      # kernel's limit on memory maps (vm.max_map_count, 65,530) fails the
+      # next compilation (~4,100 maps per AutoAttack evaluation on digits:
+      # an AutoAttack experiment died at its 11th run). Drop them.
+      jax.clear_caches()
   select.record_all(specs, workdir, log)
   return outcomes
 

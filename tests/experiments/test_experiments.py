@@ -5,6 +5,7 @@ import json
 import os
 import statistics
 
+import jax
 import pytest
 
 from caat_jax import methods
@@ -125,12 +126,17 @@ def test_a_finished_run_with_another_config_is_not_reused(finished):
 @pytest.mark.slow
 def test_missing_evaluation_runs_on_the_trained_model(finished, monkeypatch):
   exp, workdir, _ = finished
-  calls = []
+  calls, cleared = [], []
   from caat_jax import evaluate
 
   monkeypatch.setattr(
-    evaluate, "evaluate_checkpoint", lambda wd, attacks, **kw: calls.append((wd, list(attacks), kw))
+    evaluate,
+    "evaluate_checkpoint",
+    lambda wd, attacks, **kw: calls.append((wd, list(attacks), dict(kw, cleared=len(cleared)))),
   )
+  # each run's executables are dropped after it (one process would otherwise
+  # run out of memory maps over an AutoAttack experiment)
+  monkeypatch.setattr(jax, "clear_caches", lambda: cleared.append(1))
   more = Experiment(
     "tiny",
     "Tiny",
@@ -147,6 +153,7 @@ def test_missing_evaluation_runs_on_the_trained_model(finished, monkeypatch):
     ("nat/seed0", ["autoattack"], 30),
     ("adv/seed0", ["autoattack"], 30),
   ]
+  assert [c[2]["cleared"] for c in calls] == [0, 1] and len(cleared) == 2
 
 
 def test_every_experiment_builds_valid_configs():
