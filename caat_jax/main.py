@@ -20,14 +20,11 @@ from caat_jax import (
   cli,
   config_lib,
   evaluators,
-  metrics,
   multihost,
   parallel,
   train,
 )
 from caat_jax.checkpointing import workdir as workdir_lib
-from caat_jax.data import DatasetNotFoundError
-from caat_jax.data.transforms import DataConfigError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -107,15 +104,7 @@ def main(argv):
       file=sys.stderr,
     )
     sys.exit(checkpointing.EXIT_INTERRUPTED)
-  except (
-    workdir_lib.WorkdirError,
-    DataConfigError,
-    DatasetNotFoundError,
-    config_lib.ConfigError,
-    metrics.NonFiniteLossError,
-    checkpointing.IncompatibleConfigError,
-    checkpointing.CheckpointError,
-  ) as e:
+  except train.USER_ERRORS as e:
     sys.exit(f"error: {e}")
 
 

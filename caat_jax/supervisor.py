@@ -195,15 +195,11 @@ class Relay:
     mid, self._mid_line = self._mid_line, False
     if self.fatal:
       return
-    if _PEER_LOST in segment:
-      self.peer_line = True
-    if not mid and _CPP_LOG.match(segment) and FATAL_MARKER in segment:
-      self.fatal = True
-      self._held = []
-      return
-    if mid:
-      self._write(segment)
-    elif _CPP_LOG.match(segment) or self._held:
+    self.peer_line = self.peer_line or _PEER_LOST in segment
+    cpp_log = not mid and _CPP_LOG.match(segment)
+    if cpp_log and FATAL_MARKER in segment:
+      self.fatal, self._held = True, []
+    elif cpp_log or (self._held and not mid):
       if not self._held:
         self._held_since = self.clock()
       self._held.append(segment)
@@ -291,7 +287,6 @@ def _exit_like(status: int, relay: Relay, who: tuple[int, int] | None) -> None:
 
 
 def coordinator_lost_message(index: int | None, count: int | None) -> str:
-  """The one line of a process that lost the coordination service."""
-  if index is None or count is None:
-    return multihost.peer_lost_message([0], index=None, count=None)
-  return multihost.peer_lost_message([0] if index != 0 else [], index=index, count=count)
+  """The one line of a process that lost the coordination service (None:
+  the child never said which process it is)."""
+  return multihost.peer_lost_message([] if index == 0 else [0], index=index, count=count)

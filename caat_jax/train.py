@@ -30,7 +30,22 @@ from caat_jax import (
   streaming,
 )
 from caat_jax import state as state_lib
+from caat_jax.checkpointing import workdir as workdir_lib
+from caat_jax.data import DatasetNotFoundError
+from caat_jax.data.transforms import DataConfigError
 from caat_jax.parallel import REPLICATED, SHARDED, Parallel
+
+# What ``train_and_evaluate`` refuses, or stops with, in a message of one
+# line meant for the user (the command lines print it and exit 1).
+USER_ERRORS = (
+  workdir_lib.WorkdirError,
+  DataConfigError,
+  DatasetNotFoundError,
+  config_lib.ConfigError,
+  metrics.NonFiniteLossError,
+  ckpt_lib.IncompatibleConfigError,
+  ckpt_lib.CheckpointError,
+)
 
 
 def resolve_unroll(setting) -> bool:

@@ -12,10 +12,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from caat_jax import checkpointing, cli, config_lib
-from caat_jax.checkpointing import workdir as workdir_lib
-from caat_jax.data import DatasetNotFoundError
-from caat_jax.data.transforms import DataConfigError
+from caat_jax import checkpointing, cli, train
 from caat_jax.meta_bench import cost, runner
 
 FLAGS = flags.FLAGS
@@ -42,17 +39,6 @@ def _names(text: str) -> list[str]:
   return [n.strip() for n in text.split(",") if n.strip()]
 
 
-# What a run in --workdir can refuse: one line each, as main says them.
-_USER_ERRORS = (
-  config_lib.ConfigError,
-  checkpointing.IncompatibleConfigError,
-  checkpointing.CheckpointError,
-  workdir_lib.WorkdirError,
-  DataConfigError,
-  DatasetNotFoundError,
-)
-
-
 def main(argv):
   del argv
   config = cli.config_flag()
@@ -76,7 +62,7 @@ def main(argv):
     )
   except checkpointing.IncompatibleConfigError as e:
     sys.exit(f"error: {runner.incompatible_message(e)}")
-  except _USER_ERRORS as e:
+  except train.USER_ERRORS as e:  # ConfigError among them
     sys.exit(f"error: {e}")
   with open(result["files"]["markdown"]) as f:
     print(f.read())

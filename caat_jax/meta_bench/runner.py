@@ -84,7 +84,7 @@ def run_meta_bench(
     # update as its look-ahead under meta.schedule='reuse_step')
     configs[name] = cost.variant_config(config, name)
     config_lib.validate(configs[name])
-    probe.variant_fn(variant, cost.row_meta(config.meta, name))
+    probe.variant_fn(variant, configs[name].meta)
   run = capture.make_run(config)
   capture.check_takes_meta_step(config, run)
   # options only the model can refuse (layerwise's layers naming no module)
