@@ -11,7 +11,7 @@ from caat_jax.experiments import controls, registry, runner
 def test_controls_share_the_tables_runs_and_add_only_the_meta_set(n, tmp_path):
   table = registry.get(f"digits_table{n}")
   exp = registry.get(f"digits_table{n}_controls")
-  assert exp.reference == "meta-caat-grad" and exp.overrides == table.overrides
+  assert exp.reference == "meta-caat-grad-select" and exp.overrides == table.overrides
   assert exp.attacks == table.attacks and exp.seeds == table.seeds
   work = str(tmp_path)
   for row in exp.rows:
@@ -26,7 +26,9 @@ def test_controls_share_the_tables_runs_and_add_only_the_meta_set(n, tmp_path):
     *controls.BASELINES,
     *(f"{b}+meta" for b in controls.BASELINES),
     "meta-caat-grad",
+    "meta-caat-grad-select",
   }
+  assert exp.row(exp.reference).select is not None  # the paper's λ protocol
 
 
 def test_a_meta_row_trains_on_the_meta_set_too(tmp_path):
