@@ -20,7 +20,8 @@ S = all parameters is ``jvp``. ``meta.layer_scope``:
 The saving is real: the forward-mode pass starts at S (the other parameters
 are closed over, so tangents flow only from S onwards), the meta gradient is
 taken with respect to S only (its backward pass stops at S), and with
-``subset`` the look-ahead's training gradient as well.
+``subset`` the look-ahead's training gradient as well, from the same
+linearisation as the inner products (one forward pass of the training batch).
 """
 
 import functools
@@ -56,11 +57,16 @@ def subset_dots(problem: MetaProblem, params, v_sub, layers):
 def layerwise(problem: MetaProblem, omega, params, layers="head", layer_scope="full"):
   names, sub, merge = split(params, layers)
   w, weights_vjp = jax.vjp(problem.weights_fn, omega)
+  dots_at = None  # v_S -> [B, K] inner products
   if layer_scope == "full":
     point = problem.lookahead(params, w)
   else:  # the look-ahead moves S only, from the training gradient's S block
-    train_loss = lambda s: jnp.mean(jnp.sum(w * problem.per_sample_fn(merge(s))[0], -1))
-    g_sub = problem.pmean(jax.grad(train_loss)(sub))
+    # One linearisation from S serves both the gradient (its transpose) and
+    # the inner products (the same linear map at v_S): one forward pass of
+    # the training batch instead of two.
+    _, dots_at = jax.linearize(lambda s: problem.per_sample_fn(merge(s))[0], sub)
+    (g_sub,) = jax.linear_transpose(dots_at, sub)(w / w.shape[0])
+    g_sub = problem.pmean(g_sub)
     zeros = lambda n: jax.tree.map(jnp.zeros_like, params[n])
     g = type(params)({n: g_sub[n] if n in g_sub else zeros(n) for n in params})
     moved = problem.lookahead_fn(params, g)  # the rest's update is dead code
@@ -69,23 +75,25 @@ def layerwise(problem: MetaProblem, omega, params, layers="head", layer_scope="f
   meta_loss, v_sub = jax.value_and_grad(lambda s: problem.meta_loss_fn(point_merge(s)))(
     {n: point[n] for n in names}
   )
-  dots = subset_dots(problem, params, problem.pmean(v_sub), names)
+  v_sub = problem.pmean(v_sub)
+  dots = dots_at(v_sub) if dots_at else subset_dots(problem, params, v_sub, names)
   (grad,) = weights_vjp(-problem.lr * dots / w.shape[0])
   return problem.pmean(grad), {"meta_loss": problem.pmean(meta_loss)}
 
 
 def cost(c: Costs, layers="head", layer_scope="full") -> float:
-  """Exact for the JVP's primal pass; the parts that run below S (the
+  """Exact for the primal forward pass; the parts that run below S (the
   tangents, and with ``subset`` the look-ahead's backward pass) are counted
   in full unless S is the head, whose share is negligible: an upper bound
-  otherwise. The objective's backward pass is counted in full (a bound)."""
+  otherwise. The objective's backward pass is counted in full (a bound).
+  With ``subset`` the look-ahead and the inner products share one forward
+  pass of the training batch."""
   head = _names(layers) == "head"
-  jvp_part = c.forward + (0.0 if head else c.jvp - c.forward)
+  tangents = 0.0 if head else c.jvp - c.forward
   if layer_scope == "full":
-    lookahead = c.lookahead
-  else:
-    lookahead = c.forward + (0.0 if head else c.lookahead - c.forward)
-  return lookahead + c.objective + jvp_part
+    return c.lookahead + c.objective + c.forward + tangents
+  backward = 0.0 if head else c.lookahead - c.forward
+  return c.forward + backward + tangents + c.objective
 
 
 def validate(layers="head", layer_scope="full") -> None:

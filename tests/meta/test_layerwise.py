@@ -85,6 +85,22 @@ def test_forward_mode_starts_at_s():
   assert head - primal < 0.5 * (full - primal)
 
 
+@pytest.mark.parametrize("scope, passes", [("subset", 1), ("full", 2)])
+def test_subset_scope_runs_the_training_batch_forward_once(scope, passes):
+  """``subset``: one linearisation serves the look-ahead's gradient and the
+  inner products (``full`` needs the look-ahead's pass and the JVP's)."""
+  problem, omega, params = _problem()
+  calls = []
+
+  def counted(p):
+    calls.append(1)  # once per trace of a forward pass of the training batch
+    return problem.per_sample_fn(p)
+
+  counting = dataclasses.replace(problem, per_sample_fn=counted)
+  jax.make_jaxpr(lambda o: layerwise(counting, o, params, layers="w2", layer_scope=scope))(omega)
+  assert len(calls) == passes
+
+
 def test_module_names_of_the_models():
   names = ["BatchNorm_0", "BatchNorm_1", "Conv_0", "Conv_1", "head"]  # small_cnn
   assert models.module_order(names) == ["Conv_0", "BatchNorm_0", "Conv_1", "BatchNorm_1", "head"]
@@ -108,5 +124,7 @@ def test_options_validated_by_value():
   assert not v.reuses_lookahead(layers="head", layer_scope="subset")
   c = meta.Costs(lookahead=9.0, objective=27.0, jvp=6.0, second_order=18.0)
   assert v.cost(c, layers="head", layer_scope="full") == 9 + 27 + 3
-  assert v.cost(c, layers="head", layer_scope="subset") == 3 + 27 + 3
+  # subset: one forward pass of the training batch serves both
+  assert v.cost(c, layers="head", layer_scope="subset") == 3 + 27
+  assert v.cost(c, layers="last_block", layer_scope="subset") == 3 + 6 + 3 + 27
   assert v.cost(c, layers="last_block", layer_scope="full") == meta.get("jvp").cost(c)
