@@ -26,6 +26,12 @@ report digits_table9 table7_200 table9
 [ -d "$runs/fig15" ] && report digits_fig15 fig15 fig15
 # Issue 25's controls (the baselines also trained on the meta set), in the table's workdir.
 [ -d "$runs/table6/pgd-at+meta" ] && report digits_table6_controls table6 table6_controls --no_figures
+# Section 5's input gradients on the control's models (noise.md).
+[ -d "$runs/table6/trades-b6+meta" ] && [ -d "$runs/table6/meta-caat-grad-select" ] &&
+  (here=$PWD && cd "$runs/table6" && python "$here/docs/results/noise_diagnostics.py" \
+    trades-b6/seed{0,1,2} pgd-at/seed{0,1,2} meta-caat-grad/seed{0,1,2} \
+    "meta-caat-grad-select/caat.lam=6"/seed{0,1,2} trades-b6+meta/seed{0,1,2} \
+    --out="$here/$out/noise_diagnostics/gradients.json")
 [ -f "$runs/table6/meta-caat-grad/seed0/eval_autoattack.json" ] &&
   report digits_table6_autoattack table6 table6_autoattack --no_figures \
     --rows=pgd-at,trades-b6,frl-reweight,meta-caat-grad
