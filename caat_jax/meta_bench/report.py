@@ -23,6 +23,8 @@ COLUMNS = (
   ("meta_s", "meta ms", "{:.1f}"),
   ("meta_ratio", "meta x", "{:.2f}"),
   ("meta_bound_ratio", "bound x", "{:.2f}"),
+  ("meta_measured_over_bound", "meas/bnd", "{:.2f}"),
+  ("meta_flops_ratio", "flop x", "{:.2f}"),
   ("step_ratio", "step x", "{:.2f}"),
   ("step_bound_ratio", "step bnd x", "{:.2f}"),
   ("meta_compile_s", "compile s", "{:.1f}"),
@@ -63,7 +65,8 @@ def markdown(result: dict) -> str:
     "of c_adv - c_anti; top10: overlap of the 10% largest |c|; AUROC: c_adv - c_anti "
     "for corrupted vs clean samples; bias / std: over the keys, relative to |g*|; "
     "meta x / step x: median time of the meta part / whole step over the reference's; "
-    "bound x: the same ratio of the §11 forward-pass units F; peak MiB, MFLOP: XLA's "
+    "bound x: the same ratio of the §11 forward-pass units F; meas/bnd: meta x over "
+    "bound x; flop x: the ratio of XLA's FLOPs; peak MiB, MFLOP: XLA's "
     "analysis of the meta part's executable.",
   ]
   return "\n".join(lines) + "\n"
