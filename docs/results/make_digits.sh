@@ -26,6 +26,7 @@ report digits_table9 table7_200 table9
 [ -d "$runs/fig15" ] && report digits_fig15 fig15 fig15
 # Issue 25's controls (the baselines also trained on the meta set), in the table's workdir.
 [ -d "$runs/table6/pgd-at+meta" ] && report digits_table6_controls table6 table6_controls --no_figures
+[ -d "$runs/table5/pgd-at+meta" ] && report digits_table5_controls table5 table5_controls --no_figures
 # Section 5's input gradients on the control's models (noise.md).
 [ -d "$runs/table6/trades-b6+meta" ] && [ -d "$runs/table6/meta-caat-grad-select" ] &&
   (here=$PWD && cd "$runs/table6" && python "$here/docs/results/noise_diagnostics.py" \
