@@ -43,14 +43,17 @@ def test_forward_units_match_spec_section_11():
 
 
 def test_meta_variant_costs_come_from_the_variants():
-  # nested_grad: + reverse pass through the gradient (18F) instead of a JVP
-  # (6F); first_order: no look-ahead gradient (9F); k_step, k = 2: twice the
-  # look-ahead and its reverse pass. Meta batch = batch, interval 1.
+  # nested_grad: the reverse pass through the gradient to the weights, a
+  # JVP's tangents without its primal (3F), instead of the JVP (6F);
+  # first_order: no look-ahead gradient (9F); k_step, k = 2: twice the
+  # look-ahead and its reverse pass to the weights, plus one Hessian-vector
+  # product (18F) back to the first step. Meta batch = batch, interval 1.
   kw = {"meta.batch_size": 64, "batch_size": 64}
   units = lambda **o: bench.forward_units(_cfg("meta_caat", **kw, **o))
-  assert units(**{"meta.variant": "nested_grad"}) == 92.0 + 12.0
+  assert units(**{"meta.variant": "nested_grad"}) == 92.0 - 3.0
   assert units(**{"meta.variant": "first_order"}) == 92.0 - 9.0
-  assert units(**{"meta.variant": "k_step", "meta.k": 2}) == 50.0 + 2 * 27.0 + 27.0
+  assert units(**{"meta.variant": "k_step", "meta.k": 1}) == 92.0 - 3.0  # nested_grad
+  assert units(**{"meta.variant": "k_step", "meta.k": 2}) == 50.0 + 2 * (9.0 + 3.0) + 18.0 + 27.0
   # Setting I (adversaries only) costs what TRADES costs; "rule" has both
   # attacks but no meta part
   assert units(**{"caat.direction": "adversarial_only"}) == 27.0

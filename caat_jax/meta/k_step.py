@@ -39,7 +39,9 @@ def k_step(problem: MetaProblem, omega, params, k: int = 1, scan_above: int = 16
 
 
 def cost(c: Costs, k: int = 1) -> float:
-  return k * (c.lookahead + c.second_order) + c.objective
+  # each step's reverse pass reaches the weights; every step but the first
+  # also the parameters it started from (a Hessian-vector product)
+  return k * (c.lookahead + c.to_weights) + (k - 1) * c.second_order + c.objective
 
 
 VARIANT = Variant(

@@ -99,7 +99,8 @@ class Costs(NamedTuple):
     objective: the meta loss and its gradient on the meta batch (with the
       meta batch's attack, if the objective has one).
     jvp: one forward-mode pass of the per-sample losses.
-    second_order: reverse mode back through the training gradient.
+    second_order: a Hessian-vector product of the training loss (reverse
+      mode back through the training gradient to the parameters).
   """
 
   lookahead: float
@@ -112,6 +113,14 @@ class Costs(NamedTuple):
     """One forward pass of the per-sample losses over the step's inputs
     (a third of the look-ahead's forward and backward)."""
     return self.lookahead / 3.0
+
+  @property
+  def to_weights(self) -> float:
+    """Reverse mode back through the training gradient to the per-sample
+    weights only (what ``nested_grad`` needs: W is no function of Omega).
+    That gradient is linear in the weights, so its transpose is a tangent
+    pass over the look-ahead's stored forward: a JVP without its primal."""
+    return self.jvp - self.forward
 
 
 class Variant(NamedTuple):
