@@ -27,8 +27,7 @@ report digits_table9 table7_200 table9
 # Issue 25's controls (the baselines also trained on the meta set), in the table's workdir.
 [ -d "$runs/table6/pgd-at+meta" ] && report digits_table6_controls table6 table6_controls --no_figures
 [ -d "$runs/table5/pgd-at+meta" ] && report digits_table5_controls table5 table5_controls --no_figures
-[ -d "$runs/table7/trades-b6+meta" ] && report digits_table7_controls table7 table7_controls --no_figures \
-    --rows=trades-b6,trades-b6+meta,frl-reweight,frl-reweight+meta,meta-caat-grad-select
+[ -d "$runs/table7/pgd-at+meta" ] && report digits_table7_controls table7 table7_controls --no_figures
 # Section 5's input gradients on the control's models (noise.md).
 [ -d "$runs/table6/trades-b6+meta" ] && [ -d "$runs/table6/meta-caat-grad-select" ] &&
   (here=$PWD && cd "$runs/table6" && python "$here/docs/results/noise_diagnostics.py" \
