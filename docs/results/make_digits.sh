@@ -28,6 +28,8 @@ report digits_table9 table7_200 table9
 [ -d "$runs/table6/pgd-at+meta" ] && report digits_table6_controls table6 table6_controls --no_figures
 [ -d "$runs/table5/pgd-at+meta" ] && report digits_table5_controls table5 table5_controls --no_figures
 [ -d "$runs/table7/pgd-at+meta" ] && report digits_table7_controls table7 table7_controls --no_figures
+[ -d "$runs/table8/trades-b6+meta" ] && report digits_table8_controls table8 table8_controls --no_figures \
+    --rows=trades-b6,trades-b6+meta,meta-caat-grad-select
 # Section 5's input gradients on the control's models (noise.md).
 [ -d "$runs/table6/trades-b6+meta" ] && [ -d "$runs/table6/meta-caat-grad-select" ] &&
   (here=$PWD && cd "$runs/table6" && python "$here/docs/results/noise_diagnostics.py" \
