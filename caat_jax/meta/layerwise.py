@@ -76,7 +76,7 @@ def layerwise(problem: MetaProblem, omega, params, layers="head", layer_scope="f
     {n: point[n] for n in names}
   )
   v_sub = problem.pmean(v_sub)
-  dots = dots_at(v_sub) if dots_at else subset_dots(problem, params, v_sub, names)
+  dots = subset_dots(problem, params, v_sub, names) if dots_at is None else dots_at(v_sub)
   (grad,) = weights_vjp(-problem.lr * dots / w.shape[0])
   return problem.pmean(grad), {"meta_loss": problem.pmean(meta_loss)}
 

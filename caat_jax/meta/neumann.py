@@ -42,9 +42,9 @@ def neumann_vector(hvp, v, alpha, steps: int):
   Unrolled up to ``UNROLL_MAX`` steps (that many copies of the HVP in the
   program; J is a few with a one-step look-ahead), a while loop beyond (the
   convergence study's J = 200 compiles in seconds). On XLA CPU the HVP inside
-  a while loop ran 6-14x slower than unrolled (digits meta part at J = 1:
-  0.98 s against 0.16 s; J = 3: 2.76 s against 0.20 s), which had made the
-  variant 6x as slow as ``nested_grad``.
+  a while loop ran several times slower than unrolled: the digits meta part
+  at J = 1 took 525-600 ms in the loop, 106-123 ms unrolled (quiet
+  meta_bench, docs/benchmarks.md), 5.7-6.8x and 1.1-1.5x ``nested_grad``'s.
   """
 
   def body(_, carry):
